@@ -1,0 +1,149 @@
+//! Keeps the pool topped up: leases the next block in the background as soon as a spare block
+//! is taken into use, retrying with backoff while the counter store is unreachable.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::SerialPool;
+use crate::store::{LeaseSource, StoreError};
+
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// What the refill task last saw, for health reporting.
+#[derive(Default)]
+pub struct RefillStatus {
+    last_error: Mutex<Option<String>>,
+}
+
+impl RefillStatus {
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
+/// Leases the first block at start-up. `Ok(None)` when the store is unreachable for now (the
+/// refill task keeps trying); an error only for what retrying cannot fix, like a secret mismatch.
+pub async fn first_lease(
+    pool: &SerialPool,
+    source: &dyn LeaseSource,
+    block_size: u64,
+) -> Result<Option<u64>, StoreError> {
+    match source.lease(block_size, 0).await {
+        Ok(range) => {
+            let floor = range.end;
+            pool.add_block(range);
+            Ok(Some(floor))
+        }
+        Err(StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "cannot lease serials yet; retrying in the background");
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Starts the refill task. `floor` is the end of the last block this process leased: no later
+/// lease may start below it. On `stop`, the task ends between leases, never during one.
+pub fn spawn_refill(
+    pool: Arc<SerialPool>,
+    source: Arc<dyn LeaseSource>,
+    block_size: u64,
+    mut floor: u64,
+    status: Arc<RefillStatus>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(50);
+        while !stop.is_cancelled() {
+            while pool.needs_more() && !stop.is_cancelled() {
+                match source.lease(block_size, floor).await {
+                    Ok(range) => {
+                        floor = range.end;
+                        pool.add_block(range);
+                        status.set(None);
+                        backoff = Duration::from_millis(50);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, retry_in = ?backoff, "lease failed");
+                        status.set(Some(err.to_string()));
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = stop.cancelled() => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            tokio::select! {
+                () = pool.wants_more() => {}
+                () = stop.cancelled() => {}
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::ops::Range;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    /// A counter that can be switched off, like a Redis going away.
+    struct FlakyCounter {
+        next: AtomicU64,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl LeaseSource for FlakyCounter {
+        async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            let start = self.next.fetch_add(size, Ordering::SeqCst).max(floor);
+            Ok(start..start + size)
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_pool_stocked_and_recovers_after_an_outage() {
+        let counter = Arc::new(FlakyCounter {
+            next: AtomicU64::new(0),
+            down: AtomicBool::new(true),
+        });
+        let pool = Arc::new(SerialPool::new(1));
+        let status = Arc::new(RefillStatus::default());
+        assert_eq!(first_lease(&pool, counter.as_ref(), 10).await.unwrap(), None);
+        let stop = CancellationToken::new();
+        let task = spawn_refill(pool.clone(), counter.clone(), 10, 0, status.clone(), stop.clone());
+
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(pool.try_take(), None);
+        assert!(status.last_error().is_some());
+
+        counter.down.store(false, Ordering::SeqCst);
+        let first = pool.take(Duration::from_secs(3)).await;
+        assert_eq!(first, Some(0));
+        // 25 more serials need two further leases, made in the background.
+        for expected in 1..26 {
+            assert_eq!(pool.take(Duration::from_secs(1)).await, Some(expected));
+        }
+        assert!(status.last_error().is_none());
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the task stops when told")
+            .unwrap();
+    }
+}

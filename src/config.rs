@@ -1,0 +1,188 @@
+//! Every setting, as a command-line flag that can also come from an environment variable.
+//! A bad value stops the start with one line naming the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tracknum",
+    version,
+    about = "Issues unique parcel tracking numbers over HTTP",
+    long_about = None
+)]
+pub struct Config {
+    /// Address and port to listen on.
+    #[arg(long, env = "TRACKNUM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Redis URL (redis://[user:pass@]host:port[/db], rediss:// for TLS). When absent, the
+    /// embedded store in --data-dir is used.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: Option<String>,
+
+    /// Directory of the embedded store (counter, secret, records). Unused with --redis-url.
+    #[arg(long, env = "TRACKNUM_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Serials leased from the shared counter at a time.
+    #[arg(long, env = "TRACKNUM_BLOCK_SIZE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub block_size: u64,
+
+    /// Key of the permutation that makes numbers unguessable. Required with --redis-url (every
+    /// instance must share it); embedded, one is generated and kept in --data-dir when absent.
+    #[arg(long, env = "TRACKNUM_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// How long a record is kept after its number is issued (e.g. 30d, 12h, 90s).
+    #[arg(long, env = "TRACKNUM_RECORD_TTL", default_value = "30d", value_parser = parse_ttl)]
+    pub record_ttl: Duration,
+
+    /// When the embedded store fsyncs record writes: every group commit, or once a second.
+    /// Leased serial blocks are always fsynced before use.
+    #[arg(long, env = "TRACKNUM_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
+    pub fsync: FsyncPolicy,
+
+    /// Longest wait for storage before a request gets a 503.
+    #[arg(long, env = "TRACKNUM_STORAGE_TIMEOUT", default_value = "500ms", value_parser = parse_timeout)]
+    pub storage_timeout: Duration,
+
+    /// Longest wait for in-flight requests at shutdown.
+    #[arg(long, env = "TRACKNUM_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FsyncPolicy {
+    /// fsync every group commit before answering.
+    Always,
+    /// fsync once a second (like Redis' appendfsync everysec).
+    Everysec,
+}
+
+impl Config {
+    /// Reads flags and environment. `--help` and `--version` print and exit 0; any other problem
+    /// is returned as one line naming the setting.
+    pub fn load() -> Result<Config, String> {
+        Self::load_from(std::env::args_os())
+    }
+
+    pub fn load_from<I, T>(args: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = match Config::try_parse_from(args) {
+            Ok(config) => config,
+            Err(err) if !err.use_stderr() => err.exit(),
+            Err(err) => {
+                let text = err.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                return Err(first.trim_start_matches("error: ").to_owned());
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match &self.secret {
+            Some(secret) if secret.trim().is_empty() => {
+                Err("--secret (TRACKNUM_SECRET) must not be empty".into())
+            }
+            None if self.redis_url.is_some() => Err(
+                "--secret (TRACKNUM_SECRET) is required with --redis-url: every instance sharing \
+                 a Redis must use the same secret, and it must outlive Redis' data"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn parse_redis_url(value: &str) -> Result<String, String> {
+    redis::parse_redis_url(value)
+        .filter(|url| matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
+        .map(|_| value.to_owned())
+        .ok_or_else(|| "expected redis://host:port[/db] or rediss://…".into())
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let parsed = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(value).map_err(|e| e.to_string())?,
+    };
+    Ok(parsed)
+}
+
+fn parse_ttl(value: &str) -> Result<Duration, String> {
+    let ttl = parse_duration(value)?;
+    if ttl < Duration::from_secs(1) || ttl > Duration::from_secs(100 * 365 * 86_400) {
+        return Err("must be between 1s and 100 years".into());
+    }
+    Ok(ttl)
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(value)?;
+    if timeout.is_zero() || timeout > Duration::from_secs(3600) {
+        return Err("must be above 0 and at most 1h".into());
+    }
+    Ok(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, String> {
+        Config::load_from(std::iter::once("tracknum").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(config.block_size, 1000);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.record_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.fsync, FsyncPolicy::Everysec);
+        assert!(config.redis_url.is_none());
+    }
+
+    #[test]
+    fn bad_values_give_one_line_naming_the_setting() {
+        for (args, setting) in [
+            (&["--block-size", "0"][..], "--block-size"),
+            (&["--block-size", "abc"][..], "--block-size"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--record-ttl", "soon"][..], "--record-ttl"),
+            (&["--redis-url", "http://x"][..], "--redis-url"),
+            (&["--fsync", "sometimes"][..], "--fsync"),
+        ] {
+            let err = load(args).unwrap_err();
+            assert!(err.contains(setting), "{args:?} gave {err:?}");
+            assert!(!err.contains('\n'), "{err:?} is more than one line");
+        }
+    }
+
+    #[test]
+    fn redis_needs_a_secret() {
+        let err = load(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap_err();
+        assert!(err.contains("--secret"), "{err}");
+        let ok = load(&["--redis-url", "redis://127.0.0.1:6379", "--secret", "s3cret"]).unwrap();
+        assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn durations_accept_units_and_plain_seconds() {
+        assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_ttl("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert!(parse_ttl("0s").is_err());
+    }
+}

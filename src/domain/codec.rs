@@ -1,0 +1,552 @@
+//! The tracking-number layout: 16 chars of `0-9A-Z`, `[origin country, 2][customer tag, 2]
+//! [serial, 11][check, 1]`. The serial is scrambled by a secret-keyed bijection so issued numbers
+//! do not reveal volumes or let anyone guess a neighbour's number.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher13;
+
+use super::country::Country;
+
+/// Size of the serial space: 36^11.
+pub const SERIAL_SPACE: u64 = 131_621_703_842_267_136;
+
+/// Left half's radix (5 base-36 digits) and right half's (6 digits): A * B == SERIAL_SPACE.
+const A: u64 = 60_466_176;
+const B: u64 = 2_176_782_336;
+/// Rounds come in pairs (one per radix) so the halves end up back in their original radix.
+const ROUND_PAIRS: u8 = 5;
+const TAG_SPACE: u16 = 36 * 36;
+const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+
+// Frozen forever: changing any of these would re-map every number already issued.
+const CODEC_PREFIX: &[u8] = b"tracknum/codec/v1\0";
+const FINGERPRINT_PREFIX: &[u8] = b"tracknum/fingerprint/v1\0";
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// A 16-character tracking number (ASCII 0-9A-Z), stored inline — no heap allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct TrackingNumber([u8; 16]);
+
+impl TrackingNumber {
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        // Only ever built from DIGITS, so this is always valid and the fallback never used.
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
+}
+
+impl fmt::Display for TrackingNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for TrackingNumber {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The customer tag: FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3 — these
+/// must never change) of the key's UTF-8 bytes, mod 1296; 0 when there is no key.
+#[inline]
+pub fn customer_tag(key: Option<&str>) -> u16 {
+    let Some(key) = key else { return 0 };
+    let hash = key.bytes().fold(FNV_OFFSET_BASIS, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    });
+    // The remainder is below 1296, so it always fits.
+    (hash % u64::from(TAG_SPACE)) as u16
+}
+
+#[inline]
+fn digit_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'Z' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// ISO/IEC 7064 MOD 37,36 check character over ASCII 0-9A-Z chars: values 0-9 → 0..9,
+/// A-Z → 10..35. p = 36; for each char value v: s = (p + v) mod 36; if s == 0 { s = 36 };
+/// p = (2*s) mod 37. Check value = (37 - p) mod 36, as a char.
+/// Returns None if any byte is not 0-9A-Z.
+///
+/// It catches every single-character substitution. Adjacent transpositions are caught except
+/// for one pair of consecutive values per running state (about 1 in 630 pairs).
+#[inline]
+pub fn check_char(chars: &[u8]) -> Option<u8> {
+    let mut p: u32 = 36;
+    for &c in chars {
+        let mut s = (p + u32::from(digit_value(c)?)) % 36;
+        if s == 0 {
+            s = 36;
+        }
+        p = (2 * s) % 37;
+    }
+    Some(DIGITS[((37 - p) % 36) as usize])
+}
+
+/// True when the last char of `s` is the correct check char over the rest (s is 2+ chars of
+/// 0-9A-Z).
+#[inline]
+pub fn has_valid_check(s: &str) -> bool {
+    match s.as_bytes() {
+        [body @ .., last] if !body.is_empty() => check_char(body) == Some(*last),
+        _ => false,
+    }
+}
+
+/// Keyed, secret-dependent bijection over [0, SERIAL_SPACE), and the number encoder.
+#[derive(Clone)]
+pub struct Codec {
+    /// SipHash-1-3 keyed from the secret; the round index is part of each hashed message, so
+    /// one key serves every round.
+    round_hasher: SipHasher13,
+}
+
+/// Never prints the key material.
+impl fmt::Debug for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Codec").finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    /// Derives the round keys from the secret: SHA-256 of a fixed domain-separation prefix
+    /// followed by the secret bytes; the first 16 bytes of the digest are a SipHash-1-3 key.
+    pub fn new(secret: &[u8]) -> Codec {
+        let digest = Sha256::new()
+            .chain_update(CODEC_PREFIX)
+            .chain_update(secret)
+            .finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Codec {
+            round_hasher: SipHasher13::new_with_key(&key),
+        }
+    }
+
+    /// Round function F_i(R): SipHash13 over the round index and R's little-endian bytes.
+    #[inline]
+    fn round(&self, index: u8, r: u64) -> u64 {
+        let mut msg = [0u8; 9];
+        msg[0] = index;
+        msg[1..].copy_from_slice(&r.to_le_bytes());
+        self.round_hasher.hash(&msg)
+    }
+
+    /// Mixed-radix Feistel network over 36^5 x 36^6 (x = L*B + R with L < A, R < B). A round
+    /// maps (L, R) to (R, (L + F_i(R)) mod radix(L)), so the halves swap radix every round;
+    /// an even number of rounds (10) brings them back so the result is again L*B + R.
+    #[inline]
+    pub fn permute(&self, serial: u64) -> u64 {
+        debug_assert!(serial < SERIAL_SPACE);
+        let (mut l, mut r) = (serial / B, serial % B);
+        for pair in 0..ROUND_PAIRS {
+            // l < A, r < B
+            let next = (l + self.round(2 * pair, r) % A) % A;
+            (l, r) = (r, next);
+            // l < B, r < A
+            let next = (l + self.round(2 * pair + 1, r) % B) % B;
+            (l, r) = (r, next);
+        }
+        l * B + r
+    }
+
+    /// Inverse of [`Codec::permute`]: runs the rounds backwards, subtracting each F_i.
+    #[inline]
+    pub fn unpermute(&self, x: u64) -> u64 {
+        debug_assert!(x < SERIAL_SPACE);
+        let (mut l, mut r) = (x / B, x % B);
+        for pair in (0..ROUND_PAIRS).rev() {
+            // l < A, r < B: undo the odd round, whose sum was taken mod B.
+            let prev = (r + B - self.round(2 * pair + 1, l) % B) % B;
+            (l, r) = (prev, l);
+            // l < B, r < A: undo the even round, whose sum was taken mod A.
+            let prev = (r + A - self.round(2 * pair, l) % A) % A;
+            (l, r) = (prev, l);
+        }
+        l * B + r
+    }
+
+    /// Origin country ("ZZ" when None), customer tag as 2 base36 digits (0-9A-Z, tag < 1296),
+    /// permute(serial) as 11 base36 digits (zero-padded), then the check char.
+    /// Returns None when serial >= SERIAL_SPACE or customer_tag >= 1296.
+    pub fn encode(
+        &self,
+        origin: Option<Country>,
+        customer_tag: u16,
+        serial: u64,
+    ) -> Option<TrackingNumber> {
+        if serial >= SERIAL_SPACE || customer_tag >= TAG_SPACE {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        out[..2].copy_from_slice(&origin.map_or(*b"ZZ", Country::bytes));
+        out[2] = DIGITS[usize::from(customer_tag / 36)];
+        out[3] = DIGITS[usize::from(customer_tag % 36)];
+        let mut x = self.permute(serial);
+        for slot in out[4..15].iter_mut().rev() {
+            *slot = DIGITS[(x % 36) as usize];
+            x /= 36;
+        }
+        out[15] = check_char(&out[..15])?;
+        Some(TrackingNumber(out))
+    }
+
+    /// Inverse of encode's serial part: the serial for a number this codec produced (None if
+    /// the string is not 16 valid chars or the check char is wrong).
+    pub fn decode_serial(&self, tn: &str) -> Option<u64> {
+        if tn.len() != 16 || !has_valid_check(tn) {
+            return None;
+        }
+        // has_valid_check has vetted every char, and 11 digits stay below SERIAL_SPACE.
+        let x = tn.as_bytes()[4..15].iter().try_fold(0u64, |acc, &c| {
+            Some(acc * 36 + u64::from(digit_value(c)?))
+        })?;
+        Some(self.unpermute(x))
+    }
+}
+
+/// A short public fingerprint of a secret (hex of the first 8 bytes of SHA-256 with its own
+/// prefix), used to detect instances configured with different secrets without revealing it.
+pub fn fingerprint(secret: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(FINGERPRINT_PREFIX)
+        .chain_update(secret)
+        .finalize();
+    let mut hex = String::with_capacity(16);
+    for byte in &digest[..8] {
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    }
+    hex
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Deterministic test randomness (SplitMix64), so failures reproduce.
+    fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn codec() -> Codec {
+        Codec::new(b"test secret")
+    }
+
+    fn is_tracking_shape(s: &str) -> bool {
+        s.len() == 16
+            && s
+                .bytes()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
+    }
+
+    #[test]
+    fn constants_agree() {
+        assert_eq!(SERIAL_SPACE, 36u64.pow(11));
+        assert_eq!(A, 36u64.pow(5));
+        assert_eq!(B, 36u64.pow(6));
+        assert_eq!(A * B, SERIAL_SPACE);
+    }
+
+    #[test]
+    fn unpermute_inverts_permute_low_range() {
+        let c = codec();
+        for s in 0..200_000 {
+            let x = c.permute(s);
+            assert!(x < SERIAL_SPACE);
+            assert_eq!(c.unpermute(x), s, "serial {s}");
+        }
+    }
+
+    #[test]
+    fn unpermute_inverts_permute_top_range() {
+        let c = codec();
+        for s in (SERIAL_SPACE - 200_000)..SERIAL_SPACE {
+            let x = c.permute(s);
+            assert!(x < SERIAL_SPACE);
+            assert_eq!(c.unpermute(x), s, "serial {s}");
+        }
+    }
+
+    #[test]
+    fn unpermute_inverts_permute_random() {
+        let c = codec();
+        let mut state = 42;
+        for _ in 0..200_000 {
+            let s = splitmix(&mut state) % SERIAL_SPACE;
+            let x = c.permute(s);
+            assert!(x < SERIAL_SPACE);
+            assert_eq!(c.unpermute(x), s);
+            // Both directions are bijections, so this holds too.
+            assert_eq!(c.permute(c.unpermute(s)), s);
+        }
+    }
+
+    #[test]
+    fn permute_is_injective_and_in_range() {
+        let c = codec();
+        let mut seen = HashSet::with_capacity(1_000_000);
+        for s in 0..1_000_000 {
+            let x = c.permute(s);
+            assert!(x < SERIAL_SPACE);
+            assert!(seen.insert(x), "collision at serial {s}");
+        }
+    }
+
+    #[test]
+    fn different_secrets_give_different_permutations() {
+        let a = Codec::new(b"secret one");
+        let b = Codec::new(b"secret two");
+        let same = (0..1000).filter(|&s| a.permute(s) == b.permute(s)).count();
+        assert_eq!(same, 0);
+        // The same secret always gives the same permutation.
+        let a2 = Codec::new(b"secret one");
+        assert!((0..1000).all(|s| a.permute(s) == a2.permute(s)));
+    }
+
+    #[test]
+    fn consecutive_serials_scatter() {
+        let c = codec();
+        let n = 100_000u64;
+        let mut total: u128 = 0;
+        let mut min_gap = u64::MAX;
+        let mut prev = c.permute(0);
+        for s in 1..=n {
+            let x = c.permute(s);
+            let gap = x.abs_diff(prev);
+            total += u128::from(gap);
+            min_gap = min_gap.min(gap);
+            prev = x;
+        }
+        let mean = (total / u128::from(n)) as u64;
+        // A random bijection averages SERIAL_SPACE / 3 between neighbours.
+        assert!(mean > SERIAL_SPACE / 4, "mean gap {mean}");
+        assert!(min_gap > 1_000_000, "min gap {min_gap}");
+        // Low serials are not mapped to low outputs either.
+        assert!((0..1000).all(|s| c.permute(s) > 36u64.pow(6)));
+    }
+
+    #[test]
+    fn encode_layout() {
+        let c = codec();
+        let my = Country::parse("MY");
+        let tag = customer_tag(Some("redbox-logistics"));
+        for serial in [0, 1, 2, 12_345, SERIAL_SPACE / 2, SERIAL_SPACE - 1] {
+            let tn = c.encode(my, tag, serial).unwrap();
+            let s = tn.as_str();
+            assert!(is_tracking_shape(s), "{s}");
+            assert!(s.starts_with("MY"), "{s}");
+            // 275 = 7 * 36 + 23 → "7N"
+            assert_eq!(&s[2..4], "7N");
+            assert!(has_valid_check(s), "{s}");
+            assert_eq!(c.decode_serial(s), Some(serial), "{s}");
+            assert_eq!(tn.to_string(), s);
+        }
+        let none = c.encode(None, 0, 7).unwrap();
+        assert!(none.as_str().starts_with("ZZ00"), "{none}");
+        assert_eq!(c.decode_serial(none.as_str()), Some(7));
+        let top = c.encode(None, 1295, 7).unwrap();
+        assert_eq!(&top.as_str()[..4], "ZZZZ");
+        assert_eq!(&top.as_str()[4..15], &none.as_str()[4..15]);
+    }
+
+    #[test]
+    fn encode_serial_digits_are_the_permuted_serial() {
+        let c = codec();
+        let tn = c.encode(None, 0, 99).unwrap();
+        let digits = &tn.as_str()[4..15];
+        assert_eq!(u64::from_str_radix(digits, 36).unwrap(), c.permute(99));
+    }
+
+    #[test]
+    fn encode_rejects_out_of_range() {
+        let c = codec();
+        assert_eq!(c.encode(None, 0, SERIAL_SPACE), None);
+        assert_eq!(c.encode(None, 0, u64::MAX), None);
+        assert_eq!(c.encode(None, 1296, 0), None);
+        assert_eq!(c.encode(None, u16::MAX, 0), None);
+    }
+
+    #[test]
+    fn decode_serial_rejects_bad_input() {
+        let c = codec();
+        let tn = c.encode(Country::parse("US"), 5, 1_000).unwrap();
+        let s = tn.as_str();
+        assert_eq!(c.decode_serial(s), Some(1_000));
+        assert_eq!(c.decode_serial(&s.to_ascii_lowercase()), None);
+        assert_eq!(c.decode_serial(&s[..15]), None);
+        assert_eq!(c.decode_serial(&format!("{s}0")), None);
+        assert_eq!(c.decode_serial(""), None);
+        assert_eq!(c.decode_serial("ZZ00000000000-00"), None);
+        assert_eq!(c.decode_serial("ÄZ00000000000000"), None);
+        let mut wrong = s.as_bytes().to_vec();
+        wrong[15] = if wrong[15] == b'0' { b'1' } else { b'0' };
+        assert_eq!(c.decode_serial(std::str::from_utf8(&wrong).unwrap()), None);
+        // A different secret decodes to a different serial.
+        assert_ne!(Codec::new(b"other").decode_serial(s), Some(1_000));
+    }
+
+    #[test]
+    fn tracking_number_serializes_as_string() {
+        let tn = codec().encode(Country::parse("GB"), 0, 1).unwrap();
+        assert_eq!(
+            serde_json::to_string(&tn).unwrap(),
+            format!("\"{}\"", tn.as_str())
+        );
+    }
+
+    #[test]
+    fn check_char_known_vectors() {
+        // By hand, starting from p = 36:
+        //   "A" (10): s = 46 mod 36 = 10, p = 20 mod 37 = 20; check = 37 - 20 = 17 → 'H'.
+        //   "AB": after 'A' p = 20; 'B' (11): s = 31, p = 62 mod 37 = 25; check = 12 → 'C'.
+        //   "0" (0): s = 36 mod 36 = 0 → 36, p = 72 mod 37 = 35; check = 2 → '2'.
+        //   "Z" (35): s = 71 mod 36 = 35, p = 70 mod 37 = 33; check = 4 → '4'.
+        assert_eq!(check_char(b"A"), Some(b'H'));
+        assert_eq!(check_char(b"AB"), Some(b'C'));
+        assert_eq!(check_char(b"0"), Some(b'2'));
+        assert_eq!(check_char(b"Z"), Some(b'4'));
+        // Longer vectors, computed independently with a Python port of the same steps.
+        assert_eq!(check_char(b"MYAB0000000001"), Some(b'1'));
+        assert_eq!(check_char(b"MY0A123456789XY"), Some(b'M'));
+        assert_eq!(check_char(b"ZZ0000000000000"), Some(b'2'));
+        assert_eq!(check_char(b"US1Z0123456789A"), Some(b'9'));
+        assert!(has_valid_check("AH"));
+        assert!(has_valid_check("MY0A123456789XYM"));
+        assert!(!has_valid_check("MY0A123456789XYN"));
+        // A blind spot of the standard scheme, pinned so the docs stay honest.
+        assert!(has_valid_check("MY0A123465789XYM"));
+    }
+
+    #[test]
+    fn check_char_rejects_other_bytes() {
+        assert_eq!(check_char(b"ab"), None);
+        assert_eq!(check_char(b"A-B"), None);
+        assert_eq!(check_char(b"A B"), None);
+        assert_eq!(check_char("Ä".as_bytes()), None);
+        assert!(!has_valid_check(""));
+        assert!(!has_valid_check("H"));
+        assert!(!has_valid_check("ah"));
+        assert!(!has_valid_check("A h"));
+    }
+
+    #[test]
+    fn every_single_substitution_is_detected() {
+        let sample = codec().encode(Country::parse("MY"), 578, 123_456).unwrap();
+        assert!(has_valid_check(sample.as_str()));
+        let original: [u8; 16] = sample.as_str().as_bytes().try_into().unwrap();
+        let mut tried = 0;
+        for pos in 0..16 {
+            for &d in DIGITS {
+                if d == original[pos] {
+                    continue;
+                }
+                let mut changed = original;
+                changed[pos] = d;
+                let s = std::str::from_utf8(&changed).unwrap();
+                assert!(!has_valid_check(s), "{s} passes");
+                tried += 1;
+            }
+        }
+        assert_eq!(tried, 16 * 35);
+    }
+
+    #[test]
+    fn every_adjacent_transposition_in_sample_is_detected() {
+        // No two neighbours hold consecutive values, which keeps clear of the blind spots below
+        // (a run like "45" would slip through: see the next test).
+        let sample = "MY7NQ0K3T8B5W2F5";
+        assert!(has_valid_check(sample));
+        let original: [u8; 16] = sample.as_bytes().try_into().unwrap();
+        let mut tried = 0;
+        for pos in 0..15 {
+            if original[pos] == original[pos + 1] {
+                continue;
+            }
+            let mut swapped = original;
+            swapped.swap(pos, pos + 1);
+            let s = std::str::from_utf8(&swapped).unwrap();
+            assert!(!has_valid_check(s), "{s} passes");
+            tried += 1;
+        }
+        assert_eq!(tried, 15);
+    }
+
+    #[test]
+    fn transposition_blind_spots_are_only_consecutive_values() {
+        // Exhaustive over every running state and pair of distinct data values: a swap goes
+        // unnoticed only for values that differ by one (mod 36), e.g. "...45..." vs "...54...".
+        let mut missed = 0;
+        for prefix in DIGITS {
+            for &a in DIGITS {
+                for &b in DIGITS {
+                    if a == b {
+                        continue;
+                    }
+                    let body = [*prefix, a, b];
+                    let swapped = [*prefix, b, a];
+                    if check_char(&body) == check_char(&swapped) {
+                        let (va, vb) = (digit_value(a).unwrap(), digit_value(b).unwrap());
+                        let diff = (i16::from(va) - i16::from(vb)).rem_euclid(36);
+                        assert!(diff == 1 || diff == 35, "{}", String::from_utf8_lossy(&body));
+                        missed += 1;
+                    }
+                }
+            }
+        }
+        // One unordered pair (two orders) per state; all 36 states are reached by one prefix char.
+        assert_eq!(missed, 36 * 2);
+    }
+
+    #[test]
+    fn customer_tag_values_are_stable() {
+        assert_eq!(customer_tag(None), 0);
+        // FNV-1a 64 computed independently (Python):
+        //   "redbox-logistics" → 0x741c97217e2d9df3, mod 1296 = 275
+        //   "de619854-b59b-425e-9db4-943979e1bd49" → 0x35e9a1ada9b88ba2, mod 1296 = 578
+        //   "" → the offset basis 0xcbf29ce484222325, mod 1296 = 149
+        assert_eq!(customer_tag(Some("redbox-logistics")), 275);
+        assert_eq!(
+            customer_tag(Some("de619854-b59b-425e-9db4-943979e1bd49")),
+            578
+        );
+        assert_eq!(customer_tag(Some("")), 149);
+        assert_eq!(customer_tag(Some("a")), 988);
+        let mut state = 7;
+        for _ in 0..1000 {
+            let key = splitmix(&mut state).to_string();
+            assert!(customer_tag(Some(&key)) < 1296);
+        }
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_secret_specific() {
+        let a = fingerprint(b"secret one");
+        assert_eq!(a, fingerprint(b"secret one"));
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(a, fingerprint(b"secret two"));
+        assert_ne!(fingerprint(b""), fingerprint(b"\0"));
+    }
+
+    #[test]
+    fn fingerprint_known_value() {
+        // sha256(b"tracknum/fingerprint/v1\0" + b"abc")[:8].hex(), computed with Python.
+        assert_eq!(fingerprint(b"abc"), "2a1fac690fbe6c27");
+    }
+}

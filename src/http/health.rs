@@ -1,0 +1,40 @@
+//! `GET /healthz`: 200 once the server can issue numbers, 503 with the reason before that.
+
+use serde_json::json;
+use warp::{Filter, Reply};
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use super::{SharedState, with_state};
+
+pub fn route(
+    state: SharedState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::path!("healthz")
+        .and(warp::get())
+        .and(with_state(state))
+        .map(healthz)
+}
+
+fn healthz(state: SharedState) -> Response {
+    let serials = state.pool.remaining();
+    let (status, body) = if serials > 0 {
+        (StatusCode::OK, json!({ "status": "ok", "serials_in_pool": serials }))
+    } else {
+        let reason = state
+            .refill
+            .last_error()
+            .unwrap_or_else(|| "waiting for the first block of serials".into());
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({ "status": "unavailable", "reason": reason }),
+        )
+    };
+    let mut response = warp::reply::json(&body).into_response();
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    response
+}

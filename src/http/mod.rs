@@ -1,0 +1,67 @@
+//! The HTTP surface: one module per resource, each a small warp filter with a thin handler, and
+//! one `recover` that turns routing rejections into problem replies.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::http::{HeaderValue, header};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::alloc::{RefillStatus, SerialPool};
+use crate::issuer::Issuer;
+use crate::store::Store;
+
+mod health;
+mod issue;
+pub mod problem;
+pub mod query;
+mod records;
+
+pub use problem::Problem;
+
+/// What the handlers need, shared by every request.
+pub struct AppState {
+    pub issuer: Issuer,
+    pub store: Arc<dyn Store>,
+    pub pool: Arc<SerialPool>,
+    pub refill: Arc<RefillStatus>,
+}
+
+pub type SharedState = Arc<AppState>;
+
+pub fn routes(
+    state: SharedState,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    issue::route(state.clone())
+        .or(records::route(state.clone()))
+        .unify()
+        .or(health::route(state))
+        .unify()
+        .recover(problem::recover)
+        .unify()
+}
+
+fn with_state(
+    state: SharedState,
+) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// A 200 JSON reply that no cache may keep (a cached number would go to two parcels).
+fn json_reply(body: bytes::Bytes) -> Response {
+    let mut response = Response::new(body.into());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+impl Reply for Problem {
+    fn into_response(self) -> Response {
+        Problem::into_response(self)
+    }
+}

@@ -1,0 +1,133 @@
+//! Reads the order inputs from a raw query string, strictly: an unknown or repeated parameter is
+//! an error (a typo must not be silently ignored), and so is a value that is not valid UTF-8.
+
+use std::borrow::Cow;
+
+use percent_encoding::percent_decode_str;
+
+use crate::domain::{FieldError, Order, OrderInput};
+
+/// Parses and validates the query; on failure, every bad parameter is named.
+pub fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
+    let mut input = OrderInput::default();
+    let mut errors: Vec<FieldError> = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = match decode(name) {
+            Some(name) => name,
+            None => {
+                errors.push(FieldError::new(
+                    shorten(name),
+                    "is not valid percent-encoded UTF-8",
+                ));
+                continue;
+            }
+        };
+        let Some(slot) = slot(&mut input, &name) else {
+            errors.push(FieldError::new(shorten(&name), "unknown parameter"));
+            continue;
+        };
+        if slot.is_some() {
+            if !errors.iter().any(|e| e.field == name) {
+                errors.push(FieldError::new(name, "given more than once"));
+            }
+            continue;
+        }
+        match decode(value) {
+            Some(value) => *slot = Some(value.into_owned()),
+            None => errors.push(FieldError::new(name, "is not valid percent-encoded UTF-8")),
+        }
+    }
+    match input.parse() {
+        Ok(order) if errors.is_empty() => Ok(order),
+        Ok(_) => Err(errors),
+        Err(more) => {
+            // A parameter already reported (e.g. repeated) is reported once.
+            for error in more {
+                if !errors.iter().any(|e| e.field == error.field) {
+                    errors.push(error);
+                }
+            }
+            Err(errors)
+        }
+    }
+}
+
+fn slot<'a>(input: &'a mut OrderInput, name: &str) -> Option<&'a mut Option<String>> {
+    Some(match name {
+        "origin_country_id" => &mut input.origin_country_id,
+        "destination_country_id" => &mut input.destination_country_id,
+        "weight" => &mut input.weight,
+        "created_at" => &mut input.created_at,
+        "customer_id" => &mut input.customer_id,
+        "customer_name" => &mut input.customer_name,
+        "customer_slug" => &mut input.customer_slug,
+        _ => return None,
+    })
+}
+
+/// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte, UTF-8 required.
+fn decode(text: &str) -> Option<Cow<'_, str>> {
+    if text.contains('+') {
+        let spaced = text.replace('+', " ");
+        let decoded = percent_decode_str(&spaced).decode_utf8().ok()?;
+        Some(Cow::Owned(decoded.into_owned()))
+    } else {
+        percent_decode_str(text).decode_utf8().ok()
+    }
+}
+
+/// Unknown names are echoed back, but never at unbounded length.
+fn shorten(name: &str) -> String {
+    name.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(raw: &str) -> Vec<String> {
+        parse_order(raw)
+            .unwrap_err()
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_query_is_an_order_with_nothing_given() {
+        assert_eq!(parse_order("").unwrap(), Order::default());
+    }
+
+    #[test]
+    fn decodes_percent_escapes_and_plus_as_space() {
+        let order =
+            parse_order("customer_name=RedBox+Logistics&created_at=2018-11-20T19:29:32%2B08:00")
+                .unwrap();
+        assert_eq!(order.customer_name.as_deref(), Some("RedBox Logistics"));
+        assert_eq!(order.customer_slug.as_deref(), Some("redbox-logistics"));
+        assert_eq!(
+            order.order_created_at.unwrap().to_rfc3339(),
+            "2018-11-20T19:29:32+08:00"
+        );
+    }
+
+    #[test]
+    fn unknown_repeated_and_bad_fields_are_all_named() {
+        assert_eq!(
+            fields("weigth=1&origin_country_id=MY&origin_country_id=ID&weight=0&customer_slug=A"),
+            vec!["weigth", "origin_country_id", "weight", "customer_slug"]
+        );
+    }
+
+    #[test]
+    fn an_empty_value_or_missing_equals_is_invalid_not_absent() {
+        assert_eq!(fields("weight="), vec!["weight"]);
+        assert_eq!(fields("weight"), vec!["weight"]);
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused() {
+        assert_eq!(fields("customer_name=%FF%FE"), vec!["customer_name"]);
+    }
+}

@@ -1,0 +1,76 @@
+//! Storage behind two traits: `LeaseSource` hands out blocks of the global serial counter, and
+//! `RecordStore` keeps the records of issued numbers. `redis` and `embedded` implement both;
+//! `writer` batches concurrent record writes into one storage round trip.
+
+use std::ops::Range;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+pub mod embedded;
+pub mod redis;
+pub mod writer;
+
+pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
+pub use writer::RecordWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or did not answer in time; worth retrying later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Another instance (or an earlier run) used a different secret with this counter; issuing
+    /// with ours could repeat its numbers.
+    #[error(
+        "the counter was started with a different secret (fingerprint {stored}, ours {ours}); \
+         every instance sharing a counter must use the same --secret"
+    )]
+    SecretMismatch { stored: String, ours: String },
+    /// The backend answered with something it should never hold.
+    #[error("storage is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn unavailable(err: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+/// A source of globally unique serials, leased a block at a time.
+#[async_trait]
+pub trait LeaseSource: Send + Sync + 'static {
+    /// Leases `size` serials, every one of them at or above `floor` and never handed out before
+    /// (by any instance), and returns them as a half-open range.
+    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError>;
+}
+
+/// A record ready to store: its key, when it expires, and its JSON (also the reply body).
+#[derive(Debug, Clone)]
+pub struct RecordEntry {
+    pub tracking_number: String,
+    pub expires_at: DateTime<Utc>,
+    pub json: Bytes,
+}
+
+/// Where the records of issued numbers live until they expire.
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Stores each entry unless a live record already holds its number; returns, per entry,
+    /// whether it was stored. All in one round trip.
+    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError>;
+    /// The JSON of a live (unexpired) record.
+    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Succeeds when the store can serve requests now.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Makes every write so far durable (the embedded store batches its fsyncs).
+    async fn sync(&self) -> Result<(), StoreError>;
+    /// Reclaims the space of expired records; returns how many were removed.
+    async fn purge_expired(&self) -> Result<u64, StoreError>;
+}
+
+/// Both halves of a backend, as the application uses it.
+pub trait Store: LeaseSource + RecordStore {}
+impl<T: LeaseSource + RecordStore> Store for T {}

@@ -1,0 +1,220 @@
+//! The Redis backend. Serials are leased with one Lua script that first raises the counter to a
+//! floor derived from Redis' own clock, so a Redis that lost its data (restart without
+//! persistence, FLUSHALL, a failover dropping the last writes) never hands out a serial again.
+//! Keys work unchanged on Redis Cluster: the script's two keys share one hash slot.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use deadpool_redis::{Pool, Runtime};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::Mutex;
+
+use super::{LeaseSource, RecordEntry, RecordStore, StoreError};
+use crate::domain::codec::SERIAL_SPACE;
+
+/// The counter and the secret fingerprint, in one hash slot (`{tracknum}`).
+const SERIAL_KEY: &str = "{tracknum}:serial";
+const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
+/// Records spread over the cluster: one key each.
+const RECORD_PREFIX: &str = "tracknum:record:";
+
+/// The time floor counts microseconds since 2025-01-01T00:00:00Z: 10^6 serials a second, which
+/// outruns any real issuing rate and still lasts over 4000 years in 36^11 serials.
+pub const FLOOR_EPOCH_UNIX_SECS: u64 = 1_735_689_600;
+
+const LEASE_SCRIPT: &str = r#"
+local fp = redis.call('GET', KEYS[2])
+if fp and fp ~= ARGV[4] then
+  return redis.error_reply('TRACKNUM_SECRET_MISMATCH ' .. fp)
+end
+if not fp then redis.call('SET', KEYS[2], ARGV[4]) end
+local t = redis.call('TIME')
+local floor = (tonumber(t[1]) - tonumber(ARGV[3])) * 1000000 + tonumber(t[2])
+local caller = tonumber(ARGV[2])
+if caller > floor then floor = caller end
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if current < floor then
+  redis.call('SET', KEYS[1], string.format('%.0f', floor))
+end
+return redis.call('INCRBY', KEYS[1], ARGV[1])
+"#;
+
+pub struct RedisStore {
+    pool: Pool,
+    lease_script: redis::Script,
+    fingerprint: String,
+    timeout: Duration,
+    /// The record writer's own connection, kept across batches so no batch pays for a pool check.
+    writer_conn: Mutex<Option<MultiplexedConnection>>,
+}
+
+impl RedisStore {
+    /// Builds the store; connects lazily, so a Redis that is down now is retried later.
+    pub fn new(url: &str, fingerprint: String, timeout: Duration) -> anyhow::Result<Self> {
+        let mut config = deadpool_redis::Config::from_url(url);
+        let mut pool = deadpool_redis::PoolConfig::new(16);
+        pool.timeouts.wait = Some(timeout);
+        pool.timeouts.create = Some(timeout);
+        pool.timeouts.recycle = Some(timeout);
+        config.pool = Some(pool);
+        let pool = config
+            .create_pool(Some(Runtime::Tokio1))
+            .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
+        Ok(RedisStore {
+            pool,
+            lease_script: redis::Script::new(LEASE_SCRIPT),
+            fingerprint,
+            timeout,
+            writer_conn: Mutex::new(None),
+        })
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
+        self.pool.get().await.map_err(StoreError::unavailable)
+    }
+
+    /// Bounds every call, so a hung Redis becomes an error instead of a hung request.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("Redis did not answer in time".into())))
+    }
+}
+
+/// The script refuses a different secret with `TRACKNUM_SECRET_MISMATCH <stored fingerprint>`.
+fn lease_error(err: redis::RedisError, ours: &str) -> StoreError {
+    let text = err.to_string();
+    match text.find("TRACKNUM_SECRET_MISMATCH") {
+        Some(at) => {
+            let rest = &text[at + "TRACKNUM_SECRET_MISMATCH".len()..];
+            let stored = rest
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .find(|token| !token.is_empty())
+                .unwrap_or("");
+            StoreError::SecretMismatch {
+                stored: stored.to_owned(),
+                ours: ours.to_owned(),
+            }
+        }
+        None => StoreError::Unavailable(text),
+    }
+}
+
+fn record_key(tracking_number: &str) -> String {
+    let mut key = String::with_capacity(RECORD_PREFIX.len() + tracking_number.len());
+    key.push_str(RECORD_PREFIX);
+    key.push_str(tracking_number);
+    key
+}
+
+#[async_trait]
+impl LeaseSource for RedisStore {
+    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
+        let end: u64 = self
+            .bounded(async {
+                let mut conn = self.conn().await?;
+                self.lease_script
+                    .key(SERIAL_KEY)
+                    .key(FINGERPRINT_KEY)
+                    .arg(size)
+                    .arg(floor)
+                    .arg(FLOOR_EPOCH_UNIX_SECS)
+                    .arg(&self.fingerprint)
+                    .invoke_async(&mut *conn)
+                    .await
+                    .map_err(|e| lease_error(e, &self.fingerprint))
+            })
+            .await?;
+        let start = end.saturating_sub(size);
+        // Defence in depth: never accept a block below one this instance already used.
+        if start < floor || end > SERIAL_SPACE {
+            return Err(StoreError::Corrupt(format!(
+                "Redis leased {start}..{end}, below this instance's floor {floor} or past the serial space"
+            )));
+        }
+        Ok(start..end)
+    }
+}
+
+#[async_trait]
+impl RecordStore for RedisStore {
+    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cached = self.writer_conn.lock().await;
+        let mut conn = match cached.as_ref() {
+            Some(conn) => conn.clone(),
+            None => {
+                let fresh = self.bounded(self.conn()).await?;
+                let fresh: MultiplexedConnection = (*fresh).clone();
+                *cached = Some(fresh.clone());
+                fresh
+            }
+        };
+        let now = Utc::now();
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
+            pipe.cmd("SET")
+                .arg(record_key(&entry.tracking_number))
+                .arg(entry.json.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .arg("NX");
+        }
+        let replies: Result<Vec<Option<String>>, StoreError> = self
+            .bounded(async { pipe.query_async(&mut conn).await.map_err(StoreError::unavailable) })
+            .await;
+        match replies {
+            Ok(replies) => Ok(replies.into_iter().map(|r| r.is_some()).collect()),
+            Err(err) => {
+                // The connection may be dead: take a fresh one next time.
+                *cached = None;
+                Err(err)
+            }
+        }
+    }
+
+    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            let value: Option<Vec<u8>> = conn
+                .get(record_key(tracking_number))
+                .await
+                .map_err(StoreError::unavailable)?;
+            Ok(value.map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut *conn)
+                .await
+                .map_err(StoreError::unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // Durability is Redis' own (appendfsync); nothing is buffered here.
+        Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        // Redis expires records itself (SET ... PX).
+        Ok(0)
+    }
+}

@@ -1,0 +1,311 @@
+//! Test harness: the real server on a random port (in-process or as the real binary), and
+//! private `redis-server` processes on free ports, each stopped when dropped.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracknum::{Application, Config};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A configuration as the binary would parse it, listening on a random loopback port.
+pub fn config(args: &[&str]) -> Config {
+    let base = ["tracknum", "--listen", "127.0.0.1:0"];
+    Config::load_from(base.iter().chain(args.iter()).copied()).expect("valid test config")
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("the server answers")
+    }
+
+    /// Issues a number with the given query and returns the body, asserting a 200.
+    pub async fn issue(&self, query: &str) -> Value {
+        let response = self.get(&format!("/next-tracking-number?{query}")).await;
+        let status = response.status();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Graceful stop: waits until the server has drained and flushed.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("clean shutdown");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn spawn_app(config: Config) -> TestApp {
+    try_spawn_app(config).await.expect("the app starts")
+}
+
+pub async fn try_spawn_app(config: Config) -> anyhow::Result<TestApp> {
+    let app = Application::build(config).await?;
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let app = TestApp {
+        addr,
+        client: reqwest::Client::new(),
+        stop: Some(stop),
+        task: Some(task),
+    };
+    wait_healthy(&app.client, &app.url("/healthz")).await;
+    Ok(app)
+}
+
+pub async fn wait_healthy(client: &reqwest::Client, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = client.get(url).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never became healthy");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An embedded-store app in a fresh data dir (kept alive by the returned TempDir).
+pub async fn spawn_embedded(extra: &[&str]) -> (TestApp, TempDir) {
+    let dir = TempDir::new().unwrap();
+    let data_dir = dir.path().to_str().unwrap().to_owned();
+    let mut args = vec!["--data-dir", data_dir.as_str()];
+    args.extend_from_slice(extra);
+    (spawn_app(config(&args)).await, dir)
+}
+
+pub const SECRET: &str = "test-secret-shared-by-instances";
+
+/// A Redis-backed app on the given private Redis.
+pub async fn spawn_on_redis(redis: &RedisServer, extra: &[&str]) -> TestApp {
+    let url = redis.url();
+    let mut args = vec!["--redis-url", url.as_str(), "--secret", SECRET];
+    args.extend_from_slice(extra);
+    spawn_app(config(&args)).await
+}
+
+/// A private redis-server on a free port, without persistence, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let mut redis = RedisServer {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start redis-server ({e}): install it (Debian/Ubuntu: apt-get install \
+                     redis-server) or run the README's test command, scripts/test.sh"
+                )
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ping().is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn ping(&self) -> redis::RedisResult<String> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection_with_timeout(Duration::from_millis(200))?;
+        redis::cmd("PING").query(&mut conn)
+    }
+
+    /// Runs one command against this Redis.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut conn).unwrap()
+    }
+
+    /// Kills the server (SIGKILL): everything it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The real binary, for tests that kill the process.
+pub struct BinaryApp {
+    pub addr: SocketAddr,
+    child: Child,
+}
+
+impl BinaryApp {
+    pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tracknum"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the tracknum binary starts");
+        let app = BinaryApp {
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            child,
+        };
+        wait_healthy(&reqwest::Client::new(), &app.url("/healthz")).await;
+        app
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BinaryApp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Issues `count` numbers with `concurrency` requests in flight, spread over `urls` in turn.
+/// Returns the numbers of the 200 replies and how many replies were something else.
+pub async fn issue_many(urls: &[String], count: usize, concurrency: usize) -> (Vec<String>, usize) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let client = client.clone();
+            let next = next.clone();
+            let urls = urls.to_vec();
+            tokio::spawn(async move {
+                let mut numbers = Vec::new();
+                let mut failed = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let url = &urls[i % urls.len()];
+                    match client.get(url).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            let body: Value = r.json().await.unwrap();
+                            numbers.push(body["tracking_number"].as_str().unwrap().to_owned());
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (numbers, failed)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(count);
+    let mut failed = 0;
+    for w in workers {
+        let (numbers, f) = w.await.unwrap();
+        all.extend(numbers);
+        failed += f;
+    }
+    (all, failed)
+}
+
+/// Asserts that no number appears twice, naming the first repeat.
+pub fn assert_unique(numbers: &[String]) {
+    let mut seen = std::collections::HashSet::with_capacity(numbers.len());
+    for n in numbers {
+        assert!(seen.insert(n.as_str()), "{n} was issued twice");
+    }
+}
