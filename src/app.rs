@@ -43,11 +43,8 @@ impl Application {
                     .secret
                     .clone()
                     .context("--secret is required with --redis-url")?;
-                let store = RedisStore::new(
-                    url,
-                    fingerprint(secret.as_bytes()),
-                    config.storage_timeout,
-                )?;
+                let store =
+                    RedisStore::new(url, fingerprint(secret.as_bytes()), config.storage_timeout)?;
                 (Arc::new(store), secret)
             }
             None => {
@@ -164,7 +161,10 @@ impl Application {
             let _ = task.await;
         }
         // The last handle on the writer went with the server: the writer drains and stops.
-        if tokio::time::timeout(drain_timeout, writer_task).await.is_err() {
+        if tokio::time::timeout(drain_timeout, writer_task)
+            .await
+            .is_err()
+        {
             tracing::warn!("pending record writes did not finish in time");
         }
         store.sync().await.context("final sync of the store")?;
@@ -173,10 +173,10 @@ impl Application {
     }
 }
 
-type StoreJob = fn(
-    Arc<dyn Store>,
-)
-    -> std::pin::Pin<Box<dyn Future<Output = Result<(), crate::store::StoreError>> + Send>>;
+type StoreJob =
+    fn(
+        Arc<dyn Store>,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), crate::store::StoreError>> + Send>>;
 
 /// Runs a store chore on a fixed period until `stop`, logging (not stopping on) failures.
 fn spawn_every(

@@ -175,7 +175,13 @@ mod tests {
     fn redis_needs_a_secret() {
         let err = load(&["--redis-url", "redis://127.0.0.1:6379"]).unwrap_err();
         assert!(err.contains("--secret"), "{err}");
-        let ok = load(&["--redis-url", "redis://127.0.0.1:6379", "--secret", "s3cret"]).unwrap();
+        let ok = load(&[
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--secret",
+            "s3cret",
+        ])
+        .unwrap();
         assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
     }
 

@@ -66,9 +66,13 @@ impl SerialPool {
                 continue;
             }
             let next = spare.pop_front();
+            if let Some(range) = &next {
+                // Installed under the lock, so no other thread can install one in between.
+                self.current.store(Arc::new(Block::new(range.clone())));
+            }
             drop(spare);
             self.wants_more.notify_one();
-            self.current.store(Arc::new(Block::new(next?)));
+            next.as_ref()?;
         }
     }
 
@@ -161,7 +165,9 @@ mod tests {
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let pool = pool.clone();
-                std::thread::spawn(move || std::iter::from_fn(|| pool.try_take()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    std::iter::from_fn(|| pool.try_take()).collect::<Vec<_>>()
+                })
             })
             .collect();
         let mut seen = HashSet::new();
@@ -172,7 +178,10 @@ mod tests {
                 total += 1;
             }
         }
-        assert_eq!(total, 200_000, "every leased serial is handed out exactly once");
+        assert_eq!(
+            total, 200_000,
+            "every leased serial is handed out exactly once"
+        );
     }
 
     #[tokio::test]

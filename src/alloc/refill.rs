@@ -124,9 +124,19 @@ mod tests {
         });
         let pool = Arc::new(SerialPool::new(1));
         let status = Arc::new(RefillStatus::default());
-        assert_eq!(first_lease(&pool, counter.as_ref(), 10).await.unwrap(), None);
+        assert_eq!(
+            first_lease(&pool, counter.as_ref(), 10).await.unwrap(),
+            None
+        );
         let stop = CancellationToken::new();
-        let task = spawn_refill(pool.clone(), counter.clone(), 10, 0, status.clone(), stop.clone());
+        let task = spawn_refill(
+            pool.clone(),
+            counter.clone(),
+            10,
+            0,
+            status.clone(),
+            stop.clone(),
+        );
 
         tokio::time::sleep(Duration::from_millis(120)).await;
         assert_eq!(pool.try_take(), None);

@@ -207,9 +207,9 @@ impl Codec {
             return None;
         }
         // has_valid_check has vetted every char, and 11 digits stay below SERIAL_SPACE.
-        let x = tn.as_bytes()[4..15].iter().try_fold(0u64, |acc, &c| {
-            Some(acc * 36 + u64::from(digit_value(c)?))
-        })?;
+        let x = tn.as_bytes()[4..15]
+            .iter()
+            .try_fold(0u64, |acc, &c| Some(acc * 36 + u64::from(digit_value(c)?)))?;
         Some(self.unpermute(x))
     }
 }
@@ -250,8 +250,7 @@ mod tests {
 
     fn is_tracking_shape(s: &str) -> bool {
         s.len() == 16
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase())
     }
 
@@ -503,7 +502,11 @@ mod tests {
                     if check_char(&body) == check_char(&swapped) {
                         let (va, vb) = (digit_value(a).unwrap(), digit_value(b).unwrap());
                         let diff = (i16::from(va) - i16::from(vb)).rem_euclid(36);
-                        assert!(diff == 1 || diff == 35, "{}", String::from_utf8_lossy(&body));
+                        assert!(
+                            diff == 1 || diff == 35,
+                            "{}",
+                            String::from_utf8_lossy(&body)
+                        );
                         missed += 1;
                     }
                 }
@@ -539,7 +542,10 @@ mod tests {
         let a = fingerprint(b"secret one");
         assert_eq!(a, fingerprint(b"secret one"));
         assert_eq!(a.len(), 16);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            a.bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(a, fingerprint(b"secret two"));
         assert_ne!(fingerprint(b""), fingerprint(b"\0"));
     }

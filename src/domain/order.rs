@@ -81,12 +81,9 @@ impl OrderInput {
         let weight = check(&mut errors, "weight", self.weight.as_deref(), |s| {
             Weight::parse(s).ok_or(MSG_WEIGHT)
         });
-        let order_created_at = check(
-            &mut errors,
-            "created_at",
-            self.created_at.as_deref(),
-            |s| parse_created_at(s).ok_or(MSG_CREATED_AT),
-        );
+        let order_created_at = check(&mut errors, "created_at", self.created_at.as_deref(), |s| {
+            parse_created_at(s).ok_or(MSG_CREATED_AT)
+        });
         let customer_id = check(
             &mut errors,
             "customer_id",
@@ -453,7 +450,10 @@ mod rfc3339_opt {
 mod uuid_opt {
     use super::*;
 
-    pub fn serialize<S: Serializer>(value: &Option<Uuid>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &Option<Uuid>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(id) => {
                 let mut buf = Uuid::encode_buffer();
@@ -463,7 +463,9 @@ mod uuid_opt {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Uuid>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Uuid>, D::Error> {
         deserializer.deserialize_option(OptionOf(UuidVisitor))
     }
 
@@ -684,7 +686,10 @@ mod tests {
         );
         assert_eq!(slug_from_name("ACME--Corp").as_deref(), Some("acme-corp"));
         assert_eq!(slug_from_name("!!!"), None);
-        assert_eq!(slug_from_name("北京 Trading").as_deref(), Some("bei-jing-trading"));
+        assert_eq!(
+            slug_from_name("北京 Trading").as_deref(),
+            Some("bei-jing-trading")
+        );
     }
 
     #[test]
@@ -893,10 +898,7 @@ mod tests {
         }
         .parse()
         .unwrap_err();
-        assert_eq!(
-            errors,
-            [FieldError::new("customer_name", MSG_NAME_CONTROL)]
-        );
+        assert_eq!(errors, [FieldError::new("customer_name", MSG_NAME_CONTROL)]);
     }
 
     // ---- Order serde ----
@@ -926,7 +928,10 @@ mod tests {
         );
         let back: Order = serde_json::from_str(&json).unwrap();
         assert_eq!(back, order);
-        assert_eq!(back.order_created_at.unwrap().offset().local_minus_utc(), 8 * 3600);
+        assert_eq!(
+            back.order_created_at.unwrap().offset().local_minus_utc(),
+            8 * 3600
+        );
     }
 
     #[test]

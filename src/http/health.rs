@@ -1,9 +1,9 @@
 //! `GET /healthz`: 200 once the server can issue numbers, 503 with the reason before that.
 
 use serde_json::json;
-use warp::{Filter, Reply};
 use warp::http::StatusCode;
 use warp::reply::Response;
+use warp::{Filter, Reply};
 
 use super::{SharedState, with_state};
 
@@ -19,7 +19,10 @@ pub fn route(
 fn healthz(state: SharedState) -> Response {
     let serials = state.pool.remaining();
     let (status, body) = if serials > 0 {
-        (StatusCode::OK, json!({ "status": "ok", "serials_in_pool": serials }))
+        (
+            StatusCode::OK,
+            json!({ "status": "ok", "serials_in_pool": serials }),
+        )
     } else {
         let reason = state
             .refill

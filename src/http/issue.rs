@@ -13,9 +13,7 @@ pub fn route(
         .or(warp::path!("v1" / "next-tracking-number"))
         .unify();
     // The query is optional: no query string means an order with nothing given.
-    let raw_query = warp::query::raw()
-        .or(warp::any().map(String::new))
-        .unify();
+    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     path.and(warp::get())
         .and(raw_query)
         .and(with_state(state))

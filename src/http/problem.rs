@@ -97,10 +97,7 @@ impl Problem {
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, detail) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such resource".to_owned())
-    } else if rejection
-        .find::<warp::reject::MethodNotAllowed>()
-        .is_some()
-    {
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
         (
             StatusCode::METHOD_NOT_ALLOWED,
             "this method is not allowed on this resource".to_owned(),

@@ -18,9 +18,7 @@ pub fn route(
 async fn get_record(number: String, state: SharedState) -> Response {
     // Numbers are upper case; accept what a person types.
     let number = number.to_ascii_uppercase();
-    if number.is_empty()
-        || number.len() > 16
-        || !number.bytes().all(|b| b.is_ascii_alphanumeric())
+    if number.is_empty() || number.len() > 16 || !number.bytes().all(|b| b.is_ascii_alphanumeric())
     {
         return Problem::invalid(vec![FieldError::new(
             "tracking_number",
@@ -30,8 +28,9 @@ async fn get_record(number: String, state: SharedState) -> Response {
     }
     match state.store.get(&number).await {
         Ok(Some(json)) => json_reply(json),
-        Ok(None) => Problem::not_found(format!("no record for tracking number {number}"))
-            .into_response(),
+        Ok(None) => {
+            Problem::not_found(format!("no record for tracking number {number}")).into_response()
+        }
         Err(err) => Problem::unavailable(err.to_string()).into_response(),
     }
 }

@@ -276,7 +276,9 @@ impl RecordStore for EmbeddedStore {
                     .collect::<Result<_, _>>()
                     .map_err(corrupt)?;
                 for (expires, number) in &due {
-                    expiry.remove((*expires, number.as_str())).map_err(corrupt)?;
+                    expiry
+                        .remove((*expires, number.as_str()))
+                        .map_err(corrupt)?;
                     // The number may since hold a newer record with a later expiry: keep that one.
                     let same = records
                         .get(number.as_str())

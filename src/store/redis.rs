@@ -85,7 +85,11 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         tokio::time::timeout(self.timeout, work)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("Redis did not answer in time".into())))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "Redis did not answer in time".into(),
+                ))
+            })
     }
 }
 
@@ -172,7 +176,11 @@ impl RecordStore for RedisStore {
                 .arg("NX");
         }
         let replies: Result<Vec<Option<String>>, StoreError> = self
-            .bounded(async { pipe.query_async(&mut conn).await.map_err(StoreError::unavailable) })
+            .bounded(async {
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(StoreError::unavailable)
+            })
             .await;
         match replies {
             Ok(replies) => Ok(replies.into_iter().map(|r| r.is_some()).collect()),

@@ -55,9 +55,17 @@ fn assert_problem(response_status: u16, content_type: &str, body: &Value, status
 async fn problem(app: &TestApp, path: &str) -> Value {
     let response = app.get(path).await;
     let status = response.status().as_u16();
-    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: Value = response.json().await.unwrap();
-    assert_problem(status, &content_type, &body, body["status"].as_u64().unwrap_or(0) as u16);
+    assert_problem(
+        status,
+        &content_type,
+        &body,
+        body["status"].as_u64().unwrap_or(0) as u16,
+    );
     assert!(status >= 400, "{body}");
     body
 }
@@ -85,12 +93,19 @@ async fn issues_a_valid_number_with_no_inputs(app: &TestApp) {
     assert!(number_pattern().is_match(number));
     assert!(number.starts_with("ZZ00"), "{number}");
     assert!(has_valid_check(number));
-    let created = chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
-    let expires = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
+    let created =
+        chrono::DateTime::parse_from_rfc3339(body["created_at"].as_str().unwrap()).unwrap();
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
     assert!(body["created_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!((expires - created).num_days(), 30);
     assert!((chrono::Utc::now() - created.to_utc()).num_seconds().abs() < 60);
-    let keys: Vec<&str> = body.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(keys.len(), 3, "inputs not given are left out: {body}");
 }
 
@@ -120,7 +135,10 @@ async fn echoes_every_input_normalized(app: &TestApp) {
     // Without a customer id, the tag comes from the slug.
     let body = app.issue("customer_slug=acme-co").await;
     let number = body["tracking_number"].as_str().unwrap();
-    assert_eq!(&number[..4], format!("ZZ{}", base36_pair(customer_tag(Some("acme-co")))));
+    assert_eq!(
+        &number[..4],
+        format!("ZZ{}", base36_pair(customer_tag(Some("acme-co"))))
+    );
 }
 
 fn base36_pair(tag: u16) -> String {
@@ -134,7 +152,10 @@ async fn identical_requests_get_different_numbers(app: &TestApp) {
     let a = app.issue(query).await;
     let b = app.issue(query).await;
     assert_ne!(a["tracking_number"], b["tracking_number"]);
-    assert_eq!(a["tracking_number"].as_str().unwrap()[..4], b["tracking_number"].as_str().unwrap()[..4]);
+    assert_eq!(
+        a["tracking_number"].as_str().unwrap()[..4],
+        b["tracking_number"].as_str().unwrap()[..4]
+    );
 }
 
 async fn reports_every_bad_parameter(app: &TestApp) {
@@ -189,13 +210,21 @@ async fn refuses_each_bad_value_in_the_table(app: &TestApp) {
         assert_eq!(error_fields(&body), [field], "{query}");
     }
     let long_name = "x".repeat(201);
-    let body = problem(app, &format!("/next-tracking-number?customer_name={long_name}")).await;
+    let body = problem(
+        app,
+        &format!("/next-tracking-number?customer_name={long_name}"),
+    )
+    .await;
     assert_eq!(error_fields(&body), ["customer_name"]);
     let long_slug = "a".repeat(101);
-    let body = problem(app, &format!("/next-tracking-number?customer_slug={long_slug}")).await;
+    let body = problem(
+        app,
+        &format!("/next-tracking-number?customer_slug={long_slug}"),
+    )
+    .await;
     assert_eq!(error_fields(&body), ["customer_slug"]);
 
-    for good in ["weight=1", "weight=1.2", "weight=1.234", "customer_name=" ] {
+    for good in ["weight=1", "weight=1.2", "weight=1.234", "customer_name="] {
         let response = app.get(&format!("/next-tracking-number?{good}")).await;
         let expected = if good.ends_with('=') { 400 } else { 200 };
         assert_eq!(response.status(), expected, "{good}");
@@ -230,7 +259,9 @@ async fn accepts_the_unencoded_plus_of_an_offset(app: &TestApp) {
 }
 
 async fn serves_the_versioned_path_too(app: &TestApp) {
-    let response = app.get("/v1/next-tracking-number?origin_country_id=SG").await;
+    let response = app
+        .get("/v1/next-tracking-number?origin_country_id=SG")
+        .await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert!(body["tracking_number"].as_str().unwrap().starts_with("SG"));
@@ -246,8 +277,16 @@ async fn unknown_paths_and_methods_are_problems(app: &TestApp) {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
-    let response = app.client.delete(app.url("/nothing-here")).send().await.unwrap();
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let response = app
+        .client
+        .delete(app.url("/nothing-here"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
 }
 
@@ -286,7 +325,10 @@ async fn records_expire_after_the_ttl_on_both_backends() {
     let (embedded, _dir) = spawn_embedded(&["--record-ttl", "1s"]).await;
     for app in [&on_redis, &embedded] {
         let issued = app.issue("").await;
-        let path = format!("/v1/tracking-numbers/{}", issued["tracking_number"].as_str().unwrap());
+        let path = format!(
+            "/v1/tracking-numbers/{}",
+            issued["tracking_number"].as_str().unwrap()
+        );
         assert_eq!(app.get(&path).await.status(), 200);
         tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
         assert_eq!(app.get(&path).await.status(), 404);

@@ -63,7 +63,9 @@ async fn a_data_dir_serves_one_process_at_a_time() {
     let args = args(&dir);
     let _first = spawn_app(config(&as_strs(&args))).await;
     let second = try_spawn_app(config(&as_strs(&args))).await;
-    let err = second.err().expect("a second process on the same data dir is refused");
+    let err = second
+        .err()
+        .expect("a second process on the same data dir is refused");
     assert!(err.to_string().contains("in use"), "{err:#}");
 }
 
@@ -75,9 +77,15 @@ async fn a_different_secret_on_an_existing_data_dir_is_refused() {
     spawn_app(config(&as_strs(&args))).await.stop().await;
     let mut other = self::args(&dir);
     other.extend(["--secret".into(), "second-secret".into()]);
-    let err = try_spawn_app(config(&as_strs(&other))).await.err().expect("refused");
+    let err = try_spawn_app(config(&as_strs(&other)))
+        .await
+        .err()
+        .expect("refused");
     assert!(format!("{err:#}").contains("different secret"), "{err:#}");
     // Without a secret, the data dir still needs the one it was started with.
-    let err = try_spawn_app(config(&as_strs(&self::args(&dir)))).await.err().expect("refused");
+    let err = try_spawn_app(config(&as_strs(&self::args(&dir))))
+        .await
+        .err()
+        .expect("refused");
     assert!(format!("{err:#}").contains("--secret"), "{err:#}");
 }

@@ -11,7 +11,10 @@ async fn two_instances_issue_100k_numbers_without_a_duplicate() {
     let redis = RedisServer::start();
     let a = spawn_on_redis(&redis, &[]).await;
     let b = spawn_on_redis(&redis, &[]).await;
-    let urls = [a.url("/next-tracking-number"), b.url("/next-tracking-number")];
+    let urls = [
+        a.url("/next-tracking-number"),
+        b.url("/next-tracking-number"),
+    ];
     let (numbers, failed) = issue_many(&urls, 100_000, 64).await;
     assert_eq!(failed, 0);
     assert_eq!(numbers.len(), 100_000);
@@ -23,7 +26,10 @@ async fn flushall_in_the_middle_of_a_run_repeats_nothing() {
     let redis = RedisServer::start();
     let a = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let b = spawn_on_redis(&redis, &["--block-size", "50"]).await;
-    let urls = [a.url("/next-tracking-number"), b.url("/next-tracking-number")];
+    let urls = [
+        a.url("/next-tracking-number"),
+        b.url("/next-tracking-number"),
+    ];
     let (mut all, failed) = issue_many(&urls, 5000, 16).await;
     assert_eq!(failed, 0);
     let _: String = redis.cmd(&["FLUSHALL"]);
@@ -38,7 +44,10 @@ async fn redis_restarted_empty_repeats_nothing() {
     let mut redis = RedisServer::start();
     let a = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let b = spawn_on_redis(&redis, &["--block-size", "50"]).await;
-    let urls = [a.url("/next-tracking-number"), b.url("/next-tracking-number")];
+    let urls = [
+        a.url("/next-tracking-number"),
+        b.url("/next-tracking-number"),
+    ];
     let (mut all, _) = issue_many(&urls, 3000, 16).await;
     redis.restart_empty();
     // Requests during the restart may fail; the ones that succeed must be new.
@@ -50,7 +59,10 @@ async fn redis_restarted_empty_repeats_nothing() {
         if failed == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "did not recover after Redis restarted");
+        assert!(
+            Instant::now() < deadline,
+            "did not recover after Redis restarted"
+        );
     }
     all.extend(after);
     assert!(all.len() > 3500);
@@ -69,12 +81,20 @@ async fn redis_down_gives_a_quick_503_and_recovery_follows() {
     assert_eq!(response.status(), 503);
     assert!(waited < Duration::from_secs(1), "took {waited:?}");
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["status"], 503);
     // Reads fail just as fast.
     let started = Instant::now();
-    assert_eq!(app.get("/v1/tracking-numbers/ZZ00000000000000").await.status(), 503);
+    assert_eq!(
+        app.get("/v1/tracking-numbers/ZZ00000000000000")
+            .await
+            .status(),
+        503
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
 
     redis.restart_empty();
@@ -83,7 +103,10 @@ async fn redis_down_gives_a_quick_503_and_recovery_follows() {
         if app.get("/next-tracking-number").await.status() == 200 {
             break;
         }
-        assert!(Instant::now() < deadline, "no recovery after Redis came back");
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

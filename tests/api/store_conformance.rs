@@ -40,7 +40,11 @@ async fn conformance(store: &dyn Store) {
         .insert_new(&[entry("CONF1", long), entry("CONF3", long)])
         .await
         .unwrap();
-    assert_eq!(again, [false, true], "an existing record is never overwritten");
+    assert_eq!(
+        again,
+        [false, true],
+        "an existing record is never overwritten"
+    );
     let json = store.get("CONF2").await.unwrap().expect("stored");
     assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF2"}"#));
     assert_eq!(store.get("MISSING").await.unwrap(), None);
@@ -48,14 +52,23 @@ async fn conformance(store: &dyn Store) {
 
     // Expiry: gone after its time, its space reclaimed, its key free again.
     let short = Duration::from_millis(300);
-    assert_eq!(store.insert_new(&[entry("SHORT", short)]).await.unwrap(), [true]);
+    assert_eq!(
+        store.insert_new(&[entry("SHORT", short)]).await.unwrap(),
+        [true]
+    );
     assert!(store.get("SHORT").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(store.get("SHORT").await.unwrap(), None);
     store.purge_expired().await.unwrap();
     assert_eq!(store.get("SHORT").await.unwrap(), None);
-    assert!(store.get("CONF1").await.unwrap().is_some(), "purge keeps live records");
-    assert_eq!(store.insert_new(&[entry("SHORT", long)]).await.unwrap(), [true]);
+    assert!(
+        store.get("CONF1").await.unwrap().is_some(),
+        "purge keeps live records"
+    );
+    assert_eq!(
+        store.insert_new(&[entry("SHORT", long)]).await.unwrap(),
+        [true]
+    );
 
     store.ping().await.unwrap();
     store.sync().await.unwrap();
