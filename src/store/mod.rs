@@ -9,6 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 pub mod embedded;
+mod memtable;
 pub mod redis;
 pub mod writer;
 
@@ -61,6 +62,11 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Stores each entry unless a live record already holds its number; returns, per entry,
     /// whether it was stored. All in one round trip.
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError>;
+    /// Whether concurrent inserts should be funnelled through one group-commit writer. A store
+    /// whose inserts cost a round trip each says yes; one that buffers in memory says no.
+    fn wants_group_commit(&self) -> bool {
+        true
+    }
     /// The JSON of a live (unexpired) record.
     async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError>;
     /// Succeeds when the store can serve requests now.

@@ -16,24 +16,41 @@ struct Pending {
     done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
+/// Hands records to the store: through the group-commit task when the store wants one,
+/// straight to the store otherwise.
 #[derive(Clone)]
-pub struct RecordWriter {
-    queue: mpsc::Sender<Pending>,
+pub struct RecordWriter(Route);
+
+#[derive(Clone)]
+enum Route {
+    Batched(mpsc::Sender<Pending>),
+    Direct(Arc<dyn RecordStore>),
 }
 
 impl RecordWriter {
-    /// Starts the writer task. It ends once every `RecordWriter` clone is dropped and the queue
-    /// is drained, so awaiting the handle flushes every accepted write.
+    /// Starts the writer (and its task, when the store wants group commit). The task ends once
+    /// every `RecordWriter` clone is dropped and the queue is drained, so awaiting the handle
+    /// flushes every accepted write.
     pub fn spawn(store: Arc<dyn RecordStore>) -> (RecordWriter, JoinHandle<()>) {
+        if !store.wants_group_commit() {
+            return (RecordWriter(Route::Direct(store)), tokio::spawn(async {}));
+        }
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
         let task = tokio::spawn(run(store, rx));
-        (RecordWriter { queue }, task)
+        (RecordWriter(Route::Batched(queue)), task)
     }
 
     /// Stores the record unless its number already holds a live one; `Ok(false)` in that case.
     pub async fn insert(&self, entry: RecordEntry) -> Result<bool, StoreError> {
+        let queue = match &self.0 {
+            Route::Direct(store) => {
+                let stored = store.insert_new(std::slice::from_ref(&entry)).await?;
+                return Ok(stored.first().copied().unwrap_or(false));
+            }
+            Route::Batched(queue) => queue,
+        };
         let (done, outcome) = oneshot::channel();
-        self.queue
+        queue
             .send(Pending { entry, done })
             .await
             .map_err(|_| StoreError::Unavailable("the record writer has stopped".into()))?;

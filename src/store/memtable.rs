@@ -1,0 +1,200 @@
+//! Write-behind buffer of the embedded store: records land here at once, visible to reads, and
+//! are moved to disk in one large transaction at a time. Pure data structure, no I/O.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub expires_ms: i64,
+    pub json: Bytes,
+}
+
+/// What the buffer knows of a number.
+#[derive(Debug, PartialEq)]
+pub enum Lookup {
+    /// A record not yet expired: its JSON.
+    Live(Bytes),
+    /// The newest record of the number has expired.
+    Expired,
+    /// Not buffered: ask the disk.
+    Unknown,
+}
+
+type Records = HashMap<String, Pending>;
+
+#[derive(Default)]
+pub struct Memtable {
+    /// Taking new records.
+    active: Mutex<Records>,
+    /// Being written to disk; readable until the write is committed.
+    flushing: Mutex<Arc<Records>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lookup(pending: Option<&Pending>, now_ms: i64) -> Lookup {
+    match pending {
+        Some(p) if p.expires_ms > now_ms => Lookup::Live(p.json.clone()),
+        Some(_) => Lookup::Expired,
+        None => Lookup::Unknown,
+    }
+}
+
+impl Memtable {
+    pub fn get(&self, number: &str, now_ms: i64) -> Lookup {
+        // Active first, then flushing: a record moves only in that direction, and leaves
+        // `flushing` only once it is on disk, so a reader that misses both finds it there.
+        match lookup(lock(&self.active).get(number), now_ms) {
+            Lookup::Unknown => lookup(lock(&self.flushing).get(number), now_ms),
+            found => found,
+        }
+    }
+
+    /// Buffers each record whose number holds no live record, here or on disk (`on_disk`
+    /// answers for the disk). Returns, per record, whether it was buffered.
+    pub fn insert_new<E>(
+        &self,
+        records: impl IntoIterator<Item = (String, Pending)>,
+        now_ms: i64,
+        limit: usize,
+        mut live_on_disk: impl FnMut(&str) -> Result<bool, E>,
+    ) -> Result<Vec<bool>, InsertError<E>> {
+        let mut active = lock(&self.active);
+        let mut outcome = Vec::new();
+        for (number, pending) in records {
+            if active.len() >= limit {
+                return Err(InsertError::Full);
+            }
+            let here = match lookup(active.get(&number), now_ms) {
+                Lookup::Unknown => lookup(lock(&self.flushing).get(&number), now_ms),
+                found => found,
+            };
+            let taken = match here {
+                Lookup::Live(_) => true,
+                Lookup::Expired => false,
+                Lookup::Unknown => live_on_disk(&number).map_err(InsertError::Disk)?,
+            };
+            if !taken {
+                active.insert(number, pending);
+            }
+            outcome.push(!taken);
+        }
+        Ok(outcome)
+    }
+
+    /// Moves every buffered record to `flushing` and returns them, to be written to disk. What a
+    /// failed earlier flush left behind is included again.
+    pub fn start_flush(&self) -> Arc<Records> {
+        let mut active = lock(&self.active);
+        let mut flushing = lock(&self.flushing);
+        if active.is_empty() {
+            return flushing.clone();
+        }
+        let mut batch = std::mem::take(&mut *active);
+        if !flushing.is_empty() {
+            for (number, pending) in flushing.iter() {
+                batch.entry(number.clone()).or_insert_with(|| pending.clone());
+            }
+        }
+        *flushing = Arc::new(batch);
+        flushing.clone()
+    }
+
+    /// The records of the last `start_flush` are on disk: stop holding them.
+    pub fn finish_flush(&self) {
+        *lock(&self.flushing) = Arc::default();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        lock(&self.active).len() + lock(&self.flushing).len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub enum InsertError<E> {
+    /// Too many records wait for disk (it is failing or far behind).
+    Full,
+    Disk(E),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(expires_ms: i64, json: &'static str) -> Pending {
+        Pending {
+            expires_ms,
+            json: Bytes::from_static(json.as_bytes()),
+        }
+    }
+
+    fn insert(table: &Memtable, number: &str, expires_ms: i64, on_disk: bool) -> bool {
+        table
+            .insert_new(
+                [(number.to_owned(), pending(expires_ms, "{}"))],
+                100,
+                10,
+                |_| Ok::<_, ()>(on_disk),
+            )
+            .unwrap()[0]
+    }
+
+    #[test]
+    fn a_record_is_readable_at_once_and_never_overwritten_while_live() {
+        let table = Memtable::default();
+        assert!(insert(&table, "A", 1000, false));
+        assert_eq!(table.get("A", 100), Lookup::Live(Bytes::from_static(b"{}")));
+        assert!(!insert(&table, "A", 2000, false), "a live record keeps its number");
+        assert!(!insert(&table, "B", 2000, true), "so does a live record on disk");
+        assert_eq!(table.get("B", 100), Lookup::Unknown);
+    }
+
+    #[test]
+    fn expired_records_read_as_expired_and_free_their_number() {
+        let table = Memtable::default();
+        assert!(insert(&table, "A", 150, false));
+        assert_eq!(table.get("A", 200), Lookup::Expired);
+        assert!(table
+            .insert_new([("A".to_owned(), pending(900, "{}"))], 200, 10, |_| Ok::<_, ()>(false))
+            .unwrap()[0]);
+    }
+
+    #[test]
+    fn records_stay_readable_while_flushing_and_a_failed_flush_is_retried() {
+        let table = Memtable::default();
+        assert!(insert(&table, "A", 1000, false));
+        let batch = table.start_flush();
+        assert_eq!(batch.len(), 1);
+        assert!(matches!(table.get("A", 100), Lookup::Live(_)));
+        assert!(!insert(&table, "A", 1000, false), "still taken while flushing");
+        // The write failed: the next flush carries it again, with what came since.
+        assert!(insert(&table, "B", 1000, false));
+        let batch = table.start_flush();
+        assert_eq!(batch.len(), 2);
+        table.finish_flush();
+        assert!(table.is_empty());
+        assert_eq!(table.get("A", 100), Lookup::Unknown);
+    }
+
+    #[test]
+    fn a_full_buffer_refuses_more() {
+        let table = Memtable::default();
+        let many = (0..10).map(|i| (format!("N{i}"), pending(1000, "{}")));
+        table.insert_new(many, 100, 10, |_| Ok::<_, ()>(false)).unwrap();
+        let refused = table.insert_new([("X".to_owned(), pending(1000, "{}"))], 100, 10, |_| {
+            Ok::<_, ()>(false)
+        });
+        assert_eq!(refused, Err(InsertError::Full));
+    }
+}
