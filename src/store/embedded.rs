@@ -26,14 +26,15 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ISSUED: TableDefinition<u64, &[u8]> = TableDefinition::new("issued");
 /// Records of any other number, keyed by the number itself.
 const OTHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("others");
-/// (expiry ms, tracking number): the purge walks this in order instead of scanning every record.
-const EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("expiry");
+/// (latest expiry ms, group id) → the numbers written together, each prefixed by its length. One
+/// row per write, not per record: the purge walks the due rows instead of scanning every record.
+const EXPIRY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("expiry");
 
 const SERIAL_NEXT: &str = "serial_next";
 const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
-/// At most this many expired records are removed per purge transaction.
-const PURGE_BATCH: usize = 10_000;
+/// At most this many expiry groups are purged per transaction.
+const PURGE_GROUPS: usize = 64;
 /// Records that may wait in memory for the disk before new ones are refused (503).
 const MEMTABLE_LIMIT: usize = 2_000_000;
 
@@ -160,7 +161,14 @@ impl LeaseSource for EmbeddedStore {
                     Some(v) => u64::from_be_bytes(v.value().try_into().map_err(corrupt)?),
                     None => 0,
                 };
-                let start = next.max(floor);
+                // Past every record of ours on disk too, should the counter ever have gone back.
+                let past_records = tx
+                    .open_table(ISSUED)
+                    .map_err(corrupt)?
+                    .last()
+                    .map_err(corrupt)?
+                    .map_or(0, |(serial, _)| serial.value() + 1);
+                let start = next.max(floor).max(past_records);
                 let end = start
                     .checked_add(size)
                     .filter(|&end| end <= SERIAL_SPACE)
@@ -266,6 +274,22 @@ fn live_on_disk(db: &Database, codec: &Codec, number: &str, now_ms: i64) -> Resu
         .unwrap_or(false))
 }
 
+/// Group ids only tell apart groups with the same latest expiry; nanoseconds at start keep them
+/// apart across restarts too.
+static GROUP_IDS: std::sync::LazyLock<std::sync::atomic::AtomicU64> = std::sync::LazyLock::new(|| {
+    std::sync::atomic::AtomicU64::new(Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64)
+});
+
+/// Splits an expiry group's value into its numbers.
+fn group_numbers(mut value: &[u8]) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        let (&len, rest) = value.split_first()?;
+        let number = rest.get(..usize::from(len))?;
+        value = &rest[usize::from(len)..];
+        std::str::from_utf8(number).ok()
+    })
+}
+
 /// Writes records in one durable transaction. With `only_new`, a number that holds a live
 /// record keeps it; returns, per record, whether it was written.
 fn write_records<'a>(
@@ -283,8 +307,9 @@ fn write_records<'a>(
             issued: tx.open_table(ISSUED).map_err(corrupt)?,
             others: tx.open_table(OTHERS).map_err(corrupt)?,
         };
-        let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
         let mut value = Vec::new();
+        let mut group = Vec::new();
+        let mut latest = i64::MIN;
         for (number, expires_ms, json) in records {
             if only_new
                 && tables
@@ -300,8 +325,17 @@ fn write_records<'a>(
                 Slot::Other(key) => tables.others.insert(key, value.as_slice()),
             }
             .map_err(corrupt)?;
-            expiry.insert((expires_ms, number), ()).map_err(corrupt)?;
+            group.push(number.len() as u8);
+            group.extend_from_slice(number.as_bytes());
+            latest = latest.max(expires_ms);
             written.push(true);
+        }
+        if !group.is_empty() {
+            let id = GROUP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
+            expiry
+                .insert((latest, id), group.as_slice())
+                .map_err(corrupt)?;
         }
     }
     tx.commit().map_err(StoreError::unavailable)?;
@@ -323,7 +357,12 @@ impl RecordStore for EmbeddedStore {
             });
             return memtable
                 .insert_new(records, now, MEMTABLE_LIMIT, |number| {
-                    live_on_disk(&self.db, &self.codec, number, now)
+                    match slot(&self.codec, number) {
+                        // Keyed by serial, and leases start past the highest serial on disk: a
+                        // new number of ours has no record there. No disk read per request.
+                        Slot::Issued(_) => Ok(false),
+                        Slot::Other(_) => live_on_disk(&self.db, &self.codec, number, now),
+                    }
                 })
                 .map_err(|err| match err {
                     InsertError::Full => {
@@ -414,24 +453,27 @@ impl RecordStore for EmbeddedStore {
                     others: tx.open_table(OTHERS).map_err(corrupt)?,
                 };
                 let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
-                let due: Vec<(i64, String)> = expiry
-                    .range((i64::MIN, "")..(now, ""))
+                let due: Vec<((i64, u64), Vec<u8>)> = expiry
+                    .range((i64::MIN, 0)..(now, 0))
                     .map_err(corrupt)?
-                    .take(PURGE_BATCH)
-                    .map(|item| item.map(|(k, _)| (k.value().0, k.value().1.to_owned())))
+                    .take(PURGE_GROUPS)
+                    .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
                     .collect::<Result<_, _>>()
                     .map_err(corrupt)?;
-                for (expires, number) in &due {
-                    expiry.remove((*expires, number.as_str())).map_err(corrupt)?;
-                    // The number may since hold a newer record with a later expiry: keep that one.
-                    let same = tables.with_record(&codec, number, |stored| stored.expires_ms == *expires)?;
-                    if same == Some(true) {
-                        match slot(&codec, number) {
-                            Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
-                            Slot::Other(key) => tables.others.remove(key).map(drop),
+                for (key, numbers) in &due {
+                    expiry.remove(*key).map_err(corrupt)?;
+                    for number in group_numbers(numbers) {
+                        // A record whose expiry moved later since stays.
+                        let expired =
+                            tables.with_record(&codec, number, |stored| stored.expires_ms <= now)?;
+                        if expired == Some(true) {
+                            match slot(&codec, number) {
+                                Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
+                                Slot::Other(key) => tables.others.remove(key).map(drop),
+                            }
+                            .map_err(corrupt)?;
+                            removed += 1;
                         }
-                        .map_err(corrupt)?;
-                        removed += 1;
                     }
                 }
             }

@@ -55,8 +55,9 @@ impl Memtable {
         }
     }
 
-    /// Buffers each record whose number holds no live record, here or on disk (`on_disk`
-    /// answers for the disk). Returns, per record, whether it was buffered.
+    /// Buffers each record whose number holds no live record, here or on disk (`live_on_disk`
+    /// answers for the disk, and is asked before the buffer is locked). Returns, per record,
+    /// whether it was buffered.
     pub fn insert_new<E>(
         &self,
         records: impl IntoIterator<Item = (String, Pending)>,
@@ -64,12 +65,19 @@ impl Memtable {
         limit: usize,
         mut live_on_disk: impl FnMut(&str) -> Result<bool, E>,
     ) -> Result<Vec<bool>, InsertError<E>> {
+        let checked: Vec<(String, Pending, bool)> = records
+            .into_iter()
+            .map(|(number, pending)| {
+                let on_disk = live_on_disk(&number).map_err(InsertError::Disk)?;
+                Ok((number, pending, on_disk))
+            })
+            .collect::<Result<_, _>>()?;
         let mut active = lock(&self.active);
-        let mut outcome = Vec::new();
-        for (number, pending) in records {
-            if active.len() >= limit {
-                return Err(InsertError::Full);
-            }
+        if active.len() + checked.len() > limit {
+            return Err(InsertError::Full);
+        }
+        let mut outcome = Vec::with_capacity(checked.len());
+        for (number, pending, on_disk) in checked {
             let here = match lookup(active.get(&number), now_ms) {
                 Lookup::Unknown => lookup(lock(&self.flushing).get(&number), now_ms),
                 found => found,
@@ -77,7 +85,7 @@ impl Memtable {
             let taken = match here {
                 Lookup::Live(_) => true,
                 Lookup::Expired => false,
-                Lookup::Unknown => live_on_disk(&number).map_err(InsertError::Disk)?,
+                Lookup::Unknown => on_disk,
             };
             if !taken {
                 active.insert(number, pending);
@@ -192,6 +200,7 @@ mod tests {
         let table = Memtable::default();
         let many = (0..10).map(|i| (format!("N{i}"), pending(1000, "{}")));
         table.insert_new(many, 100, 10, |_| Ok::<_, ()>(false)).unwrap();
+        assert_eq!(table.len(), 10);
         let refused = table.insert_new([("X".to_owned(), pending(1000, "{}"))], 100, 10, |_| {
             Ok::<_, ()>(false)
         });
