@@ -77,6 +77,7 @@ impl Issuer {
             let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
             let entry = RecordEntry {
                 tracking_number: record.tracking_number.clone(),
+                serial: Some(serial),
                 expires_at: record.expires_at,
                 json: json.clone(),
             };

@@ -6,6 +6,10 @@ use tracing_subscriber::EnvFilter;
 
 use tracknum::{Application, Config};
 
+// Requests allocate small short-lived buffers; mimalloc serves them faster than glibc's malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::load() {

@@ -226,7 +226,12 @@ enum Slot<'a> {
 }
 
 fn slot<'a>(codec: &Codec, number: &'a str) -> Slot<'a> {
-    match codec.decode_serial(number) {
+    slot_of(codec, number, None)
+}
+
+/// The slot of a number, using its serial when the caller already knows it.
+fn slot_of<'a>(codec: &Codec, number: &'a str, serial: Option<u64>) -> Slot<'a> {
+    match serial.or_else(|| codec.decode_serial(number)) {
         Some(serial) => Slot::Issued(serial),
         None => Slot::Other(number),
     }
@@ -263,7 +268,12 @@ where
 }
 
 /// Whether `number` holds a live record on disk.
-fn live_on_disk(db: &Database, codec: &Codec, number: &str, now_ms: i64) -> Result<bool, StoreError> {
+fn live_on_disk(
+    db: &Database,
+    codec: &Codec,
+    number: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
     let tx = db.begin_read().map_err(corrupt)?;
     let tables = Tables {
         issued: tx.open_table(ISSUED).map_err(corrupt)?,
@@ -276,9 +286,10 @@ fn live_on_disk(db: &Database, codec: &Codec, number: &str, now_ms: i64) -> Resu
 
 /// Group ids only tell apart groups with the same latest expiry; nanoseconds at start keep them
 /// apart across restarts too.
-static GROUP_IDS: std::sync::LazyLock<std::sync::atomic::AtomicU64> = std::sync::LazyLock::new(|| {
-    std::sync::atomic::AtomicU64::new(Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64)
-});
+static GROUP_IDS: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+    std::sync::LazyLock::new(|| {
+        std::sync::atomic::AtomicU64::new(Utc::now().timestamp_nanos_opt().unwrap_or(0) as u64)
+    });
 
 /// Splits an expiry group's value into its numbers.
 fn group_numbers(mut value: &[u8]) -> impl Iterator<Item = &str> {
@@ -295,7 +306,7 @@ fn group_numbers(mut value: &[u8]) -> impl Iterator<Item = &str> {
 fn write_records<'a>(
     db: &Database,
     codec: &Codec,
-    records: impl Iterator<Item = (&'a str, i64, &'a [u8])>,
+    records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
@@ -310,7 +321,7 @@ fn write_records<'a>(
         let mut value = Vec::new();
         let mut group = Vec::new();
         let mut latest = i64::MIN;
-        for (number, expires_ms, json) in records {
+        for (number, serial, expires_ms, json) in records {
             if only_new
                 && tables
                     .with_record(codec, number, |stored| stored.expires_ms > now)?
@@ -320,7 +331,7 @@ fn write_records<'a>(
                 continue;
             }
             encode_value(&mut value, expires_ms, number, json);
-            match slot(codec, number) {
+            match slot_of(codec, number, serial) {
                 Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
                 Slot::Other(key) => tables.others.insert(key, value.as_slice()),
             }
@@ -350,14 +361,15 @@ impl RecordStore for EmbeddedStore {
             // Write-behind: no await, no thread hop. The disk check reads pages redb caches.
             let records = entries.iter().map(|e| {
                 let pending = Pending {
+                    serial: e.serial,
                     expires_ms: e.expires_at.timestamp_millis(),
                     json: e.json.clone(),
                 };
                 (e.tracking_number.clone(), pending)
             });
             return memtable
-                .insert_new(records, now, MEMTABLE_LIMIT, |number| {
-                    match slot(&self.codec, number) {
+                .insert_new(records, now, MEMTABLE_LIMIT, |number, pending| {
+                    match slot_of(&self.codec, number, pending.serial) {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
@@ -377,6 +389,7 @@ impl RecordStore for EmbeddedStore {
             let records = entries.iter().map(|e| {
                 (
                     e.tracking_number.as_str(),
+                    e.serial,
                     e.expires_at.timestamp_millis(),
                     e.json.as_ref(),
                 )
@@ -431,7 +444,7 @@ impl RecordStore for EmbeddedStore {
         self.blocking(move |db| {
             let records = batch
                 .iter()
-                .map(|(number, p)| (number.as_str(), p.expires_ms, p.json.as_ref()));
+                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()));
             // Every record was checked when it was buffered.
             write_records(db, &codec, records, false)?;
             memtable.finish_flush();
@@ -464,8 +477,8 @@ impl RecordStore for EmbeddedStore {
                     expiry.remove(*key).map_err(corrupt)?;
                     for number in group_numbers(numbers) {
                         // A record whose expiry moved later since stays.
-                        let expired =
-                            tables.with_record(&codec, number, |stored| stored.expires_ms <= now)?;
+                        let expired = tables
+                            .with_record(&codec, number, |stored| stored.expires_ms <= now)?;
                         if expired == Some(true) {
                             match slot(&codec, number) {
                                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 #[derive(Debug, Clone)]
 pub struct Pending {
+    pub serial: Option<u64>,
     pub expires_ms: i64,
     pub json: Bytes,
 }
@@ -63,12 +64,12 @@ impl Memtable {
         records: impl IntoIterator<Item = (String, Pending)>,
         now_ms: i64,
         limit: usize,
-        mut live_on_disk: impl FnMut(&str) -> Result<bool, E>,
+        mut live_on_disk: impl FnMut(&str, &Pending) -> Result<bool, E>,
     ) -> Result<Vec<bool>, InsertError<E>> {
         let checked: Vec<(String, Pending, bool)> = records
             .into_iter()
             .map(|(number, pending)| {
-                let on_disk = live_on_disk(&number).map_err(InsertError::Disk)?;
+                let on_disk = live_on_disk(&number, &pending).map_err(InsertError::Disk)?;
                 Ok((number, pending, on_disk))
             })
             .collect::<Result<_, _>>()?;
@@ -106,7 +107,9 @@ impl Memtable {
         let mut batch = std::mem::take(&mut *active);
         if !flushing.is_empty() {
             for (number, pending) in flushing.iter() {
-                batch.entry(number.clone()).or_insert_with(|| pending.clone());
+                batch
+                    .entry(number.clone())
+                    .or_insert_with(|| pending.clone());
             }
         }
         *flushing = Arc::new(batch);
@@ -142,6 +145,7 @@ mod tests {
 
     fn pending(expires_ms: i64, json: &'static str) -> Pending {
         Pending {
+            serial: None,
             expires_ms,
             json: Bytes::from_static(json.as_bytes()),
         }
@@ -153,7 +157,7 @@ mod tests {
                 [(number.to_owned(), pending(expires_ms, "{}"))],
                 100,
                 10,
-                |_| Ok::<_, ()>(on_disk),
+                |_, _| Ok::<_, ()>(on_disk),
             )
             .unwrap()[0]
     }
@@ -163,8 +167,14 @@ mod tests {
         let table = Memtable::default();
         assert!(insert(&table, "A", 1000, false));
         assert_eq!(table.get("A", 100), Lookup::Live(Bytes::from_static(b"{}")));
-        assert!(!insert(&table, "A", 2000, false), "a live record keeps its number");
-        assert!(!insert(&table, "B", 2000, true), "so does a live record on disk");
+        assert!(
+            !insert(&table, "A", 2000, false),
+            "a live record keeps its number"
+        );
+        assert!(
+            !insert(&table, "B", 2000, true),
+            "so does a live record on disk"
+        );
         assert_eq!(table.get("B", 100), Lookup::Unknown);
     }
 
@@ -173,9 +183,16 @@ mod tests {
         let table = Memtable::default();
         assert!(insert(&table, "A", 150, false));
         assert_eq!(table.get("A", 200), Lookup::Expired);
-        assert!(table
-            .insert_new([("A".to_owned(), pending(900, "{}"))], 200, 10, |_| Ok::<_, ()>(false))
-            .unwrap()[0]);
+        assert!(
+            table
+                .insert_new(
+                    [("A".to_owned(), pending(900, "{}"))],
+                    200,
+                    10,
+                    |_, _| Ok::<_, ()>(false)
+                )
+                .unwrap()[0]
+        );
     }
 
     #[test]
@@ -185,7 +202,10 @@ mod tests {
         let batch = table.start_flush();
         assert_eq!(batch.len(), 1);
         assert!(matches!(table.get("A", 100), Lookup::Live(_)));
-        assert!(!insert(&table, "A", 1000, false), "still taken while flushing");
+        assert!(
+            !insert(&table, "A", 1000, false),
+            "still taken while flushing"
+        );
         // The write failed: the next flush carries it again, with what came since.
         assert!(insert(&table, "B", 1000, false));
         let batch = table.start_flush();
@@ -199,9 +219,11 @@ mod tests {
     fn a_full_buffer_refuses_more() {
         let table = Memtable::default();
         let many = (0..10).map(|i| (format!("N{i}"), pending(1000, "{}")));
-        table.insert_new(many, 100, 10, |_| Ok::<_, ()>(false)).unwrap();
+        table
+            .insert_new(many, 100, 10, |_, _| Ok::<_, ()>(false))
+            .unwrap();
         assert_eq!(table.len(), 10);
-        let refused = table.insert_new([("X".to_owned(), pending(1000, "{}"))], 100, 10, |_| {
+        let refused = table.insert_new([("X".to_owned(), pending(1000, "{}"))], 100, 10, |_, _| {
             Ok::<_, ()>(false)
         });
         assert_eq!(refused, Err(InsertError::Full));

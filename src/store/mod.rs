@@ -52,6 +52,9 @@ pub trait LeaseSource: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct RecordEntry {
     pub tracking_number: String,
+    /// The serial the number encodes, when the caller knows it is one of ours (it spares the
+    /// store from decoding it again).
+    pub serial: Option<u64>,
     pub expires_at: DateTime<Utc>,
     pub json: Bytes,
 }

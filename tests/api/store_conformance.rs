@@ -13,6 +13,7 @@ use crate::helpers::RedisServer;
 fn entry(number: &str, ttl: Duration) -> RecordEntry {
     RecordEntry {
         tracking_number: number.to_owned(),
+        serial: None,
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
         json: Bytes::from(format!(r#"{{"tracking_number":"{number}"}}"#)),
     }
@@ -73,9 +74,16 @@ async fn conformance(store: &dyn Store) {
     store.ping().await.unwrap();
     // Whatever a store buffers, a sync moves to where it lasts; reads see no difference.
     store.sync().await.unwrap();
-    let json = store.get("CONF2").await.unwrap().expect("still stored after a sync");
+    let json = store
+        .get("CONF2")
+        .await
+        .unwrap()
+        .expect("still stored after a sync");
     assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF2"}"#));
-    assert_eq!(store.insert_new(&[entry("CONF2", long)]).await.unwrap(), [false]);
+    assert_eq!(
+        store.insert_new(&[entry("CONF2", long)]).await.unwrap(),
+        [false]
+    );
 }
 
 #[tokio::test]
