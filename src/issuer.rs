@@ -56,10 +56,11 @@ impl Issuer {
     pub async fn issue(&self, order: Order) -> Result<Bytes, IssueError> {
         let tag = customer_tag(order.customer_key().as_deref());
         let origin = order.origin_country_id;
+        let now = Utc::now();
         let mut record = Record {
-            tracking_number: String::new(),
-            created_at: Utc::now(),
-            expires_at: Utc::now(),
+            tracking_number: String::with_capacity(16),
+            created_at: now,
+            expires_at: now,
             order,
         };
         for _ in 0..MAX_SKIPS {
@@ -74,7 +75,9 @@ impl Issuer {
             record.tracking_number.push_str(number.as_str());
             record.created_at = Utc::now().trunc_subsecs(6);
             record.expires_at = record.created_at + self.record_ttl;
-            let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
+            let mut json = Vec::with_capacity(512);
+            serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
+            let json = Bytes::from(json);
             let entry = RecordEntry {
                 tracking_number: record.tracking_number.clone(),
                 serial: Some(serial),

@@ -11,6 +11,13 @@ use super::SerialPool;
 use crate::store::{LeaseSource, StoreError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// A block used up faster than this means the spare stock is too thin to ride out a slow lease
+/// (a busy disk, a Redis hiccup): keep twice as many spare blocks, up to `MAX_SPARE`.
+const FAST_BLOCK: Duration = Duration::from_millis(100);
+/// A block lasting longer than this means the stock can shrink back.
+const SLOW_BLOCK: Duration = Duration::from_secs(2);
+const MIN_SPARE: usize = 2;
+const MAX_SPARE: usize = 64;
 
 /// What the refill task last saw, for health reporting.
 #[derive(Default)]
@@ -64,6 +71,7 @@ pub fn spawn_refill(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
+        let mut last_switch = tokio::time::Instant::now();
         while !stop.is_cancelled() {
             while pool.needs_more() && !stop.is_cancelled() {
                 match source.lease(block_size, floor).await {
@@ -88,8 +96,21 @@ pub fn spawn_refill(
                 () = pool.wants_more() => {}
                 () = stop.cancelled() => {}
             }
+            let lasted = last_switch.elapsed();
+            last_switch = tokio::time::Instant::now();
+            adapt_stock(&pool, lasted);
         }
     })
+}
+
+/// Sizes the spare stock to the issuing rate, so that it covers a slow lease at any rate.
+fn adapt_stock(pool: &SerialPool, block_lasted: Duration) {
+    let target = pool.spare_target();
+    if block_lasted < FAST_BLOCK {
+        pool.set_spare_target((target * 2).min(MAX_SPARE));
+    } else if block_lasted > SLOW_BLOCK {
+        pool.set_spare_target((target / 2).max(MIN_SPARE));
+    }
 }
 
 #[cfg(test)]
@@ -150,10 +171,31 @@ mod tests {
             assert_eq!(pool.take(Duration::from_secs(1)).await, Some(expected));
         }
         assert!(status.last_error().is_none());
+        // Blocks of 10 went fast: the stock grew.
+        assert!(pool.spare_target() > 1);
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await
             .expect("the task stops when told")
             .unwrap();
+    }
+
+    #[test]
+    fn the_stock_follows_the_rate_within_bounds() {
+        let pool = SerialPool::new(MIN_SPARE);
+        for _ in 0..10 {
+            adapt_stock(&pool, Duration::from_millis(5));
+        }
+        assert_eq!(pool.spare_target(), MAX_SPARE);
+        adapt_stock(&pool, Duration::from_millis(500));
+        assert_eq!(
+            pool.spare_target(),
+            MAX_SPARE,
+            "a moderate rate keeps the stock"
+        );
+        for _ in 0..10 {
+            adapt_stock(&pool, Duration::from_secs(5));
+        }
+        assert_eq!(pool.spare_target(), MIN_SPARE);
     }
 }

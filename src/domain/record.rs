@@ -22,8 +22,29 @@ mod utc_micros {
     use super::*;
     use serde::{Deserializer, Serializer};
 
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, formatted on the stack: this runs twice per issued number.
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+        use chrono::{Datelike, Timelike};
+        let year = t.year();
+        if !(0..=9999).contains(&year) {
+            return s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true));
+        }
+        let mut out = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut value: u32| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        // A leap second shows as :60, as RFC 3339 allows.
+        put(17, 2, t.second() + t.nanosecond() / 1_000_000_000);
+        put(20, 6, (t.nanosecond() % 1_000_000_000) / 1_000);
+        s.serialize_str(std::str::from_utf8(&out).map_err(serde::ser::Error::custom)?)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
@@ -59,6 +80,27 @@ mod tests {
             json,
             r#"{"tracking_number":"MY0A1B2C3D4E5F6G","created_at":"2026-11-21T10:15:30.000000Z","expires_at":"2026-12-21T10:15:30.000000Z","origin_country_id":"MY"}"#
         );
+    }
+
+    #[test]
+    fn times_match_chronos_own_formatting() {
+        for t in [
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap(),
+            Utc.with_ymd_and_hms(2099, 12, 31, 23, 59, 59).unwrap()
+                + chrono::Duration::microseconds(999_999),
+            Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::microseconds(7),
+        ] {
+            let record = Record {
+                created_at: t,
+                expires_at: t,
+                ..sample()
+            };
+            let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+            assert_eq!(
+                json["created_at"],
+                t.to_rfc3339_opts(SecondsFormat::Micros, true)
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@ pub enum Lookup {
     Unknown,
 }
 
-type Records = HashMap<String, Pending>;
+/// foldhash: much cheaper than SipHash per insert, and still seeded per process.
+type Records = HashMap<String, Pending, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Memtable {
