@@ -42,8 +42,9 @@ pub struct Config {
     #[arg(long, env = "TRACKNUM_RECORD_TTL", default_value = "30d", value_parser = parse_ttl)]
     pub record_ttl: Duration,
 
-    /// When the embedded store fsyncs record writes: every group commit, or once a second.
-    /// Leased serial blocks are always fsynced before use.
+    /// When the embedded store fsyncs records: `always` before answering (group commits), or
+    /// `everysec`: buffered in memory and fsynced every 200 ms. Leased serial blocks are always
+    /// fsynced before use.
     #[arg(long, env = "TRACKNUM_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
 
@@ -58,9 +59,10 @@ pub struct Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FsyncPolicy {
-    /// fsync every group commit before answering.
+    /// fsync each group commit before answering.
     Always,
-    /// fsync once a second (like Redis' appendfsync everysec).
+    /// Write behind: fsync buffered records at least once a second (like Redis' appendfsync
+    /// everysec); a crash can lose the last fraction of a second of records, never uniqueness.
     Everysec,
 }
 
