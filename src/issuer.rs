@@ -29,7 +29,8 @@ pub struct Issuer {
     codec: Codec,
     writer: RecordWriter,
     record_ttl: chrono::Duration,
-    /// How long a request may wait for a serial when the pool is empty.
+    /// How long a request may wait for a serial when the pool is empty, and for its record to
+    /// be stored.
     serial_wait: Duration,
     skipped: AtomicU64,
 }
@@ -84,7 +85,12 @@ impl Issuer {
                 expires_at: record.expires_at,
                 json: json.clone(),
             };
-            if self.writer.insert(entry).await? {
+            // One deadline for the whole write, queueing included: a hung store yields a 503
+            // in time, never a hung request. The number is burned either way.
+            let stored = tokio::time::timeout(self.serial_wait, self.writer.insert(entry))
+                .await
+                .map_err(|_| StoreError::Unavailable("storage did not answer in time".into()))??;
+            if stored {
                 return Ok(json);
             }
             // The guards make this impossible; should it happen anyway, never hand the number out.

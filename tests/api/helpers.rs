@@ -201,6 +201,16 @@ impl RedisServer {
         }
     }
 
+    /// Sends a signal (e.g. `STOP` to hang the server, `CONT` to resume it).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts a fresh, empty server on the same port.
     pub fn restart_empty(&mut self) {
         self.kill();

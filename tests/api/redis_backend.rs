@@ -112,6 +112,26 @@ async fn redis_down_gives_a_quick_503_and_recovery_follows() {
 }
 
 #[tokio::test]
+async fn a_hung_redis_gives_a_503_in_time_not_a_hung_request() {
+    let redis = RedisServer::start();
+    let app = spawn_on_redis(&redis, &[]).await;
+    app.issue("").await;
+    redis.signal("STOP");
+    let started = Instant::now();
+    let response = app.get("/next-tracking-number").await;
+    let waited = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(waited < Duration::from_millis(1500), "took {waited:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/next-tracking-number").await.status() != 200 {
+        assert!(Instant::now() < deadline, "no recovery after Redis resumed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
 async fn an_instance_with_another_secret_is_refused() {
     let redis = RedisServer::start();
     let _first = spawn_on_redis(&redis, &[]).await;
