@@ -19,4 +19,5 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
-cargo test "$@"
+# Unit tests, then the integration suite (doc tests: none; the binary holds no tests).
+cargo test --lib --tests "$@"
