@@ -29,6 +29,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(60);
 
 pub struct Application {
     listener: TcpListener,
+    addr: SocketAddr,
     state: Arc<AppState>,
     store: Arc<dyn Store>,
     writer_task: JoinHandle<()>,
@@ -99,14 +100,16 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let addr = listener.local_addr()?;
         tracing::info!(
-            addr = %listener.local_addr()?,
+            %addr,
             backend = if config.redis_url.is_some() { "redis" } else { "embedded" },
             block_size = config.block_size,
             "tracknum is listening"
         );
         Ok(Application {
             listener,
+            addr,
             state,
             store,
             writer_task,
@@ -117,9 +120,7 @@ impl Application {
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound listener has an address")
+        self.addr
     }
 
     pub fn port(&self) -> u16 {
@@ -134,6 +135,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            addr: _,
             state,
             store,
             writer_task,

@@ -84,7 +84,7 @@ impl Config {
             Err(err) => {
                 let text = err.to_string();
                 let first = text.lines().next().unwrap_or("invalid arguments");
-                return Err(first.trim_start_matches("error: ").to_owned());
+                return Err(name_env(first.trim_start_matches("error: ")));
             }
         };
         config.validate()?;
@@ -103,6 +103,24 @@ impl Config {
             ),
             _ => Ok(()),
         }
+    }
+}
+
+/// Adds the environment variable to a message naming a flag, since either may have set it.
+fn name_env(message: &str) -> String {
+    use clap::CommandFactory;
+    let command = Config::command();
+    let env = command.get_arguments().find_map(|arg| {
+        let long = arg.get_long()?;
+        let named =
+            message.contains(&format!("'--{long} ")) || message.contains(&format!("'--{long}'"));
+        named
+            .then(|| arg.get_env())?
+            .map(|env| env.to_string_lossy().into_owned())
+    });
+    match env {
+        Some(env) => format!("{message} (flag or env {env})"),
+        None => message.to_owned(),
     }
 }
 
@@ -166,6 +184,7 @@ mod tests {
             (&["--record-ttl", "soon"][..], "--record-ttl"),
             (&["--redis-url", "http://x"][..], "--redis-url"),
             (&["--fsync", "sometimes"][..], "--fsync"),
+            (&["--record-ttl", "soon"][..], "TRACKNUM_RECORD_TTL"),
         ] {
             let err = load(args).unwrap_err();
             assert!(err.contains(setting), "{args:?} gave {err:?}");
