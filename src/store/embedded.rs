@@ -59,7 +59,7 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
         let path = dir.join("tracknum.redb");
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = open_when_free(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "{} is in use by another tracknum process; give each instance its own --data-dir, \
                  or share a Redis with --redis-url",
@@ -88,6 +88,22 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || work(&db))
             .await
             .map_err(StoreError::unavailable)?
+    }
+}
+
+/// Opens the database, waiting up to two seconds for a process that was just killed to let go
+/// of the file lock (a restart right after `kill -9` would otherwise race the exiting process).
+fn open_when_free(path: &Path) -> Result<Database, redb::DatabaseError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                if std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            result => return result,
+        }
     }
 }
 
