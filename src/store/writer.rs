@@ -82,3 +82,81 @@ async fn run(store: Arc<dyn RecordStore>, mut rx: mpsc::Receiver<Pending>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// A slow store that remembers every number and counts its round trips.
+    #[derive(Default)]
+    struct SlowStore {
+        numbers: Mutex<HashSet<String>>,
+        round_trips: Mutex<usize>,
+    }
+
+    #[async_trait]
+    impl RecordStore for SlowStore {
+        async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+            *self.round_trips.lock().unwrap() += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let mut numbers = self.numbers.lock().unwrap();
+            Ok(entries
+                .iter()
+                .map(|e| numbers.insert(e.tracking_number.clone()))
+                .collect())
+        }
+        async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
+            Ok(None)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn purge_expired(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    fn entry(number: &str) -> RecordEntry {
+        RecordEntry {
+            tracking_number: number.to_owned(),
+            serial: None,
+            expires_at: chrono::Utc::now(),
+            json: Bytes::from_static(b"{}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_round_trips_and_keep_their_answers() {
+        let store = Arc::new(SlowStore::default());
+        let (writer, task) = RecordWriter::spawn(store.clone());
+        let writes: Vec<_> = (0..200)
+            .map(|i| {
+                let writer = writer.clone();
+                // Every number twice: exactly one of each pair is stored.
+                tokio::spawn(async move { writer.insert(entry(&format!("N{}", i / 2))).await })
+            })
+            .collect();
+        let mut stored = 0;
+        for write in writes {
+            if write.await.unwrap().unwrap() {
+                stored += 1;
+            }
+        }
+        assert_eq!(stored, 100);
+        let trips = *store.round_trips.lock().unwrap();
+        assert!(trips < 20, "200 writes took {trips} round trips");
+        drop(writer);
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the writer stops once its handles are gone")
+            .unwrap();
+    }
+}
