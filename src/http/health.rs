@@ -1,4 +1,4 @@
-//! `GET /healthz`: 200 once the server can issue numbers, 503 with the reason before that.
+//! `GET /healthz` (and `HEAD`): 200 once the server can issue numbers, 503 with the reason before that.
 
 use serde_json::json;
 use warp::http::StatusCode;
@@ -10,8 +10,9 @@ use super::{SharedState, with_state};
 pub fn route(
     state: SharedState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    // Load balancers probe with HEAD as often as with GET.
     warp::path!("healthz")
-        .and(warp::get())
+        .and(warp::get().or(warp::head()).unify())
         .and(with_state(state))
         .map(healthz)
 }

@@ -35,6 +35,7 @@ on_both_backends!(
     accepts_the_unencoded_plus_of_an_offset,
     serves_the_versioned_path_too,
     unknown_paths_and_methods_are_problems,
+    health_answers_get_and_head,
     stored_record_reads_back,
     record_lookup_validates_and_404s,
 );
@@ -265,6 +266,15 @@ async fn serves_the_versioned_path_too(app: &TestApp) {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert!(body["tracking_number"].as_str().unwrap().starts_with("SG"));
+}
+
+async fn health_answers_get_and_head(app: &TestApp) {
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    let head = app.client.head(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
 }
 
 async fn unknown_paths_and_methods_are_problems(app: &TestApp) {
