@@ -458,11 +458,16 @@ impl RecordStore for EmbeddedStore {
         }
         let codec = self.codec.clone();
         self.blocking(move |db| {
-            let records = batch
+            // In serial order, so the inserts append to the tree rather than split pages in the
+            // middle of it (the buffer is a hash map: its own order is random).
+            let mut records: Vec<_> = batch
                 .iter()
-                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()));
+                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()))
+                .collect();
+            records
+                .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
             // Every record was checked when it was buffered.
-            write_records(db, &codec, records, false)?;
+            write_records(db, &codec, records.into_iter(), false)?;
             memtable.finish_flush();
             Ok(())
         })
