@@ -1,8 +1,9 @@
 //! The embedded backend: one redb file in the data dir holding the serial counter, the secret and
 //! the records. A leased block is committed with fsync before any of its serials is used, so a
 //! crash at any point never costs uniqueness. Records are written behind (`--fsync everysec`):
-//! buffered in memory, readable at once, and moved to disk in one fsynced transaction a second;
-//! or (`--fsync always`) committed with fsync before the reply, in group commits.
+//! buffered in memory, readable at once, and moved to disk in one fsynced transaction per sync
+//! tick (every 200 ms); or (`--fsync always`) committed with fsync before the reply, in group
+//! commits.
 
 use std::ops::Range;
 use std::path::Path;
@@ -264,14 +265,15 @@ where
     T: ReadableTable<u64, &'static [u8]>,
     U: ReadableTable<&'static str, &'static [u8]>,
 {
-    /// Applies `read` to the stored record of `number`, if it holds one (live or not).
+    /// Applies `read` to the stored record of `number` (found at `slot`), if it holds one (live
+    /// or not).
     fn with_record<R>(
         &self,
-        codec: &Codec,
+        slot: Slot<'_>,
         number: &str,
         read: impl FnOnce(Stored<'_>) -> R,
     ) -> Result<Option<R>, StoreError> {
-        let value = match slot(codec, number) {
+        let value = match slot {
             Slot::Issued(serial) => self.issued.get(serial),
             Slot::Other(key) => self.others.get(key),
         }
@@ -296,7 +298,9 @@ fn live_on_disk(
         others: tx.open_table(OTHERS).map_err(corrupt)?,
     };
     Ok(tables
-        .with_record(codec, number, |stored| stored.expires_ms > now_ms)?
+        .with_record(slot(codec, number), number, |stored| {
+            stored.expires_ms > now_ms
+        })?
         .unwrap_or(false))
 }
 
@@ -338,16 +342,17 @@ fn write_records<'a>(
         let mut group = Vec::new();
         let mut latest = i64::MIN;
         for (number, serial, expires_ms, json) in records {
+            let slot = slot_of(codec, number, serial);
             if only_new
                 && tables
-                    .with_record(codec, number, |stored| stored.expires_ms > now)?
+                    .with_record(slot, number, |stored| stored.expires_ms > now)?
                     .unwrap_or(false)
             {
                 written.push(false);
                 continue;
             }
             encode_value(&mut value, expires_ms, number, json);
-            match slot_of(codec, number, serial) {
+            match slot {
                 Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
                 Slot::Other(key) => tables.others.insert(key, value.as_slice()),
             }
@@ -436,7 +441,7 @@ impl RecordStore for EmbeddedStore {
                 issued: tx.open_table(ISSUED).map_err(corrupt)?,
                 others: tx.open_table(OTHERS).map_err(corrupt)?,
             };
-            let json = tables.with_record(&codec, &number, |stored| {
+            let json = tables.with_record(slot(&codec, &number), &number, |stored| {
                 (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
             })?;
             Ok(json.flatten())
@@ -498,10 +503,11 @@ impl RecordStore for EmbeddedStore {
                     expiry.remove(*key).map_err(corrupt)?;
                     for number in group_numbers(numbers) {
                         // A record whose expiry moved later since stays.
-                        let expired = tables
-                            .with_record(&codec, number, |stored| stored.expires_ms <= now)?;
+                        let slot = slot(&codec, number);
+                        let expired =
+                            tables.with_record(slot, number, |stored| stored.expires_ms <= now)?;
                         if expired == Some(true) {
-                            match slot(&codec, number) {
+                            match slot {
                                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
                                 Slot::Other(key) => tables.others.remove(key).map(drop),
                             }

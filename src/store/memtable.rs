@@ -49,9 +49,13 @@ fn lookup(pending: Option<&Pending>, now_ms: i64) -> Lookup {
 
 impl Memtable {
     pub fn get(&self, number: &str, now_ms: i64) -> Lookup {
-        // Active first, then flushing: a record moves only in that direction, and leaves
-        // `flushing` only once it is on disk, so a reader that misses both finds it there.
-        match lookup(lock(&self.active).get(number), now_ms) {
+        self.find(&lock(&self.active), number, now_ms)
+    }
+
+    /// Active first, then flushing: a record moves only in that direction, and leaves
+    /// `flushing` only once it is on disk, so a reader that misses both finds it there.
+    fn find(&self, active: &Records, number: &str, now_ms: i64) -> Lookup {
+        match lookup(active.get(number), now_ms) {
             Lookup::Unknown => lookup(lock(&self.flushing).get(number), now_ms),
             found => found,
         }
@@ -80,11 +84,7 @@ impl Memtable {
         }
         let mut outcome = Vec::with_capacity(checked.len());
         for (number, pending, on_disk) in checked {
-            let here = match lookup(active.get(&number), now_ms) {
-                Lookup::Unknown => lookup(lock(&self.flushing).get(&number), now_ms),
-                found => found,
-            };
-            let taken = match here {
+            let taken = match self.find(&active, &number, now_ms) {
                 Lookup::Live(_) => true,
                 Lookup::Expired => false,
                 Lookup::Unknown => on_disk,
