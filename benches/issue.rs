@@ -8,7 +8,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use tracknum::alloc::SerialPool;
 use tracknum::domain::codec::customer_tag;
 use tracknum::domain::{Codec, Country, Record};
-use tracknum::http::query::parse_order;
+use tracknum::http::query::parse_issue;
 
 const QUERY: &str = "origin_country_id=MY&destination_country_id=ID&weight=1.234\
     &created_at=2018-11-20T19:29:32%2B08:00&customer_id=de619854-b59b-425e-9db4-943979e1bd49\
@@ -45,15 +45,10 @@ fn issue_one_number(c: &mut Criterion) {
 
 fn request_work(c: &mut Criterion) {
     c.bench_function("parse and validate the full query", |b| {
-        b.iter(|| black_box(parse_order(black_box(QUERY)).unwrap()))
+        b.iter(|| black_box(parse_issue(black_box(QUERY), Utc::now()).unwrap()))
     });
-    let order = parse_order(QUERY).unwrap();
-    let record = Record {
-        tracking_number: "MY7K0A9Z3Q1B2C4D".into(),
-        created_at: Utc::now(),
-        expires_at: Utc::now(),
-        order,
-    };
+    let order = parse_issue(QUERY, Utc::now()).unwrap().order;
+    let record = Record::new("MY7K0A9Z3Q1B2C4D".into(), Utc::now(), Utc::now(), order);
     c.bench_function("record to JSON", |b| {
         b.iter(|| black_box(serde_json::to_vec(black_box(&record)).unwrap()))
     });

@@ -16,7 +16,9 @@ use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
 use crate::http::{self, AppState};
+use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
+use crate::records::Records;
 use crate::store::{EmbeddedStore, RecordWriter, RedisStore, Store};
 
 /// Spare blocks kept leased ahead of need.
@@ -92,6 +94,12 @@ impl Application {
         );
         let state = Arc::new(AppState {
             issuer,
+            records: Records::new(store.clone(), config.record_ttl),
+            idempotency: Idempotency::new(
+                store.clone(),
+                config.idempotency_ttl,
+                config.idempotency_wait,
+            ),
             store: store.clone(),
             pool,
             refill,

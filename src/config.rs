@@ -55,6 +55,15 @@ pub struct Config {
     /// Longest wait for in-flight requests at shutdown.
     #[arg(long, env = "TRACKNUM_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_timeout)]
     pub drain_timeout: Duration,
+
+    /// How long the reply to a request with an Idempotency-Key is kept for replays.
+    #[arg(long, env = "TRACKNUM_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_ttl)]
+    pub idempotency_ttl: Duration,
+
+    /// How long a retry waits for the first request with its Idempotency-Key to finish before
+    /// it gets a 409.
+    #[arg(long, env = "TRACKNUM_IDEMPOTENCY_WAIT", default_value = "5s", value_parser = parse_timeout)]
+    pub idempotency_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -172,6 +181,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("./data"));
         assert_eq!(config.record_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(config.fsync, FsyncPolicy::Everysec);
+        assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
         assert!(config.redis_url.is_none());
     }
 

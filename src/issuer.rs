@@ -10,7 +10,7 @@ use chrono::{SubsecRound, Utc};
 
 use crate::alloc::SerialPool;
 use crate::domain::codec::customer_tag;
-use crate::domain::{Codec, Order, Record};
+use crate::domain::{Codec, IssueRequest, Record};
 use crate::store::{RecordEntry, RecordWriter, StoreError};
 
 /// A number whose record already exists is skipped; after this many in a row, give up.
@@ -53,57 +53,101 @@ impl Issuer {
         }
     }
 
-    /// Issues one number for `order` and returns its record as JSON, once stored.
-    pub async fn issue(&self, order: Order) -> Result<Bytes, IssueError> {
-        let tag = customer_tag(order.customer_key().as_deref());
-        let origin = order.origin_country_id;
-        let now = Utc::now();
-        let mut record = Record {
-            tracking_number: String::with_capacity(16),
-            created_at: now,
-            expires_at: now,
-            order,
-        };
+    /// Issues one number for `request` and returns its record as JSON, once stored.
+    pub async fn issue(&self, request: &IssueRequest) -> Result<Bytes, IssueError> {
         for _ in 0..MAX_SKIPS {
-            let serial = self.pool.take(self.serial_wait).await.ok_or_else(|| {
-                IssueError::NoSerials("the serial counter cannot be reached".into())
-            })?;
-            let number = self
-                .codec
-                .encode(origin, tag, serial)
-                .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
-            record.tracking_number.clear();
-            record.tracking_number.push_str(number.as_str());
-            record.created_at = Utc::now().trunc_subsecs(6);
-            record.expires_at = record.created_at + self.record_ttl;
-            let mut json = Vec::with_capacity(512);
-            serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
-            let json = Bytes::from(json);
-            let entry = RecordEntry {
-                tracking_number: record.tracking_number.clone(),
-                serial: Some(serial),
-                expires_at: record.expires_at,
-                json: json.clone(),
-            };
+            let (entry, serial_json) = self.next_record(request).await?;
             // One deadline for the whole write, queueing included: a hung store yields a 503
             // in time, never a hung request. The number is burned either way.
-            let stored = tokio::time::timeout(self.serial_wait, self.writer.insert(entry))
-                .await
-                .map_err(|_| StoreError::Unavailable("storage did not answer in time".into()))??;
+            let stored = self.bounded(self.writer.insert(entry.clone())).await?;
             if stored {
-                return Ok(json);
+                return Ok(serial_json);
             }
-            // The guards make this impossible; should it happen anyway, never hand the number out.
-            self.skipped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(number = %record.tracking_number, "a record already holds a freshly issued number; skipped it");
+            self.skip(&entry);
         }
-        Err(IssueError::NoSerials(
-            "every new number collided with an existing record".into(),
-        ))
+        Err(all_skipped())
+    }
+
+    /// Issues one number per request, all recorded in one storage round trip, and returns the
+    /// records' JSON in request order.
+    pub async fn issue_batch(&self, requests: &[IssueRequest]) -> Result<Vec<Bytes>, IssueError> {
+        let mut issued: Vec<Option<Bytes>> = vec![None; requests.len()];
+        let mut todo: Vec<usize> = (0..requests.len()).collect();
+        for _ in 0..MAX_SKIPS {
+            let mut entries = Vec::with_capacity(todo.len());
+            for &index in &todo {
+                entries.push(self.next_record(&requests[index]).await?.0);
+            }
+            let stored = self.bounded(self.writer.insert_many(&entries)).await?;
+            let mut again = Vec::new();
+            for ((index, entry), stored) in todo.into_iter().zip(entries).zip(stored) {
+                if stored {
+                    issued[index] = Some(entry.json);
+                } else {
+                    self.skip(&entry);
+                    again.push(index);
+                }
+            }
+            if again.is_empty() {
+                return Ok(issued.into_iter().flatten().collect());
+            }
+            todo = again;
+        }
+        Err(all_skipped())
+    }
+
+    /// A fresh number for `request` and its record, ready to store.
+    async fn next_record(
+        &self,
+        request: &IssueRequest,
+    ) -> Result<(RecordEntry, Bytes), IssueError> {
+        let order = &request.order;
+        let tag = customer_tag(order.customer_key().as_deref());
+        let serial =
+            self.pool.take(self.serial_wait).await.ok_or_else(|| {
+                IssueError::NoSerials("the serial counter cannot be reached".into())
+            })?;
+        let number = self
+            .codec
+            .encode(order.origin_country_id, tag, serial)
+            .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
+        let now = Utc::now().trunc_subsecs(6);
+        let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
+        let record = Record::new(number.as_str().to_owned(), now, expires_at, order.clone());
+        let mut json = Vec::with_capacity(512);
+        serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
+        let json = Bytes::from(json);
+        let entry = RecordEntry {
+            tracking_number: record.tracking_number,
+            serial: Some(serial),
+            expires_at,
+            json: json.clone(),
+        };
+        Ok((entry, json))
+    }
+
+    async fn bounded<T>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, IssueError> {
+        Ok(tokio::time::timeout(self.serial_wait, write)
+            .await
+            .map_err(|_| StoreError::Unavailable("storage did not answer in time".into()))??)
+    }
+
+    /// The guards make a taken number impossible; should one occur anyway, it is never handed
+    /// out, and it is counted.
+    fn skip(&self, entry: &RecordEntry) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(number = %entry.tracking_number, "a record already holds a freshly issued number; skipped it");
     }
 
     /// Numbers skipped because a record already held them.
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
+}
+
+fn all_skipped() -> IssueError {
+    IssueError::NoSerials("every new number collided with an existing record".into())
 }

@@ -6,7 +6,9 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod idempotency;
 pub mod issuer;
+pub mod records;
 pub mod store;
 
 pub use app::Application;

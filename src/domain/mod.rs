@@ -1,12 +1,19 @@
-//! The pure core of tracknum: validated order inputs, the tracking-number codec and the
-//! record an issued number leaves behind. Nothing in here does I/O.
+//! The pure core of tracknum: validated order inputs and issue requests, the tracking-number
+//! codec, the record an issued number leaves behind and how it may change, and the rules of
+//! idempotent issuing. Nothing in here does I/O.
 
 pub mod codec;
 pub mod country;
+pub mod idempotency;
+pub mod inspect;
 pub mod order;
+pub mod patch;
 pub mod record;
+pub mod request;
 
 pub use codec::{Codec, TrackingNumber};
 pub use country::Country;
 pub use order::{FieldError, Order, OrderInput, Weight};
-pub use record::Record;
+pub use patch::{BadMove, RecordPatch};
+pub use record::{Record, Status, etag};
+pub use request::{IssueInput, IssueRequest};

@@ -144,7 +144,7 @@ where
 
 /// Parses an RFC 3339 timestamp. A `+` sent unencoded in a query string decodes to a space, so
 /// a trailing ` HH:MM` is read as `+HH:MM`.
-fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
+pub(crate) fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt);
     }

@@ -1,5 +1,8 @@
-//! The record an issued number leaves behind: the number, when it was issued, when the record
-//! expires, and the order inputs it was issued for. Its JSON is both the stored value and the reply.
+//! The record an issued number leaves behind: the number, its parcel's status, when it was
+//! issued, last changed and expires, and the order inputs it was issued for. Its JSON is both
+//! the stored value and the reply, and its [`etag`] is a hash of exactly those bytes.
+
+use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,12 +12,118 @@ use super::order::Order;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub tracking_number: String,
+    pub status: Status,
     #[serde(with = "utc_micros")]
     pub created_at: DateTime<Utc>,
+    #[serde(with = "utc_micros")]
+    pub updated_at: DateTime<Utc>,
     #[serde(with = "utc_micros")]
     pub expires_at: DateTime<Utc>,
     #[serde(flatten)]
     pub order: Order,
+}
+
+impl Record {
+    /// A fresh record: status `issued`, created and updated `now`.
+    pub fn new(
+        tracking_number: String,
+        now: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        order: Order,
+    ) -> Record {
+        Record {
+            tracking_number,
+            status: Status::Issued,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            order,
+        }
+    }
+}
+
+/// Where a parcel is. Moves go forward only (`issued` → `label_printed` → `in_transit` →
+/// `delivered`); `cancelled` is reachable from any state before `delivered`. `delivered` and
+/// `cancelled` are final. Staying in the same state is not a move and always allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Issued,
+    LabelPrinted,
+    InTransit,
+    Delivered,
+    Cancelled,
+}
+
+impl Status {
+    pub const ALL: [Status; 5] = [
+        Status::Issued,
+        Status::LabelPrinted,
+        Status::InTransit,
+        Status::Delivered,
+        Status::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Issued => "issued",
+            Status::LabelPrinted => "label_printed",
+            Status::InTransit => "in_transit",
+            Status::Delivered => "delivered",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Status> {
+        Status::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    /// Whether a parcel in this state may be put in `next`.
+    pub fn may_become(self, next: Status) -> bool {
+        use Status::*;
+        match (self, next) {
+            _ if self == next => true,
+            (Delivered | Cancelled, _) => false,
+            (_, Cancelled) => true,
+            (from, to) => from.step() < to.step(),
+        }
+    }
+
+    /// Position on the forward path (cancelled is off it).
+    fn step(self) -> u8 {
+        match self {
+            Status::Issued => 0,
+            Status::LabelPrinted => 1,
+            Status::InTransit => 2,
+            Status::Delivered => 3,
+            Status::Cancelled => 4,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The strong entity tag of a stored record: a 128-bit SipHash (fixed keys, so every instance
+/// agrees) of its exact JSON bytes, quoted as HTTP wants it.
+pub fn etag(json: &[u8]) -> String {
+    use std::hash::Hasher;
+    let mut hasher = siphasher::sip128::SipHasher13::new();
+    hasher.write(json);
+    let hash = siphasher::sip128::Hasher128::finish128(&hasher).as_u128();
+    format!("\"{hash:032x}\"")
+}
+
+/// Whether an `If-Match` header value lets a change to the version tagged `etag` go ahead:
+/// `*`, or a list holding that exact strong tag (weak tags never match, RFC 9110 §13.1.1).
+pub fn if_match_allows(header: &str, etag: &str) -> bool {
+    header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == etag)
 }
 
 /// UTC timestamps always written with microseconds and `Z`, so every reply has one shape.
@@ -62,15 +171,15 @@ mod tests {
     use chrono::TimeZone;
 
     fn sample() -> Record {
-        Record {
-            tracking_number: "MY0A1B2C3D4E5F6G".into(),
-            created_at: Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 30).unwrap(),
-            expires_at: Utc.with_ymd_and_hms(2026, 12, 21, 10, 15, 30).unwrap(),
-            order: Order {
+        Record::new(
+            "MY0A1B2C3D4E5F6G".into(),
+            Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 30).unwrap(),
+            Utc.with_ymd_and_hms(2026, 12, 21, 10, 15, 30).unwrap(),
+            Order {
                 origin_country_id: Country::parse("MY"),
                 ..Order::default()
             },
-        }
+        )
     }
 
     #[test]
@@ -78,7 +187,7 @@ mod tests {
         let json = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
             json,
-            r#"{"tracking_number":"MY0A1B2C3D4E5F6G","created_at":"2026-11-21T10:15:30.000000Z","expires_at":"2026-12-21T10:15:30.000000Z","origin_country_id":"MY"}"#
+            r#"{"tracking_number":"MY0A1B2C3D4E5F6G","status":"issued","created_at":"2026-11-21T10:15:30.000000Z","updated_at":"2026-11-21T10:15:30.000000Z","expires_at":"2026-12-21T10:15:30.000000Z","origin_country_id":"MY"}"#
         );
     }
 
@@ -101,6 +210,61 @@ mod tests {
                 t.to_rfc3339_opts(SecondsFormat::Micros, true)
             );
         }
+    }
+
+    #[test]
+    fn status_moves_forward_only_and_final_states_stay() {
+        use Status::*;
+        let allowed = |from: Status, to: Status| from.may_become(to);
+        assert!(allowed(Issued, LabelPrinted) && allowed(Issued, Delivered));
+        assert!(allowed(LabelPrinted, InTransit) && allowed(InTransit, Delivered));
+        assert!(allowed(Issued, Cancelled) && allowed(InTransit, Cancelled));
+        assert!(!allowed(InTransit, Issued) && !allowed(Delivered, InTransit));
+        assert!(
+            !allowed(Delivered, Cancelled),
+            "a delivered parcel cannot be cancelled"
+        );
+        for to in Status::ALL {
+            assert_eq!(
+                allowed(Cancelled, to),
+                to == Cancelled,
+                "cancelled is final"
+            );
+            assert!(allowed(to, to), "staying put is not a move");
+        }
+    }
+
+    #[test]
+    fn statuses_parse_their_json_names() {
+        for status in Status::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            assert_eq!(Status::parse(status.as_str()), Some(status));
+        }
+        assert_eq!(Status::parse("shipped"), None);
+    }
+
+    #[test]
+    fn etags_follow_the_exact_bytes() {
+        let a = etag(br#"{"a":1}"#);
+        assert_eq!(a, etag(br#"{"a":1}"#));
+        assert_ne!(a, etag(br#"{"a":2}"#));
+        assert_eq!(a.len(), 34);
+        assert!(a.starts_with('"') && a.ends_with('"'));
+    }
+
+    #[test]
+    fn if_match_takes_star_or_a_list_of_strong_tags() {
+        let tag = etag(b"{}");
+        assert!(if_match_allows("*", &tag));
+        assert!(if_match_allows(&tag, &tag));
+        assert!(if_match_allows(&format!("\"nope\", {tag}"), &tag));
+        assert!(!if_match_allows("\"nope\"", &tag));
+        assert!(
+            !if_match_allows(&format!("W/{tag}"), &tag),
+            "weak tags never match"
+        );
+        assert!(!if_match_allows("", &tag));
     }
 
     #[test]

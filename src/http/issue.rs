@@ -1,9 +1,16 @@
-//! `GET /next-tracking-number` (and `/v1/next-tracking-number`): validate, issue, reply.
+//! Issuing: `GET /next-tracking-number` (and `/v1/next-tracking-number`) for one number, `POST
+//! /v1/tracking-numbers` for a batch. Both validate everything first, then issue under the
+//! request's `Idempotency-Key`, if any.
 
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::Utc;
 use warp::Filter;
+use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{Problem, SharedState, json_reply, query, with_state};
+use super::{Problem, SharedState, body, idempotent, query, record_reply, with_state};
+use crate::domain::idempotency::fingerprint;
+use crate::domain::request::batch_from_json;
 use crate::issuer::IssueError;
 
 pub fn route(
@@ -14,24 +21,119 @@ pub fn route(
         .unify();
     // The query is optional: no query string means an order with nothing given.
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    path.and(warp::get())
+    let one = path
+        .and(warp::get())
         .and(raw_query)
+        .and(warp::header::optional::<String>(idempotent::HEADER))
+        .and(with_state(state.clone()))
+        .then(next_tracking_number);
+    let batch = warp::path!("v1" / "tracking-numbers")
+        .and(warp::post())
+        .and(warp::header::optional::<String>(idempotent::HEADER))
+        .and(warp::body::stream())
         .and(with_state(state))
-        .then(next_tracking_number)
+        .then(issue_batch);
+    one.or(batch).unify()
 }
 
-async fn next_tracking_number(raw_query: String, state: SharedState) -> Response {
-    let order = match query::parse_order(&raw_query) {
-        Ok(order) => order,
+async fn next_tracking_number(
+    raw_query: String,
+    key: Option<String>,
+    state: SharedState,
+) -> Response {
+    let request = match query::parse_issue(&raw_query, Utc::now()) {
+        Ok(request) => request,
         Err(errors) => return Problem::invalid(errors).into_response(),
     };
-    match state.issuer.issue(order).await {
-        Ok(json) => json_reply(json),
-        Err(err) => issue_failed(err).into_response(),
+    let key = match idempotent::key(key) {
+        Ok(key) => key,
+        Err(problem) => return problem.into_response(),
+    };
+    let run = async {
+        match state.issuer.issue(&request).await {
+            Ok(json) => Ok((StatusCode::OK, json)),
+            Err(err) => Err(issue_failed(err)),
+        }
+    };
+    let fingerprint = || canonical("issue", &request);
+    idempotent::respond(&state, key, fingerprint, run, record_reply).await
+}
+
+async fn issue_batch(
+    key: Option<String>,
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    state: SharedState,
+) -> Response {
+    let requests = match body::object(body, body::BATCH_LIMIT).await {
+        Ok(object) => batch_from_json(&object, Utc::now()).map_err(Problem::invalid),
+        Err(problem) => Err(problem),
+    };
+    let (requests, key) = match (requests, idempotent::key(key)) {
+        (Ok(requests), Ok(key)) => (requests, key),
+        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
+    };
+    let run = async {
+        match state.issuer.issue_batch(&requests).await {
+            Ok(records) => Ok((StatusCode::CREATED, batch_body(&records))),
+            Err(err) => Err(issue_failed(err)),
+        }
+    };
+    let fingerprint = || canonical("batch", &requests);
+    idempotent::respond(&state, key, fingerprint, run, super::json_reply).await
+}
+
+/// `{"count": N, "records": [...]}`, the records' stored JSON spliced in as is.
+fn batch_body(records: &[Bytes]) -> Bytes {
+    let size: usize = records.iter().map(|r| r.len() + 1).sum();
+    let mut out = BytesMut::with_capacity(size + 32);
+    out.put_slice(format!("{{\"count\":{},\"records\":[", records.len()).as_bytes());
+    for (i, record) in records.iter().enumerate() {
+        if i > 0 {
+            out.put_u8(b',');
+        }
+        out.put_slice(record);
     }
+    out.put_slice(b"]}");
+    out.freeze()
+}
+
+/// The fingerprint of validated inputs, in their canonical JSON form.
+fn canonical(operation: &str, inputs: &(impl serde::Serialize + ?Sized)) -> String {
+    fingerprint(operation, &serde_json::to_vec(inputs).unwrap_or_default())
 }
 
 fn issue_failed(err: IssueError) -> Problem {
     tracing::warn!(error = %err, "could not issue a number");
     Problem::unavailable(err.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::IssueRequest;
+
+    #[test]
+    fn batch_bodies_are_valid_json_in_order() {
+        let body = batch_body(&[
+            Bytes::from_static(b"{\"a\":1}"),
+            Bytes::from_static(b"{\"a\":2}"),
+        ]);
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["count"], 2);
+        assert_eq!(value["records"][1]["a"], 2);
+        let empty: serde_json::Value = serde_json::from_slice(&batch_body(&[])).unwrap();
+        assert_eq!(empty["records"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn fingerprints_follow_inputs() {
+        let a = IssueRequest {
+            order: Default::default(),
+            expires_at: None,
+        };
+        let mut b = a.clone();
+        b.expires_at = Some(Utc::now());
+        assert_ne!(canonical("issue", &a), canonical("issue", &b));
+        assert_eq!(canonical("issue", &a), canonical("issue", &a.clone()));
+    }
 }

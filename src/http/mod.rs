@@ -4,15 +4,20 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use warp::http::{HeaderValue, header};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::alloc::{RefillStatus, SerialPool};
+use crate::domain::etag;
+use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
+use crate::records::Records;
 use crate::store::Store;
 
+mod body;
 mod health;
+mod idempotent;
 mod issue;
 pub mod problem;
 pub mod query;
@@ -23,6 +28,8 @@ pub use problem::Problem;
 /// What the handlers need, shared by every request.
 pub struct AppState {
     pub issuer: Issuer,
+    pub records: Records,
+    pub idempotency: Idempotency,
     pub store: Arc<dyn Store>,
     pub pool: Arc<SerialPool>,
     pub refill: Arc<RefillStatus>,
@@ -48,15 +55,26 @@ fn with_state(
     warp::any().map(move || state.clone())
 }
 
-/// A 200 JSON reply that no cache may keep (a cached number would go to two parcels).
-fn json_reply(body: bytes::Bytes) -> Response {
+/// A JSON reply that no cache may keep (a cached number would go to two parcels).
+fn json_reply(status: StatusCode, body: bytes::Bytes) -> Response {
     let mut response = Response::new(body.into());
+    *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A record's JSON, with its `ETag`.
+fn record_reply(status: StatusCode, json: bytes::Bytes) -> Response {
+    let tag = etag(&json);
+    let mut response = json_reply(status, json);
+    if let Ok(tag) = HeaderValue::from_str(&tag) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
     response
 }
 

@@ -21,6 +21,9 @@ pub struct Problem {
     detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
+    /// Members particular to a problem type (RFC 9457 §3.2), e.g. the two states of a bad move.
+    #[serde(flatten)]
+    extensions: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     retry_after_secs: Option<u32>,
 }
@@ -37,8 +40,60 @@ impl Problem {
             status,
             detail,
             errors: Vec::new(),
+            extensions: serde_json::Map::new(),
             retry_after_secs: None,
         }
+    }
+
+    /// Adds a problem-specific member to the body.
+    pub fn with(mut self, name: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.extensions.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// 400 for a bad value of one request header.
+    pub fn invalid_header(name: &str, message: &str) -> Self {
+        Problem::invalid(vec![FieldError::new(name, message)])
+    }
+
+    /// 409: the request conflicts with the resource's current state.
+    pub fn conflict(kind: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::CONFLICT, kind, title, detail.into())
+    }
+
+    /// 412: the `If-Match` version is not the current one.
+    pub fn precondition_failed(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::PRECONDITION_FAILED,
+            "urn:tracknum:problem:stale-version",
+            "Version mismatch",
+            detail.into(),
+        )
+    }
+
+    /// 422: well-formed, but not something this service can do.
+    pub fn unprocessable(
+        kind: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, kind, title, detail.into())
+    }
+
+    /// 413: the body is over the limit.
+    pub fn too_large(limit: usize) -> Self {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "about:blank",
+            "Payload Too Large",
+            format!("the request body is over {limit} bytes"),
+        )
+    }
+
+    /// Asks the client to retry after `secs`.
+    pub fn retry_after(mut self, secs: u32) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     /// 400: one entry per bad field, all of them.
@@ -107,6 +162,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             StatusCode::PAYLOAD_TOO_LARGE,
             "the request body is too large".to_owned(),
         )
+    } else if let Some(bad) = rejection.find::<warp::reject::InvalidHeader>() {
+        return Ok(Problem::invalid_header(bad.name(), "must be visible ASCII").into_response());
     } else if rejection
         .find::<warp::reject::UnsupportedMediaType>()
         .is_some()

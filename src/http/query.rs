@@ -5,11 +5,14 @@ use std::borrow::Cow;
 
 use percent_encoding::percent_decode_str;
 
-use crate::domain::{FieldError, Order, OrderInput};
+use chrono::{DateTime, Utc};
 
-/// Parses and validates the query; on failure, every bad parameter is named.
-pub fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
-    let mut input = OrderInput::default();
+use crate::domain::{FieldError, IssueInput, IssueRequest};
+
+/// Parses and validates the query; on failure, every bad parameter is named. `now` decides
+/// whether an `expires_at` is in the future.
+pub fn parse_issue(raw: &str, now: DateTime<Utc>) -> Result<IssueRequest, Vec<FieldError>> {
+    let mut input = IssueInput::default();
     let mut errors: Vec<FieldError> = Vec::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -23,7 +26,7 @@ pub fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
                 continue;
             }
         };
-        let Some(slot) = slot(&mut input, &name) else {
+        let Some(slot) = input.slot(&name) else {
             errors.push(FieldError::new(shorten(&name), "unknown parameter"));
             continue;
         };
@@ -38,8 +41,8 @@ pub fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
             None => errors.push(FieldError::new(name, "is not valid percent-encoded UTF-8")),
         }
     }
-    match input.parse() {
-        Ok(order) if errors.is_empty() => Ok(order),
+    match input.parse(now) {
+        Ok(request) if errors.is_empty() => Ok(request),
         Ok(_) => Err(errors),
         Err(more) => {
             // A parameter already reported (e.g. repeated) is reported once.
@@ -51,19 +54,6 @@ pub fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
             Err(errors)
         }
     }
-}
-
-fn slot<'a>(input: &'a mut OrderInput, name: &str) -> Option<&'a mut Option<String>> {
-    Some(match name {
-        "origin_country_id" => &mut input.origin_country_id,
-        "destination_country_id" => &mut input.destination_country_id,
-        "weight" => &mut input.weight,
-        "created_at" => &mut input.created_at,
-        "customer_id" => &mut input.customer_id,
-        "customer_name" => &mut input.customer_name,
-        "customer_slug" => &mut input.customer_slug,
-        _ => return None,
-    })
 }
 
 /// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte, UTF-8 required.
@@ -85,6 +75,11 @@ fn shorten(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Order;
+
+    fn parse_order(raw: &str) -> Result<Order, Vec<FieldError>> {
+        parse_issue(raw, Utc::now()).map(|request| request.order)
+    }
 
     fn fields(raw: &str) -> Vec<String> {
         parse_order(raw)
@@ -124,6 +119,20 @@ mod tests {
     fn an_empty_value_or_missing_equals_is_invalid_not_absent() {
         assert_eq!(fields("weight="), vec!["weight"]);
         assert_eq!(fields("weight"), vec!["weight"]);
+    }
+
+    #[test]
+    fn takes_an_expiry_in_the_future() {
+        let now = Utc::now();
+        let request = parse_issue("expires_at=2999-01-01T00:00:00Z", now).unwrap();
+        assert_eq!(
+            request.expires_at.unwrap().to_rfc3339(),
+            "2999-01-01T00:00:00+00:00"
+        );
+        assert_eq!(
+            fields("expires_at=2001-01-01T00:00:00Z"),
+            vec!["expires_at"]
+        );
     }
 
     #[test]

@@ -1,36 +1,178 @@
-//! `GET /v1/tracking-numbers/{tracking_number}`: the stored record of an issued number.
+//! `/v1/tracking-numbers/{tn}`: read (GET), change (PATCH), remove (DELETE), register a number
+//! issued elsewhere (PUT), and `/check` to decode a number. Numbers in paths are
+//! case-insensitive; every record reply carries its `ETag`.
 
+use chrono::Utc;
 use warp::Filter;
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::{Problem, SharedState, json_reply, with_state};
-use crate::domain::FieldError;
+use super::{Problem, SharedState, body, json_reply, record_reply, with_state};
+use crate::domain::inspect::{MSG_NUMBER, normalize};
+use crate::domain::request::issue_from_json;
+use crate::domain::{FieldError, RecordPatch};
+use crate::records::RecordError;
 
 pub fn route(
     state: SharedState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::path!("v1" / "tracking-numbers" / String)
+    let record = warp::path!("v1" / "tracking-numbers" / String);
+    let if_match = || warp::header::optional::<String>("if-match");
+    let get = record
+        .and(warp::get())
+        .and(with_state(state.clone()))
+        .then(get_record);
+    let patch = record
+        .and(warp::patch())
+        .and(if_match())
+        .and(warp::body::stream())
+        .and(with_state(state.clone()))
+        .then(patch_record);
+    let delete = record
+        .and(warp::delete())
+        .and(if_match())
+        .and(with_state(state.clone()))
+        .then(delete_record);
+    let put = record
+        .and(warp::put())
+        .and(warp::body::stream())
+        .and(with_state(state.clone()))
+        .then(put_record);
+    let check = warp::path!("v1" / "tracking-numbers" / String / "check")
         .and(warp::get())
         .and(with_state(state))
-        .then(get_record)
+        .then(check_number);
+    get.or(patch)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(put)
+        .unify()
+        .or(check)
+        .unify()
 }
 
-async fn get_record(number: String, state: SharedState) -> Response {
-    // Numbers are upper case; accept what a person types.
-    let number = number.to_ascii_uppercase();
-    if number.is_empty() || number.len() > 16 || !number.bytes().all(|b| b.is_ascii_alphanumeric())
-    {
-        return Problem::invalid(vec![FieldError::new(
-            "tracking_number",
-            "must be 1 to 16 characters of A-Z and 0-9",
-        )])
-        .into_response();
+/// The path's number, normalized, or a 400 naming it.
+fn number(raw: &str) -> Result<String, Problem> {
+    normalize(raw)
+        .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
+}
+
+async fn get_record(raw: String, state: SharedState) -> Response {
+    let number = match number(&raw) {
+        Ok(number) => number,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.records.get(&number).await {
+        Ok(json) => record_reply(StatusCode::OK, json),
+        Err(err) => failed(err).into_response(),
     }
-    match state.store.get(&number).await {
-        Ok(Some(json)) => json_reply(json),
-        Ok(None) => {
-            Problem::not_found(format!("no record for tracking number {number}")).into_response()
+}
+
+async fn patch_record(
+    raw: String,
+    if_match: Option<String>,
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    state: SharedState,
+) -> Response {
+    let object = body::object(body, body::RECORD_LIMIT).await;
+    let (number, object) = match (number(&raw), object) {
+        (Ok(number), Ok(object)) => (number, object),
+        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
+    };
+    let patch = match RecordPatch::from_json(&object, Utc::now()) {
+        Ok(patch) => patch,
+        Err(errors) => return Problem::invalid(errors).into_response(),
+    };
+    match state
+        .records
+        .update(&number, &patch, if_match.as_deref())
+        .await
+    {
+        Ok(json) => record_reply(StatusCode::OK, json),
+        Err(err) => failed(err).into_response(),
+    }
+}
+
+async fn delete_record(raw: String, if_match: Option<String>, state: SharedState) -> Response {
+    let number = match number(&raw) {
+        Ok(number) => number,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.records.delete(&number, if_match.as_deref()).await {
+        Ok(()) => {
+            let mut response = Response::new(Default::default());
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            response
         }
-        Err(err) => Problem::unavailable(err.to_string()).into_response(),
+        Err(err) => failed(err).into_response(),
+    }
+}
+
+async fn put_record(
+    raw: String,
+    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    state: SharedState,
+) -> Response {
+    let object = body::object(body, body::RECORD_LIMIT).await;
+    let (number, object) = match (number(&raw), object) {
+        (Ok(number), Ok(object)) => (number, object),
+        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
+    };
+    let request = match issue_from_json(&object, Utc::now()) {
+        Ok(request) => request,
+        Err(errors) => return Problem::invalid(errors).into_response(),
+    };
+    match state.records.register(&number, request).await {
+        Ok(json) => {
+            let mut response = record_reply(StatusCode::CREATED, json);
+            if let Ok(location) = HeaderValue::from_str(&format!("/v1/tracking-numbers/{number}")) {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            response
+        }
+        Err(err) => failed(err).into_response(),
+    }
+}
+
+async fn check_number(raw: String, state: SharedState) -> Response {
+    let number = match number(&raw) {
+        Ok(number) => number,
+        Err(problem) => return problem.into_response(),
+    };
+    let inspection = state.records.check(&number).await;
+    let body = serde_json::to_vec(&inspection).unwrap_or_default();
+    json_reply(StatusCode::OK, body.into())
+}
+
+fn failed(err: RecordError) -> Problem {
+    let detail = err.to_string();
+    match err {
+        RecordError::NotFound(_) => Problem::not_found(detail),
+        RecordError::Stale => Problem::precondition_failed(detail),
+        RecordError::Busy => Problem::conflict(
+            "urn:tracknum:problem:concurrent-update",
+            "Concurrent update",
+            detail,
+        )
+        .retry_after(1),
+        RecordError::BadMove(bad) => Problem::conflict(
+            "urn:tracknum:problem:invalid-status-move",
+            "Invalid status move",
+            detail,
+        )
+        .with("from", bad.from.as_str())
+        .with("to", bad.to.as_str()),
+        RecordError::Exists(_) => Problem::conflict(
+            "urn:tracknum:problem:already-exists",
+            "Record exists",
+            detail,
+        ),
+        RecordError::Reserved(_) => Problem::unprocessable(
+            "urn:tracknum:problem:reserved-number",
+            "Number reserved",
+            detail,
+        ),
+        RecordError::Store(err) => Problem::unavailable(err.to_string()),
     }
 }

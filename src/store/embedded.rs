@@ -5,17 +5,21 @@
 //! tick (every 200 ms); or (`--fsync always`) committed with fsync before the reply, in group
 //! commits.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use super::memtable::{InsertError, Lookup, Memtable, Pending};
-use super::{LeaseSource, RecordEntry, RecordStore, StoreError};
+use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap};
 use crate::config::FsyncPolicy;
 use crate::domain::Codec;
 use crate::domain::codec::{SERIAL_SPACE, fingerprint};
@@ -25,7 +29,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Records of numbers this service issued, keyed by serial. Serials grow, so new records append
 /// at the right edge of the tree instead of dirtying a random page each (numbers look random).
 const ISSUED: TableDefinition<u64, &[u8]> = TableDefinition::new("issued");
-/// Records of any other number, keyed by the number itself.
+/// Records of any other number, keyed by the number itself; also the replies of idempotency
+/// keys, under [`REPLY_PREFIX`] (no tracking number holds a `~`).
 const OTHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("others");
 /// (latest expiry ms, group id) → the numbers written together, each prefixed by its length. One
 /// row per write, not per record: the purge walks the due rows instead of scanning every record.
@@ -38,6 +43,7 @@ const GENERATED_SECRET: &str = "generated_secret";
 const PURGE_GROUPS: usize = 64;
 /// Records that may wait in memory for the disk before new ones are refused (503).
 const MEMTABLE_LIMIT: usize = 2_000_000;
+const REPLY_PREFIX: &str = "~idempotency:";
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -45,6 +51,12 @@ pub struct EmbeddedStore {
     codec: Codec,
     /// Present under `--fsync everysec`: the write-behind buffer.
     memtable: Option<Arc<Memtable>>,
+    /// Held while the buffer is flushed, and while a record is changed in place: a change
+    /// first moves the record's buffered version to disk, then edits it there.
+    flush_lock: tokio::sync::Mutex<()>,
+    /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
+    /// need not outlive it), and their claims.
+    claims: tokio::sync::Mutex<HashMap<String, Vec<u8>>>,
 }
 
 impl EmbeddedStore {
@@ -76,6 +88,8 @@ impl EmbeddedStore {
                 FsyncPolicy::Always => None,
                 FsyncPolicy::Everysec => Some(Arc::default()),
             },
+            flush_lock: tokio::sync::Mutex::new(()),
+            claims: tokio::sync::Mutex::default(),
         };
         Ok((store, secret))
     }
@@ -329,49 +343,134 @@ fn write_records<'a>(
     records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
-    let now = Utc::now().timestamp_millis();
-    let mut tx = db.begin_write().map_err(corrupt)?;
-    tx.set_durability(Durability::Immediate).map_err(corrupt)?;
-    let mut written = Vec::new();
-    {
-        let mut tables = Tables {
-            issued: tx.open_table(ISSUED).map_err(corrupt)?,
-            others: tx.open_table(OTHERS).map_err(corrupt)?,
-        };
-        let mut value = Vec::new();
-        let mut group = Vec::new();
-        let mut latest = i64::MIN;
-        for (number, serial, expires_ms, json) in records {
-            let slot = slot_of(codec, number, serial);
-            if only_new
-                && tables
-                    .with_record(slot, number, |stored| stored.expires_ms > now)?
-                    .unwrap_or(false)
-            {
-                written.push(false);
-                continue;
-            }
-            encode_value(&mut value, expires_ms, number, json);
-            match slot {
-                Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
-                Slot::Other(key) => tables.others.insert(key, value.as_slice()),
-            }
-            .map_err(corrupt)?;
-            group.push(number.len() as u8);
-            group.extend_from_slice(number.as_bytes());
-            latest = latest.max(expires_ms);
-            written.push(true);
-        }
-        if !group.is_empty() {
-            let id = GROUP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
-            expiry
-                .insert((latest, id), group.as_slice())
-                .map_err(corrupt)?;
-        }
-    }
+    let tx = begin_durable(db)?;
+    let written = write_in(&tx, codec, records, only_new)?;
     tx.commit().map_err(StoreError::unavailable)?;
     Ok(written)
+}
+
+fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut tx = db.begin_write().map_err(corrupt)?;
+    tx.set_durability(Durability::Immediate).map_err(corrupt)?;
+    Ok(tx)
+}
+
+/// Writes records (and their expiry group) in `tx`, without committing.
+fn write_in<'a>(
+    tx: &WriteTransaction,
+    codec: &Codec,
+    records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
+    only_new: bool,
+) -> Result<Vec<bool>, StoreError> {
+    let now = Utc::now().timestamp_millis();
+    let mut written = Vec::new();
+    let mut tables = Tables {
+        issued: tx.open_table(ISSUED).map_err(corrupt)?,
+        others: tx.open_table(OTHERS).map_err(corrupt)?,
+    };
+    let mut value = Vec::new();
+    let mut group = Vec::new();
+    let mut latest = i64::MIN;
+    for (number, serial, expires_ms, json) in records {
+        let slot = slot_of(codec, number, serial);
+        if only_new
+            && tables
+                .with_record(slot, number, |stored| stored.expires_ms > now)?
+                .unwrap_or(false)
+        {
+            written.push(false);
+            continue;
+        }
+        encode_value(&mut value, expires_ms, number, json);
+        match slot {
+            Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
+            Slot::Other(key) => tables.others.insert(key, value.as_slice()),
+        }
+        .map_err(corrupt)?;
+        group.push(number.len() as u8);
+        group.extend_from_slice(number.as_bytes());
+        latest = latest.max(expires_ms);
+        written.push(true);
+    }
+    if !group.is_empty() {
+        let id = GROUP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
+        expiry
+            .insert((latest, id), group.as_slice())
+            .map_err(corrupt)?;
+    }
+    Ok(written)
+}
+
+/// Whether the live record of `number`, read in `tx`, is `expected` (any live one when None).
+fn holds_live(
+    tx: &WriteTransaction,
+    codec: &Codec,
+    number: &str,
+    expected: Option<&[u8]>,
+) -> Result<Option<bool>, StoreError> {
+    let now = Utc::now().timestamp_millis();
+    let tables = Tables {
+        issued: tx.open_table(ISSUED).map_err(corrupt)?,
+        others: tx.open_table(OTHERS).map_err(corrupt)?,
+    };
+    let found = tables.with_record(slot(codec, number), number, |stored| {
+        (stored.expires_ms > now).then(|| expected.is_none_or(|e| e == stored.json))
+    })?;
+    Ok(found.flatten())
+}
+
+impl EmbeddedStore {
+    /// Moves the write-behind buffer to disk; the caller holds `flush_lock`.
+    async fn flush_locked(&self) -> Result<(), StoreError> {
+        let Some(memtable) = self.memtable.clone() else {
+            return Ok(()); // every commit was durable already
+        };
+        let batch = memtable.start_flush();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let codec = self.codec.clone();
+        self.blocking(move |db| {
+            // In serial order, so the inserts append to the tree rather than split pages in the
+            // middle of it (the buffer is a hash map: its own order is random).
+            let mut records: Vec<_> = batch
+                .iter()
+                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()))
+                .collect();
+            records
+                .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
+            // Every record was checked when it was buffered.
+            write_records(db, &codec, records.into_iter(), false)?;
+            memtable.finish_flush();
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `change` in a durable transaction on the disk copy of `number`'s record, after moving
+    /// any buffered version of it to disk. Changes are serialized with flushes and each other.
+    /// `change` returns its outcome and whether to commit.
+    async fn change_on_disk<T: Send + 'static>(
+        &self,
+        number: &str,
+        change: impl FnOnce(&WriteTransaction, &Codec) -> Result<(T, bool), StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let _flushing = self.flush_lock.lock().await;
+        if self.memtable.as_ref().is_some_and(|m| m.holds(number)) {
+            self.flush_locked().await?;
+        }
+        let codec = self.codec.clone();
+        self.blocking(move |db| {
+            let tx = begin_durable(db)?;
+            let (outcome, commit) = change(&tx, &codec)?;
+            if commit {
+                tx.commit().map_err(StoreError::unavailable)?;
+            } // else dropping the transaction aborts it
+            Ok(outcome)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -454,27 +553,52 @@ impl RecordStore for EmbeddedStore {
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
-        let Some(memtable) = self.memtable.clone() else {
-            return Ok(()); // every commit was durable already
-        };
-        let batch = memtable.start_flush();
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let codec = self.codec.clone();
-        self.blocking(move |db| {
-            // In serial order, so the inserts append to the tree rather than split pages in the
-            // middle of it (the buffer is a hash map: its own order is random).
-            let mut records: Vec<_> = batch
-                .iter()
-                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()))
-                .collect();
-            records
-                .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
-            // Every record was checked when it was buffered.
-            write_records(db, &codec, records.into_iter(), false)?;
-            memtable.finish_flush();
-            Ok(())
+        let _flushing = self.flush_lock.lock().await;
+        self.flush_locked().await
+    }
+
+    async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
+        let (expected, entry) = (expected.clone(), entry.clone());
+        let number = entry.tracking_number.clone();
+        self.change_on_disk(&number, move |tx, codec| {
+            if holds_live(tx, codec, &entry.tracking_number, Some(&expected))? != Some(true) {
+                return Ok((Swap::Changed, false));
+            }
+            let record = (
+                entry.tracking_number.as_str(),
+                entry.serial,
+                entry.expires_at.timestamp_millis(),
+                entry.json.as_ref(),
+            );
+            write_in(tx, codec, std::iter::once(record), false)?;
+            Ok((Swap::Replaced, true))
+        })
+        .await
+    }
+
+    async fn remove(
+        &self,
+        tracking_number: &str,
+        expected: Option<&Bytes>,
+    ) -> Result<Removal, StoreError> {
+        let number = tracking_number.to_owned();
+        let expected = expected.cloned();
+        self.change_on_disk(tracking_number, move |tx, codec| {
+            match holds_live(tx, codec, &number, expected.as_deref())? {
+                None => return Ok((Removal::Missing, false)),
+                Some(false) => return Ok((Removal::Changed, false)),
+                Some(true) => {}
+            }
+            let mut tables = Tables {
+                issued: tx.open_table(ISSUED).map_err(corrupt)?,
+                others: tx.open_table(OTHERS).map_err(corrupt)?,
+            };
+            match slot(codec, &number) {
+                Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
+                Slot::Other(key) => tables.others.remove(key).map(drop),
+            }
+            .map_err(corrupt)?;
+            Ok((Removal::Removed, true))
         })
         .await
     }
@@ -521,5 +645,63 @@ impl RecordStore for EmbeddedStore {
             Ok(removed)
         })
         .await
+    }
+}
+
+fn reply_key(key: &str) -> String {
+    // Keys may be 255 characters, more than a stored name holds: store a digest of them.
+    let digest = crate::domain::idempotency::fingerprint("key", key.as_bytes());
+    format!("{REPLY_PREFIX}{digest}")
+}
+
+#[async_trait]
+impl ReplyStore for EmbeddedStore {
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &[u8],
+        _ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        // Checked in this order under the lock, and `complete` stores the reply before it drops
+        // the claim: a key is never seen as neither claimed nor done while its reply is written.
+        let mut claims = self.claims.lock().await;
+        if let Some(held) = claims.get(key) {
+            return Ok(Some(Bytes::copy_from_slice(held)));
+        }
+        if let Some(done) = self.get(&reply_key(key)).await? {
+            return Ok(Some(done));
+        }
+        claims.insert(key.to_owned(), claim.to_vec());
+        Ok(None)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &[u8],
+        reply: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        if self.claims.lock().await.get(key).map(Vec::as_slice) != Some(claim) {
+            return Ok(false);
+        }
+        let entry = RecordEntry {
+            tracking_number: reply_key(key),
+            serial: None,
+            expires_at: Utc::now()
+                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            json: Bytes::copy_from_slice(reply),
+        };
+        self.insert_new(std::slice::from_ref(&entry)).await?;
+        self.claims.lock().await.remove(key);
+        Ok(true)
+    }
+
+    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+        let mut claims = self.claims.lock().await;
+        if claims.get(key).map(Vec::as_slice) == Some(claim) {
+            claims.remove(key);
+        }
+        Ok(())
     }
 }

@@ -52,6 +52,11 @@ impl Memtable {
         self.find(&lock(&self.active), number, now_ms)
     }
 
+    /// Whether a record of `number` (live or not) waits here for the disk.
+    pub fn holds(&self, number: &str) -> bool {
+        lock(&self.active).contains_key(number) || lock(&self.flushing).contains_key(number)
+    }
+
     /// Active first, then flushing: a record moves only in that direction, and leaves
     /// `flushing` only once it is on disk, so a reader that misses both finds it there.
     fn find(&self, active: &Records, number: &str, now_ms: i64) -> Lookup {

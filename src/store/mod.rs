@@ -1,8 +1,10 @@
-//! Storage behind two traits: `LeaseSource` hands out blocks of the global serial counter, and
-//! `RecordStore` keeps the records of issued numbers. `redis` and `embedded` implement both;
-//! `writer` batches concurrent record writes into one storage round trip.
+//! Storage behind three traits: `LeaseSource` hands out blocks of the global serial counter,
+//! `RecordStore` keeps the records of issued numbers, and `ReplyStore` keeps the state of
+//! idempotency keys. `redis` and `embedded` implement all three; `writer` batches concurrent
+//! record writes into one storage round trip.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,6 +74,16 @@ pub trait RecordStore: Send + Sync + 'static {
     }
     /// The JSON of a live (unexpired) record.
     async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError>;
+    /// Replaces the live record of `entry.tracking_number` with `entry` (new JSON, new expiry),
+    /// but only while its JSON is still exactly `expected`: a compare-and-swap.
+    async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError>;
+    /// Removes the live record of `tracking_number`; with `expected`, only while its JSON is
+    /// still exactly that.
+    async fn remove(
+        &self,
+        tracking_number: &str,
+        expected: Option<&Bytes>,
+    ) -> Result<Removal, StoreError>;
     /// Succeeds when the store can serve requests now.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Makes every write so far durable (the embedded store batches its fsyncs).
@@ -80,6 +92,49 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn purge_expired(&self) -> Result<u64, StoreError>;
 }
 
-/// Both halves of a backend, as the application uses it.
-pub trait Store: LeaseSource + RecordStore {}
-impl<T: LeaseSource + RecordStore> Store for T {}
+/// The outcome of [`RecordStore::replace`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swap {
+    Replaced,
+    /// The record changed, expired or went away since it was read.
+    Changed,
+}
+
+/// The outcome of [`RecordStore::remove`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    Removed,
+    /// No live record.
+    Missing,
+    /// The record is not the one expected any more.
+    Changed,
+}
+
+/// Where idempotency keys live: claimed while their first request runs, then holding its reply.
+/// States travel encoded by [`crate::domain::idempotency::KeyState::encode`].
+#[async_trait]
+pub trait ReplyStore: Send + Sync + 'static {
+    /// Claims `key` with `claim` (an in-flight state) for `ttl`, unless the key holds a state
+    /// already: then nothing changes and that state is returned.
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError>;
+    /// Replaces our `claim` with the finished `reply`, kept for `ttl`. False when the claim was
+    /// no longer ours (it expired and someone else claimed the key).
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &[u8],
+        reply: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+    /// Drops our `claim` (the request failed), so a retry may run.
+    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError>;
+}
+
+/// Every part of a backend, as the application uses it.
+pub trait Store: LeaseSource + RecordStore + ReplyStore {}
+impl<T: LeaseSource + RecordStore + ReplyStore> Store for T {}

@@ -14,7 +14,7 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
-use super::{LeaseSource, RecordEntry, RecordStore, StoreError};
+use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap};
 use crate::domain::codec::SERIAL_SPACE;
 
 /// The counter and the secret fingerprint, in one hash slot (`{tracknum}`).
@@ -22,6 +22,8 @@ const SERIAL_KEY: &str = "{tracknum}:serial";
 const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
 /// Records spread over the cluster: one key each.
 const RECORD_PREFIX: &str = "tracknum:record:";
+/// Idempotency keys, one Redis key each.
+const REPLY_PREFIX: &str = "tracknum:idempotency:";
 
 /// The time floor counts microseconds since 2025-01-01T00:00:00Z: 10^6 serials a second, which
 /// outruns any real issuing rate and still lasts over 4000 years in 36^11 serials.
@@ -44,9 +46,52 @@ end
 return redis.call('INCRBY', KEYS[1], ARGV[1])
 "#;
 
+/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms).
+const REPLACE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1
+"#;
+
+/// Delete, optionally conditional: ARGV = '1' and the expected JSON, or '0'.
+/// Returns 1 removed, 0 missing, 2 changed.
+const REMOVE_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if ARGV[1] == '1' and current ~= ARGV[2] then return 2 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// Claim an idempotency key unless it holds a state: ARGV = claim, ttl ms.
+const CLAIM_SCRIPT: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// Swap our claim for the reply: ARGV = claim, reply, ttl ms. Returns 1 when the claim was ours.
+const COMPLETE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Drop our claim: ARGV = claim.
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
+
 pub struct RedisStore {
     pool: Pool,
     lease_script: redis::Script,
+    replace_script: redis::Script,
+    remove_script: redis::Script,
+    claim_script: redis::Script,
+    complete_script: redis::Script,
+    release_script: redis::Script,
     fingerprint: String,
     timeout: Duration,
     /// The record writer's own connection, kept across batches so no batch pays for a pool check.
@@ -68,6 +113,11 @@ impl RedisStore {
         Ok(RedisStore {
             pool,
             lease_script: redis::Script::new(LEASE_SCRIPT),
+            replace_script: redis::Script::new(REPLACE_SCRIPT),
+            remove_script: redis::Script::new(REMOVE_SCRIPT),
+            claim_script: redis::Script::new(CLAIM_SCRIPT),
+            complete_script: redis::Script::new(COMPLETE_SCRIPT),
+            release_script: redis::Script::new(RELEASE_SCRIPT),
             fingerprint,
             timeout,
             writer_conn: Mutex::new(None),
@@ -91,6 +141,25 @@ impl RedisStore {
                 ))
             })
     }
+
+    /// Runs a prepared script invocation on a pooled connection, bounded.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.conn().await?;
+            invocation
+                .invoke_async(&mut *conn)
+                .await
+                .map_err(StoreError::unavailable)
+        })
+        .await
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The script refuses a different secret with `TRACKNUM_SECRET_MISMATCH <stored fingerprint>`.
@@ -117,6 +186,10 @@ fn record_key(tracking_number: &str) -> String {
     key.push_str(RECORD_PREFIX);
     key.push_str(tracking_number);
     key
+}
+
+fn reply_key(key: &str) -> String {
+    format!("{REPLY_PREFIX}{key}")
 }
 
 #[async_trait]
@@ -204,6 +277,40 @@ impl RecordStore for RedisStore {
         .await
     }
 
+    async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
+        let mut invocation = self.replace_script.prepare_invoke();
+        invocation
+            .key(record_key(&entry.tracking_number))
+            .arg(expected.as_ref())
+            .arg(entry.json.as_ref())
+            .arg(entry.expires_at.timestamp_millis().max(1));
+        let replaced: i64 = self.run(invocation).await?;
+        Ok(if replaced == 1 {
+            Swap::Replaced
+        } else {
+            Swap::Changed
+        })
+    }
+
+    async fn remove(
+        &self,
+        tracking_number: &str,
+        expected: Option<&Bytes>,
+    ) -> Result<Removal, StoreError> {
+        let mut invocation = self.remove_script.prepare_invoke();
+        invocation.key(record_key(tracking_number));
+        match expected {
+            Some(expected) => invocation.arg("1").arg(expected.as_ref()),
+            None => invocation.arg("0"),
+        };
+        let outcome: i64 = self.run(invocation).await?;
+        Ok(match outcome {
+            1 => Removal::Removed,
+            2 => Removal::Changed,
+            _ => Removal::Missing,
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.bounded(async {
             let mut conn = self.conn().await?;
@@ -224,5 +331,44 @@ impl RecordStore for RedisStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         // Redis expires records itself (SET ... PX).
         Ok(0)
+    }
+}
+
+#[async_trait]
+impl ReplyStore for RedisStore {
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut invocation = self.claim_script.prepare_invoke();
+        invocation.key(reply_key(key)).arg(claim).arg(ttl_ms(ttl));
+        let held: Option<Vec<u8>> = self.run(invocation).await?;
+        Ok(held.map(Bytes::from))
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &[u8],
+        reply: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.complete_script.prepare_invoke();
+        invocation
+            .key(reply_key(key))
+            .arg(claim)
+            .arg(reply)
+            .arg(ttl_ms(ttl));
+        let ours: i64 = self.run(invocation).await?;
+        Ok(ours == 1)
+    }
+
+    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation.key(reply_key(key)).arg(claim);
+        let _: i64 = self.run(invocation).await?;
+        Ok(())
     }
 }

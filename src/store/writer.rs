@@ -23,7 +23,7 @@ pub struct RecordWriter(Route);
 
 #[derive(Clone)]
 enum Route {
-    Batched(mpsc::Sender<Pending>),
+    Batched(mpsc::Sender<Pending>, Arc<dyn RecordStore>),
     Direct(Arc<dyn RecordStore>),
 }
 
@@ -36,8 +36,16 @@ impl RecordWriter {
             return (RecordWriter(Route::Direct(store)), tokio::spawn(async {}));
         }
         let (queue, rx) = mpsc::channel(4 * MAX_BATCH);
-        let task = tokio::spawn(run(store, rx));
-        (RecordWriter(Route::Batched(queue)), task)
+        let task = tokio::spawn(run(store.clone(), rx));
+        (RecordWriter(Route::Batched(queue, store)), task)
+    }
+
+    /// Stores many records in one round trip of their own (they are a group already); per
+    /// record, whether it was stored.
+    pub async fn insert_many(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        match &self.0 {
+            Route::Batched(_, store) | Route::Direct(store) => store.insert_new(entries).await,
+        }
     }
 
     /// Stores the record unless its number already holds a live one; `Ok(false)` in that case.
@@ -47,7 +55,7 @@ impl RecordWriter {
                 let stored = store.insert_new(std::slice::from_ref(&entry)).await?;
                 return Ok(stored.first().copied().unwrap_or(false));
             }
-            Route::Batched(queue) => queue,
+            Route::Batched(queue, _) => queue,
         };
         let (done, outcome) = oneshot::channel();
         queue
@@ -86,6 +94,7 @@ async fn run(store: Arc<dyn RecordStore>, mut rx: mpsc::Receiver<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{Removal, Swap};
     use async_trait::async_trait;
     use bytes::Bytes;
     use std::collections::HashSet;
@@ -112,6 +121,12 @@ mod tests {
         }
         async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
             Ok(None)
+        }
+        async fn replace(&self, _: &Bytes, _: &RecordEntry) -> Result<Swap, StoreError> {
+            Ok(Swap::Changed)
+        }
+        async fn remove(&self, _: &str, _: Option<&Bytes>) -> Result<Removal, StoreError> {
+            Ok(Removal::Missing)
         }
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())

@@ -1,0 +1,109 @@
+//! What a tracking number says about itself, without its record: whether it has our 16-character
+//! layout and a valid check character, and then its origin country and customer tag.
+
+use serde::Serialize;
+
+use super::codec::has_valid_check;
+use super::country::Country;
+
+/// A number as the path gives it: 1 to 16 of `A-Z0-9` (lower case is read as upper case).
+pub fn normalize(number: &str) -> Option<String> {
+    let valid =
+        (1..=16).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_alphanumeric());
+    valid.then(|| number.to_ascii_uppercase())
+}
+
+pub const MSG_NUMBER: &str = "must be 1 to 16 characters of A-Z and 0-9";
+
+/// Whether a number could be one this service issued: 16 characters with a valid check
+/// character. Such a number cannot be registered from elsewhere.
+pub fn could_be_ours(number: &str) -> bool {
+    number.len() == 16 && has_valid_check(number)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Inspection {
+    pub tracking_number: String,
+    /// 16 characters, the layout this service issues.
+    pub format_valid: bool,
+    pub check_character_valid: bool,
+    /// The origin country in the first two characters (None for `ZZ`, no origin given, or any
+    /// pair that is not a country).
+    pub origin_country_id: Option<Country>,
+    /// Characters 3-4: base36 of the customer tag (0-1295).
+    pub customer_tag: Option<String>,
+    pub customer_tag_value: Option<u16>,
+    /// Filled in by the caller from storage; None when storage could not be asked.
+    pub record_exists: Option<bool>,
+}
+
+/// Decodes a normalized number (see [`normalize`]).
+pub fn inspect(number: &str) -> Inspection {
+    let format_valid = number.len() == 16;
+    let check_character_valid = format_valid && has_valid_check(number);
+    let (origin, tag) = if format_valid {
+        let tag = &number[2..4];
+        let value = tag
+            .chars()
+            .try_fold(0u16, |acc, c| Some(acc * 36 + c.to_digit(36)? as u16));
+        (Country::parse(&number[..2]), Some((tag.to_owned(), value)))
+    } else {
+        (None, None)
+    };
+    Inspection {
+        tracking_number: number.to_owned(),
+        format_valid,
+        check_character_valid,
+        origin_country_id: origin,
+        customer_tag_value: tag.as_ref().and_then(|(_, value)| *value),
+        customer_tag: tag.map(|(text, _)| text),
+        record_exists: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Codec;
+    use crate::domain::codec::customer_tag;
+
+    #[test]
+    fn decodes_a_number_we_issue() {
+        let codec = Codec::new(b"secret");
+        let tag = customer_tag(Some("redbox-logistics"));
+        let number = codec.encode(Country::parse("MY"), tag, 12345).unwrap();
+        let seen = inspect(number.as_str());
+        assert!(seen.format_valid && seen.check_character_valid);
+        assert_eq!(seen.origin_country_id, Country::parse("MY"));
+        assert_eq!(seen.customer_tag_value, Some(tag));
+        assert!(could_be_ours(number.as_str()));
+    }
+
+    #[test]
+    fn a_changed_character_fails_the_check() {
+        let codec = Codec::new(b"secret");
+        let number = codec.encode(None, 0, 7).unwrap().to_string();
+        let mut bytes = number.into_bytes();
+        bytes[9] = if bytes[9] == b'A' { b'B' } else { b'A' };
+        let seen = inspect(std::str::from_utf8(&bytes).unwrap());
+        assert!(seen.format_valid && !seen.check_character_valid);
+        assert_eq!(seen.origin_country_id, None, "ZZ is no country");
+    }
+
+    #[test]
+    fn short_numbers_have_no_layout() {
+        let seen = inspect("ABC123");
+        assert!(!seen.format_valid && !seen.check_character_valid);
+        assert_eq!((seen.origin_country_id, seen.customer_tag), (None, None));
+        assert!(!could_be_ours("ABC123"));
+    }
+
+    #[test]
+    fn normalizes_case_and_refuses_other_characters() {
+        assert_eq!(normalize("ab12").as_deref(), Some("AB12"));
+        assert_eq!(normalize(""), None);
+        assert_eq!(normalize("A-1"), None);
+        assert_eq!(normalize(&"A".repeat(17)), None);
+        assert_eq!(normalize("\u{e9}"), None);
+    }
+}

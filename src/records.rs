@@ -1,0 +1,155 @@
+//! The record lifecycle after issuing: read, change, remove, register a number issued
+//! elsewhere, and inspect a number. Changes are compare-and-swaps on the stored JSON, so two
+//! racing changes never lose one silently: the loser re-applies its patch to the winner's
+//! record, or, when it asked for a version with `If-Match`, is refused.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{SubsecRound, Utc};
+
+use crate::domain::inspect::{Inspection, could_be_ours, inspect};
+use crate::domain::record::if_match_allows;
+use crate::domain::{BadMove, IssueRequest, Record, RecordPatch, etag};
+use crate::store::{RecordEntry, Removal, Store, StoreError, Swap};
+
+/// A change that keeps losing races this many times in a row is refused with a conflict.
+const MAX_ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("no record for tracking number {0}")]
+    NotFound(String),
+    #[error("the record has changed since the version in If-Match")]
+    Stale,
+    #[error("the record kept changing while this change was applied; try again")]
+    Busy,
+    #[error(transparent)]
+    BadMove(#[from] BadMove),
+    #[error("a record for tracking number {0} exists already")]
+    Exists(String),
+    #[error(
+        "{0} has the layout and check character of a number this service issues, so it could \
+         collide with one issued later; it cannot be registered"
+    )]
+    Reserved(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Records {
+    store: Arc<dyn Store>,
+    record_ttl: chrono::Duration,
+}
+
+impl Records {
+    pub fn new(store: Arc<dyn Store>, record_ttl: std::time::Duration) -> Self {
+        Records {
+            store,
+            record_ttl: chrono::Duration::from_std(record_ttl).unwrap_or(chrono::Duration::MAX),
+        }
+    }
+
+    /// The live record's JSON.
+    pub async fn get(&self, number: &str) -> Result<Bytes, RecordError> {
+        self.store
+            .get(number)
+            .await?
+            .ok_or_else(|| RecordError::NotFound(number.to_owned()))
+    }
+
+    /// Applies `patch` and returns the new record's JSON. With `if_match`, only to that version.
+    pub async fn update(
+        &self,
+        number: &str,
+        patch: &RecordPatch,
+        if_match: Option<&str>,
+    ) -> Result<Bytes, RecordError> {
+        for _ in 0..MAX_ATTEMPTS {
+            let current = self.get(number).await?;
+            check_precondition(if_match, &current)?;
+            let record: Record = serde_json::from_slice(&current)
+                .map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))?;
+            let now = Utc::now().trunc_subsecs(6);
+            let next = patch.apply(&record, now)?;
+            let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::unavailable)?);
+            let entry = RecordEntry {
+                tracking_number: number.to_owned(),
+                serial: None,
+                expires_at: next.expires_at,
+                json: json.clone(),
+            };
+            match self.store.replace(&current, &entry).await? {
+                Swap::Replaced => return Ok(json),
+                // Someone else changed it first: their version is not the one asked for...
+                Swap::Changed if if_match.is_some() => return Err(RecordError::Stale),
+                // ...or, with no version asked for, apply the patch to theirs.
+                Swap::Changed => continue,
+            }
+        }
+        Err(RecordError::Busy)
+    }
+
+    /// Removes the record. Its number is never issued again all the same: serials only grow.
+    pub async fn delete(&self, number: &str, if_match: Option<&str>) -> Result<(), RecordError> {
+        let expected = match if_match {
+            None => None,
+            Some(_) => {
+                let current = self.get(number).await?;
+                check_precondition(if_match, &current)?;
+                Some(current)
+            }
+        };
+        match self.store.remove(number, expected.as_ref()).await? {
+            Removal::Removed => Ok(()),
+            Removal::Missing => Err(RecordError::NotFound(number.to_owned())),
+            Removal::Changed => Err(RecordError::Stale),
+        }
+    }
+
+    /// Registers a number issued elsewhere, with the given inputs; returns its record's JSON.
+    pub async fn register(
+        &self,
+        number: &str,
+        request: IssueRequest,
+    ) -> Result<Bytes, RecordError> {
+        if could_be_ours(number) {
+            return Err(RecordError::Reserved(number.to_owned()));
+        }
+        let now = Utc::now().trunc_subsecs(6);
+        let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
+        let record = Record::new(number.to_owned(), now, expires_at, request.order);
+        let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
+        let entry = RecordEntry {
+            tracking_number: number.to_owned(),
+            serial: None,
+            expires_at,
+            json: json.clone(),
+        };
+        match self.store.insert_new(std::slice::from_ref(&entry)).await?[..] {
+            [true] => Ok(json),
+            _ => Err(RecordError::Exists(number.to_owned())),
+        }
+    }
+
+    /// What the number says about itself, and whether it has a record (None when storage
+    /// cannot say right now: the answer is still useful without it).
+    pub async fn check(&self, number: &str) -> Inspection {
+        let mut inspection = inspect(number);
+        inspection.record_exists = match self.store.get(number).await {
+            Ok(found) => Some(found.is_some()),
+            Err(err) => {
+                tracing::warn!(error = %err, "check could not look up the record");
+                None
+            }
+        };
+        inspection
+    }
+}
+
+fn check_precondition(if_match: Option<&str>, current: &[u8]) -> Result<(), RecordError> {
+    match if_match {
+        Some(header) if !if_match_allows(header, &etag(current)) => Err(RecordError::Stale),
+        _ => Ok(()),
+    }
+}
