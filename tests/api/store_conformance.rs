@@ -6,7 +6,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
-use tracknum::store::{EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisStore, Store};
+use tracknum::store::{
+    EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisStore, Removal, Store, Swap,
+};
 
 use crate::helpers::RedisServer;
 
@@ -19,7 +21,172 @@ fn entry(number: &str, ttl: Duration) -> RecordEntry {
     }
 }
 
+fn with_json(mut entry: RecordEntry, json: &str) -> RecordEntry {
+    entry.json = Bytes::from(json.to_owned());
+    entry
+}
+
 async fn conformance(store: &dyn Store) {
+    records(store).await;
+    changes(store).await;
+    idempotency_keys(store).await;
+}
+
+/// Compare-and-swap, expiry moves and removal: on a record just written (which a store may
+/// still buffer) and on one that has been synced.
+async fn changes(store: &dyn Store) {
+    let long = Duration::from_secs(3600);
+    for synced in [false, true] {
+        let number = if synced { "CHG2" } else { "CHG1" };
+        let first = entry(number, long);
+        assert_eq!(
+            store
+                .insert_new(std::slice::from_ref(&first))
+                .await
+                .unwrap(),
+            [true]
+        );
+        if synced {
+            store.sync().await.unwrap();
+        }
+        let second = with_json(entry(number, long), r#"{"v":2}"#);
+        let wrong = Bytes::from_static(b"{\"v\":0}");
+        assert_eq!(store.replace(&wrong, &second).await.unwrap(), Swap::Changed);
+        assert_eq!(store.get(number).await.unwrap(), Some(first.json.clone()));
+        assert_eq!(
+            store.replace(&first.json, &second).await.unwrap(),
+            Swap::Replaced
+        );
+        assert_eq!(store.get(number).await.unwrap(), Some(second.json.clone()));
+        assert_eq!(
+            store.replace(&first.json, &second).await.unwrap(),
+            Swap::Changed,
+            "a swap from a version already replaced loses"
+        );
+        assert_eq!(
+            store
+                .insert_new(std::slice::from_ref(&first))
+                .await
+                .unwrap(),
+            [false],
+            "a changed record still holds its number"
+        );
+
+        // Removal: conditional on the version when one is given.
+        assert_eq!(
+            store.remove(number, Some(&first.json)).await.unwrap(),
+            Removal::Changed
+        );
+        assert_eq!(
+            store.remove(number, Some(&second.json)).await.unwrap(),
+            Removal::Removed
+        );
+        assert_eq!(store.get(number).await.unwrap(), None);
+        assert_eq!(store.remove(number, None).await.unwrap(), Removal::Missing);
+        assert_eq!(
+            store.replace(&second.json, &second).await.unwrap(),
+            Swap::Changed
+        );
+    }
+    assert_eq!(store.remove("NEVER", None).await.unwrap(), Removal::Missing);
+
+    // Expiry moves with a swap: shortened, the record goes; extended, it stays past its first
+    // expiry and through a purge.
+    let short = Duration::from_millis(300);
+    let shortened = entry("SHRT", long);
+    let extended = entry("XTND", short);
+    store
+        .insert_new(&[shortened.clone(), extended.clone()])
+        .await
+        .unwrap();
+    let sooner = with_json(entry("SHRT", short), r#"{"v":"sooner"}"#);
+    let later = with_json(entry("XTND", long), r#"{"v":"later"}"#);
+    assert_eq!(
+        store.replace(&shortened.json, &sooner).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.replace(&extended.json, &later).await.unwrap(),
+        Swap::Replaced
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.purge_expired().await.unwrap();
+    assert_eq!(store.get("SHRT").await.unwrap(), None);
+    assert_eq!(store.get("XTND").await.unwrap(), Some(later.json.clone()));
+    assert_eq!(
+        store.replace(&sooner.json, &sooner).await.unwrap(),
+        Swap::Changed,
+        "an expired record cannot be changed"
+    );
+    store.sync().await.unwrap();
+    assert_eq!(store.get("XTND").await.unwrap(), Some(later.json));
+}
+
+/// Idempotency keys: one claim wins, completes with a reply that later claims see, expires.
+async fn idempotency_keys(store: &dyn Store) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(store.claim("key-1", b"claim-a", ttl).await.unwrap(), None);
+    assert_eq!(
+        store.claim("key-1", b"claim-b", ttl).await.unwrap(),
+        Some(Bytes::from_static(b"claim-a")),
+        "a claimed key is not claimed again"
+    );
+    assert!(
+        !store
+            .complete("key-1", b"claim-b", b"reply-b", ttl)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .complete("key-1", b"claim-a", b"reply-a", ttl)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store.claim("key-1", b"claim-c", ttl).await.unwrap(),
+        Some(Bytes::from_static(b"reply-a"))
+    );
+    store.sync().await.unwrap();
+    assert_eq!(
+        store.claim("key-1", b"claim-c", ttl).await.unwrap(),
+        Some(Bytes::from_static(b"reply-a")),
+        "a reply outlives a sync"
+    );
+
+    // A released claim frees the key; releasing someone else's claim does not.
+    assert_eq!(store.claim("key-2", b"claim-a", ttl).await.unwrap(), None);
+    store.release("key-2", b"claim-x").await.unwrap();
+    assert!(
+        store
+            .claim("key-2", b"claim-b", ttl)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.release("key-2", b"claim-a").await.unwrap();
+    assert_eq!(store.claim("key-2", b"claim-b", ttl).await.unwrap(), None);
+
+    // Long keys and keys with spaces work; replies expire.
+    let long_key = "k ".repeat(127);
+    assert_eq!(store.claim(&long_key, b"c", ttl).await.unwrap(), None);
+    assert!(
+        store
+            .complete(&long_key, b"c", b"r", Duration::from_millis(300))
+            .await
+            .unwrap()
+    );
+    assert!(store.claim(&long_key, b"d", ttl).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        store.claim(&long_key, b"d", ttl).await.unwrap(),
+        None,
+        "the reply expired"
+    );
+}
+
+async fn records(store: &dyn Store) {
     // Leases: the requested size, disjoint, increasing, above the caller's floor.
     let a = store.lease(100, 0).await.unwrap();
     assert_eq!(a.end - a.start, 100);
