@@ -112,6 +112,12 @@ impl SerialPool {
         self.spare.lock().unwrap_or_else(|e| e.into_inner()).len() < self.spare_target()
     }
 
+    /// How many spare blocks are missing from the target stock.
+    pub fn blocks_missing(&self) -> usize {
+        let spare = self.spare.lock().unwrap_or_else(|e| e.into_inner()).len();
+        self.spare_target().saturating_sub(spare)
+    }
+
     pub fn spare_target(&self) -> usize {
         self.spare_target.load(Ordering::Relaxed)
     }

@@ -18,6 +18,8 @@ const FAST_BLOCK: Duration = Duration::from_millis(100);
 const SLOW_BLOCK: Duration = Duration::from_secs(2);
 const MIN_SPARE: usize = 2;
 const MAX_SPARE: usize = 64;
+/// At most this many blocks are leased at once.
+const MAX_BLOCKS_PER_LEASE: usize = 16;
 
 /// What the refill task last saw, for health reporting.
 #[derive(Default)]
@@ -74,10 +76,14 @@ pub fn spawn_refill(
         let mut last_switch = tokio::time::Instant::now();
         while !stop.is_cancelled() {
             while pool.needs_more() && !stop.is_cancelled() {
-                match source.lease(block_size, floor).await {
+                // Several missing blocks come in one lease: one storage trip, not one each.
+                let blocks = pool.blocks_missing().clamp(1, MAX_BLOCKS_PER_LEASE) as u64;
+                match source.lease(block_size * blocks, floor).await {
                     Ok(range) => {
                         floor = range.end;
-                        pool.add_block(range);
+                        for start in range.clone().step_by(block_size as usize) {
+                            pool.add_block(start..(start + block_size).min(range.end));
+                        }
                         status.set(None);
                         backoff = Duration::from_millis(50);
                     }
