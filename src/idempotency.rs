@@ -98,9 +98,8 @@ impl Claim {
     /// Stores the reply for replays. A failure is logged, not returned: the caller has a good
     /// reply to send, and a retry will find the key claimed until the claim runs out.
     pub async fn finish(mut self, status: u16, body: Bytes) {
-        self.settled = true;
         let reply = KeyState::Done(SavedReply {
-            fingerprint: std::mem::take(&mut self.fingerprint),
+            fingerprint: self.fingerprint.clone(),
             status,
             body,
         })
@@ -114,14 +113,16 @@ impl Claim {
             Ok(false) => tracing::warn!("an idempotency claim ran out before its request finished"),
             Err(err) => tracing::warn!(error = %err, "could not store an idempotent reply"),
         }
+        // Only now: should this future be dropped mid-way, `Drop` releases the claim.
+        self.settled = true;
     }
 
     /// Frees the key: the request failed, and a retry should run afresh.
     pub async fn release(mut self) {
-        self.settled = true;
         if let Err(err) = self.store.release(&self.key, &self.claim).await {
             tracing::warn!(error = %err, "could not release an idempotency key");
         }
+        self.settled = true;
     }
 }
 
@@ -140,5 +141,120 @@ impl Drop for Claim {
                 let _ = store.release(&key, &claim).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// Keys in a map, without expiry: enough to drive the protocol.
+    #[derive(Default)]
+    struct MapStore(Mutex<HashMap<String, Vec<u8>>>);
+
+    #[async_trait]
+    impl ReplyStore for MapStore {
+        async fn claim(
+            &self,
+            key: &str,
+            claim: &[u8],
+            _: Duration,
+        ) -> Result<Option<Bytes>, StoreError> {
+            let mut keys = self.0.lock().unwrap();
+            if let Some(held) = keys.get(key) {
+                return Ok(Some(Bytes::copy_from_slice(held)));
+            }
+            keys.insert(key.to_owned(), claim.to_vec());
+            Ok(None)
+        }
+        async fn complete(
+            &self,
+            key: &str,
+            claim: &[u8],
+            reply: &[u8],
+            _: Duration,
+        ) -> Result<bool, StoreError> {
+            let mut keys = self.0.lock().unwrap();
+            let ours = keys.get(key).is_some_and(|held| held == claim);
+            if ours {
+                keys.insert(key.to_owned(), reply.to_vec());
+            }
+            Ok(ours)
+        }
+        async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+            let mut keys = self.0.lock().unwrap();
+            if keys.get(key).is_some_and(|held| held == claim) {
+                keys.remove(key);
+            }
+            Ok(())
+        }
+    }
+
+    /// A real fingerprint: states store them at their fixed length.
+    fn fp(inputs: &str) -> String {
+        crate::domain::idempotency::fingerprint("test", inputs.as_bytes())
+    }
+
+    fn service(wait: Duration) -> Arc<Idempotency> {
+        Arc::new(Idempotency::new(
+            Arc::new(MapStore::default()),
+            Duration::from_secs(60),
+            wait,
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_retry_waits_for_the_first_request_and_replays_its_reply() {
+        let service = service(Duration::from_secs(5));
+        let Ok(Begin::Run(claim)) = service.begin("k", &fp("fp")).await else {
+            panic!("first runs")
+        };
+        let retry = tokio::spawn({
+            let service = service.clone();
+            async move { service.begin("k", &fp("fp")).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!retry.is_finished(), "the retry waits while the first runs");
+        claim.finish(201, Bytes::from_static(b"{\"n\":1}")).await;
+        let Ok(Begin::Replay(reply)) = retry.await.unwrap() else {
+            panic!("replayed")
+        };
+        assert_eq!(
+            (reply.status, reply.body.as_ref()),
+            (201, &b"{\"n\":1}"[..])
+        );
+        assert!(matches!(
+            service.begin("k", &fp("other")).await,
+            Err(IdempotencyError::Mismatch)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_outwaits_the_first_gets_in_flight_and_a_failure_frees_the_key() {
+        let service = service(Duration::from_millis(50));
+        let Ok(Begin::Run(claim)) = service.begin("k", &fp("fp")).await else {
+            panic!("first runs")
+        };
+        assert!(matches!(
+            service.begin("k", &fp("fp")).await,
+            Err(IdempotencyError::InFlight)
+        ));
+        assert!(matches!(
+            service.begin("k", &fp("fp2")).await,
+            Err(IdempotencyError::Mismatch)
+        ));
+        claim.release().await;
+        let Ok(Begin::Run(claim)) = service.begin("k", &fp("fp2")).await else {
+            panic!("runs again")
+        };
+        drop(claim); // the client went away mid-request
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(matches!(
+            service.begin("k", &fp("fp3")).await,
+            Ok(Begin::Run(_))
+        ));
     }
 }

@@ -55,8 +55,8 @@ pub struct EmbeddedStore {
     /// first moves the record's buffered version to disk, then edits it there.
     flush_lock: tokio::sync::Mutex<()>,
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
-    /// need not outlive it), and their claims.
-    claims: tokio::sync::Mutex<HashMap<String, Vec<u8>>>,
+    /// need not outlive it): each key's claim, and when the claim runs out.
+    claims: tokio::sync::Mutex<HashMap<String, (Vec<u8>, std::time::Instant)>>,
 }
 
 impl EmbeddedStore {
@@ -648,6 +648,17 @@ impl RecordStore for EmbeddedStore {
     }
 }
 
+/// Past this many claims held at once, claims that ran out are dropped.
+const MAX_LIVE_CLAIMS: usize = 10_000;
+
+fn holds_claim(
+    claims: &HashMap<String, (Vec<u8>, std::time::Instant)>,
+    key: &str,
+    claim: &[u8],
+) -> bool {
+    claims.get(key).is_some_and(|(held, _)| held == claim)
+}
+
 fn reply_key(key: &str) -> String {
     // Keys may be 255 characters, more than a stored name holds: store a digest of them.
     let digest = crate::domain::idempotency::fingerprint("key", key.as_bytes());
@@ -660,18 +671,24 @@ impl ReplyStore for EmbeddedStore {
         &self,
         key: &str,
         claim: &[u8],
-        _ttl: Duration,
+        ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
         // Checked in this order under the lock, and `complete` stores the reply before it drops
         // the claim: a key is never seen as neither claimed nor done while its reply is written.
+        let now = std::time::Instant::now();
         let mut claims = self.claims.lock().await;
-        if let Some(held) = claims.get(key) {
+        if claims.len() > MAX_LIVE_CLAIMS {
+            claims.retain(|_, (_, until)| *until > now);
+        }
+        if let Some((held, until)) = claims.get(key)
+            && *until > now
+        {
             return Ok(Some(Bytes::copy_from_slice(held)));
         }
         if let Some(done) = self.get(&reply_key(key)).await? {
             return Ok(Some(done));
         }
-        claims.insert(key.to_owned(), claim.to_vec());
+        claims.insert(key.to_owned(), (claim.to_vec(), now + ttl));
         Ok(None)
     }
 
@@ -682,7 +699,7 @@ impl ReplyStore for EmbeddedStore {
         reply: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        if self.claims.lock().await.get(key).map(Vec::as_slice) != Some(claim) {
+        if !holds_claim(&*self.claims.lock().await, key, claim) {
             return Ok(false);
         }
         let entry = RecordEntry {
@@ -699,7 +716,7 @@ impl ReplyStore for EmbeddedStore {
 
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
         let mut claims = self.claims.lock().await;
-        if claims.get(key).map(Vec::as_slice) == Some(claim) {
+        if holds_claim(&claims, key, claim) {
             claims.remove(key);
         }
         Ok(())
