@@ -1,7 +1,9 @@
 //! The record lifecycle after issuing: read, change, remove, register a number issued
 //! elsewhere, and inspect a number. Changes are compare-and-swaps on the stored JSON, so two
 //! racing changes never lose one silently: the loser re-applies its patch to the winner's
-//! record, or, when it asked for a version with `If-Match`, is refused.
+//! record, or, when it asked for a version with `If-Match`, is refused. Within one instance,
+//! changes to the same record also queue on a lock, so they do not race at all; the swap is
+//! what keeps instances from losing each other's changes.
 
 use std::sync::Arc;
 
@@ -14,7 +16,9 @@ use crate::domain::{BadMove, IssueRequest, Record, RecordPatch, etag};
 use crate::store::{RecordEntry, Removal, Store, StoreError, Swap};
 
 /// A change that keeps losing races this many times in a row is refused with a conflict.
-const MAX_ATTEMPTS: usize = 8;
+const MAX_ATTEMPTS: u32 = 8;
+/// Changes to records queue on one of this many locks, picked by number.
+const LOCK_STRIPES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -40,6 +44,7 @@ pub enum RecordError {
 pub struct Records {
     store: Arc<dyn Store>,
     record_ttl: chrono::Duration,
+    locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Records {
@@ -47,7 +52,15 @@ impl Records {
         Records {
             store,
             record_ttl: chrono::Duration::from_std(record_ttl).unwrap_or(chrono::Duration::MAX),
+            locks: (0..LOCK_STRIPES).map(|_| Default::default()).collect(),
         }
+    }
+
+    /// The lock that changes to `number` queue on in this instance.
+    fn lock_for(&self, number: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<siphasher::sip::SipHasher13>::default().hash_one(number);
+        &self.locks[hash as usize % LOCK_STRIPES]
     }
 
     /// The live record's JSON.
@@ -65,7 +78,11 @@ impl Records {
         patch: &RecordPatch,
         if_match: Option<&str>,
     ) -> Result<Bytes, RecordError> {
-        for _ in 0..MAX_ATTEMPTS {
+        let _queued = self.lock_for(number).lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                back_off(attempt).await;
+            }
             let current = self.get(number).await?;
             check_precondition(if_match, &current)?;
             let record: Record = serde_json::from_slice(&current)
@@ -92,6 +109,7 @@ impl Records {
 
     /// Removes the record. Its number is never issued again all the same: serials only grow.
     pub async fn delete(&self, number: &str, if_match: Option<&str>) -> Result<(), RecordError> {
+        let _queued = self.lock_for(number).lock().await;
         let expected = match if_match {
             None => None,
             Some(_) => {
@@ -145,6 +163,14 @@ impl Records {
         };
         inspection
     }
+}
+
+/// A short random pause before retrying a lost swap (another instance changed the record), so
+/// racing instances do not retry in lockstep: up to 1, 2, 4, … 64 ms.
+async fn back_off(attempt: u32) {
+    let cap_ms = 1u64 << attempt.min(6);
+    let pause = rand::random_range(0..=cap_ms * 1000);
+    tokio::time::sleep(std::time::Duration::from_micros(pause)).await;
 }
 
 fn check_precondition(if_match: Option<&str>, current: &[u8]) -> Result<(), RecordError> {

@@ -796,9 +796,10 @@ async fn issuing_accepts_an_expiry(app: &TestApp) {
     );
 }
 
-/// Two instances on one Redis get the same key at the same moment: one number, one reply.
+/// Two instances on one Redis get the same key at the same moment: one number, one reply; and
+/// they change the same records.
 #[tokio::test]
-async fn idempotency_holds_across_instances() {
+async fn two_instances_share_keys_and_records() {
     let redis = RedisServer::start();
     let a = spawn_on_redis(&redis, &[]).await;
     let b = spawn_on_redis(&redis, &[]).await;
