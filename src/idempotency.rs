@@ -12,7 +12,7 @@ use crate::domain::idempotency::{KeyState, SavedReply};
 use crate::store::{ReplyStore, StoreError};
 
 /// How long a claim lives if its request dies without releasing it (a killed instance).
-const CLAIM_TTL: Duration = Duration::from_secs(60);
+const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How often a waiting retry looks again.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
