@@ -12,10 +12,14 @@ use super::order::Order;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     pub tracking_number: String,
+    /// Records stored before statuses existed read as `issued`.
+    #[serde(default)]
     pub status: Status,
     #[serde(with = "utc_micros")]
     pub created_at: DateTime<Utc>,
-    #[serde(with = "utc_micros")]
+    /// Records stored before this field existed read as never updated (the epoch); their next
+    /// change sets it.
+    #[serde(with = "utc_micros", default)]
     pub updated_at: DateTime<Utc>,
     #[serde(with = "utc_micros")]
     pub expires_at: DateTime<Utc>,
@@ -45,9 +49,10 @@ impl Record {
 /// Where a parcel is. Moves go forward only (`issued` → `label_printed` → `in_transit` →
 /// `delivered`); `cancelled` is reachable from any state before `delivered`. `delivered` and
 /// `cancelled` are final. Staying in the same state is not a move and always allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    #[default]
     Issued,
     LabelPrinted,
     InTransit,
@@ -265,6 +270,14 @@ mod tests {
             "weak tags never match"
         );
         assert!(!if_match_allows("", &tag));
+    }
+
+    #[test]
+    fn records_stored_before_statuses_still_read() {
+        let old = r#"{"tracking_number":"ZZ00AAAAAAAAAAAA","created_at":"2026-11-21T10:15:30.000000Z","expires_at":"2026-12-21T10:15:30.000000Z"}"#;
+        let record: Record = serde_json::from_str(old).unwrap();
+        assert_eq!(record.status, Status::Issued);
+        assert_eq!(record.updated_at, DateTime::<Utc>::UNIX_EPOCH);
     }
 
     #[test]
