@@ -21,27 +21,32 @@ pub fn route(
     let get = record
         .and(warp::get())
         .and(with_state(state.clone()))
-        .then(get_record);
+        .then(get_record)
+        .map(reply);
     let patch = record
         .and(warp::patch())
         .and(if_match())
         .and(warp::body::stream())
         .and(with_state(state.clone()))
-        .then(patch_record);
+        .then(patch_record)
+        .map(reply);
     let delete = record
         .and(warp::delete())
         .and(if_match())
         .and(with_state(state.clone()))
-        .then(delete_record);
+        .then(delete_record)
+        .map(reply);
     let put = record
         .and(warp::put())
         .and(warp::body::stream())
         .and(with_state(state.clone()))
-        .then(put_record);
+        .then(put_record)
+        .map(reply);
     let check = warp::path!("v1" / "tracking-numbers" / String / "check")
         .and(warp::get())
         .and(with_state(state))
-        .then(check_number);
+        .then(check_number)
+        .map(reply);
     get.or(patch)
         .unify()
         .or(delete)
@@ -52,21 +57,21 @@ pub fn route(
         .unify()
 }
 
+/// A handler's outcome as the reply: its response, or its problem.
+fn reply(outcome: Result<Response, Problem>) -> Response {
+    outcome.unwrap_or_else(Problem::into_response)
+}
+
 /// The path's number, normalized, or a 400 naming it.
 fn number(raw: &str) -> Result<String, Problem> {
     normalize(raw)
         .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
 }
 
-async fn get_record(raw: String, state: SharedState) -> Response {
-    let number = match number(&raw) {
-        Ok(number) => number,
-        Err(problem) => return problem.into_response(),
-    };
-    match state.records.get(&number).await {
-        Ok(json) => record_reply(StatusCode::OK, json),
-        Err(err) => failed(err).into_response(),
-    }
+async fn get_record(raw: String, state: SharedState) -> Result<Response, Problem> {
+    let number = number(&raw)?;
+    let json = state.records.get(&number).await.map_err(failed)?;
+    Ok(record_reply(StatusCode::OK, json))
 }
 
 async fn patch_record(
@@ -74,75 +79,59 @@ async fn patch_record(
     if_match: Option<String>,
     body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
     state: SharedState,
-) -> Response {
+) -> Result<Response, Problem> {
     let object = body::object(body, body::RECORD_LIMIT).await;
-    let (number, object) = match (number(&raw), object) {
-        (Ok(number), Ok(object)) => (number, object),
-        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
-    };
-    let patch = match RecordPatch::from_json(&object, Utc::now()) {
-        Ok(patch) => patch,
-        Err(errors) => return Problem::invalid(errors).into_response(),
-    };
-    match state
+    let number = number(&raw)?;
+    let patch = RecordPatch::from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
+    let json = state
         .records
         .update(&number, &patch, if_match.as_deref())
         .await
-    {
-        Ok(json) => record_reply(StatusCode::OK, json),
-        Err(err) => failed(err).into_response(),
-    }
+        .map_err(failed)?;
+    Ok(record_reply(StatusCode::OK, json))
 }
 
-async fn delete_record(raw: String, if_match: Option<String>, state: SharedState) -> Response {
-    let number = match number(&raw) {
-        Ok(number) => number,
-        Err(problem) => return problem.into_response(),
-    };
-    match state.records.delete(&number, if_match.as_deref()).await {
-        Ok(()) => {
-            let mut response = Response::new(Default::default());
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            response
-        }
-        Err(err) => failed(err).into_response(),
-    }
+async fn delete_record(
+    raw: String,
+    if_match: Option<String>,
+    state: SharedState,
+) -> Result<Response, Problem> {
+    let number = number(&raw)?;
+    state
+        .records
+        .delete(&number, if_match.as_deref())
+        .await
+        .map_err(failed)?;
+    let mut response = Response::new(Default::default());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }
 
 async fn put_record(
     raw: String,
     body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
     state: SharedState,
-) -> Response {
+) -> Result<Response, Problem> {
     let object = body::object(body, body::RECORD_LIMIT).await;
-    let (number, object) = match (number(&raw), object) {
-        (Ok(number), Ok(object)) => (number, object),
-        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
-    };
-    let request = match issue_from_json(&object, Utc::now()) {
-        Ok(request) => request,
-        Err(errors) => return Problem::invalid(errors).into_response(),
-    };
-    match state.records.register(&number, request).await {
-        Ok(json) => {
-            let mut response = record_reply(StatusCode::CREATED, json);
-            if let Ok(location) = HeaderValue::from_str(&format!("/v1/tracking-numbers/{number}")) {
-                response.headers_mut().insert(header::LOCATION, location);
-            }
-            response
-        }
-        Err(err) => failed(err).into_response(),
+    let number = number(&raw)?;
+    let request = issue_from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
+    let json = state
+        .records
+        .register(&number, request)
+        .await
+        .map_err(failed)?;
+    let mut response = record_reply(StatusCode::CREATED, json);
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/tracking-numbers/{number}")) {
+        response.headers_mut().insert(header::LOCATION, location);
     }
+    Ok(response)
 }
 
-async fn check_number(raw: String, state: SharedState) -> Response {
-    let number = match number(&raw) {
-        Ok(number) => number,
-        Err(problem) => return problem.into_response(),
-    };
+async fn check_number(raw: String, state: SharedState) -> Result<Response, Problem> {
+    let number = number(&raw)?;
     let inspection = state.records.check(&number).await;
     let body = serde_json::to_vec(&inspection).unwrap_or_default();
-    json_reply(StatusCode::OK, body.into())
+    Ok(json_reply(StatusCode::OK, body.into()))
 }
 
 fn failed(err: RecordError) -> Problem {

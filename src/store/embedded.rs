@@ -299,6 +299,27 @@ where
     }
 }
 
+type WriteTables<'tx> =
+    Tables<redb::Table<'tx, u64, &'static [u8]>, redb::Table<'tx, &'static str, &'static [u8]>>;
+type ReadTables = Tables<
+    redb::ReadOnlyTable<u64, &'static [u8]>,
+    redb::ReadOnlyTable<&'static str, &'static [u8]>,
+>;
+
+fn write_tables(tx: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
+    Ok(Tables {
+        issued: tx.open_table(ISSUED).map_err(corrupt)?,
+        others: tx.open_table(OTHERS).map_err(corrupt)?,
+    })
+}
+
+fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
+    Ok(Tables {
+        issued: tx.open_table(ISSUED).map_err(corrupt)?,
+        others: tx.open_table(OTHERS).map_err(corrupt)?,
+    })
+}
+
 /// Whether `number` holds a live record on disk.
 fn live_on_disk(
     db: &Database,
@@ -307,10 +328,7 @@ fn live_on_disk(
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let tx = db.begin_read().map_err(corrupt)?;
-    let tables = Tables {
-        issued: tx.open_table(ISSUED).map_err(corrupt)?,
-        others: tx.open_table(OTHERS).map_err(corrupt)?,
-    };
+    let tables = read_tables(&tx)?;
     Ok(tables
         .with_record(slot(codec, number), number, |stored| {
             stored.expires_ms > now_ms
@@ -364,10 +382,7 @@ fn write_in<'a>(
 ) -> Result<Vec<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
     let mut written = Vec::new();
-    let mut tables = Tables {
-        issued: tx.open_table(ISSUED).map_err(corrupt)?,
-        others: tx.open_table(OTHERS).map_err(corrupt)?,
-    };
+    let mut tables = write_tables(tx)?;
     let mut value = Vec::new();
     let mut group = Vec::new();
     let mut latest = i64::MIN;
@@ -410,10 +425,7 @@ fn holds_live(
     expected: Option<&[u8]>,
 ) -> Result<Option<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
-    let tables = Tables {
-        issued: tx.open_table(ISSUED).map_err(corrupt)?,
-        others: tx.open_table(OTHERS).map_err(corrupt)?,
-    };
+    let tables = write_tables(tx)?;
     let found = tables.with_record(slot(codec, number), number, |stored| {
         (stored.expires_ms > now).then(|| expected.is_none_or(|e| e == stored.json))
     })?;
@@ -536,10 +548,7 @@ impl RecordStore for EmbeddedStore {
         let codec = self.codec.clone();
         self.blocking(move |db| {
             let tx = db.begin_read().map_err(corrupt)?;
-            let tables = Tables {
-                issued: tx.open_table(ISSUED).map_err(corrupt)?,
-                others: tx.open_table(OTHERS).map_err(corrupt)?,
-            };
+            let tables = read_tables(&tx)?;
             let json = tables.with_record(slot(&codec, &number), &number, |stored| {
                 (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
             })?;
@@ -589,10 +598,7 @@ impl RecordStore for EmbeddedStore {
                 Some(false) => return Ok((Removal::Changed, false)),
                 Some(true) => {}
             }
-            let mut tables = Tables {
-                issued: tx.open_table(ISSUED).map_err(corrupt)?,
-                others: tx.open_table(OTHERS).map_err(corrupt)?,
-            };
+            let mut tables = write_tables(tx)?;
             match slot(codec, &number) {
                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
                 Slot::Other(key) => tables.others.remove(key).map(drop),
@@ -611,10 +617,7 @@ impl RecordStore for EmbeddedStore {
             tx.set_durability(Durability::Immediate).map_err(corrupt)?;
             let mut removed = 0;
             {
-                let mut tables = Tables {
-                    issued: tx.open_table(ISSUED).map_err(corrupt)?,
-                    others: tx.open_table(OTHERS).map_err(corrupt)?,
-                };
+                let mut tables = write_tables(&tx)?;
                 let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
                 let due: Vec<((i64, u64), Vec<u8>)> = expiry
                     .range((i64::MIN, 0)..(now, 0))
