@@ -10,7 +10,7 @@ use chrono::{SubsecRound, Utc};
 
 use crate::alloc::SerialPool;
 use crate::domain::codec::customer_tag;
-use crate::domain::{Codec, IssueRequest, Record};
+use crate::domain::{Codec, IssueRequest, Record, TrackingNumber};
 use crate::store::{RecordEntry, RecordWriter, StoreError};
 
 /// A number whose record already exists is skipped; after this many in a row, give up.
@@ -56,14 +56,15 @@ impl Issuer {
     /// Issues one number for `request` and returns its record as JSON, once stored.
     pub async fn issue(&self, request: &IssueRequest) -> Result<Bytes, IssueError> {
         for _ in 0..MAX_SKIPS {
-            let (entry, serial_json) = self.next_record(request).await?;
+            let (entry, number) = self.next_record(request).await?;
+            let json = entry.json.clone();
             // One deadline for the whole write, queueing included: a hung store yields a 503
             // in time, never a hung request. The number is burned either way.
-            let stored = self.bounded(self.writer.insert(entry.clone())).await?;
+            let stored = self.bounded(self.writer.insert(entry)).await?;
             if stored {
-                return Ok(serial_json);
+                return Ok(json);
             }
-            self.skip(&entry);
+            self.skip(number.as_str());
         }
         Err(all_skipped())
     }
@@ -84,7 +85,7 @@ impl Issuer {
                 if stored {
                     issued[index] = Some(entry.json);
                 } else {
-                    self.skip(&entry);
+                    self.skip(&entry.tracking_number);
                     again.push(index);
                 }
             }
@@ -100,7 +101,7 @@ impl Issuer {
     async fn next_record(
         &self,
         request: &IssueRequest,
-    ) -> Result<(RecordEntry, Bytes), IssueError> {
+    ) -> Result<(RecordEntry, TrackingNumber), IssueError> {
         let order = &request.order;
         let tag = customer_tag(order.customer_key().as_deref());
         let serial =
@@ -116,14 +117,13 @@ impl Issuer {
         let record = Record::new(number.as_str().to_owned(), now, expires_at, order.clone());
         let mut json = Vec::with_capacity(512);
         serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
-        let json = Bytes::from(json);
         let entry = RecordEntry {
             tracking_number: record.tracking_number,
             serial: Some(serial),
             expires_at,
-            json: json.clone(),
+            json: Bytes::from(json),
         };
-        Ok((entry, json))
+        Ok((entry, number))
     }
 
     async fn bounded<T>(
@@ -137,9 +137,12 @@ impl Issuer {
 
     /// The guards make a taken number impossible; should one occur anyway, it is never handed
     /// out, and it is counted.
-    fn skip(&self, entry: &RecordEntry) {
+    fn skip(&self, number: &str) {
         self.skipped.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(number = %entry.tracking_number, "a record already holds a freshly issued number; skipped it");
+        tracing::error!(
+            number,
+            "a record already holds a freshly issued number; skipped it"
+        );
     }
 
     /// Numbers skipped because a record already held them.

@@ -183,9 +183,8 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
 impl LeaseSource for EmbeddedStore {
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
         self.blocking(move |db| {
-            let mut tx = db.begin_write().map_err(corrupt)?;
             // The block is on disk before any serial of it is handed out.
-            tx.set_durability(Durability::Immediate).map_err(corrupt)?;
+            let tx = begin_durable(db)?;
             let range = {
                 let mut meta = tx.open_table(META).map_err(corrupt)?;
                 let next = match meta.get(SERIAL_NEXT).map_err(corrupt)? {
@@ -613,8 +612,7 @@ impl RecordStore for EmbeddedStore {
         let codec = self.codec.clone();
         self.blocking(move |db| {
             let now = Utc::now().timestamp_millis();
-            let mut tx = db.begin_write().map_err(corrupt)?;
-            tx.set_durability(Durability::Immediate).map_err(corrupt)?;
+            let tx = begin_durable(db)?;
             let mut removed = 0;
             {
                 let mut tables = write_tables(&tx)?;
