@@ -1,5 +1,6 @@
-//! Builds the application from its configuration (store, pool, writer, routes), binds the
-//! listener, serves until told to stop, then drains requests and flushes pending record writes.
+//! Builds the application from its configuration (store, pool, writer, routes, gateway), binds
+//! the listener, serves until told to stop, then drains requests and flushes pending record
+//! writes.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,15 +12,21 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::access::keys::KeyRing;
+use crate::access::ratelimit::{LocalLimiter, Quota, RateLimiter, RedisLimiter};
 use crate::alloc::{RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
+use crate::http::cors::Cors;
+use crate::http::gateway::{Gateway, GatewayService, Limits};
 use crate::http::{self, AppState};
 use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
+use crate::metrics::Metrics;
 use crate::records::Records;
-use crate::store::{EmbeddedStore, RecordWriter, RedisStore, Store};
+use crate::server::{self, ServerOptions};
+use crate::store::{EmbeddedStore, MeteredStore, RecordWriter, RedisStore, Store};
 
 /// Spare blocks kept leased ahead of need.
 const SPARE_BLOCKS: usize = 2;
@@ -28,21 +35,31 @@ const SPARE_BLOCKS: usize = 2;
 const SYNC_EVERY: Duration = Duration::from_millis(200);
 /// How often the embedded store's expired records are reclaimed.
 const PURGE_EVERY: Duration = Duration::from_secs(60);
+/// How often the API keys file is checked for changes (SIGHUP reloads at once).
+const KEYS_POLL: Duration = Duration::from_secs(2);
+/// The largest body any endpoint takes (a batch); a bigger declared length is refused at once.
+const MAX_BODY_BYTES: u64 = 2 * 1024 * 1024;
+/// Longest wait on Redis for a shared rate limit; past it, the local limit decides.
+const RATE_LIMIT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
+/// Header fields a request may carry.
+const MAX_HEADERS: usize = 100;
 
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
     state: Arc<AppState>,
+    gateway: Arc<Gateway>,
+    server: ServerOptions,
     store: Arc<dyn Store>,
     writer_task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     /// Tells the background tasks to finish what they are doing and stop.
     stop_background: CancellationToken,
-    drain_timeout: Duration,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = Metrics::new();
         let (store, secret): (Arc<dyn Store>, String) = match &config.redis_url {
             Some(url) => {
                 let secret = config
@@ -59,6 +76,7 @@ impl Application {
                 (Arc::new(store), secret)
             }
         };
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
 
         let pool = Arc::new(SerialPool::new(SPARE_BLOCKS));
         let refill = Arc::new(RefillStatus::default());
@@ -67,7 +85,7 @@ impl Application {
             .context("cannot lease serials")?
             .unwrap_or(0);
         let stop_background = CancellationToken::new();
-        let background = vec![
+        let mut background = vec![
             spawn_refill(
                 pool.clone(),
                 store.clone(),
@@ -91,6 +109,7 @@ impl Application {
             writer,
             config.record_ttl,
             config.storage_timeout,
+            metrics.clone(),
         );
         let state = Arc::new(AppState {
             issuer,
@@ -103,7 +122,9 @@ impl Application {
             store: store.clone(),
             pool,
             refill,
+            metrics: metrics.clone(),
         });
+        let gateway = build_gateway(&config, metrics, &stop_background, &mut background)?;
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -119,11 +140,16 @@ impl Application {
             listener,
             addr,
             state,
+            gateway: Arc::new(gateway),
+            server: ServerOptions {
+                max_connections: config.max_connections as usize,
+                idle_timeout: config.idle_timeout,
+                drain_timeout: config.drain_timeout,
+            },
             store,
             writer_task,
             background,
             stop_background,
-            drain_timeout: config.drain_timeout,
         })
     }
 
@@ -145,27 +171,23 @@ impl Application {
             listener,
             addr: _,
             state,
+            gateway,
+            server,
             store,
             writer_task,
             background,
             stop_background,
-            drain_timeout,
         } = self;
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = warp::serve(http::routes(state))
-            .incoming(listener)
-            .graceful(async move {
-                shutdown.await;
-                tracing::info!("shutting down: draining in-flight requests");
-                let _ = stopping_tx.send(());
-            })
-            .run();
-        tokio::select! {
-            () = server => {}
-            () = async {
-                let _ = stopping_rx.await;
-                tokio::time::sleep(drain_timeout).await;
-            } => tracing::warn!(?drain_timeout, "drain timed out; closing open connections"),
+        let drain_timeout = server.drain_timeout;
+        let routes = warp::service(http::routes(state));
+        let metrics = gateway.metrics.clone();
+        let make_service = move |remote| GatewayService {
+            gateway: gateway.clone(),
+            inner: routes.clone(),
+            remote,
+        };
+        if !server::serve(listener, make_service, server, metrics, shutdown).await {
+            tracing::warn!(?drain_timeout, "drain timed out; closing open connections");
         }
         // Background tasks finish their current store call (a blocking one cannot be cancelled)
         // so that the store is really closed when this returns.
@@ -184,6 +206,61 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Everything around the routes: API keys, rate limits, CORS and request limits.
+fn build_gateway(
+    config: &Config,
+    metrics: Arc<Metrics>,
+    stop: &CancellationToken,
+    background: &mut Vec<JoinHandle<()>>,
+) -> anyhow::Result<Gateway> {
+    let keys = match &config.api_keys_file {
+        Some(path) => {
+            let ring = KeyRing::open(path).map_err(anyhow::Error::msg)?;
+            tracing::info!(keys = ring.current().len(), path = %path.display(), "API keys required");
+            background.push(ring.spawn_watch(KEYS_POLL, stop.clone()));
+            Some(ring)
+        }
+        None => {
+            tracing::warn!("no --api-keys-file: the API is open to anyone who can reach it");
+            None
+        }
+    };
+    let limiter = if config.rate_limit > 0.0 {
+        let burst = config
+            .rate_burst
+            .unwrap_or_else(|| config.rate_limit.ceil().clamp(1.0, f64::from(u32::MAX)) as u32);
+        let quota = Quota {
+            per_second: config.rate_limit,
+            burst,
+        };
+        match (&config.redis_url, config.rate_limit_global) {
+            (Some(url), true) => RateLimiter::Global(
+                RedisLimiter::new(url, quota, RATE_LIMIT_REDIS_TIMEOUT)
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            _ => RateLimiter::Local(LocalLimiter::new(quota)),
+        }
+    } else {
+        RateLimiter::Off
+    };
+    let limiter = Arc::new(limiter);
+    background.push(limiter.spawn_sweeper(stop.clone()));
+    Ok(Gateway {
+        metrics,
+        keys,
+        limiter,
+        cors: Cors::from_list(&config.cors_origins).map_err(anyhow::Error::msg)?,
+        limits: Limits {
+            request_timeout: config.request_timeout,
+            max_uri_bytes: config.max_uri_bytes as usize,
+            max_header_bytes: config.max_header_bytes as usize,
+            max_headers: MAX_HEADERS,
+            max_body_bytes: MAX_BODY_BYTES,
+        },
+        client_ip_header: config.client_ip_header.clone(),
+    })
 }
 
 type StoreJob =

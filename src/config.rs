@@ -64,6 +64,75 @@ pub struct Config {
     /// it gets a 409.
     #[arg(long, env = "TRACKNUM_IDEMPOTENCY_WAIT", default_value = "5s", value_parser = parse_timeout)]
     pub idempotency_wait: Duration,
+
+    /// Log format: `human` (one readable line per event) or `json` (one object per line). The
+    /// level comes from RUST_LOG (default `info`; `tracknum::access=off` drops access lines).
+    #[arg(long, env = "TRACKNUM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// File of API keys, one `name:sha256:<hex of the key's SHA-256>` per line. When set, every
+    /// endpoint but /healthz, /readyz, /metrics and /openapi.json needs `Authorization: Bearer
+    /// <key>`. Reloaded on SIGHUP and when the file changes. Unset: the API is open.
+    #[arg(long, env = "TRACKNUM_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Requests per second allowed per API key (per client IP when the API is open); 0 turns
+    /// rate limiting off.
+    #[arg(long, env = "TRACKNUM_RATE_LIMIT", default_value_t = 0.0, value_parser = parse_rate)]
+    pub rate_limit: f64,
+
+    /// Requests a caller may make at once above the rate (the bucket size). Default: one
+    /// second's worth of the rate.
+    #[arg(long, env = "TRACKNUM_RATE_BURST",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_burst: Option<u32>,
+
+    /// Enforce one rate limit per caller across every instance sharing the Redis (needs
+    /// --redis-url), instead of one per instance.
+    #[arg(long, env = "TRACKNUM_RATE_LIMIT_GLOBAL")]
+    pub rate_limit_global: bool,
+
+    /// Header a trusted proxy in front sets to the client's address, used for per-IP rate
+    /// limits and logs (e.g. X-Forwarded-For, whose last entry is taken). Unset: the peer address.
+    #[arg(long, env = "TRACKNUM_CLIENT_IP_HEADER", value_parser = parse_header_name)]
+    pub client_ip_header: Option<warp::http::HeaderName>,
+
+    /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
+    /// `https://app.example.com`; `*` for any. None by default.
+    #[arg(long, env = "TRACKNUM_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+
+    /// Client connections served at once; one more gets a 503 problem and is closed.
+    #[arg(long, env = "TRACKNUM_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
+    /// Longest time a request may take, body included, before it gets a 503 problem.
+    #[arg(long, env = "TRACKNUM_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub request_timeout: Duration,
+
+    /// Longest wait for a request's head on an open connection (idle keep-alive included)
+    /// before the connection is closed.
+    #[arg(long, env = "TRACKNUM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+
+    /// Largest request head (all header fields) accepted; more is a 431 problem.
+    #[arg(long, env = "TRACKNUM_MAX_HEADER_BYTES", default_value_t = 16 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=128 * 1024))]
+    pub max_header_bytes: u32,
+
+    /// Longest request target (path and query) accepted; more is a 414 problem.
+    #[arg(long, env = "TRACKNUM_MAX_URI_BYTES", default_value_t = 8 * 1024,
+          value_parser = clap::value_parser!(u32).range(256..=64 * 1024))]
+    pub max_uri_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines, coloured on a terminal.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,6 +170,16 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.rate_limit_global && self.redis_url.is_none() {
+            return Err(
+                "--rate-limit-global (TRACKNUM_RATE_LIMIT_GLOBAL) needs --redis-url: the shared \
+                 limit lives in Redis"
+                    .into(),
+            );
+        }
+        if let Err(err) = crate::http::cors::Cors::from_list(&self.cors_origins) {
+            return Err(format!("--cors-origins (TRACKNUM_CORS_ORIGINS): {err}"));
+        }
         match &self.secret {
             Some(secret) if secret.trim().is_empty() => {
                 Err("--secret (TRACKNUM_SECRET) must not be empty".into())
@@ -138,6 +217,18 @@ fn parse_redis_url(value: &str) -> Result<String, String> {
         .filter(|url| matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
         .map(|_| value.to_owned())
         .ok_or_else(|| "expected redis://host:port[/db] or rediss://…".into())
+}
+
+fn parse_rate(value: &str) -> Result<f64, String> {
+    match value.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (0.0..=10_000_000.0).contains(&rate) => Ok(rate),
+        _ => Err("expected requests per second, from 0 (off) to 10000000".into()),
+    }
+}
+
+fn parse_header_name(value: &str) -> Result<warp::http::HeaderName, String> {
+    warp::http::HeaderName::from_bytes(value.trim().as_bytes())
+        .map_err(|_| "expected a header name such as X-Forwarded-For".into())
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -183,6 +274,14 @@ mod tests {
         assert_eq!(config.fsync, FsyncPolicy::Everysec);
         assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
         assert!(config.redis_url.is_none());
+        assert_eq!(config.log_format, LogFormat::Human);
+        assert!(config.api_keys_file.is_none());
+        assert_eq!(config.rate_limit, 0.0);
+        assert!(config.cors_origins.is_empty());
+        assert_eq!(config.max_connections, 4096);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_header_bytes, 16 * 1024);
+        assert_eq!(config.max_uri_bytes, 8 * 1024);
     }
 
     #[test]
@@ -195,6 +294,19 @@ mod tests {
             (&["--redis-url", "http://x"][..], "--redis-url"),
             (&["--fsync", "sometimes"][..], "--fsync"),
             (&["--record-ttl", "soon"][..], "TRACKNUM_RECORD_TTL"),
+            (&["--rate-limit", "-1"][..], "--rate-limit"),
+            (&["--rate-limit", "fast"][..], "TRACKNUM_RATE_LIMIT"),
+            (&["--rate-burst", "0"][..], "--rate-burst"),
+            (&["--rate-limit-global"][..], "--rate-limit-global"),
+            (&["--cors-origins", "example.com"][..], "--cors-origins"),
+            (&["--max-connections", "0"][..], "--max-connections"),
+            (&["--request-timeout", "0s"][..], "--request-timeout"),
+            (&["--max-header-bytes", "10"][..], "--max-header-bytes"),
+            (&["--log-format", "xml"][..], "--log-format"),
+            (
+                &["--client-ip-header", "bad header"][..],
+                "--client-ip-header",
+            ),
         ] {
             let err = load(args).unwrap_err();
             assert!(err.contains(setting), "{args:?} gave {err:?}");

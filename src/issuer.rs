@@ -2,7 +2,6 @@
 //! is handed out. The record's JSON is serialized once and serves as both stored value and reply.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +10,7 @@ use chrono::{SubsecRound, Utc};
 use crate::alloc::SerialPool;
 use crate::domain::codec::customer_tag;
 use crate::domain::{Codec, IssueRequest, Record, TrackingNumber};
+use crate::metrics::Metrics;
 use crate::store::{RecordEntry, RecordWriter, StoreError};
 
 /// A number whose record already exists is skipped; after this many in a row, give up.
@@ -32,7 +32,7 @@ pub struct Issuer {
     /// How long a request may wait for a serial when the pool is empty, and for its record to
     /// be stored.
     serial_wait: Duration,
-    skipped: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 impl Issuer {
@@ -42,6 +42,7 @@ impl Issuer {
         writer: RecordWriter,
         record_ttl: Duration,
         serial_wait: Duration,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Issuer {
             pool,
@@ -49,7 +50,7 @@ impl Issuer {
             writer,
             record_ttl: chrono::Duration::from_std(record_ttl).unwrap_or(chrono::Duration::MAX),
             serial_wait,
-            skipped: AtomicU64::new(0),
+            metrics,
         }
     }
 
@@ -62,6 +63,7 @@ impl Issuer {
             // in time, never a hung request. The number is burned either way.
             let stored = self.bounded(self.writer.insert(entry)).await?;
             if stored {
+                self.metrics.numbers_issued.inc();
                 return Ok(json);
             }
             self.skip(number.as_str());
@@ -90,6 +92,7 @@ impl Issuer {
                 }
             }
             if again.is_empty() {
+                self.metrics.numbers_issued.inc_by(requests.len() as u64);
                 return Ok(issued.into_iter().flatten().collect());
             }
             todo = again;
@@ -138,16 +141,11 @@ impl Issuer {
     /// The guards make a taken number impossible; should one occur anyway, it is never handed
     /// out, and it is counted.
     fn skip(&self, number: &str) {
-        self.skipped.fetch_add(1, Ordering::Relaxed);
+        self.metrics.skipped_collisions.inc();
         tracing::error!(
             number,
             "a record already holds a freshly issued number; skipped it"
         );
-    }
-
-    /// Numbers skipped because a record already held them.
-    pub fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
     }
 }
 

@@ -1,6 +1,7 @@
 //! tracknum: issues unique parcel tracking numbers from serial blocks leased from a shared
 //! counter (Redis, or an embedded store), and keeps a record of every number it issued.
 
+pub mod access;
 pub mod alloc;
 pub mod app;
 pub mod config;
@@ -8,8 +9,11 @@ pub mod domain;
 pub mod http;
 pub mod idempotency;
 pub mod issuer;
+pub mod metrics;
 pub mod records;
+pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use app::Application;
 pub use config::Config;

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use tracing_subscriber::EnvFilter;
-
 use tracknum::{Application, Config};
 
 // Requests allocate small short-lived buffers; mimalloc serves them faster than glibc's malloc.
@@ -19,13 +17,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let _log_writer = tracknum::telemetry::init(config.log_format);
     let app = match Application::build(config).await {
         Ok(app) => app,
         Err(err) => {

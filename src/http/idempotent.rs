@@ -45,6 +45,7 @@ where
     let claim = match state.idempotency.begin(&key, &fingerprint()).await {
         Ok(Begin::Run(claim)) => claim,
         Ok(Begin::Replay(saved)) => {
+            state.metrics.idempotent_replays.inc();
             let status = StatusCode::from_u16(saved.status).unwrap_or(StatusCode::OK);
             let mut response = reply(status, saved.body);
             response

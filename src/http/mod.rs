@@ -12,16 +12,20 @@ use crate::alloc::{RefillStatus, SerialPool};
 use crate::domain::etag;
 use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
+use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::store::Store;
 
 mod body;
+pub mod cors;
+pub mod gateway;
 mod health;
 mod idempotent;
 mod issue;
 pub mod problem;
 pub mod query;
 mod records;
+pub mod request_id;
 
 pub use problem::Problem;
 
@@ -33,6 +37,7 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub pool: Arc<SerialPool>,
     pub refill: Arc<RefillStatus>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub type SharedState = Arc<AppState>;

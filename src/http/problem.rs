@@ -24,6 +24,9 @@ pub struct Problem {
     /// Members particular to a problem type (RFC 9457 §3.2), e.g. the two states of a bad move.
     #[serde(flatten)]
     extensions: serde_json::Map<String, serde_json::Value>,
+    /// The id of the request, as in its `X-Request-Id` reply header, for support tickets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
     #[serde(skip)]
     retry_after_secs: Option<u32>,
 }
@@ -41,6 +44,7 @@ impl Problem {
             detail,
             errors: Vec::new(),
             extensions: serde_json::Map::new(),
+            request_id: None,
             retry_after_secs: None,
         }
     }
@@ -90,6 +94,81 @@ impl Problem {
         )
     }
 
+    /// 401: no API key, or not a known one. The caller adds `WWW-Authenticate`.
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "urn:tracknum:problem:unauthorized",
+            "Unauthorized",
+            detail.into(),
+        )
+    }
+
+    /// 429: over the rate limit; retry when a token is back.
+    pub fn rate_limited(retry_after_secs: u32) -> Self {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:tracknum:problem:rate-limited",
+            "Too Many Requests",
+            format!("over the rate limit; retry in {retry_after_secs} s"),
+        )
+        .retry_after(retry_after_secs)
+    }
+
+    /// 414: the request target is over the limit.
+    pub fn uri_too_long(limit: usize) -> Self {
+        Problem::new(
+            StatusCode::URI_TOO_LONG,
+            "about:blank",
+            "URI Too Long",
+            format!("the request target is over {limit} bytes"),
+        )
+    }
+
+    /// 431: the request headers are over the limit.
+    pub fn headers_too_large(detail: String) -> Self {
+        Problem::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "about:blank",
+            "Request Header Fields Too Large",
+            detail,
+        )
+    }
+
+    /// 403: a browser origin (CORS) that may not call the API.
+    pub fn forbidden_origin(field: &str, detail: String) -> Self {
+        let mut problem = Problem::new(
+            StatusCode::FORBIDDEN,
+            "urn:tracknum:problem:cors-refused",
+            "Cross-origin request refused",
+            detail.clone(),
+        );
+        problem.errors = vec![FieldError::new(field, &detail)];
+        problem
+    }
+
+    /// 503: the request took longer than the server allows.
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:tracknum:problem:timeout",
+            "Request timed out",
+            format!("the request did not finish within {limit:?}"),
+        )
+        .retry_after(1)
+    }
+
+    /// 503: every connection slot is taken.
+    pub fn too_many_connections() -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:tracknum:problem:overloaded",
+            "Too many connections",
+            "the server is at its connection limit; retry shortly".into(),
+        )
+        .retry_after(1)
+    }
+
     /// Asks the client to retry after `secs`.
     pub fn retry_after(mut self, secs: u32) -> Self {
         self.retry_after_secs = Some(secs);
@@ -134,7 +213,8 @@ impl Problem {
         self.status
     }
 
-    pub fn into_response(self) -> Response {
+    pub fn into_response(mut self) -> Response {
+        self.request_id = super::request_id::current();
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = Response::new(body.into());
         *response.status_mut() = self.status;

@@ -12,10 +12,12 @@ use chrono::{DateTime, Utc};
 
 pub mod embedded;
 mod memtable;
+pub mod metered;
 pub mod redis;
 pub mod writer;
 
 pub use embedded::EmbeddedStore;
+pub use metered::MeteredStore;
 pub use redis::RedisStore;
 pub use writer::RecordWriter;
 

@@ -94,7 +94,7 @@ pub async fn try_spawn_app(config: Config) -> anyhow::Result<TestApp> {
         stop: Some(stop),
         task: Some(task),
     };
-    wait_healthy(&app.client, &app.url("/healthz")).await;
+    wait_healthy(&app.client, &app.url("/readyz")).await;
     Ok(app)
 }
 
@@ -233,23 +233,60 @@ pub struct BinaryApp {
 
 impl BinaryApp {
     pub async fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_logging(data_dir, extra, "warn", None).await
+    }
+
+    /// Starts the binary with `RUST_LOG=log_level`, its stderr (the log) going to `log_file`.
+    pub async fn start_logging(
+        data_dir: &Path,
+        extra: &[&str],
+        log_level: &str,
+        log_file: Option<&Path>,
+    ) -> Self {
         let port = free_port();
+        let stderr = match log_file {
+            Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+            None => Stdio::null(),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_tracknum"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("the tracknum binary starts");
         let app = BinaryApp {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             child,
         };
-        wait_healthy(&reqwest::Client::new(), &app.url("/healthz")).await;
+        wait_healthy(&reqwest::Client::new(), &app.url("/readyz")).await;
         app
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit on its own, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,135 @@
+//! The connection side of the HTTP server: accepts connections up to a cap (the connection over
+//! it gets a 503 problem and is closed), serves HTTP/1.1 and HTTP/2 with bounded heads and idle
+//! times, and on shutdown stops accepting and lets in-flight requests finish, up to a deadline.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use warp::http::Request;
+use warp::reply::Response;
+
+use crate::http::Problem;
+use crate::metrics::Metrics;
+
+/// Read buffer cap for a request head. Well above `--max-header-bytes` and the URI limit, so
+/// that the gateway (with a problem body) refuses big heads before hyper (bare status) must.
+const MAX_HEAD_BUFFER: usize = 256 * 1024;
+/// Header fields hyper will parse; the gateway's own, lower limit answers with a problem.
+const MAX_HEADERS_PARSED: usize = 512;
+/// Refusals in progress at once; beyond this an over-cap connection is just closed.
+const MAX_REFUSALS: usize = 256;
+/// How long a refused connection may take to send its request and read the 503.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+
+pub struct ServerOptions {
+    pub max_connections: usize,
+    /// Longest wait for a request head, idle keep-alive time included.
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+}
+
+/// Serves connections from `listener`, each with the service `make_service(peer)` builds, until
+/// `shutdown` resolves; then drains. Returns whether every connection finished in time.
+pub async fn serve<M, S>(
+    listener: TcpListener,
+    make_service: M,
+    options: ServerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> bool
+where
+    M: Fn(SocketAddr) -> S,
+    S: tower_service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.idle_timeout)
+        .max_buf_size(MAX_HEAD_BUFFER)
+        .max_headers(MAX_HEADERS_PARSED);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(options.idle_timeout / 2))
+        .max_header_list_size(MAX_HEAD_BUFFER as u32);
+    let mut refusing = auto::Builder::new(TokioExecutor::new());
+    refusing.http1().keep_alive(false);
+
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.refused_connections.inc();
+            if let Ok(refusal) = refusals.clone().try_acquire_owned() {
+                let conn = refusing.serve_connection(TokioIo::new(stream), service_fn(refuse));
+                let conn = conn.into_owned();
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
+                    drop(refusal);
+                });
+            }
+            continue;
+        };
+        let service = TowerToHyperService::new(make_service(peer));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        let metrics = metrics.clone();
+        metrics.open_connections.inc();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+            metrics.open_connections.dec();
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    tokio::select! {
+        () = graceful.shutdown() => true,
+        () = tokio::time::sleep(options.drain_timeout) => false,
+    }
+}
+
+/// Answers the one request of a connection over the cap with a 503 problem.
+async fn refuse(_request: Request<Incoming>) -> Result<Response, Infallible> {
+    let mut response = Problem::too_many_connections().into_response();
+    response.headers_mut().insert(
+        warp::http::header::CONNECTION,
+        warp::http::HeaderValue::from_static("close"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,124 @@
+//! A store wrapper that counts: every failed storage call by operation, and every block lease
+//! with its latency. The application wraps whichever backend it runs on in it.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, Store, StoreError, Swap};
+use crate::metrics::Metrics;
+
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        MeteredStore { inner, metrics }
+    }
+
+    fn count<T>(
+        &self,
+        operation: &'static str,
+        result: Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if result.is_err() {
+            self.metrics.storage_error(operation);
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl LeaseSource for MeteredStore {
+    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
+        let started = Instant::now();
+        let result = self.inner.lease(size, floor).await;
+        let took: Duration = started.elapsed();
+        self.metrics.lease_seconds.observe(took.as_secs_f64());
+        match &result {
+            Ok(_) => self.metrics.leases.inc(),
+            Err(_) => self.metrics.lease_errors.inc(),
+        };
+        self.count("lease", result)
+    }
+}
+
+#[async_trait]
+impl RecordStore for MeteredStore {
+    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        let result = self.inner.insert_new(entries).await;
+        self.count("insert", result)
+    }
+
+    fn wants_group_commit(&self) -> bool {
+        self.inner.wants_group_commit()
+    }
+
+    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
+        let result = self.inner.get(tracking_number).await;
+        self.count("get", result)
+    }
+
+    async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
+        let result = self.inner.replace(expected, entry).await;
+        self.count("replace", result)
+    }
+
+    async fn remove(
+        &self,
+        tracking_number: &str,
+        expected: Option<&Bytes>,
+    ) -> Result<Removal, StoreError> {
+        let result = self.inner.remove(tracking_number, expected).await;
+        self.count("remove", result)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let result = self.inner.ping().await;
+        self.count("ping", result)
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let result = self.inner.sync().await;
+        self.count("sync", result)
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        let result = self.inner.purge_expired().await;
+        self.count("purge", result)
+    }
+}
+
+#[async_trait]
+impl ReplyStore for MeteredStore {
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let result = self.inner.claim(key, claim, ttl).await;
+        self.count("claim", result)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &[u8],
+        reply: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let result = self.inner.complete(key, claim, reply, ttl).await;
+        self.count("complete", result)
+    }
+
+    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+        let result = self.inner.release(key, claim).await;
+        self.count("release", result)
+    }
+}
