@@ -144,7 +144,7 @@ fn ceil_secs(time: Duration) -> u64 {
     time.as_secs() + u64::from(time.subsec_nanos() > 0)
 }
 
-/// Subjects tracked by default, over all stripes: about 20 MB of buckets at most.
+/// Subjects tracked by default, over all stripes: at most about 20 MB of local buckets.
 pub const DEFAULT_MAX_SUBJECTS: usize = 256 * 1024;
 const STRIPES: usize = 64;
 /// `sweep` forgets a bucket once it has been full this long (sooner only under pressure).

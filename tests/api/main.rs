@@ -23,5 +23,6 @@ mod contract;
 mod embedded;
 mod helpers;
 mod lifecycle;
+mod ratelimit_redis;
 mod redis_backend;
 mod store_conformance;

@@ -186,7 +186,7 @@ impl RedisLimiter {
     /// Spends one of `subject`'s tokens: from this instance's stock when it has some, else from
     /// a new chunk out of Redis. Never fails and never waits much longer than the timeout.
     pub async fn check(&self, subject: &str) -> Decision {
-        let gate = match self.from_stock(subject, Instant::now()) {
+        let gate = match self.look_up_stock(subject, Instant::now()) {
             Stock::Decided(decision) => return decision,
             Stock::Empty { gate, .. } => gate,
         };
@@ -196,7 +196,7 @@ impl RedisLimiter {
         let _turn = gate.lock().await;
         // Whoever held the gate before may have brought tokens, or found Redis down.
         let now = Instant::now();
-        let wanted = match self.from_stock(subject, now) {
+        let wanted = match self.look_up_stock(subject, now) {
             Stock::Decided(decision) => return decision,
             Stock::Empty { chunk, .. } => chunk,
         };
@@ -210,7 +210,7 @@ impl RedisLimiter {
     }
 
     /// Spends from the stock, or repeats a refusal Redis gave, or says Redis must be asked.
-    fn from_stock(&self, subject: &str, now: Instant) -> Stock {
+    fn look_up_stock(&self, subject: &str, now: Instant) -> Stock {
         let mut held = self.held.lock(subject);
         if let Some(state) = held.get_mut(subject) {
             return self.spend(state, now);
