@@ -24,5 +24,6 @@ mod embedded;
 mod helpers;
 mod lifecycle;
 mod ops;
+mod ratelimit_redis;
 mod redis_backend;
 mod store_conformance;
