@@ -235,6 +235,7 @@ fn build_gateway(
             per_second: config.rate_limit,
             burst,
         };
+        quota.validate().map_err(anyhow::Error::msg)?;
         match (&config.redis_url, config.rate_limit_global) {
             (Some(url), true) => RateLimiter::Global(
                 RedisLimiter::new(url, quota, RATE_LIMIT_REDIS_TIMEOUT)

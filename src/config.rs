@@ -78,7 +78,8 @@ pub struct Config {
 
     /// Requests per second allowed per API key (per client IP when the API is open); 0 turns
     /// rate limiting off.
-    #[arg(long, env = "TRACKNUM_RATE_LIMIT", default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(long, env = "TRACKNUM_RATE_LIMIT", default_value_t = 0.0, value_parser = parse_rate,
+          allow_negative_numbers = true)]
     pub rate_limit: f64,
 
     /// Requests a caller may make at once above the rate (the bucket size). Default: one
