@@ -4,13 +4,18 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::task::ready;
+
+use tokio::task::futures::TaskLocalFuture;
 use tracing::Instrument;
-use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
+use tracing::instrument::Instrumented;
+use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
 use warp::reply::Response;
 
 use super::cors::Cors;
@@ -59,49 +64,93 @@ impl Caller {
     }
 }
 
-impl Gateway {
-    /// Serves one request through `inner` (the routes) and everything around them.
-    pub async fn handle<S, B>(
-        self: Arc<Self>,
-        inner: S,
-        request: Request<B>,
-        remote: SocketAddr,
-    ) -> Response
-    where
-        S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
-    {
-        let started = Instant::now();
-        let id = request_id::accept(request.headers().get(request_id::HEADER))
-            .unwrap_or_else(request_id::generate);
-        let route = route_label(request.uri().path());
-        let method = method_label(request.method());
-        let origin = self
-            .cors
-            .is_on()
-            .then(|| request.headers().get(header::ORIGIN).cloned())
-            .flatten();
-        let path = request.uri().path().to_owned();
-        let mut caller = Caller {
-            key: None,
-            client: self.client_ip(request.headers(), remote),
-        };
-        let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""));
-        let work = self
-            .serve(inner, request, route, &mut caller)
-            .instrument(span);
-        let mut response = request_id::scope(id.clone(), work).await;
+/// What a request's reply needs once the routes have answered: for its headers, the metrics
+/// and the access-log line.
+struct Finish {
+    gateway: Arc<Gateway>,
+    id: HeaderValue,
+    route: &'static str,
+    method: &'static str,
+    origin: Option<HeaderValue>,
+    /// A clone of the URI shares its bytes: no copy for the log line.
+    uri: Uri,
+    caller: Caller,
+    decision: Option<Decision>,
+    started: Instant,
+}
 
+/// How a request goes on after the checks that need no waiting.
+enum Admission {
+    /// Answered already (a problem, a preflight).
+    Reply(Response),
+    /// To the routes, with the rate-limit decision, if any.
+    Route(Option<Decision>),
+    /// The shared (Redis) rate limit has to be asked first.
+    AskLimiter,
+}
+
+impl Gateway {
+    /// The checks that need no waiting: size limits, CORS preflight, API key, a local rate limit.
+    fn admit<B>(&self, request: &Request<B>, route: &'static str, caller: &mut Caller) -> Admission {
+        if let Err(problem) = self.check_size(request) {
+            return Admission::Reply(problem.into_response());
+        }
+        if self.cors.is_preflight(request.method(), request.headers()) {
+            return Admission::Reply(match self.cors.preflight(request.headers()) {
+                Ok(response) => response,
+                Err((field, detail)) => Problem::forbidden_origin(field, detail).into_response(),
+            });
+        }
+        if is_open(route) {
+            return Admission::Route(None);
+        }
+        if let Err(response) = self.authenticate(request.headers(), caller) {
+            return Admission::Reply(response);
+        }
+        match &*self.limiter {
+            RateLimiter::Off => Admission::Route(None),
+            RateLimiter::Local(local) => self.judge(local.check(&caller.subject(), Instant::now())),
+            RateLimiter::Global(_) => Admission::AskLimiter,
+        }
+    }
+
+    fn judge(&self, decision: Decision) -> Admission {
+        if decision.allowed {
+            return Admission::Route(Some(decision));
+        }
+        self.metrics.rate_limited.inc();
+        let secs = u32::try_from(decision.retry_after_secs()).unwrap_or(u32::MAX);
+        let mut response = Problem::rate_limited(secs).into_response();
+        add_rate_headers(response.headers_mut(), &decision);
+        Admission::Reply(response)
+    }
+
+    /// Marks the reply, counts it and logs it.
+    fn finish(finish: Finish, mut response: Response) -> Response {
+        let Finish {
+            gateway,
+            id,
+            route,
+            method,
+            origin,
+            uri,
+            caller,
+            decision,
+            started,
+        } = finish;
         let headers = response.headers_mut();
-        headers.insert(request_id::HEADER, id.clone());
-        self.cors.decorate(origin.as_ref(), headers);
+        if let Some(decision) = &decision {
+            add_rate_headers(headers, decision);
+        }
+        gateway.cors.decorate(origin.as_ref(), headers);
         let status = response.status().as_u16();
         let took = started.elapsed();
-        self.metrics.observe_request(route, method, status, took);
+        gateway.metrics.observe_request(route, method, status, took);
         tracing::info!(
             target: "tracknum::access",
             method,
             route,
-            path,
+            path = uri.path(),
             status,
             latency_ms = took.as_secs_f64() * 1e3,
             request_id = id.to_str().unwrap_or(""),
@@ -109,52 +158,7 @@ impl Gateway {
             key = caller.key.as_deref().unwrap_or("-"),
             "request"
         );
-        response
-    }
-
-    async fn serve<S, B>(
-        &self,
-        mut inner: S,
-        request: Request<B>,
-        route: &'static str,
-        caller: &mut Caller,
-    ) -> Response
-    where
-        S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
-    {
-        if let Err(problem) = self.check_size(&request) {
-            return problem.into_response();
-        }
-        if self.cors.is_preflight(request.method(), request.headers()) {
-            return match self.cors.preflight(request.headers()) {
-                Ok(response) => response,
-                Err((field, detail)) => Problem::forbidden_origin(field, detail).into_response(),
-            };
-        }
-        let mut decision = None;
-        if !is_open(route) {
-            if let Err(response) = self.authenticate(request.headers(), caller) {
-                return response;
-            }
-            if !matches!(*self.limiter, RateLimiter::Off) {
-                decision = self.limiter.check(&caller.subject()).await;
-            }
-            if let Some(refused) = decision.as_ref().filter(|d| !d.allowed) {
-                self.metrics.rate_limited.inc();
-                let secs = u32::try_from(refused.retry_after_secs()).unwrap_or(u32::MAX);
-                let mut response = Problem::rate_limited(secs).into_response();
-                add_rate_headers(response.headers_mut(), refused);
-                return response;
-            }
-        }
-        let limit = self.limits.request_timeout;
-        let mut response = match tokio::time::timeout(limit, call(&mut inner, request)).await {
-            Ok(response) => response,
-            Err(_) => Problem::timed_out(limit).into_response(),
-        };
-        if let Some(decision) = &decision {
-            add_rate_headers(response.headers_mut(), decision);
-        }
+        response.headers_mut().insert(request_id::HEADER, id);
         response
     }
 
@@ -241,16 +245,6 @@ impl Gateway {
     }
 }
 
-async fn call<S, B>(inner: &mut S, request: Request<B>) -> Response
-where
-    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
-{
-    match inner.call(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
-    }
-}
-
 fn add_rate_headers(headers: &mut HeaderMap, decision: &Decision) {
     for (name, value) in decision.headers() {
         headers.insert(name, HeaderValue::from(value));
@@ -310,6 +304,9 @@ pub struct GatewayService<S> {
     pub remote: SocketAddr,
 }
 
+/// The routes' future, bounded in time and run with the request id (and its log span) set.
+type Routed<F> = Instrumented<tokio::time::Timeout<TaskLocalFuture<HeaderValue, F>>>;
+
 impl<S, B> tower_service::Service<Request<B>> for GatewayService<S>
 where
     S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>
@@ -321,17 +318,153 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+    type Future = GatewayFuture<S::Future>;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
+    /// Everything that needs no waiting happens here, and the routes' future is built in place
+    /// inside the one returned: on the hot path nothing is boxed and nothing large is moved.
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let gateway = self.gateway.clone();
-        let inner = self.inner.clone();
-        let remote = self.remote;
-        Box::pin(async move { Ok(gateway.handle(inner, request, remote).await) })
+        let started = Instant::now();
+        let gateway = &self.gateway;
+        let id = request_id::accept(request.headers().get(request_id::HEADER))
+            .unwrap_or_else(request_id::generate);
+        let route = route_label(request.uri().path());
+        let mut caller = Caller {
+            key: None,
+            client: gateway.client_ip(request.headers(), self.remote),
+        };
+        let admission =
+            request_id::sync_scope(id.clone(), || gateway.admit(&request, route, &mut caller));
+        let mut finish = Finish {
+            gateway: gateway.clone(),
+            id,
+            route,
+            method: method_label(request.method()),
+            origin: gateway
+                .cors
+                .is_on()
+                .then(|| request.headers().get(header::ORIGIN).cloned())
+                .flatten(),
+            uri: request.uri().clone(),
+            caller,
+            decision: None,
+            started,
+        };
+        let state = match admission {
+            Admission::Reply(response) => Stage::Answered {
+                response: Some(response),
+            },
+            Admission::Route(decision) => {
+                finish.decision = decision;
+                Stage::Routing {
+                    routed: route_future(&finish, self.inner.call(request)),
+                }
+            }
+            Admission::AskLimiter => Stage::Limiting {
+                future: Box::pin(ask_limiter_then_route(
+                    gateway.clone(),
+                    finish.caller.subject(),
+                    finish.id.clone(),
+                    self.inner.clone(),
+                    request,
+                )),
+            },
+        };
+        GatewayFuture {
+            stage: state,
+            finish: Some(finish),
+        }
+    }
+}
+
+fn route_future<F: Future>(finish: &Finish, future: F) -> Routed<F> {
+    let span = tracing::info_span!("request", id = finish.id.to_str().unwrap_or(""));
+    let limit = finish.gateway.limits.request_timeout;
+    tokio::time::timeout(limit, request_id::scope(finish.id.clone(), future)).instrument(span)
+}
+
+/// The slow path, for a rate limit shared through Redis: ask it, then route (or refuse).
+async fn ask_limiter_then_route<S, B>(
+    gateway: Arc<Gateway>,
+    subject: String,
+    id: HeaderValue,
+    mut inner: S,
+    request: Request<B>,
+) -> (Response, Option<Decision>)
+where
+    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
+{
+    let Some(decision) = gateway.limiter.check(&subject).await else {
+        return (Response::default(), None);
+    };
+    match request_id::sync_scope(id.clone(), || gateway.judge(decision.clone())) {
+        Admission::Reply(response) => (response, None),
+        _ => {
+            let limit = gateway.limits.request_timeout;
+            let routed = Box::pin(request_id::scope(id.clone(), inner.call(request)));
+            let response = match tokio::time::timeout(limit, routed).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => request_id::sync_scope(id, || Problem::timed_out(limit).into_response()),
+            };
+            (response, Some(decision))
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProjection]
+    enum Stage<F> {
+        Answered { response: Option<Response> },
+        Routing { #[pin] routed: Routed<F> },
+        Limiting { future: Pin<Box<dyn Future<Output = (Response, Option<Decision>)> + Send>> },
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request on its way through the gateway: answered already, with the routes, or waiting
+    /// for a shared rate limit.
+    pub struct GatewayFuture<F> {
+        #[pin]
+        stage: Stage<F>,
+        finish: Option<Finish>,
+    }
+}
+
+impl<F> Future for GatewayFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.stage.project() {
+            StageProjection::Answered { response } => response.take().unwrap_or_default(),
+            StageProjection::Routing { routed } => match ready!(routed.poll(cx)) {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    let finish = this.finish.as_ref().expect("polled after completion");
+                    let limit = finish.gateway.limits.request_timeout;
+                    request_id::sync_scope(finish.id.clone(), || {
+                        Problem::timed_out(limit).into_response()
+                    })
+                }
+            },
+            StageProjection::Limiting { future } => {
+                let (response, decision) = ready!(future.as_mut().poll(cx));
+                if let Some(finish) = this.finish.as_mut() {
+                    finish.decision = decision;
+                }
+                response
+            }
+        };
+        let finish = this.finish.take().expect("polled after completion");
+        Poll::Ready(Ok(Gateway::finish(finish, response)))
     }
 }
 

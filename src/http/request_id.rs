@@ -5,6 +5,7 @@
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::task::futures::TaskLocalFuture;
 use warp::http::HeaderValue;
 
 pub const HEADER: &str = "x-request-id";
@@ -32,14 +33,24 @@ pub fn accept(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
 pub fn generate() -> HeaderValue {
     static PREFIX: LazyLock<u64> = LazyLock::new(rand::random);
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{:016x}{n:08x}", *PREFIX);
-    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+    let mut id = [0u8; 24];
+    let digits = (u128::from(*PREFIX) << 32) | u128::from(n);
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = HEX[((digits >> (4 * (23 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// Runs `work` with `id` as the current request id.
-pub async fn scope<F: Future>(id: HeaderValue, work: F) -> F::Output {
-    CURRENT.scope(id, work).await
+/// `work`, run with `id` as the current request id.
+pub fn scope<F: Future>(id: HeaderValue, work: F) -> TaskLocalFuture<HeaderValue, F> {
+    CURRENT.scope(id, work)
+}
+
+/// Runs `work` now with `id` as the current request id.
+pub fn sync_scope<R>(id: HeaderValue, work: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(id, work)
 }
 
 /// The id of the request being served on this task, if any.
