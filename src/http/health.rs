@@ -5,7 +5,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{SharedState, with_state};
+use super::{SharedState, other_methods, with_state};
 
 pub fn route(
     state: SharedState,
@@ -15,6 +15,8 @@ pub fn route(
         .and(warp::get().or(warp::head()).unify())
         .and(with_state(state))
         .map(healthz)
+        .or(warp::path!("healthz").and(other_methods("GET, HEAD")))
+        .unify()
 }
 
 fn healthz(state: SharedState) -> Response {
