@@ -18,21 +18,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv=${FUZZ_VENV:-target/fuzz-venv}
-schemathesis="$venv/bin/schemathesis"
-if ! "$schemathesis" --version 2>/dev/null | grep -q 'version 4\.'; then
-    echo "fuzz: installing schemathesis 4 into $venv" >&2
+want='schemathesis>=4,<5'
+is_v4() { "$@" --version 2>/dev/null | grep -q 'version 4\.'; }
+install_venv() {
     rm -rf "$venv"
-    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-        # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed: make
-        # the virtualenv without pip and install into it with the system's pip.
-        rm -rf "$venv"
-        python3 -m venv --without-pip "$venv"
-    fi
-    if [[ -x "$venv/bin/pip" ]]; then
-        "$venv/bin/python" -m pip install --quiet 'schemathesis>=4,<5'
+    if python3 -m venv "$venv" >/dev/null 2>&1; then
+        "$venv/bin/python" -m pip install --quiet "$want"
     else
-        python3 -m pip --python "$venv/bin/python" install --quiet 'schemathesis>=4,<5'
+        # Debian and Ubuntu ship venv without ensurepip unless python3-venv is installed: make
+        # the virtualenv without pip and install into it with the system's pip (22.3 or later).
+        rm -rf "$venv"
+        python3 -m venv --without-pip "$venv" &&
+            python3 -m pip --python "$venv/bin/python" install --quiet "$want"
     fi
+}
+schemathesis=("$venv/bin/schemathesis")
+if ! is_v4 "${schemathesis[@]}" && ! is_v4 python3 -m schemathesis.cli; then
+    echo "fuzz: installing schemathesis 4 into $venv" >&2
+    if ! install_venv; then
+        # An older pip cannot install into another interpreter: use the user site instead.
+        echo "fuzz: no virtualenv; installing schemathesis 4 into the user site" >&2
+        python3 -m pip install --user --quiet "$want"
+    fi
+fi
+if ! is_v4 "${schemathesis[@]}"; then
+    schemathesis=(python3 -m schemathesis.cli)
+fi
+if ! is_v4 "${schemathesis[@]}"; then
+    echo "fuzz: could not install schemathesis 4 (python3 and pip are needed)" >&2
+    exit 1
 fi
 
 if [[ -z "${TRACKNUM_BIN:-}" ]]; then
@@ -94,7 +108,7 @@ echo "fuzz: schemathesis against $base, seed $seed (FUZZ_SEED=$seed replays this
 # expires_at in the past (400), a random If-Match (412), an Idempotency-Key reused with other
 # inputs or a number with our own layout given to PUT (422).
 status=0
-"$schemathesis" run "$base/openapi.json" \
+"${schemathesis[@]}" run "$base/openapi.json" \
     --checks all \
     --exclude-checks positive_data_acceptance \
     --max-examples "${FUZZ_MAX_EXAMPLES:-50}" \

@@ -17,6 +17,7 @@ const MAX_NAME_CHARS: usize = 200;
 const MAX_SLUG_CHARS: usize = 100;
 /// Weights are capped at 999 999.999 kg (six integer digits).
 const MAX_GRAMS: u64 = 999_999_999;
+pub const MAX_KILOGRAMS: f64 = MAX_GRAMS as f64 / 1000.0;
 
 const MSG_EMPTY: &str = "must not be empty";
 const MSG_COUNTRY: &str = "must be an assigned ISO 3166-1 alpha-2 country code (e.g. \"MY\")";
@@ -321,7 +322,7 @@ impl utoipa::PartialSchema for Weight {
                 "Kilograms, greater than zero, with at most 6 integer digits and 3 decimals",
             ))
             .exclusive_minimum(Some(0.0))
-            .maximum(Some(MAX_GRAMS as f64 / 1000.0))
+            .maximum(Some(MAX_KILOGRAMS))
             .examples([1.234])
             .into()
     }
@@ -401,7 +402,11 @@ pub struct Order {
     pub customer_name: Option<String>,
     /// Given, or derived from `customer_name`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    #[schema(nullable = false, max_length = 100, pattern = "^[a-z0-9]+(-[a-z0-9]+)*$")]
+    #[schema(
+        nullable = false,
+        max_length = 100,
+        pattern = "^[a-z0-9]+(-[a-z0-9]+)*$"
+    )]
     pub customer_slug: Option<String>,
 }
 

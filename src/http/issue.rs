@@ -24,7 +24,6 @@ pub fn route(
     // The query is optional: no query string means an order with nothing given.
     let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let one = path
-        .clone()
         .and(warp::get())
         .and(raw_query)
         .and(warp::header::optional::<String>(idempotent::HEADER))

@@ -7,9 +7,7 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::{
-    Problem, SharedState, body, json_reply, other_methods, record_reply, with_state,
-};
+use super::{Problem, SharedState, body, json_reply, other_methods, record_reply, with_state};
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
 use crate::domain::{FieldError, RecordPatch};
@@ -58,7 +56,9 @@ pub fn route(
         .unify()
         .or(check)
         .unify()
-        .or(record.and(other_methods("GET, PATCH, DELETE, PUT")).map(|_, r| r))
+        .or(record
+            .and(other_methods("GET, PATCH, DELETE, PUT"))
+            .map(|_, r| r))
         .unify()
         .or(check_path.and(other_methods("GET")).map(|_, r| r))
         .unify()

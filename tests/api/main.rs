@@ -23,5 +23,6 @@ mod contract;
 mod embedded;
 mod helpers;
 mod lifecycle;
+mod openapi;
 mod redis_backend;
 mod store_conformance;
