@@ -32,7 +32,7 @@ pub(super) fn add_to(doc: &mut Value) {
         }
     });
     components["securitySchemes"] = json!({
-        "apiKey": {
+        "bearer": {
             "type": "http",
             "scheme": "bearer",
             "description": "An API key: `Authorization: Bearer <key>`. A server run without \
@@ -128,7 +128,7 @@ fn shared_by(operation: &mut Map<String, Value>, open: bool) {
         }
     }
     if !open {
-        operation.insert("security".into(), json!([{"apiKey": []}, {}]));
+        operation.insert("security".into(), json!([{"bearer": []}, {}]));
     }
 }
 
@@ -151,7 +151,7 @@ fn shared_headers() -> Value {
     json!({
         "X-Request-Id": {
             "description": "The request's id: the one it came with, or one the server made up. \
-                            Problems carry it as `request_id`; logs carry it too.",
+                            Problems carry it as `request_id`.",
             "required": true,
             "schema": {"type": "string"}
         },
