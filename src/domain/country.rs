@@ -92,6 +92,30 @@ impl Serialize for Country {
     }
 }
 
+/// In the API description: one of the assigned codes, upper case, as replies write it.
+impl utoipa::PartialSchema for Country {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let codes = ASSIGNED_CODES.iter().map(|code| {
+            // Two ASCII letters each, so this never falls back.
+            std::str::from_utf8(code).unwrap_or_default().to_owned()
+        });
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some(
+                "An officially assigned ISO 3166-1 alpha-2 country code, upper case",
+            ))
+            .enum_values(Some(codes))
+            .examples(["MY"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Country {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "CountryCode".into()
+    }
+}
+
 impl<'de> Deserialize<'de> for Country {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_str(CountryVisitor)

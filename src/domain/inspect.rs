@@ -21,19 +21,29 @@ pub fn could_be_ours(number: &str) -> bool {
     number.len() == 16 && has_valid_check(number)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// What `GET /v1/tracking-numbers/{tn}/check` answers: every member is always present.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Inspection {
+    /// The number from the path, upper case.
+    #[schema(pattern = "^[A-Z0-9]{1,16}$")]
     pub tracking_number: String,
     /// 16 characters, the layout this service issues.
     pub format_valid: bool,
+    /// The 16th character is the check character of the first 15.
     pub check_character_valid: bool,
-    /// The origin country in the first two characters (None for `ZZ`, no origin given, or any
+    /// The origin country in the first two characters (null for `ZZ`, no origin given, or any
     /// pair that is not a country).
+    #[schema(required = true)]
     pub origin_country_id: Option<Country>,
-    /// Characters 3-4: base36 of the customer tag (0-1295).
+    /// Characters 3-4: base36 of the customer tag (0-1295); null when the format is not valid.
+    #[schema(required = true, pattern = "^[A-Z0-9]{2}$")]
     pub customer_tag: Option<String>,
+    /// The customer tag's value; null when the format is not valid.
+    #[schema(required = true, maximum = 1295)]
     pub customer_tag_value: Option<u16>,
-    /// Filled in by the caller from storage; None when storage could not be asked.
+    /// Whether a live record holds the number, filled in by the caller from storage; null
+    /// when storage could not be asked.
+    #[schema(required = true)]
     pub record_exists: Option<bool>,
 }
 

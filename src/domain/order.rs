@@ -17,6 +17,7 @@ const MAX_NAME_CHARS: usize = 200;
 const MAX_SLUG_CHARS: usize = 100;
 /// Weights are capped at 999 999.999 kg (six integer digits).
 const MAX_GRAMS: u64 = 999_999_999;
+pub const MAX_KILOGRAMS: f64 = MAX_GRAMS as f64 / 1000.0;
 
 const MSG_EMPTY: &str = "must not be empty";
 const MSG_COUNTRY: &str = "must be an assigned ISO 3166-1 alpha-2 country code (e.g. \"MY\")";
@@ -33,8 +34,11 @@ const MSG_SLUG_FORM: &str = "must be lowercase letters a-z and digits 0-9 in gro
                              single hyphens (e.g. \"redbox-logistics\")";
 
 /// One bad input: which field, and what is wrong with it in plain words.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({"field": "weight", "message": MSG_WEIGHT})))]
 pub struct FieldError {
+    /// The input's name: a query parameter, a JSON member (`orders[3].weight` inside a batch),
+    /// a header, `tracking_number` for the path, or `body`.
     pub field: String,
     pub message: String,
 }
@@ -309,6 +313,23 @@ impl Serialize for Weight {
     }
 }
 
+/// In the API description: kilograms as a JSON number, as replies write it.
+impl utoipa::PartialSchema for Weight {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::Number)
+            .description(Some(
+                "Kilograms, greater than zero, with at most 6 integer digits and 3 decimals",
+            ))
+            .exclusive_minimum(Some(0.0))
+            .maximum(Some(MAX_KILOGRAMS))
+            .examples([1.234])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Weight {}
+
 impl<'de> Deserialize<'de> for Weight {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_f64(WeightVisitor)
@@ -355,21 +376,37 @@ impl Visitor<'_> for WeightVisitor {
 }
 
 /// The validated order details. Absent fields are left out of the JSON form.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub origin_country_id: Option<Country>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub destination_country_id: Option<Country>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false)]
     pub weight: Option<Weight>,
+    /// The order's own time (the `created_at` input), with the offset it was given in.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "rfc3339_opt")]
+    #[schema(value_type = String, format = DateTime, nullable = false)]
     pub order_created_at: Option<DateTime<FixedOffset>>,
+    /// Always lower case.
     #[serde(skip_serializing_if = "Option::is_none", default, with = "uuid_opt")]
+    #[schema(value_type = String, format = "uuid", nullable = false,
+             pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
     pub customer_id: Option<Uuid>,
+    /// Trimmed, 1 to 200 characters.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     pub customer_name: Option<String>,
+    /// Given, or derived from `customer_name`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
+    #[schema(
+        nullable = false,
+        max_length = 100,
+        pattern = "^[a-z0-9]+(-[a-z0-9]+)*$"
+    )]
     pub customer_slug: Option<String>,
 }
 

@@ -9,19 +9,27 @@ use serde::{Deserialize, Serialize};
 
 use super::order::Order;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An issued (or registered) number's record, with the order inputs it was issued for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
+    #[schema(pattern = "^[A-Z0-9]{1,16}$", examples("MYG28DGOKX5I2L45"))]
     pub tracking_number: String,
     /// Records stored before statuses existed read as `issued`.
     #[serde(default)]
+    #[schema(required = true)]
     pub status: Status,
+    /// When the number was issued (or registered), UTC with microseconds.
     #[serde(with = "utc_micros")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// Records stored before this field existed read as never updated (the epoch); their next
     /// change sets it.
     #[serde(with = "utc_micros", default)]
+    #[schema(value_type = String, format = DateTime, required = true)]
     pub updated_at: DateTime<Utc>,
+    /// After this time the record answers 404 and is purged.
     #[serde(with = "utc_micros")]
+    #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
     #[serde(flatten)]
     pub order: Order,
@@ -49,7 +57,7 @@ impl Record {
 /// Where a parcel is. Moves go forward only (`issued` → `label_printed` → `in_transit` →
 /// `delivered`); `cancelled` is reachable from any state before `delivered`. `delivered` and
 /// `cancelled` are final. Staying in the same state is not a move and always allowed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     #[default]

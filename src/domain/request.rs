@@ -107,9 +107,10 @@ pub fn json_text(value: &Value) -> Result<Option<String>, &'static str> {
     }
 }
 
-/// Parses a JSON request body into an object, or names what is wrong with it.
+/// Parses a JSON request body into an object, or names what is wrong with it. Only an empty
+/// body counts as no body; one of blanks is not JSON, so it is refused like any other.
 pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, Vec<FieldError>> {
-    if body.iter().all(u8::is_ascii_whitespace) {
+    if body.is_empty() {
         return Ok(Map::new());
     }
     match serde_json::from_slice(body) {
@@ -198,7 +199,7 @@ pub fn batch_from_json(
                     errors.push(FieldError::new("count", "give count or orders"));
                     None
                 }
-                Some(count) => match count.as_u64() {
+                Some(count) => match whole_number(count) {
                     Some(n) if (1..=MAX_BATCH as u64).contains(&n) => Some(n as usize),
                     _ => {
                         errors.push(FieldError::new("count", batch_size));
@@ -211,6 +212,16 @@ pub fn batch_from_json(
             Ok(vec![request; count.unwrap_or(0)])
         }
     }
+}
+
+/// A JSON number without a fractional part: `3`, or `3.0` (JSON and JSON Schema do not tell them
+/// apart).
+fn whole_number(value: &Value) -> Option<u64> {
+    value.as_u64().or_else(|| {
+        let float = value.as_f64()?;
+        // In range first, so the cast is exact.
+        (float.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&float)).then_some(float as u64)
+    })
 }
 
 /// Merges a parse result with the errors found while reading the JSON (type errors first),
@@ -266,6 +277,9 @@ mod tests {
                 .all(|r| r.order.weight.unwrap().grams() == 1500)
         );
         assert_eq!(batch[0], batch[2]);
+        for whole in [r#"{"count": 3.0}"#, r#"{"count": 3e0}"#] {
+            assert_eq!(batch_from_json(&object(whole), now()).unwrap().len(), 3);
+        }
     }
 
     #[test]
@@ -303,6 +317,8 @@ mod tests {
             r#"{"count": 1001}"#,
             r#"{"count": "5"}"#,
             r#"{"count": 2.5}"#,
+            r#"{"count": -1.0}"#,
+            r#"{"count": 1e300}"#,
             r#"{}"#,
         ] {
             assert_eq!(
@@ -360,9 +376,10 @@ mod tests {
     }
 
     #[test]
-    fn bodies_must_be_json_objects_and_empty_is_nothing_given() {
+    fn bodies_must_be_json_objects_and_only_empty_is_nothing_given() {
         assert!(json_object(b"").unwrap().is_empty());
-        assert!(json_object(b"  \n").unwrap().is_empty());
+        assert_eq!(fields(json_object(b"  \n").unwrap_err()), ["body"]);
+        assert!(json_object(b" {} \n").unwrap().is_empty());
         assert_eq!(fields(json_object(b"[1]").unwrap_err()), ["body"]);
         assert_eq!(fields(json_object(b"{\"a\":").unwrap_err()), ["body"]);
     }

@@ -3,8 +3,8 @@
 //! line. It wraps the warp routes as a tower service, one per connection.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -91,7 +91,12 @@ enum Admission {
 
 impl Gateway {
     /// The checks that need no waiting: size limits, CORS preflight, API key, a local rate limit.
-    fn admit<B>(&self, request: &Request<B>, route: &'static str, caller: &mut Caller) -> Admission {
+    fn admit<B>(
+        &self,
+        request: &Request<B>,
+        route: &'static str,
+        caller: &mut Caller,
+    ) -> Admission {
         if let Err(problem) = self.check_size(request) {
             return Admission::Reply(problem.into_response());
         }

@@ -8,7 +8,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use super::{SharedState, with_state};
+use super::{SharedState, other_methods, with_state};
 use crate::metrics;
 
 /// A readiness probe never waits on storage longer than this.
@@ -31,7 +31,19 @@ pub fn route(
         .and(warp::get())
         .and(with_state(state))
         .map(metrics);
-    healthz.or(readyz).unify().or(metrics).unify()
+    let fallbacks = warp::path!("healthz")
+        .and(other_methods("GET, HEAD"))
+        .or(warp::path!("readyz").and(other_methods("GET, HEAD")))
+        .unify()
+        .or(warp::path!("metrics").and(other_methods("GET")))
+        .unify();
+    healthz
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(fallbacks)
+        .unify()
 }
 
 fn healthz(state: SharedState) -> Response {

@@ -8,7 +8,9 @@ use warp::Filter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 
-use super::{Problem, SharedState, body, idempotent, query, record_reply, with_state};
+use super::{
+    Problem, SharedState, body, idempotent, other_methods, query, record_reply, with_state,
+};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
 use crate::issuer::IssueError;
@@ -27,13 +29,19 @@ pub fn route(
         .and(warp::header::optional::<String>(idempotent::HEADER))
         .and(with_state(state.clone()))
         .then(next_tracking_number);
-    let batch = warp::path!("v1" / "tracking-numbers")
+    let batch_path = warp::path!("v1" / "tracking-numbers");
+    let batch = batch_path
         .and(warp::post())
         .and(warp::header::optional::<String>(idempotent::HEADER))
         .and(warp::body::stream())
         .and(with_state(state))
         .then(issue_batch);
-    one.or(batch).unify()
+    one.or(batch)
+        .unify()
+        .or(path.and(other_methods("GET")))
+        .unify()
+        .or(batch_path.and(other_methods("POST")))
+        .unify()
 }
 
 async fn next_tracking_number(

@@ -22,6 +22,7 @@ pub mod gateway;
 mod health;
 mod idempotent;
 mod issue;
+pub mod openapi;
 pub mod problem;
 pub mod query;
 mod records;
@@ -50,6 +51,8 @@ pub fn routes(
         .unify()
         .or(health::route(state))
         .unify()
+        .or(openapi::route())
+        .unify()
         .recover(problem::recover)
         .unify()
 }
@@ -58,6 +61,24 @@ fn with_state(
     state: SharedState,
 ) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+/// The 405 for a known path asked with a method it does not take, with the `Allow` header
+/// RFC 9110 requires (warp's own 405 has none). Put it after the path's routes: a method in
+/// `allow` falls through, so their own rejections (a bad header, say) still decide the reply.
+fn other_methods(
+    allow: &'static str,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::method().and_then(move |method: warp::http::Method| async move {
+        if allow.split(", ").any(|m| m == method.as_str()) {
+            return Err(warp::reject::not_found());
+        }
+        let mut response = Problem::method_not_allowed().into_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        Ok(response)
+    })
 }
 
 /// A JSON reply that no cache may keep (a cached number would go to two parcels).

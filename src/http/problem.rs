@@ -7,28 +7,62 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reject::Rejection;
 use warp::reply::Response;
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, Status};
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
 
-#[derive(Debug, Serialize)]
+/// An RFC 9457 problem: every error reply has this body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "type": "urn:tracknum:problem:invalid-input",
+    "title": "Invalid input",
+    "status": 400,
+    "detail": "invalid: weight",
+    "errors": [{"field": "weight", "message": "must be a positive weight in kilograms"}],
+    "request_id": "3f1c2a9e7b4d4e0a"
+})))]
 pub struct Problem {
+    /// What kind of problem: `about:blank` (the status says it all) or a
+    /// `urn:tracknum:problem:…` name.
     #[serde(rename = "type")]
+    #[schema(value_type = String, examples("urn:tracknum:problem:invalid-input"))]
     kind: &'static str,
+    /// A short summary of the kind.
+    #[schema(value_type = String)]
     title: &'static str,
+    /// The HTTP status code of the reply.
     #[serde(serialize_with = "status_code")]
+    #[schema(value_type = u16, minimum = 400, maximum = 599)]
     status: StatusCode,
+    /// What went wrong with this request, in plain words.
     detail: String,
+    /// On a 400: one entry for each bad input, all of them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     errors: Vec<FieldError>,
     /// Members particular to a problem type (RFC 9457 §3.2), e.g. the two states of a bad move.
     #[serde(flatten)]
+    #[schema(value_type = ProblemMembers)]
     extensions: serde_json::Map<String, serde_json::Value>,
     /// The id of the request, as in its `X-Request-Id` reply header, for support tickets.
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<String>,
     #[serde(skip)]
     retry_after_secs: Option<u32>,
+}
+
+/// The members some problems add, as the API description lists them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Only its schema is used; the members live in `Problem::extensions`.
+struct ProblemMembers {
+    /// The id of the request, as in the reply's `X-Request-Id` header.
+    #[schema(nullable = false)]
+    request_id: Option<String>,
+    /// On a refused status move (409): the record's status.
+    #[schema(nullable = false)]
+    from: Option<Status>,
+    /// On a refused status move (409): the status asked for.
+    #[schema(nullable = false)]
+    to: Option<Status>,
 }
 
 fn status_code<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -188,6 +222,16 @@ impl Problem {
         problem
     }
 
+    /// 405: the resource exists, but not with this method. The caller adds `Allow`.
+    pub fn method_not_allowed() -> Self {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "about:blank",
+            "Method Not Allowed",
+            "this method is not allowed on this resource".to_owned(),
+        )
+    }
+
     pub fn not_found(detail: impl Into<String>) -> Self {
         Problem::new(
             StatusCode::NOT_FOUND,
@@ -233,10 +277,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, detail) = if rejection.is_not_found() {
         (StatusCode::NOT_FOUND, "no such resource".to_owned())
     } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "this method is not allowed on this resource".to_owned(),
-        )
+        // A route without `super::other_methods` (which adds `Allow`) was asked with another method.
+        return Ok(Problem::method_not_allowed().into_response());
     } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
         (
             StatusCode::PAYLOAD_TOO_LARGE,

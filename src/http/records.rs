@@ -7,7 +7,7 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::{Problem, SharedState, body, json_reply, record_reply, with_state};
+use super::{Problem, SharedState, body, json_reply, other_methods, record_reply, with_state};
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
 use crate::domain::{FieldError, RecordPatch};
@@ -42,7 +42,8 @@ pub fn route(
         .and(with_state(state.clone()))
         .then(put_record)
         .map(reply);
-    let check = warp::path!("v1" / "tracking-numbers" / String / "check")
+    let check_path = warp::path!("v1" / "tracking-numbers" / String / "check");
+    let check = check_path
         .and(warp::get())
         .and(with_state(state))
         .then(check_number)
@@ -54,6 +55,12 @@ pub fn route(
         .or(put)
         .unify()
         .or(check)
+        .unify()
+        .or(record
+            .and(other_methods("GET, PATCH, DELETE, PUT"))
+            .map(|_, r| r))
+        .unify()
+        .or(check_path.and(other_methods("GET")).map(|_, r| r))
         .unify()
 }
 

@@ -284,6 +284,11 @@ async fn unknown_paths_and_methods_are_problems(app: &TestApp) {
         response.headers()["content-type"],
         "application/problem+json"
     );
+    assert_eq!(
+        response.headers()["allow"],
+        "GET",
+        "RFC 9110 wants Allow on a 405"
+    );
     let response = app
         .client
         .delete(app.url("/nothing-here"))
