@@ -70,6 +70,7 @@ pub fn document() -> Value {
         healthz,
         healthz_head,
         readyz,
+        readyz_head,
         metrics,
         openapi_json,
     ),
@@ -288,7 +289,7 @@ fn healthz_head() {}
 
 /// Readiness
 ///
-/// Ready once the server holds serials to issue numbers with.
+/// Ready when storage answers and the pool holds serials to issue numbers with.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -301,6 +302,20 @@ fn healthz_head() {}
 )]
 #[allow(dead_code)]
 fn readyz() {}
+
+/// Readiness, without a body
+#[utoipa::path(
+    head,
+    path = "/readyz",
+    operation_id = "readyzHead",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready to issue numbers"),
+        (status = 503, description = "Not ready"),
+    )
+)]
+#[allow(dead_code)]
+fn readyz_head() {}
 
 /// Metrics, in the Prometheus text format
 #[utoipa::path(
