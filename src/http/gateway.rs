@@ -109,8 +109,8 @@ impl Gateway {
         if is_open(route) {
             return Admission::Route(None);
         }
-        if let Err(response) = self.authenticate(request.headers(), caller) {
-            return Admission::Reply(response);
+        if let Some(refusal) = self.authenticate(request.headers(), caller) {
+            return Admission::Reply(refusal);
         }
         match &*self.limiter {
             RateLimiter::Off => Admission::Route(None),
@@ -203,17 +203,16 @@ impl Gateway {
         Ok(())
     }
 
-    /// With API keys on, the request must carry a known one; its name becomes the caller.
-    fn authenticate(&self, headers: &HeaderMap, caller: &mut Caller) -> Result<(), Response> {
-        let Some(keys) = &self.keys else {
-            return Ok(());
-        };
+    /// With API keys on, the request must carry a known one; its name becomes the caller's.
+    /// The refusal, if any.
+    fn authenticate(&self, headers: &HeaderMap, caller: &mut Caller) -> Option<Response> {
+        let keys = self.keys.as_ref()?;
         let presented = headers.get(header::AUTHORIZATION);
         let (reason, challenge, detail) = match bearer_token(presented.map(|v| v.as_bytes())) {
             Some(token) => match keys.current().verify(token) {
                 Some(name) => {
                     caller.key = Some(name.to_owned());
-                    return Ok(());
+                    return None;
                 }
                 None => (
                     "unknown_key",
@@ -238,7 +237,7 @@ impl Gateway {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(challenge),
         );
-        Err(response)
+        Some(response)
     }
 
     fn client_ip(&self, headers: &HeaderMap, remote: SocketAddr) -> IpAddr {
@@ -405,7 +404,7 @@ where
     let Some(decision) = gateway.limiter.check(&subject).await else {
         return (Response::default(), None);
     };
-    match request_id::sync_scope(id.clone(), || gateway.judge(decision.clone())) {
+    match request_id::sync_scope(id.clone(), || gateway.judge(decision)) {
         Admission::Reply(response) => (response, None),
         _ => {
             let limit = gateway.limits.request_timeout;

@@ -43,9 +43,6 @@ pub struct Problem {
     #[serde(flatten)]
     #[schema(value_type = ProblemMembers)]
     extensions: serde_json::Map<String, serde_json::Value>,
-    /// The id of the request, as in its `X-Request-Id` reply header, for support tickets.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<String>,
     #[serde(skip)]
     retry_after_secs: Option<u32>,
 }
@@ -78,7 +75,6 @@ impl Problem {
             detail,
             errors: Vec::new(),
             extensions: serde_json::Map::new(),
-            request_id: None,
             retry_after_secs: None,
         }
     }
@@ -258,7 +254,10 @@ impl Problem {
     }
 
     pub fn into_response(mut self) -> Response {
-        self.request_id = super::request_id::current();
+        // The id of the request, as in its `X-Request-Id` reply header, for support tickets.
+        if let Some(id) = super::request_id::current() {
+            self.extensions.insert("request_id".into(), id.into());
+        }
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = Response::new(body.into());
         *response.status_mut() = self.status;
