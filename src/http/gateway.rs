@@ -157,7 +157,7 @@ impl Gateway {
             route,
             path = uri.path(),
             status,
-            latency_ms = took.as_secs_f64() * 1e3,
+            latency_us = took.as_micros() as u64,
             request_id = id.to_str().unwrap_or(""),
             client = %caller.client,
             key = caller.key.as_deref().unwrap_or("-"),
