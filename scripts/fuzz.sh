@@ -107,10 +107,13 @@ echo "fuzz: schemathesis against $base, seed $seed (FUZZ_SEED=$seed replays this
 # right: an unassigned country code such as "ZZ" or a weight with more than 3 decimals (400), an
 # expires_at in the past (400), a random If-Match (412), an Idempotency-Key reused with other
 # inputs or a number with our own layout given to PUT (422).
+# use_after_free is off too: it infers that /v1/tracking-numbers/{tn}/check is the record, and
+# that it must 404 after a DELETE. It is not: /check decodes any string and answers 200 with
+# "record_exists": false. That a deleted record reads as 404 is asserted by tests/api/lifecycle.rs.
 status=0
 "${schemathesis[@]}" run "$base/openapi.json" \
     --checks all \
-    --exclude-checks positive_data_acceptance \
+    --exclude-checks positive_data_acceptance,use_after_free \
     --max-examples "${FUZZ_MAX_EXAMPLES:-50}" \
     --seed "$seed" \
     --generation-database none \
