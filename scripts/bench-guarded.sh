@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The hot-path ratio with API keys and rate limits on: runs ../shared/bench/ratio.sh unchanged,
 # with tracknum started with a keys file and a per-key rate limit too high to refuse anything
-# (so every bucket check runs), and wrk sending the key on every request (a `wrk` shim first on
-# PATH adds the header for both servers; the ceiling ignores it).
+# (so every bucket check runs), and wrk and curl sending the key on every request (shims first on
+# PATH add the header for both servers; the ceiling ignores it).
 #
 #   scripts/bench-guarded.sh [ratio.sh options...] [-- extra tracknum flags...]
 #
@@ -22,7 +22,12 @@ cat > "$work/bin/wrk" <<SHIM
 #!/usr/bin/env bash
 exec "$real_wrk" -H "Authorization: Bearer $key" "\$@"
 SHIM
-chmod +x "$work/bin/wrk"
+real_curl=$(command -v curl)
+cat > "$work/bin/curl" <<SHIM
+#!/usr/bin/env bash
+exec "$real_curl" -H "Authorization: Bearer $key" "\$@"
+SHIM
+chmod +x "$work/bin/wrk" "$work/bin/curl"
 
 # ratio.sh's own options come first; everything after -- goes to tracknum.
 opts=()

@@ -23,6 +23,7 @@ use super::{Problem, request_id};
 use crate::access::keys::{KeyRing, bearer_token};
 use crate::access::ratelimit::{Decision, RateLimiter};
 use crate::metrics::Metrics;
+use crate::telemetry;
 
 /// Bounds on what one request may send and take.
 #[derive(Debug, Clone)]
@@ -151,18 +152,16 @@ impl Gateway {
         let status = response.status().as_u16();
         let took = started.elapsed();
         gateway.metrics.observe_request(route, method, status, took);
-        tracing::info!(
-            target: "tracknum::access",
+        telemetry::access(&telemetry::Access {
             method,
             route,
-            path = uri.path(),
+            path: uri.path(),
             status,
-            latency_us = took.as_micros() as u64,
-            request_id = id.to_str().unwrap_or(""),
-            client = %caller.client,
-            key = caller.key.as_deref().unwrap_or("-"),
-            "request"
-        );
+            latency: took,
+            request_id: id.to_str().unwrap_or(""),
+            client: caller.client,
+            key: caller.key.as_deref(),
+        });
         response.headers_mut().insert(request_id::HEADER, id);
         response
     }
