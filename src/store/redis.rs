@@ -98,17 +98,26 @@ pub struct RedisStore {
     writer_conn: Mutex<Option<MultiplexedConnection>>,
 }
 
+/// A pool of up to `size` connections to `url`, connecting lazily, where getting, opening or
+/// checking a connection never takes longer than `timeout`.
+pub fn bounded_pool(
+    url: &str,
+    size: usize,
+    timeout: Duration,
+) -> Result<deadpool_redis::Pool, deadpool_redis::CreatePoolError> {
+    let mut config = deadpool_redis::Config::from_url(url);
+    let mut pool = deadpool_redis::PoolConfig::new(size);
+    pool.timeouts.wait = Some(timeout);
+    pool.timeouts.create = Some(timeout);
+    pool.timeouts.recycle = Some(timeout);
+    config.pool = Some(pool);
+    config.create_pool(Some(Runtime::Tokio1))
+}
+
 impl RedisStore {
     /// Builds the store; connects lazily, so a Redis that is down now is retried later.
     pub fn new(url: &str, fingerprint: String, timeout: Duration) -> anyhow::Result<Self> {
-        let mut config = deadpool_redis::Config::from_url(url);
-        let mut pool = deadpool_redis::PoolConfig::new(16);
-        pool.timeouts.wait = Some(timeout);
-        pool.timeouts.create = Some(timeout);
-        pool.timeouts.recycle = Some(timeout);
-        config.pool = Some(pool);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
+        let pool = bounded_pool(url, 16, timeout)
             .map_err(|e| anyhow::anyhow!("invalid --redis-url: {e}"))?;
         Ok(RedisStore {
             pool,

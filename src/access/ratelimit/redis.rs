@@ -24,7 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::{Pool, Runtime};
+use deadpool_redis::Pool;
+
+use crate::store::redis::bounded_pool;
 
 use super::{
     DEFAULT_MAX_SUBJECTS, Decision, FORGET_FULL_AFTER, LocalLimiter, Quota, Subjects, Timing,
@@ -147,14 +149,7 @@ impl RedisLimiter {
     /// `timeout` (100 ms is a good value).
     pub fn new(url: &str, quota: Quota, timeout: Duration) -> Result<RedisLimiter, String> {
         let timing = Timing::new(quota)?;
-        let mut config = deadpool_redis::Config::from_url(url);
-        let mut pool = deadpool_redis::PoolConfig::new(POOL_SIZE);
-        pool.timeouts.wait = Some(timeout);
-        pool.timeouts.create = Some(timeout);
-        pool.timeouts.recycle = Some(timeout);
-        config.pool = Some(pool);
-        let pool = config
-            .create_pool(Some(Runtime::Tokio1))
+        let pool = bounded_pool(url, POOL_SIZE, timeout)
             .map_err(|e| format!("invalid rate limit Redis URL: {e}"))?;
         let interval_us = u64::try_from(timing.interval.as_micros())
             .unwrap_or(u64::MAX)
