@@ -510,6 +510,25 @@ async fn one_rate_limit_holds_across_instances_on_redis() {
     assert!((6..=12).contains(&allowed), "{allowed} allowed");
 }
 
+/// A browser's CORS preflight for `method` (and `headers`) on `path`, from `origin`.
+async fn send_preflight(
+    app: &TestApp,
+    path: &str,
+    origin: &str,
+    method: &str,
+    headers: Option<&str>,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .request(reqwest::Method::OPTIONS, app.url(path))
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", method);
+    if let Some(headers) = headers {
+        request = request.header("Access-Control-Request-Headers", headers);
+    }
+    request.send().await.unwrap()
+}
+
 #[tokio::test]
 async fn cors_is_off_by_default() {
     let (app, _dir) = spawn_embedded(&[]).await;
@@ -526,14 +545,7 @@ async fn cors_is_off_by_default() {
             .headers()
             .contains_key("access-control-allow-origin")
     );
-    let preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url(QUERY))
-        .header("Origin", "https://app.example")
-        .header("Access-Control-Request-Method", "GET")
-        .send()
-        .await
-        .unwrap();
+    let preflight = send_preflight(&app, QUERY, "https://app.example", "GET", None).await;
     assert!(
         !preflight
             .headers()
@@ -554,18 +566,14 @@ async fn cors_answers_preflights_for_allowed_origins() {
     ])
     .await;
     // A preflight carries no key, and needs none.
-    let preflight = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url("/v1/tracking-numbers/X"))
-        .header("Origin", "https://admin.example")
-        .header("Access-Control-Request-Method", "PATCH")
-        .header(
-            "Access-Control-Request-Headers",
-            "authorization, content-type, if-match",
-        )
-        .send()
-        .await
-        .unwrap();
+    let preflight = send_preflight(
+        &app,
+        "/v1/tracking-numbers/X",
+        "https://admin.example",
+        "PATCH",
+        Some("authorization, content-type, if-match"),
+    )
+    .await;
     assert_eq!(preflight.status(), 204);
     let headers = preflight.headers();
     assert_eq!(
@@ -585,14 +593,7 @@ async fn cors_answers_preflights_for_allowed_origins() {
             .contains("if-match")
     );
 
-    let refused = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url(QUERY))
-        .header("Origin", "https://evil.example")
-        .header("Access-Control-Request-Method", "GET")
-        .send()
-        .await
-        .unwrap();
+    let refused = send_preflight(&app, QUERY, "https://evil.example", "GET", None).await;
     assert!(
         !refused
             .headers()
