@@ -357,3 +357,24 @@ pub fn assert_unique(numbers: &[String]) {
         assert!(seen.insert(n.as_str()), "{n} was issued twice");
     }
 }
+
+/// An API keys file in `dir` holding the SHA-256 of each `(name, key)`.
+pub fn keys_file(dir: &TempDir, keys: &[(&str, &str)]) -> std::path::PathBuf {
+    let path = dir.path().join("api-keys");
+    write_keys(&path, keys);
+    path
+}
+
+/// Replaces the keys file at `path` atomically.
+pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str)]) {
+    let mut text = String::from("# name:sha256:<hex>\n");
+    for (name, key) in keys {
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        text.push_str(&format!("{name}:sha256:{hex}\n"));
+    }
+    // Write then rename, as a deploy tool would: the server never reads half a file.
+    let temp = path.with_extension("new");
+    std::fs::write(&temp, text).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}

@@ -23,6 +23,7 @@ mod contract;
 mod embedded;
 mod helpers;
 mod lifecycle;
+mod loadtest;
 mod openapi;
 mod ops;
 mod ratelimit_redis;

@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    BinaryApp, RedisServer, SECRET, TestApp, config, spawn_app, spawn_embedded, spawn_on_redis,
+    BinaryApp, RedisServer, SECRET, TestApp, config, keys_file, spawn_app, spawn_embedded,
+    spawn_on_redis, write_keys,
 };
 
 const QUERY: &str = "/next-tracking-number?origin_country_id=MY";
@@ -236,25 +236,6 @@ async fn readiness_flips_while_redis_is_down_and_liveness_does_not() {
         assert!(Instant::now() < deadline, "never ready again");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn keys_file(dir: &TempDir, keys: &[(&str, &str)]) -> std::path::PathBuf {
-    let path = dir.path().join("api-keys");
-    write_keys(&path, keys);
-    path
-}
-
-fn write_keys(path: &std::path::Path, keys: &[(&str, &str)]) {
-    let mut text = String::from("# name:sha256:<hex>\n");
-    for (name, key) in keys {
-        let hash = Sha256::digest(key.as_bytes());
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        text.push_str(&format!("{name}:sha256:{hex}\n"));
-    }
-    // Write then rename, as a deploy tool would: the server never reads half a file.
-    let temp = path.with_extension("new");
-    std::fs::write(&temp, text).unwrap();
-    std::fs::rename(&temp, path).unwrap();
 }
 
 async fn status_with_key(app: &TestApp, path: &str, key: Option<&str>) -> u16 {

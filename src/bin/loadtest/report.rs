@@ -172,7 +172,7 @@ impl Summary {
             millis(l.p99_9),
             millis(l.max),
             if self.target_rate.is_some() {
-                "  (from each request's due time)"
+                "  (late sends timed from their due time)"
             } else {
                 ""
             }
