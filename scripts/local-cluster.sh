@@ -174,7 +174,7 @@ batch() {
 batch 1
 batch 2
 
-retried=$(grep -cE 'while (connecting to|reading response header from) upstream' "$work/nginx/error.log" || true)
+retried=$(grep -cE '\[error\].* while (connecting to|reading response header from) upstream' "$work/nginx/error.log" || true)
 
 # --- the verdict ----------------------------------------------------------------------------
 python3 - "$work" "$killed" "$back" "$load_status" "$retried" <<'PY'
