@@ -26,5 +26,6 @@ mod lifecycle;
 mod openapi;
 mod ops;
 mod ratelimit_redis;
+mod recipes;
 mod redis_backend;
 mod store_conformance;
