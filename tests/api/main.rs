@@ -27,5 +27,6 @@ mod loadtest;
 mod openapi;
 mod ops;
 mod ratelimit_redis;
+mod recipes;
 mod redis_backend;
 mod store_conformance;
