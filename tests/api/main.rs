@@ -29,4 +29,5 @@ mod ops;
 mod ratelimit_redis;
 mod recipes;
 mod redis_backend;
+mod redis_tls;
 mod store_conformance;

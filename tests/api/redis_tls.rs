@@ -1,0 +1,168 @@
+//! `rediss://`: tracknum on a Redis that speaks only TLS, trusting the server's CA through
+//! `SSL_CERT_FILE` (the system's roots otherwise), and refusing a server it cannot verify.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tempfile::TempDir;
+
+use crate::helpers::{SECRET, free_port, wait_healthy};
+
+/// A private redis-server with TLS only (no plain port), its certificate signed by a fresh CA
+/// whose PEM is at `ca`.
+struct TlsRedis {
+    port: u16,
+    child: Child,
+    dir: TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> TlsRedis {
+        let dir = TempDir::new().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tracknum test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &Issuer::new(ca_params, &ca_key))
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+
+        let port = free_port();
+        let file = |name: &str| dir.path().join(name);
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--bind", "127.0.0.1"])
+            .args(["--tls-port", &port.to_string()])
+            .arg("--tls-cert-file")
+            .arg(file("server.pem"))
+            .arg("--tls-key-file")
+            .arg(file("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(file("ca.pem"))
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server (TLS) did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TlsRedis { port, child, dir }
+    }
+
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn url(&self) -> String {
+        format!("rediss://localhost:{}", self.port)
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The binary, killed when dropped (a failed assertion included).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The binary on `redis_url`, with `SSL_CERT_FILE` when a CA file is given.
+fn tracknum(redis_url: &str, ca: Option<&Path>, port: u16) -> Running {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tracknum"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--redis-url", redis_url, "--secret", SECRET])
+        .env("RUST_LOG", "warn")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(ca) = ca {
+        command.env("SSL_CERT_FILE", ca);
+    }
+    Running(command.spawn().expect("tracknum starts"))
+}
+
+#[tokio::test]
+async fn numbers_are_issued_over_tls_to_a_redis_whose_ca_is_trusted() {
+    let redis = TlsRedis::start();
+    let port = free_port();
+    let _tracknum = tracknum(&redis.url(), Some(&redis.ca()), port);
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &format!("http://127.0.0.1:{port}/readyz")).await;
+
+    let mut numbers = Vec::new();
+    for _ in 0..3 {
+        let reply = client
+            .get(format!("http://127.0.0.1:{port}/next-tracking-number"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        let body: serde_json::Value = reply.json().await.unwrap();
+        numbers.push(body["tracking_number"].as_str().unwrap().to_owned());
+    }
+    numbers.dedup();
+    assert_eq!(numbers.len(), 3);
+}
+
+#[tokio::test]
+async fn a_redis_whose_certificate_cannot_be_verified_is_never_used() {
+    let redis = TlsRedis::start();
+    let port = free_port();
+    // The system's roots do not hold the test CA.
+    let _tracknum = tracknum(&redis.url(), None, port);
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reason = loop {
+        if let Ok(reply) = client.get(url("/readyz")).send().await {
+            assert_eq!(reply.status(), 503, "ready on a Redis it cannot verify");
+            let body: serde_json::Value = reply.json().await.unwrap();
+            break body["reason"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(reason.contains("certificate"), "{reason}");
+    let issue = client
+        .get(url("/next-tracking-number"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issue.status(), 503);
+    assert!(issue.headers().contains_key("retry-after"));
+}
