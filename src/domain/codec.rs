@@ -19,7 +19,8 @@ const B: u64 = 2_176_782_336;
 /// Rounds come in pairs (one per radix) so the halves end up back in their original radix.
 const ROUND_PAIRS: u8 = 5;
 const TAG_SPACE: u16 = 36 * 36;
-const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+/// The 36 characters of a number, in digit order.
+pub const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 // Frozen forever: changing any of these would re-map every number already issued.
 const CODEC_PREFIX: &[u8] = b"tracknum/codec/v1\0";
@@ -63,8 +64,9 @@ pub fn customer_tag(key: Option<&str>) -> u16 {
     (hash % u64::from(TAG_SPACE)) as u16
 }
 
+/// A character's digit value (0-9 → 0..9, A-Z → 10..35); None outside `0-9A-Z`.
 #[inline]
-fn digit_value(c: u8) -> Option<u8> {
+pub fn digit_value(c: u8) -> Option<u8> {
     match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'A'..=b'Z' => Some(c - b'A' + 10),

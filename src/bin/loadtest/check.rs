@@ -3,7 +3,7 @@
 //! character. Pure: no I/O, so every rule is unit-tested.
 
 use serde::Deserialize;
-use tracknum::domain::codec::has_valid_check;
+use tracknum::domain::codec::{DIGITS, digit_value, has_valid_check};
 
 /// Length of every number tracknum issues.
 const NUMBER_LEN: usize = 16;
@@ -97,11 +97,7 @@ pub fn parse(number: &str) -> Result<NumberKey, Invalid> {
     }
     let mut key: NumberKey = 0;
     for c in number.bytes() {
-        let digit = match c {
-            b'0'..=b'9' => c - b'0',
-            b'A'..=b'Z' => c - b'A' + 10,
-            _ => return Err(bad("a character outside A-Z0-9")),
-        };
+        let digit = digit_value(c).ok_or_else(|| bad("a character outside A-Z0-9"))?;
         key = key * 36 + NumberKey::from(digit);
     }
     if !has_valid_check(number) {
@@ -112,7 +108,6 @@ pub fn parse(number: &str) -> Result<NumberKey, Invalid> {
 
 /// The number a key stands for (for reports).
 pub fn unparse(mut key: NumberKey) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut out = [b'0'; NUMBER_LEN];
     for slot in out.iter_mut().rev() {
         *slot = DIGITS[(key % 36) as usize];

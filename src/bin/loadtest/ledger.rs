@@ -3,6 +3,7 @@
 //! the OS when the run ends); memory holds one small entry per number.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -94,12 +95,12 @@ impl Ledger {
         let mut seen_before = 0;
         for &key in keys {
             let shard = &self.shards[shard_of(key)];
-            let first = {
-                let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-                match shard.try_insert_or_get(key, spot) {
-                    None => continue,
-                    Some(first) => first,
+            let first = match shard.lock().unwrap_or_else(|e| e.into_inner()).entry(key) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(spot);
+                    continue;
                 }
+                Entry::Occupied(taken) => *taken.get(),
             };
             seen_before += 1;
             let mut found = self.found.lock().unwrap_or_else(|e| e.into_inner());
@@ -199,24 +200,6 @@ fn read_reply(file: &File, spot: Spot) -> Option<KeptReply> {
         status: status as u16,
         body: body.to_owned(),
     })
-}
-
-/// `HashMap::try_insert` is unstable; this is the same for our use.
-trait TryInsertOrGet<K, V> {
-    /// Inserts when absent (None); else returns the value already there.
-    fn try_insert_or_get(&mut self, key: K, value: V) -> Option<V>;
-}
-
-impl TryInsertOrGet<NumberKey, Spot> for Shard {
-    fn try_insert_or_get(&mut self, key: NumberKey, value: Spot) -> Option<Spot> {
-        match self.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(value);
-                None
-            }
-        }
-    }
 }
 
 #[cfg(test)]
