@@ -5,6 +5,7 @@
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -58,6 +59,14 @@ fn radix36(mut n: u64) -> String {
 
 /// A keep-alive HTTP/1.1 server answering the i-th request (from 0) with `reply(i)`.
 async fn fake_server(reply: impl Fn(u64) -> (u16, String) + Send + Sync + 'static) -> String {
+    slow_fake_server(Duration::ZERO, reply).await
+}
+
+/// `fake_server`, waiting `delay` before each reply.
+async fn slow_fake_server(
+    delay: Duration,
+    reply: impl Fn(u64) -> (u16, String) + Send + Sync + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let reply = Arc::new(reply);
@@ -71,6 +80,7 @@ async fn fake_server(reply: impl Fn(u64) -> (u16, String) + Send + Sync + 'stati
                 loop {
                     while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                         pending.drain(..end + 4);
+                        tokio::time::sleep(delay).await;
                         let (status, body) = reply(count.fetch_add(1, Ordering::Relaxed));
                         let head = format!(
                             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -145,6 +155,32 @@ async fn open_loop_sends_exactly_the_scheduled_requests() {
     assert_eq!(s["mode"], "open");
     assert_eq!(s["requests"], 200);
     assert_eq!(s["numbers"], 200);
+}
+
+#[tokio::test]
+async fn an_open_loop_run_shows_a_stall_in_latency_and_counts_what_it_could_not_send() {
+    // One connection, 50 requests due in one second, each reply taking 200 ms.
+    let url = slow_fake_server(Duration::from_millis(200), |i| (200, record(&number(i)))).await;
+    let (output, s) = loadtest(&[
+        &url,
+        "--rate",
+        "50",
+        "-d",
+        "1s",
+        "-c",
+        "1",
+        "--timeout",
+        "1s",
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{s}");
+    let replies = s["replies"].as_u64().unwrap();
+    // About 2 s (the run plus --timeout) of 200 ms replies.
+    assert!((5..=12).contains(&replies), "{s}");
+    assert_eq!(s["unsent"].as_u64().unwrap() + replies, 50, "{s}");
+    // The second request was due at 20 ms and sent at 200 ms: timed from when it was due.
+    assert!(s["latency_ms"]["p90"].as_f64().unwrap() > 1000.0, "{s}");
+    assert_eq!(s["duplicates"], 0);
 }
 
 #[tokio::test]

@@ -65,7 +65,13 @@ async fn drive(args: &Args, client: Client) -> Summary {
     let start = Instant::now();
     let run = Arc::new(Run {
         per_reply,
-        plan: Plan::new(start, args.requests, args.run_for(), args.rate),
+        plan: Plan::new(
+            start,
+            args.requests,
+            args.run_for(),
+            args.rate,
+            args.timeout,
+        ),
         client,
         ledger: Ledger::new(),
         live: Live::default(),
@@ -92,6 +98,7 @@ async fn drive(args: &Args, client: Client) -> Summary {
             Err(e) => eprintln!("loadtest: a worker failed: {e}"),
         }
     }
+    stats.unsent = run.plan.unsent();
     let _ = finished.send(true);
     let _ = progress.await;
     interrupt.abort();

@@ -31,6 +31,9 @@ pub struct Summary {
     pub statuses: BTreeMap<String, u64>,
     /// Exchanges with no reply, by why.
     pub failures: BTreeMap<&'static str, u64>,
+    /// Open loop: requests due within the run but never sent, because every connection was
+    /// still waiting for a reply when the run ended (plus --timeout).
+    pub unsent: u64,
     /// Non-2xx replies plus exchanges with no reply.
     pub errors: u64,
     pub error_rate: f64,
@@ -123,6 +126,7 @@ impl Summary {
                 .iter()
                 .map(|(f, n)| (f.as_str(), *n))
                 .collect(),
+            unsent: stats.unsent,
             errors,
             error_rate,
             max_error_rate: cx.max_error_rate,
@@ -190,6 +194,13 @@ impl Summary {
                 .map(|(f, n)| format!("{f}: {}", group(*n)))
                 .collect();
             let _ = writeln!(out, "  no reply    {}", failures.join("   "));
+        }
+        if self.unsent > 0 {
+            let _ = writeln!(
+                out,
+                "  not sent    {} (due in the run, but every connection was still waiting)",
+                group(self.unsent)
+            );
         }
         let _ = write!(
             out,
@@ -362,6 +373,16 @@ mod tests {
             "{:?}",
             s.failed_because
         );
+    }
+
+    #[test]
+    fn requests_never_sent_count_as_errors() {
+        let mut stats = ok_stats(90);
+        stats.unsent = 10;
+        let s = summary(&stats, 0, 0.0);
+        assert_eq!((s.requests, s.errors, s.unsent), (100, 10, 10));
+        assert!(!s.passed);
+        assert!(s.human().contains("not sent    10"));
     }
 
     #[test]

@@ -19,14 +19,17 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(20);
 const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 /// Which request comes next and when it is due. Closed loop: now, until the end. Open loop:
-/// request i is due at start + i / rate, whether or not earlier ones are answered.
+/// request i is due at start + i / rate, whether or not earlier ones are answered; requests
+/// still waiting for a connection `late_limit` after the end are not sent at all.
 pub struct Plan {
     start: Instant,
     next: AtomicU64,
+    handed: AtomicU64,
     stopped: AtomicBool,
     limit: Option<u64>,
-    end: Option<Instant>,
-    interval: Option<Duration>,
+    run_for: Option<Duration>,
+    rate: Option<f64>,
+    late_limit: Duration,
 }
 
 impl Plan {
@@ -35,14 +38,17 @@ impl Plan {
         limit: Option<u64>,
         run_for: Option<Duration>,
         rate: Option<f64>,
+        late_limit: Duration,
     ) -> Plan {
         Plan {
             start,
             next: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             limit,
-            end: run_for.map(|d| start + d),
-            interval: rate.map(|r| Duration::from_secs_f64(1.0 / r)),
+            run_for,
+            rate,
+            late_limit,
         }
     }
 
@@ -56,13 +62,38 @@ impl Plan {
         if self.limit.is_some_and(|limit| i >= limit) {
             return None;
         }
-        match self.interval {
-            None => self.end.is_none_or(|end| now < end).then_some(None),
-            Some(interval) => {
-                let due = self.start + interval.saturating_mul(i.min(u32::MAX as u64) as u32);
-                self.end.is_none_or(|end| due < end).then_some(Some(due))
+        let since_start = now.saturating_duration_since(self.start);
+        let next = match self.rate {
+            None => self.run_for.is_none_or(|d| since_start < d).then_some(None),
+            Some(rate) => {
+                let due = Duration::from_secs_f64(i as f64 / rate);
+                let on_time = self.run_for.is_none_or(|d| due < d);
+                let too_late = self
+                    .run_for
+                    .is_some_and(|d| since_start >= d + self.late_limit);
+                (on_time && !too_late).then_some(Some(self.start + due))
             }
+        };
+        if next.is_some() {
+            self.handed.fetch_add(1, Ordering::Relaxed);
         }
+        next
+    }
+
+    /// Open loop: requests that were due within the run but never sent, because every
+    /// connection was still busy when the run had to end.
+    pub fn unsent(&self) -> u64 {
+        let (Some(rate), Some(run_for)) = (self.rate, self.run_for) else {
+            return 0;
+        };
+        if self.stopped.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let mut scheduled = (run_for.as_secs_f64() * rate).ceil() as u64;
+        if let Some(limit) = self.limit {
+            scheduled = scheduled.min(limit);
+        }
+        scheduled.saturating_sub(self.handed.load(Ordering::Relaxed))
     }
 
     /// Stops handing out requests (Ctrl-C); those in flight finish.
@@ -77,8 +108,8 @@ impl Plan {
     /// Fraction of the run done, by time or by requests, whichever is further along.
     pub fn progress(&self, now: Instant, done: u64) -> f64 {
         let by_time = self
-            .end
-            .map(|end| (now - self.start).as_secs_f64() / (end - self.start).as_secs_f64());
+            .run_for
+            .map(|d| (now - self.start).as_secs_f64() / d.as_secs_f64());
         let by_count = self.limit.map(|limit| done as f64 / limit as f64);
         by_time
             .into_iter()
@@ -175,10 +206,12 @@ fn score(run: &Run, stats: &mut Stats, connection: u32, at: Duration, status: u1
 mod tests {
     use super::*;
 
+    const LATE: Duration = Duration::from_secs(10);
+
     #[test]
     fn a_closed_loop_plan_ends_at_its_limit() {
         let start = Instant::now();
-        let plan = Plan::new(start, Some(3), None, None);
+        let plan = Plan::new(start, Some(3), None, None, LATE);
         let handed: Vec<_> = std::iter::from_fn(|| plan.next(start)).collect();
         assert_eq!(handed, [None, None, None]);
     }
@@ -186,7 +219,7 @@ mod tests {
     #[test]
     fn a_closed_loop_plan_ends_at_its_deadline() {
         let start = Instant::now();
-        let plan = Plan::new(start, None, Some(Duration::from_secs(5)), None);
+        let plan = Plan::new(start, None, Some(Duration::from_secs(5)), None, LATE);
         assert_eq!(plan.next(start + Duration::from_secs(4)), Some(None));
         assert_eq!(plan.next(start + Duration::from_secs(5)), None);
     }
@@ -194,14 +227,27 @@ mod tests {
     #[test]
     fn an_open_loop_plan_spaces_requests_by_the_rate_until_the_end() {
         let start = Instant::now();
-        let plan = Plan::new(start, None, Some(Duration::from_secs(1)), Some(4.0));
-        // Due times do not depend on when they are asked for.
-        let late = start + Duration::from_secs(60);
+        let plan = Plan::new(start, None, Some(Duration::from_secs(1)), Some(4.0), LATE);
+        // Due times do not depend on when they are asked for (within the late limit).
+        let late = start + Duration::from_secs(5);
         let due: Vec<_> = std::iter::from_fn(|| plan.next(late))
             .map(|d| d.unwrap() - start)
             .collect();
         let ms: Vec<_> = due.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, [0, 250, 500, 750]);
+        assert_eq!(plan.unsent(), 0);
+    }
+
+    #[test]
+    fn requests_still_waiting_long_after_the_end_are_counted_not_sent() {
+        let start = Instant::now();
+        let plan = Plan::new(start, None, Some(Duration::from_secs(1)), Some(10.0), LATE);
+        let after_end = start + Duration::from_secs(1) + LATE / 2;
+        assert!(plan.next(after_end).is_some());
+        assert!(plan.next(after_end).is_some());
+        let too_late = start + Duration::from_secs(1) + LATE;
+        assert_eq!(plan.next(too_late), None);
+        assert_eq!(plan.unsent(), 8);
     }
 
     #[test]
@@ -215,7 +261,7 @@ mod tests {
     #[test]
     fn a_stopped_plan_hands_out_nothing() {
         let start = Instant::now();
-        let plan = Plan::new(start, Some(10), None, None);
+        let plan = Plan::new(start, Some(10), None, None, LATE);
         plan.stop();
         assert_eq!(plan.next(start), None);
     }
@@ -223,7 +269,7 @@ mod tests {
     #[test]
     fn progress_follows_time_or_count_whichever_is_further() {
         let start = Instant::now();
-        let plan = Plan::new(start, Some(100), Some(Duration::from_secs(10)), None);
+        let plan = Plan::new(start, Some(100), Some(Duration::from_secs(10)), None, LATE);
         let at = |s| start + Duration::from_secs(s);
         assert!((plan.progress(at(5), 10) - 0.5).abs() < 1e-9);
         assert!((plan.progress(at(1), 80) - 0.8).abs() < 1e-9);

@@ -33,6 +33,8 @@ pub struct Stats {
     pub last_error: Option<Duration>,
     /// When the last exchange ended, since the start.
     pub last_end: Duration,
+    /// Open loop: requests due within the run that were never sent (the server fell behind).
+    pub unsent: u64,
 }
 
 impl Default for Stats {
@@ -49,6 +51,7 @@ impl Default for Stats {
             first_error: None,
             last_error: None,
             last_end: Duration::ZERO,
+            unsent: 0,
         }
     }
 }
@@ -108,13 +111,14 @@ impl Stats {
         self.first_error = min_some(self.first_error, other.first_error);
         self.last_error = self.last_error.max(other.last_error);
         self.last_end = self.last_end.max(other.last_end);
+        self.unsent += other.unsent;
     }
 
     pub fn replies(&self) -> u64 {
         self.statuses.values().sum()
     }
 
-    /// Non-2xx replies plus exchanges with no reply.
+    /// Non-2xx replies, exchanges with no reply, and requests never sent.
     pub fn errors(&self) -> u64 {
         let bad_statuses: u64 = self
             .statuses
@@ -122,12 +126,12 @@ impl Stats {
             .filter(|(status, _)| !(200..300).contains(*status))
             .map(|(_, n)| n)
             .sum();
-        bad_statuses + self.failures.values().sum::<u64>()
+        bad_statuses + self.failures.values().sum::<u64>() + self.unsent
     }
 
-    /// Every exchange tried: replies and failures.
+    /// Every request due: replies, exchanges with no reply, and requests never sent.
     pub fn attempts(&self) -> u64 {
-        self.replies() + self.failures.values().sum::<u64>()
+        self.replies() + self.failures.values().sum::<u64>() + self.unsent
     }
 
     fn second(&mut self, at: Duration) -> &mut Second {
