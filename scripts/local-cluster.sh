@@ -78,8 +78,8 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/tracknum-cluster.XXXXXX")
 declare -A pids=()
 cleanup() {
   set +e
+  # nginx runs in the foreground (daemon off), so its master is one of these.
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
-  [ -f "$work/nginx/nginx.pid" ] && kill "$(cat "$work/nginx/nginx.pid")" 2>/dev/null
   wait 2>/dev/null
   if [ "${KEEP:-}" = 1 ]; then say "kept $work"; else rm -rf "$work"; fi
 }

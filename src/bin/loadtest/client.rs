@@ -1,6 +1,7 @@
 //! One keep-alive HTTP/1.1 connection per worker, plain or TLS, and one exchange on it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,7 +30,19 @@ pub enum Failure {
     Broken,
 }
 
+/// Whether the first failure of each kind has been shown.
+static SHOWN: [AtomicBool; 4] = [const { AtomicBool::new(false) }; 4];
+
 impl Failure {
+    /// This failure, after telling the user (once per kind) what went wrong: "tls" alone does
+    /// not say that a certificate was refused.
+    fn because(self, cause: impl std::fmt::Display) -> Failure {
+        if !SHOWN[self as usize].swap(true, Ordering::Relaxed) {
+            eprintln!("loadtest: first {} error: {cause}", self.as_str());
+        }
+        self
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Failure::Connect => "connect",
@@ -87,12 +100,19 @@ impl Client {
         &self.target
     }
 
+    fn timed_out(&self) -> Failure {
+        Failure::Timeout.because(format_args!(
+            "no answer within {} (--timeout)",
+            humantime::format_duration(self.timeout)
+        ))
+    }
+
     /// A new connection, within the reply timeout.
     pub async fn connect(&self) -> Result<Connection, Failure> {
         let connecting = async {
             let tcp = TcpStream::connect((self.target.host.as_str(), self.target.port))
                 .await
-                .map_err(|_| Failure::Connect)?;
+                .map_err(|e| Failure::Connect.because(e))?;
             let _ = tcp.set_nodelay(true);
             match &self.tls {
                 None => handshake(tcp).await,
@@ -100,14 +120,14 @@ impl Client {
                     let tls = connector
                         .connect(name.clone(), tcp)
                         .await
-                        .map_err(|_| Failure::Tls)?;
+                        .map_err(|e| Failure::Tls.because(e))?;
                     handshake(tls).await
                 }
             }
         };
         tokio::time::timeout(self.timeout, connecting)
             .await
-            .unwrap_or(Err(Failure::Timeout))
+            .unwrap_or_else(|_| Err(self.timed_out()))
     }
 
     /// Sends the target request on `connection` (opening one when there is none) and reads the
@@ -123,17 +143,11 @@ impl Client {
         *request.headers_mut() = self.target.headers.clone();
 
         let exchange = async {
-            open.ready().await.map_err(|_| Failure::Broken)?;
-            let reply = open
-                .send_request(request)
-                .await
-                .map_err(|_| Failure::Broken)?;
+            let broken = |e: hyper::Error| Failure::Broken.because(e);
+            open.ready().await.map_err(broken)?;
+            let reply = open.send_request(request).await.map_err(broken)?;
             let (parts, body) = reply.into_parts();
-            let body = body
-                .collect()
-                .await
-                .map_err(|_| Failure::Broken)?
-                .to_bytes();
+            let body = body.collect().await.map_err(broken)?.to_bytes();
             let closing = parts
                 .headers
                 .get(CONNECTION)
@@ -148,7 +162,7 @@ impl Client {
         };
         let (reply, closing) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .unwrap_or(Err(Failure::Timeout))?;
+            .unwrap_or_else(|_| Err(self.timed_out()))?;
         if !closing {
             *connection = Some(open);
         }
@@ -162,7 +176,7 @@ where
 {
     let (send, driver) = http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|_| Failure::Broken)?;
+        .map_err(|e| Failure::Broken.because(e))?;
     tokio::spawn(async move {
         // Ends when the server or our side closes the connection; errors show up in send.
         let _ = driver.await;
