@@ -6,8 +6,11 @@
 #   2. cluster: the load test through nginx, while one instance is killed (SIGKILL) and, a
 #      while later, started again.
 #
+#   3. a batch with an Idempotency-Key, sent twice through nginx: the second answer must be
+#      the first one replayed.
+#
 # It fails on any duplicate or invalid number, on errors outside the time the instance was
-# down, or on a keyed write nginx did not send back to the first reply.
+# down, or on a keyed batch that was not replayed.
 #
 # Usage: scripts/local-cluster.sh [--short] [--duration 30s] [--concurrency 64]
 #   --short           a quick run for CI (3 s single, 8 s cluster)
@@ -25,7 +28,7 @@ while [ $# -gt 0 ]; do
     --short) cluster_s=8 ;;
     --duration) cluster_s=${2%s}; shift ;;
     --concurrency) concurrency=$2; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
