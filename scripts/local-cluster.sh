@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     --short) cluster_s=8 ;;
     --duration) cluster_s=${2%s}; shift ;;
     --concurrency) concurrency=$2; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
