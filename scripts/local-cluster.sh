@@ -44,28 +44,12 @@ restart_at_ms=$(( cluster_s * 500 ))
 say() { printf 'local-cluster: %s\n' "$*" >&2; }
 
 # --- what it needs ------------------------------------------------------------------------
-install_debian() {
-  command -v apt-get >/dev/null 2>&1 || { say "please install: $*"; exit 1; }
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  say "installing $* (Debian packages)"
-  # Packages only: no service may start on the machine's own ports.
-  local policy=/usr/sbin/policy-rc.d placed=""
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-    $sudo chmod +x "$policy"
-    placed=1
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
-  [ -z "$placed" ] || $sudo rm -f "$policy"
-}
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
-[ ${#missing[@]} -eq 0 ] || install_debian "${missing[@]}"
+[ ${#missing[@]} -eq 0 ] || ./scripts/apt-install.sh "${missing[@]}"
 nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ -z "${TRACKNUM_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
@@ -194,11 +178,8 @@ down_from, down_to = killed - t0, back - t0
 grace_ms = 1000
 
 def errors_in(s, lo, hi):
-    out, t = 0, 0
-    for second, row in enumerate(s["timeline"]):
-        if lo // 1000 <= second <= hi // 1000:
-            out += row["errors"]
-    return out
+    return sum(row["errors"] for second, row in enumerate(s["timeline"])
+               if lo // 1000 <= second <= hi // 1000)
 
 def line(name, s):
     l = s["latency_ms"]
@@ -209,9 +190,9 @@ def line(name, s):
 print("local-cluster results")
 print(line("1 instance, direct", single))
 print(line("3 instances via nginx", cluster))
+while_down = errors_in(cluster, down_from, down_to + grace_ms)
 print(f"  tracknum-2 down from {down_from / 1000:.1f} s to {down_to / 1000:.1f} s of the cluster run;"
-      f" errors while down: {errors_in(cluster, down_from, down_to + grace_ms)},"
-      f" errors at other times: {cluster['errors'] - errors_in(cluster, down_from, down_to + grace_ms)};"
+      f" errors while down: {while_down}, errors at other times: {cluster['errors'] - while_down};"
       f" nginx retried {retried} requests on another instance")
 
 problems = []

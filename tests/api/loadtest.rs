@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tracknum::domain::codec::check_char;
+use tracknum::domain::codec::{DIGITS, check_char};
 
 use crate::helpers::{free_port, keys_file, spawn_embedded};
 
@@ -47,7 +47,7 @@ fn number(serial: u64) -> String {
 fn radix36(mut n: u64) -> String {
     let mut out = Vec::new();
     loop {
-        out.push(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(n % 36) as usize]);
+        out.push(DIGITS[(n % 36) as usize]);
         n /= 36;
         if n == 0 {
             break;
