@@ -6,7 +6,7 @@
 #
 # Without --url it starts ./target/release/tracknum (cargo build --release first) on a free
 # loopback port with a fresh temporary data dir; flags after -- go to it, e.g.
-#   scripts/bench-batch.sh -- --redis-url redis://127.0.0.1:6391 --secret SOME-SECRET
+#   scripts/bench-batch.sh -- --redis-url redis://127.0.0.1:6391 --secret bench-secret-0123456789
 set -euo pipefail
 secs=10 conns=4 count=1000 url=""
 while [ $# -gt 0 ]; do

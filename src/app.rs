@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
 use crate::http::cors::Cors;
-use crate::http::gateway::{Gateway, GatewayService, Limits};
+use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, GatewayService, Limits};
 use crate::http::{self, AppState};
 use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
@@ -261,6 +261,7 @@ fn build_gateway(
             max_body_bytes: MAX_BODY_BYTES,
         },
         client_ip_header: config.client_ip_header.clone(),
+        auth_failures: LocalLimiter::new(AUTH_FAILURE_QUOTA),
     })
 }
 

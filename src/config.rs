@@ -160,6 +160,17 @@ impl Config {
         let config = match Config::try_parse_from(args) {
             Ok(config) => config,
             Err(err) if !err.use_stderr() => err.exit(),
+            Err(err) if names_a_secret(&err) => {
+                // clap quotes the bad value, and this one may hold a password: name the
+                // setting and the rule only.
+                let arg = err
+                    .get(clap::error::ContextKind::InvalidArg)
+                    .map_or_else(String::new, ToString::to_string);
+                return Err(name_env(&format!(
+                    "invalid value for '{arg}': {} (the value is not shown: it may hold a password)",
+                    REDIS_URL_FORM
+                )));
+            }
             Err(err) => {
                 let text = err.to_string();
                 let first = text.lines().next().unwrap_or("invalid arguments");
@@ -182,9 +193,10 @@ impl Config {
             return Err(format!("--cors-origins (TRACKNUM_CORS_ORIGINS): {err}"));
         }
         match &self.secret {
-            Some(secret) if secret.trim().is_empty() => {
-                Err("--secret (TRACKNUM_SECRET) must not be empty".into())
-            }
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(format!(
+                "--secret (TRACKNUM_SECRET) must be at least {MIN_SECRET_BYTES} bytes: it keys \
+                 the numbers' permutation and customer tags (e.g. `openssl rand -hex 32`)"
+            )),
             None if self.redis_url.is_some() => Err(
                 "--secret (TRACKNUM_SECRET) is required with --redis-url: every instance sharing \
                  a Redis must use the same secret, and it must outlive Redis' data"
@@ -213,11 +225,22 @@ fn name_env(message: &str) -> String {
     }
 }
 
+/// The shortest `--secret` taken: shorter ones can be guessed offline from issued numbers.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+const REDIS_URL_FORM: &str = "expected redis://[user:pass@]host:port[/db] or rediss://…";
+
 fn parse_redis_url(value: &str) -> Result<String, String> {
     redis::parse_redis_url(value)
         .filter(|url| matches!(url.scheme(), "redis" | "rediss" | "redis+unix" | "unix"))
         .map(|_| value.to_owned())
-        .ok_or_else(|| "expected redis://host:port[/db] or rediss://…".into())
+        .ok_or_else(|| REDIS_URL_FORM.into())
+}
+
+/// Whether a clap error is about a setting whose value must never be echoed.
+fn names_a_secret(err: &clap::Error) -> bool {
+    err.get(clap::error::ContextKind::InvalidArg)
+        .is_some_and(|arg| arg.to_string().starts_with("--redis-url"))
 }
 
 fn parse_rate(value: &str) -> Result<f64, String> {
@@ -323,10 +346,31 @@ mod tests {
             "--redis-url",
             "redis://127.0.0.1:6379",
             "--secret",
-            "s3cret",
+            "s3cret-s3cret-s3cret",
         ])
         .unwrap();
         assert_eq!(ok.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn a_bad_redis_url_is_never_echoed() {
+        for url in [
+            "http://admin:hunter2-password@redis.internal:6379",
+            "redis://admin:hunter2-password@redis.internal:notaport",
+        ] {
+            let err = load(&["--redis-url", url, "--secret", "0123456789abcdef"]).unwrap_err();
+            assert!(err.contains("--redis-url"), "{err}");
+            assert!(!err.contains("hunter2"), "the password leaked: {err}");
+            assert!(!err.contains("redis.internal"), "the URL leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        let err = load(&["--secret", "fifteen-bytes!!"]).unwrap_err();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        assert!(!err.contains("fifteen"), "{err}");
+        assert!(load(&["--secret", "sixteen-bytes!!!"]).is_ok());
     }
 
     #[test]

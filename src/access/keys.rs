@@ -6,10 +6,14 @@
 //! ```text
 //! # comments and blank lines are ignored; surrounding whitespace is trimmed
 //! billing-batch:sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
-//! warehouse.eu-1:sha256:60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752
+//! shop-a:sha256:60303AE22B998861BCE3B28F33EEC1BE758A213C86C93C076DBE9F558C11C752 tenant=acme
+//! ops:sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae role=admin
 //! ```
 //! - the name is 1 to 64 characters of `A-Z a-z 0-9 . _ -`, unique in the file; it is what
 //!   the service logs and rate-limits by, so it must not be secret;
+//! - after the hash, optional attributes separated by blanks: `tenant=<name>` (same rule as a
+//!   key name; default: the key's own name) says whose records the key reads and writes, and
+//!   `role=admin` lets the key see every tenant's records (`role=member`, the default, its own);
 //! - the hash is `sha256:` and the 64 hexadecimal digits (either case) of the SHA-256 of the
 //!   key's UTF-8 bytes, e.g. `printf %s "$KEY" | sha256sum`; plaintext keys are refused;
 //! - two names may not share a key.
@@ -31,6 +35,8 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::domain::{Principal, Tenant};
+
 const MAX_NAME_LEN: usize = 64;
 const LINE_FORMAT: &str = "expected `<name>:sha256:<64 hex digits>`";
 /// The watcher never polls faster than this, whatever it is asked.
@@ -38,14 +44,27 @@ const MIN_POLL: Duration = Duration::from_millis(10);
 
 type Hash = [u8; 32];
 
-struct StoredKey {
+/// One key of the file: its name, whose data it reaches, and the SHA-256 of the key.
+pub struct ApiKey {
     name: Box<str>,
+    principal: Principal,
     hash: Hash,
+}
+
+impl ApiKey {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tenant the key acts for, and whether it is an admin.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
 }
 
 /// A validated set of API keys: names and the SHA-256 of each key, never the keys.
 pub struct ApiKeys {
-    keys: Box<[StoredKey]>,
+    keys: Box<[ApiKey]>,
 }
 
 impl ApiKeys {
@@ -61,7 +80,8 @@ impl ApiKeys {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (name, hash) = parse_line(line).map_err(|why| format!("line {number}: {why}"))?;
+            let (name, hash, principal) =
+                parse_line(line).map_err(|why| format!("line {number}: {why}"))?;
             if let Some(first) = line_of_name.insert(name, number) {
                 return Err(format!(
                     "line {number}: the name is already used on line {first}"
@@ -72,8 +92,9 @@ impl ApiKeys {
                     "line {number}: the same key is already listed on line {first}"
                 ));
             }
-            keys.push(StoredKey {
+            keys.push(ApiKey {
                 name: name.into(),
+                principal,
                 hash,
             });
         }
@@ -97,10 +118,10 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
-    /// The name of the key `presented` is, if any. The key is hashed once and compared with
-    /// every stored hash in constant time, without stopping at a match, so the time taken says
-    /// nothing about which key matched or how much of a hash did.
-    pub fn verify(&self, presented: &str) -> Option<&str> {
+    /// The key `presented` is, if any. The key is hashed once and compared with every stored
+    /// hash in constant time, without stopping at a match, so the time taken says nothing
+    /// about which key matched or how much of a hash did.
+    pub fn verify(&self, presented: &str) -> Option<&ApiKey> {
         if presented.is_empty() {
             return None;
         }
@@ -112,7 +133,7 @@ impl ApiKeys {
             at.conditional_assign(&(index as u64), matched);
             found |= matched;
         }
-        bool::from(found).then(|| &*self.keys[at as usize].name)
+        bool::from(found).then(|| &self.keys[at as usize])
     }
 }
 
@@ -125,10 +146,12 @@ impl fmt::Debug for ApiKeys {
     }
 }
 
-/// One non-blank, non-comment line: its name and hash, or why it is not valid. The reason
-/// never quotes the line.
-fn parse_line(line: &str) -> Result<(&str, Hash), &'static str> {
-    let (name, rest) = line.split_once(':').ok_or(LINE_FORMAT)?;
+/// One non-blank, non-comment line: its name, hash and principal, or why it is not valid. The
+/// reason never quotes the line.
+fn parse_line(line: &str) -> Result<(&str, Hash, Principal), &'static str> {
+    let mut words = line.split_ascii_whitespace();
+    let key = words.next().ok_or(LINE_FORMAT)?;
+    let (name, rest) = key.split_once(':').ok_or(LINE_FORMAT)?;
     if !valid_name(name) {
         return Err("the name must be 1 to 64 characters of A-Z a-z 0-9 . _ -");
     }
@@ -139,8 +162,29 @@ fn parse_line(line: &str) -> Result<(&str, Hash), &'static str> {
         return Err("only `sha256:` hashes are supported");
     }
     let hash = decode_hash(hex).ok_or("the hash must be 64 hexadecimal digits")?;
-    Ok((name, hash))
+    let (mut tenant, mut admin) = (None, None);
+    for word in words {
+        let (slot, value) = match word.split_once('=') {
+            Some(("tenant", value)) => (&mut tenant, value),
+            Some(("role", value)) => (&mut admin, value),
+            _ => return Err(ATTRIBUTE_FORMAT),
+        };
+        if slot.replace(value).is_some() {
+            return Err("an attribute is given twice");
+        }
+    }
+    let tenant = Tenant::parse(tenant.unwrap_or(name))
+        .ok_or("the tenant must be 1 to 64 characters of A-Z a-z 0-9 . _ -")?;
+    let principal = match admin {
+        None | Some("member") => Principal::member(tenant),
+        Some("admin") => Principal::admin(tenant),
+        Some(_) => return Err("the role must be `admin` or `member`"),
+    };
+    Ok((name, hash, principal))
 }
+
+const ATTRIBUTE_FORMAT: &str =
+    "after the hash, only `tenant=<name>` and `role=admin` or `role=member` may follow";
 
 fn valid_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
@@ -373,8 +417,8 @@ mod tests {
     fn parses_names_hashes_comments_and_blank_lines() {
         let keys = two_keys();
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys.verify("key-of-alice"), Some("alice"));
-        assert_eq!(keys.verify("key-of-bob"), Some("bob.batch_2-x"));
+        assert_eq!(keys.verify("key-of-alice").map(ApiKey::name), Some("alice"));
+        assert_eq!(keys.verify("key-of-bob").map(ApiKey::name), Some("bob.batch_2-x"));
     }
 
     #[test]
@@ -384,17 +428,17 @@ mod tests {
             hash_of("k").to_uppercase()
         );
         let keys = ApiKeys::parse(&text).unwrap();
-        assert_eq!(keys.verify("k"), Some("upper"));
+        assert_eq!(keys.verify("k").map(ApiKey::name), Some("upper"));
     }
 
     #[test]
     fn verify_refuses_wrong_empty_and_near_keys() {
         let keys = two_keys();
         for wrong in ["", "key-of-alic", "key-of-alice ", "KEY-OF-ALICE", "alice"] {
-            assert_eq!(keys.verify(wrong), None, "{wrong:?}");
+            assert!(keys.verify(wrong).is_none(), "{wrong:?}");
         }
         // The hash itself is not a key.
-        assert_eq!(keys.verify(&hash_of("key-of-alice")), None);
+        assert_eq!(keys.verify(&hash_of("key-of-alice")).map(ApiKey::name), None);
     }
 
     #[test]
@@ -403,9 +447,9 @@ mod tests {
             .map(|i| line(&format!("k{i}"), &format!("secret-{i}")))
             .collect();
         let keys = ApiKeys::parse(&text).unwrap();
-        assert_eq!(keys.verify("secret-99"), Some("k99"));
-        assert_eq!(keys.verify("secret-0"), Some("k0"));
-        assert_eq!(keys.verify("secret-100"), None);
+        assert_eq!(keys.verify("secret-99").map(ApiKey::name), Some("k99"));
+        assert_eq!(keys.verify("secret-0").map(ApiKey::name), Some("k0"));
+        assert_eq!(keys.verify("secret-100").map(ApiKey::name), None);
     }
 
     /// Every kind of bad line: the error names the line and the reason, never the content.
@@ -466,6 +510,43 @@ mod tests {
         }
         // A name of exactly 64 characters is fine.
         ApiKeys::parse(&line(&"n".repeat(64), "k")).unwrap();
+    }
+
+    #[test]
+    fn keys_belong_to_their_own_tenant_unless_told_otherwise() {
+        let text = format!(
+            "{}{} tenant=acme\n{}  role=admin\t tenant=acme\n{} role=member\n",
+            line("solo", "k1"),
+            line("shop-a", "k2").trim_end(),
+            line("ops", "k3").trim_end(),
+            line("plain", "k4").trim_end(),
+        );
+        let keys = ApiKeys::parse(&text).unwrap();
+        let principal = |key: &str| keys.verify(key).unwrap().principal().clone();
+        let tenant = |name: &str| Tenant::parse(name).unwrap();
+        assert_eq!(principal("k1"), Principal::member(tenant("solo")));
+        assert_eq!(principal("k2"), Principal::member(tenant("acme")));
+        assert_eq!(principal("k3"), Principal::admin(tenant("acme")));
+        assert_eq!(principal("k4"), Principal::member(tenant("plain")));
+    }
+
+    #[test]
+    fn refuses_bad_attributes_without_echoing_them() {
+        let hash = hash_of("x");
+        for (attributes, why) in [
+            ("tenant=", "the tenant must be"),
+            ("tenant=a/b", "the tenant must be"),
+            ("role=root", "the role must be"),
+            ("owner=hunter2", "only `tenant=<name>`"),
+            ("hunter2", "only `tenant=<name>`"),
+            ("tenant=a tenant=b", "given twice"),
+        ] {
+            let error = ApiKeys::parse(&format!("svc:sha256:{hash} {attributes}\n"))
+                .err()
+                .unwrap_or_else(|| panic!("{attributes} parsed"));
+            assert!(error.contains(why), "{error} should say {why}");
+            assert!(!error.contains("hunter2"), "{error}");
+        }
     }
 
     #[test]
@@ -544,12 +625,12 @@ mod tests {
         let path = dir.path().join("api.keys");
         write(&path, &line("a", "ka"));
         let ring = KeyRing::open(&path).unwrap();
-        assert_eq!(ring.current().verify("ka"), Some("a"));
+        assert_eq!(ring.current().verify("ka").map(ApiKey::name), Some("a"));
 
         write(&path, &(line("a", "ka2") + &line("b", "kb")));
         assert_eq!(ring.reload(), Ok(2));
-        assert_eq!(ring.current().verify("ka"), None);
-        assert_eq!(ring.current().verify("ka2"), Some("a"));
+        assert_eq!(ring.current().verify("ka").map(ApiKey::name), None);
+        assert_eq!(ring.current().verify("ka2").map(ApiKey::name), Some("a"));
 
         write(&path, "a:plaintext\n");
         let error = ring.reload().unwrap_err();
@@ -559,11 +640,11 @@ mod tests {
         );
         assert!(!error.contains("plaintext\n"), "{error}");
         assert_eq!(ring.current().len(), 2);
-        assert_eq!(ring.current().verify("kb"), Some("b"));
+        assert_eq!(ring.current().verify("kb").map(ApiKey::name), Some("b"));
 
         std::fs::remove_file(&path).unwrap();
         assert!(ring.reload().is_err());
-        assert_eq!(ring.current().verify("kb"), Some("b"));
+        assert_eq!(ring.current().verify("kb").map(ApiKey::name), Some("b"));
     }
 
     #[test]
@@ -603,7 +684,7 @@ mod tests {
 
         write(&path, "not a key file\n");
         tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(ring.current().verify("two"), Some("a"));
+        assert_eq!(ring.current().verify("two").map(ApiKey::name), Some("a"));
 
         write(&path, &line("a", "three"));
         eventually("reload after a bad file", || {
@@ -633,7 +714,7 @@ mod tests {
         symlink("..v1", root.join("..data")).unwrap();
         symlink("..data/api.keys", root.join("api.keys")).unwrap();
         let ring = KeyRing::open(&root.join("api.keys")).unwrap();
-        assert_eq!(ring.current().verify("first"), Some("svc"));
+        assert_eq!(ring.current().verify("first").map(ApiKey::name), Some("svc"));
         let stop = CancellationToken::new();
         let _watch = ring.spawn_watch(Duration::from_millis(50), stop.clone());
 

@@ -5,5 +5,5 @@
 pub mod keys;
 pub mod ratelimit;
 
-pub use keys::{ApiKeys, KeyRing, bearer_token};
+pub use keys::{ApiKey, ApiKeys, KeyRing, bearer_token};
 pub use ratelimit::{Decision, LocalLimiter, Quota, RateLimiter, RedisLimiter};

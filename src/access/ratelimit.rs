@@ -285,6 +285,14 @@ impl LocalLimiter {
         decision
     }
 
+    /// How long until `subject` has a token again, when it has none at `now`; spends nothing.
+    pub fn exhausted(&self, subject: &str, now: Instant) -> Option<Duration> {
+        let buckets = self.buckets.lock(subject);
+        let mut full_at = *buckets.get(subject)?;
+        let decision = self.timing.take(&mut full_at, now);
+        (!decision.allowed).then_some(decision.retry_after)
+    }
+
     /// Forgets the buckets that have been full for a while.
     pub fn sweep(&self, now: Instant) {
         self.buckets.each_stripe(|buckets| {
@@ -354,6 +362,20 @@ mod tests {
 
     fn quota(per_second: f64, burst: u32) -> Quota {
         Quota { per_second, burst }
+    }
+
+    #[test]
+    fn exhausted_tells_without_spending() {
+        let limiter = LocalLimiter::new(quota(1.0, 2));
+        let now = Instant::now();
+        assert_eq!(limiter.exhausted("a", now), None, "an unknown subject has tokens");
+        assert!(limiter.check("a", now).allowed);
+        assert_eq!(limiter.exhausted("a", now), None);
+        assert_eq!(limiter.exhausted("a", now), None, "asking spends nothing");
+        assert!(limiter.check("a", now).allowed);
+        let wait = limiter.exhausted("a", now).expect("both tokens spent");
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert_eq!(limiter.exhausted("a", now + Duration::from_secs(1)), None);
     }
 
     fn allowed(limiter: &LocalLimiter, subject: &str, now: Instant, times: usize) -> usize {

@@ -89,7 +89,7 @@ pub fn spawn_refill(
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, retry_in = ?backoff, "lease failed");
-                        status.set(Some(err.to_string()));
+                        status.set(Some(err.probe_reason()));
                         tokio::select! {
                             () = tokio::time::sleep(backoff) => {}
                             () = stop.cancelled() => {}

@@ -10,6 +10,8 @@ pub mod order;
 pub mod patch;
 pub mod record;
 pub mod request;
+pub mod strict_json;
+pub mod tenant;
 
 pub use codec::{Codec, TrackingNumber};
 pub use country::Country;
@@ -17,3 +19,4 @@ pub use order::{FieldError, Order, OrderInput, Weight};
 pub use patch::{BadMove, RecordPatch};
 pub use record::{Record, Status, etag};
 pub use request::{IssueInput, IssueRequest};
+pub use tenant::{Principal, Tenant};

@@ -149,6 +149,54 @@ where
 /// Parses an RFC 3339 timestamp. A `+` sent unencoded in a query string decodes to a space, so
 /// a trailing ` HH:MM` is read as `+HH:MM`.
 pub(crate) fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
+    parse_rfc3339_lenient(s).filter(real_leap_second_if_any)
+}
+
+/// chrono takes a `:60` second on any minute of any day; only the 27 leap seconds that were
+/// inserted (at 23:59:60 UTC) are real instants.
+fn real_leap_second_if_any(at: &DateTime<FixedOffset>) -> bool {
+    use chrono::{Datelike, Timelike};
+    if at.nanosecond() < 1_000_000_000 {
+        return true;
+    }
+    let utc = at.naive_utc();
+    let date = utc.date();
+    (utc.hour(), utc.minute(), utc.second()) == (23, 59, 59)
+        && LEAP_SECOND_DAYS.contains(&(date.year(), date.month(), date.day()))
+}
+
+/// The UTC days that ended with a leap second (IERS Bulletin C; none since 2016).
+const LEAP_SECOND_DAYS: [(i32, u32, u32); 27] = [
+    (1972, 6, 30),
+    (1972, 12, 31),
+    (1973, 12, 31),
+    (1974, 12, 31),
+    (1975, 12, 31),
+    (1976, 12, 31),
+    (1977, 12, 31),
+    (1978, 12, 31),
+    (1979, 12, 31),
+    (1981, 6, 30),
+    (1982, 6, 30),
+    (1983, 6, 30),
+    (1985, 6, 30),
+    (1987, 12, 31),
+    (1989, 12, 31),
+    (1990, 12, 31),
+    (1992, 6, 30),
+    (1993, 6, 30),
+    (1994, 6, 30),
+    (1995, 12, 31),
+    (1997, 6, 30),
+    (1998, 12, 31),
+    (2005, 12, 31),
+    (2008, 12, 31),
+    (2012, 6, 30),
+    (2015, 6, 30),
+    (2016, 12, 31),
+];
+
+fn parse_rfc3339_lenient(s: &str) -> Option<DateTime<FixedOffset>> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt);
     }
@@ -627,6 +675,27 @@ mod tests {
         let neg = parse_created_at("2018-11-20T06:29:32.5-05:00").unwrap();
         assert_eq!(neg.offset().local_minus_utc(), -5 * 3600);
         assert_eq!(neg.timestamp_subsec_millis(), 500);
+    }
+
+    #[test]
+    fn created_at_takes_only_real_leap_seconds() {
+        for real in [
+            "2016-12-31T23:59:60Z",
+            "2017-01-01T08:59:60+09:00",
+            "1972-06-30T23:59:60.5Z",
+            "2012-06-30T19:59:60-04:00",
+        ] {
+            assert!(parse_created_at(real).is_some(), "{real}");
+        }
+        for invented in [
+            "2018-11-20T23:59:60Z",
+            "2016-12-31T22:59:60Z",
+            "2016-12-31T23:58:60Z",
+            "2016-12-31T23:59:60+01:00",
+            "2026-06-30T23:59:60Z",
+        ] {
+            assert_eq!(parse_created_at(invented), None, "{invented}");
+        }
     }
 
     #[test]

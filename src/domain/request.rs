@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::order::{FieldError, Order, OrderInput, parse_created_at};
+use super::strict_json::{self, ParseError};
 
 /// At most this many numbers per batch.
 pub const MAX_BATCH: usize = 1000;
@@ -113,10 +114,14 @@ pub fn json_object(body: &[u8]) -> Result<Map<String, Value>, Vec<FieldError>> {
     if body.is_empty() {
         return Ok(Map::new());
     }
-    match serde_json::from_slice(body) {
+    match strict_json::parse(body) {
         Ok(Value::Object(object)) => Ok(object),
         Ok(_) => Err(vec![FieldError::new("body", "must be a JSON object")]),
-        Err(err) => Err(vec![FieldError::new(
+        Err(ParseError::Repeated(path)) => Err(vec![FieldError::new(
+            path,
+            "is given more than once; give each member once",
+        )]),
+        Err(ParseError::Syntax(err)) => Err(vec![FieldError::new(
             "body",
             format!("is not valid JSON: {err}"),
         )]),
@@ -382,6 +387,10 @@ mod tests {
         assert!(json_object(b" {} \n").unwrap().is_empty());
         assert_eq!(fields(json_object(b"[1]").unwrap_err()), ["body"]);
         assert_eq!(fields(json_object(b"{\"a\":").unwrap_err()), ["body"]);
+        assert_eq!(
+            fields(json_object(br#"{"count":1,"count":3}"#).unwrap_err()),
+            ["count"]
+        );
     }
 
     #[test]

@@ -23,9 +23,10 @@ pub async fn read(
     let mut out = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|err| {
+            tracing::debug!(error = %err, "a request body could not be read");
             Problem::invalid(vec![FieldError::new(
                 "body",
-                format!("could not be read: {err}"),
+                "could not be read: the connection failed while it was sent",
             )])
         })?;
         if out.len() + chunk.remaining() > limit {

@@ -10,18 +10,23 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use std::panic::AssertUnwindSafe;
 use std::task::ready;
+
+use futures_util::FutureExt;
+use futures_util::future::CatchUnwind;
 
 use tokio::task::futures::TaskLocalFuture;
 use tracing::Instrument;
 use tracing::instrument::Instrumented;
-use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, header};
+use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
 use warp::reply::Response;
 
 use super::cors::Cors;
 use super::{Problem, request_id};
 use crate::access::keys::{KeyRing, bearer_token};
-use crate::access::ratelimit::{Decision, RateLimiter};
+use crate::access::ratelimit::{Decision, LocalLimiter, Quota, RateLimiter};
+use crate::domain::Principal;
 use crate::metrics::Metrics;
 use crate::telemetry;
 
@@ -44,7 +49,16 @@ pub struct Gateway {
     /// Where the client's address is, when a trusted proxy in front sets it
     /// (`X-Forwarded-For`: its last entry; or a header holding one address).
     pub client_ip_header: Option<HeaderName>,
+    /// Failed authentications per client address: past the burst, the address is refused
+    /// (429) before its keys are even checked, so keys cannot be guessed at speed.
+    pub auth_failures: LocalLimiter,
 }
+
+/// Failed authentications a client address may make at once, and how fast they come back.
+pub const AUTH_FAILURE_QUOTA: Quota = Quota {
+    per_second: 1.0,
+    burst: 20,
+};
 
 const WWW_AUTHENTICATE: &str = r#"Bearer realm="tracknum""#;
 const WWW_AUTHENTICATE_INVALID: &str = r#"Bearer realm="tracknum", error="invalid_token""#;
@@ -92,13 +106,14 @@ enum Admission {
 
 impl Gateway {
     /// The checks that need no waiting: size limits, CORS preflight, API key, a local rate limit.
+    /// An authenticated request leaves with its [`Principal`] in its extensions.
     fn admit<B>(
         &self,
-        request: &Request<B>,
+        request: &mut Request<B>,
         route: &'static str,
         caller: &mut Caller,
     ) -> Admission {
-        if let Err(problem) = self.check_size(request) {
+        if let Err(problem) = self.check_size(request).and_then(|()| check_host(request)) {
             return Admission::Reply(problem.into_response());
         }
         if self.cors.is_preflight(request.method(), request.headers()) {
@@ -110,8 +125,12 @@ impl Gateway {
         if is_open(route) {
             return Admission::Route(None);
         }
-        if let Some(refusal) = self.authenticate(request.headers(), caller) {
-            return Admission::Reply(refusal);
+        match self.authenticate(request.headers(), caller) {
+            Ok(Some(principal)) => {
+                request.extensions_mut().insert(principal);
+            }
+            Ok(None) => {}
+            Err(refusal) => return Admission::Reply(refusal),
         }
         match &*self.limiter {
             RateLimiter::Off => Admission::Route(None),
@@ -202,16 +221,29 @@ impl Gateway {
         Ok(())
     }
 
-    /// With API keys on, the request must carry a known one; its name becomes the caller's.
-    /// The refusal, if any.
-    fn authenticate(&self, headers: &HeaderMap, caller: &mut Caller) -> Option<Response> {
-        let keys = self.keys.as_ref()?;
+    /// With API keys on, the request must carry a known one: its name becomes the caller's, and
+    /// its principal is returned. `Ok(None)` with keys off; `Err` is the refusal.
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        caller: &mut Caller,
+    ) -> Result<Option<Principal>, Response> {
+        let Some(keys) = self.keys.as_ref() else {
+            return Ok(None);
+        };
+        let address = caller.client.to_string();
+        let now = Instant::now();
+        if let Some(wait) = self.auth_failures.exhausted(&address, now) {
+            self.metrics.unauthorized_request("throttled");
+            let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
+            return Err(Problem::too_many_failed_logins(secs).into_response());
+        }
         let presented = headers.get(header::AUTHORIZATION);
         let (reason, challenge, detail) = match bearer_token(presented.map(|v| v.as_bytes())) {
             Some(token) => match keys.current().verify(token) {
-                Some(name) => {
-                    caller.key = Some(name.to_owned());
-                    return None;
+                Some(key) => {
+                    caller.key = Some(key.name().to_owned());
+                    return Ok(Some(key.principal().clone()));
                 }
                 None => (
                     "unknown_key",
@@ -231,12 +263,13 @@ impl Gateway {
             ),
         };
         self.metrics.unauthorized_request(reason);
+        self.auth_failures.check(&address, now);
         let mut response = Problem::unauthorized(detail).into_response();
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(challenge),
         );
-        Some(response)
+        Err(response)
     }
 
     fn client_ip(&self, headers: &HeaderMap, remote: SocketAddr) -> IpAddr {
@@ -246,6 +279,19 @@ impl Gateway {
             .and_then(|value| value.rsplit(',').next()?.trim().parse().ok())
             .unwrap_or_else(|| remote.ip())
     }
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one `Host`; no request carries two.
+fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
+    let hosts = request.headers().get_all(header::HOST).iter().count();
+    let needs_one = request.version() == Version::HTTP_11;
+    if hosts > 1 || (needs_one && hosts == 0) {
+        return Err(Problem::invalid_header(
+            "Host",
+            "an HTTP/1.1 request must carry exactly one Host header",
+        ));
+    }
+    Ok(())
 }
 
 fn add_rate_headers(headers: &mut HeaderMap, decision: &Decision) {
@@ -307,8 +353,10 @@ pub struct GatewayService<S> {
     pub remote: SocketAddr,
 }
 
-/// The routes' future, bounded in time and run with the request id (and its log span) set.
-type Routed<F> = Instrumented<tokio::time::Timeout<TaskLocalFuture<HeaderValue, F>>>;
+/// The routes' future, bounded in time, run with the request id (and its log span) set, and
+/// with any panic caught (it becomes a generic 500; the server and the connection go on).
+type Routed<F> =
+    Instrumented<tokio::time::Timeout<TaskLocalFuture<HeaderValue, CatchUnwind<AssertUnwindSafe<F>>>>>;
 
 impl<S, B> tower_service::Service<Request<B>> for GatewayService<S>
 where
@@ -329,7 +377,7 @@ where
 
     /// Everything that needs no waiting happens here, and the routes' future is built in place
     /// inside the one returned: on the hot path nothing is boxed and nothing large is moved.
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let started = Instant::now();
         let gateway = &self.gateway;
         let id = request_id::accept(request.headers().get(request_id::HEADER))
@@ -339,8 +387,9 @@ where
             key: None,
             client: gateway.client_ip(request.headers(), self.remote),
         };
-        let admission =
-            request_id::sync_scope(id.clone(), || gateway.admit(&request, route, &mut caller));
+        let admission = request_id::sync_scope(id.clone(), || {
+            gateway.admit(&mut request, route, &mut caller)
+        });
         let mut finish = Finish {
             gateway: gateway.clone(),
             id,
@@ -363,7 +412,11 @@ where
             Admission::Route(decision) => {
                 finish.decision = decision;
                 Stage::Routing {
-                    routed: route_future(&finish, self.inner.call(request)),
+                    routed: route_future(
+                        &finish.id,
+                        gateway.limits.request_timeout,
+                        self.inner.call(request),
+                    ),
                 }
             }
             Admission::AskLimiter => Stage::Limiting {
@@ -383,10 +436,36 @@ where
     }
 }
 
-fn route_future<F: Future>(finish: &Finish, future: F) -> Routed<F> {
-    let span = tracing::info_span!("request", id = finish.id.to_str().unwrap_or(""));
-    let limit = finish.gateway.limits.request_timeout;
-    tokio::time::timeout(limit, request_id::scope(finish.id.clone(), future)).instrument(span)
+fn route_future<F: Future>(id: &HeaderValue, limit: Duration, future: F) -> Routed<F> {
+    let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""));
+    let caught = AssertUnwindSafe(future).catch_unwind();
+    tokio::time::timeout(limit, request_id::scope(id.clone(), caught)).instrument(span)
+}
+
+/// What a route's future ended with: its response, a panic, or the time limit.
+fn routed_response(
+    outcome: Result<std::thread::Result<Result<Response, Infallible>>, tokio::time::error::Elapsed>,
+    id: &HeaderValue,
+    limit: Duration,
+) -> Response {
+    match outcome {
+        Ok(Ok(Ok(response))) => response,
+        Ok(Ok(Err(never))) => match never {},
+        Ok(Err(panic)) => request_id::sync_scope(id.clone(), || {
+            tracing::error!(panic = panic_text(&*panic), "a request panicked");
+            Problem::internal().into_response()
+        }),
+        Err(_) => request_id::sync_scope(id.clone(), || Problem::timed_out(limit).into_response()),
+    }
+}
+
+/// A panic's message, for the log only.
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
 }
 
 /// The slow path, for a rate limit shared through Redis: ask it, then route (or refuse).
@@ -407,13 +486,8 @@ where
         Admission::Reply(response) => (response, None),
         _ => {
             let limit = gateway.limits.request_timeout;
-            let routed = Box::pin(request_id::scope(id.clone(), inner.call(request)));
-            let response = match tokio::time::timeout(limit, routed).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => request_id::sync_scope(id, || Problem::timed_out(limit).into_response()),
-            };
-            (response, Some(decision))
+            let routed = Box::pin(route_future(&id, limit, inner.call(request)));
+            (routed_response(routed.await, &id, limit), Some(decision))
         }
     }
 }
@@ -447,17 +521,11 @@ where
         let this = self.project();
         let response = match this.stage.project() {
             StageProjection::Answered { response } => response.take().unwrap_or_default(),
-            StageProjection::Routing { routed } => match ready!(routed.poll(cx)) {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_) => {
-                    let finish = this.finish.as_ref().expect("polled after completion");
-                    let limit = finish.gateway.limits.request_timeout;
-                    request_id::sync_scope(finish.id.clone(), || {
-                        Problem::timed_out(limit).into_response()
-                    })
-                }
-            },
+            StageProjection::Routing { routed } => {
+                let outcome = ready!(routed.poll(cx));
+                let finish = this.finish.as_ref().expect("polled after completion");
+                routed_response(outcome, &finish.id, finish.gateway.limits.request_timeout)
+            }
             StageProjection::Limiting { future } => {
                 let (response, decision) = ready!(future.as_mut().poll(cx));
                 if let Some(finish) = this.finish.as_mut() {

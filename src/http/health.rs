@@ -56,7 +56,7 @@ async fn readyz(state: SharedState) -> Response {
     let ping = tokio::time::timeout(PING_DEADLINE, state.store.ping()).await;
     let reason = match ping {
         Err(_) => Some("storage did not answer in time".to_owned()),
-        Ok(Err(err)) => Some(err.to_string()),
+        Ok(Err(err)) => Some(err.probe_reason()),
         Ok(Ok(())) if serials == 0 => Some(
             state
                 .refill

@@ -80,6 +80,6 @@ fn refused(err: IdempotencyError) -> Problem {
             format!("{err}; retry shortly to get its reply"),
         )
         .retry_after(1),
-        IdempotencyError::Store(err) => Problem::unavailable(err.to_string()),
+        IdempotencyError::Store(err) => err.into(),
     }
 }

@@ -111,8 +111,13 @@ fn canonical(operation: &str, inputs: &(impl serde::Serialize + ?Sized)) -> Stri
 }
 
 fn issue_failed(err: IssueError) -> Problem {
-    tracing::warn!(error = %err, "could not issue a number");
-    Problem::unavailable(err.to_string())
+    match err {
+        IssueError::Store(err) => err.into(),
+        IssueError::NoSerials(_) => {
+            tracing::warn!(error = %err, "could not issue a number");
+            Problem::unavailable("no tracking number can be issued right now; retry shortly")
+        }
+    }
 }
 
 #[cfg(test)]

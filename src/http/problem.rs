@@ -8,8 +8,11 @@ use warp::reject::Rejection;
 use warp::reply::Response;
 
 use crate::domain::{FieldError, Status};
+use crate::store::StoreError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
+/// A 400 lists at most this many bad inputs.
+pub const MAX_LISTED_ERRORS: usize = 100;
 
 /// An RFC 9457 problem: every error reply has this body.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -60,6 +63,9 @@ struct ProblemMembers {
     /// On a refused status move (409): the status asked for.
     #[schema(nullable = false)]
     to: Option<Status>,
+    /// On a 400: how many inputs were bad in all (`errors` lists at most 100 of them).
+    #[schema(nullable = false)]
+    error_count: Option<usize>,
 }
 
 fn status_code<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
@@ -145,6 +151,19 @@ impl Problem {
         .retry_after(retry_after_secs)
     }
 
+    /// 429: this client address failed to authenticate too often; retry later.
+    pub fn too_many_failed_logins(retry_after_secs: u32) -> Self {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:tracknum:problem:too-many-failed-authentications",
+            "Too Many Requests",
+            format!(
+                "too many failed authentications from this address; retry in {retry_after_secs} s"
+            ),
+        )
+        .retry_after(retry_after_secs)
+    }
+
     /// 414: the request target is over the limit.
     pub fn uri_too_long(limit: usize) -> Self {
         Problem::new(
@@ -205,17 +224,24 @@ impl Problem {
         self
     }
 
-    /// 400: one entry per bad field, all of them.
-    pub fn invalid(errors: Vec<FieldError>) -> Self {
+    /// 400: one entry per bad field, up to [`MAX_LISTED_ERRORS`] of them; `error_count` says
+    /// how many there were in all, so a hostile request cannot make the reply huge.
+    pub fn invalid(mut errors: Vec<FieldError>) -> Self {
+        let total = errors.len();
+        errors.truncate(MAX_LISTED_ERRORS);
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        let mut detail = format!("invalid: {}", fields.join(", "));
+        if total > errors.len() {
+            detail.push_str(&format!(" and {} more", total - errors.len()));
+        }
         let mut problem = Problem::new(
             StatusCode::BAD_REQUEST,
             "urn:tracknum:problem:invalid-input",
             "Invalid input",
-            format!("invalid: {}", fields.join(", ")),
+            detail,
         );
         problem.errors = errors;
-        problem
+        problem.with("error_count", total)
     }
 
     /// 405: the resource exists, but not with this method. The caller adds `Allow`.
@@ -234,6 +260,19 @@ impl Problem {
             "about:blank",
             "Not Found",
             detail.into(),
+        )
+    }
+
+    /// 500: something that should not happen did (corrupt data, a bug). The client learns
+    /// nothing of it but the request id; the log has the rest.
+    pub fn internal() -> Self {
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "urn:tracknum:problem:internal",
+            "Internal error",
+            "the request could not be completed; the service log has the details under this \
+             request's id"
+                .into(),
         )
     }
 
@@ -271,6 +310,21 @@ impl Problem {
     }
 }
 
+/// Storage errors carry their HTTP meaning here, and only here: unreachable or slow storage is a
+/// 503 with `Retry-After`; anything else (corrupt data, a secret mismatch, a bug) is a 500.
+/// Either way the client gets a generic detail and the request id; the log gets the error.
+impl From<StoreError> for Problem {
+    fn from(err: StoreError) -> Problem {
+        if err.is_transient() {
+            tracing::warn!(error = %err, "storage unavailable");
+            Problem::unavailable("storage is unavailable right now; retry shortly")
+        } else {
+            tracing::error!(error = %err, "storage failed");
+            Problem::internal()
+        }
+    }
+}
+
 /// Turns warp's routing and extraction rejections into problems.
 pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
     let (status, detail) = if rejection.is_not_found() {
@@ -295,7 +349,7 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
-        (StatusCode::BAD_REQUEST, format!("{rejection:?}"))
+        (StatusCode::BAD_REQUEST, "the request is not valid".to_owned())
     };
     let title = status.canonical_reason().unwrap_or("Error");
     Ok(Problem::new(status, "about:blank", title, detail).into_response())

@@ -169,6 +169,6 @@ fn failed(err: RecordError) -> Problem {
             "Number reserved",
             detail,
         ),
-        RecordError::Store(err) => Problem::unavailable(err.to_string()),
+        RecordError::Store(err) => err.into(),
     }
 }

@@ -33,14 +33,52 @@ pub enum StoreError {
          every instance sharing a counter must use the same --secret"
     )]
     SecretMismatch { stored: String, ours: String },
-    /// The backend answered with something it should never hold.
+    /// The backend answered with something it should never hold (a record whose checksum
+    /// does not match, say).
     #[error("storage is inconsistent: {0}")]
     Corrupt(String),
+    /// A storage call failed in a way that is a bug, such as a panic inside the backend.
+    #[error("storage failed unexpectedly: {0}")]
+    Bug(String),
+    /// The store refuses writes until its disk is healthy again (full, failing, frozen); the
+    /// reason is our own words, fit for a readiness probe.
+    #[error("storage is not taking writes: {0}")]
+    NotWritable(String),
 }
 
 impl StoreError {
     pub fn unavailable(err: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(err.to_string())
+    }
+
+    /// Whether waiting can cure it (a 503), as opposed to a fault that needs a person (a 500).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::NotWritable(_))
+    }
+
+    /// What a readiness probe may say about it: never a driver's message, a path or a URL.
+    pub fn probe_reason(&self) -> String {
+        match self {
+            StoreError::Unavailable(detail) => {
+                // Name the kind of failure an operator can act on, in our own words.
+                let detail = detail.to_ascii_lowercase();
+                if detail.contains("certificate") {
+                    "storage refused: its TLS certificate is not trusted (see the log)".into()
+                } else if ["auth", "wrongpass", "password"]
+                    .iter()
+                    .any(|word| detail.contains(word))
+                {
+                    "storage refused our credentials (see the log)".into()
+                } else {
+                    "storage is unreachable or does not answer in time".into()
+                }
+            }
+            StoreError::NotWritable(reason) => format!("storage is not taking writes: {reason}"),
+            StoreError::SecretMismatch { .. } => {
+                "the counter belongs to a different --secret (see the log)".into()
+            }
+            StoreError::Corrupt(_) | StoreError::Bug(_) => "storage failed (see the log)".into(),
+        }
     }
 }
 

@@ -73,10 +73,10 @@ async fn a_data_dir_serves_one_process_at_a_time() {
 async fn a_different_secret_on_an_existing_data_dir_is_refused() {
     let dir = TempDir::new().unwrap();
     let mut args = args(&dir);
-    args.extend(["--secret".into(), "first-secret".into()]);
+    args.extend(["--secret".into(), "first-secret-of-this-dir".into()]);
     spawn_app(config(&as_strs(&args))).await.stop().await;
     let mut other = self::args(&dir);
-    other.extend(["--secret".into(), "second-secret".into()]);
+    other.extend(["--secret".into(), "second-secret-of-this-dir".into()]);
     let err = try_spawn_app(config(&as_strs(&other)))
         .await
         .err()
