@@ -48,7 +48,13 @@ fn request_work(c: &mut Criterion) {
         b.iter(|| black_box(parse_issue(black_box(QUERY), Utc::now()).unwrap()))
     });
     let order = parse_issue(QUERY, Utc::now()).unwrap().order;
-    let record = Record::new("MY7K0A9Z3Q1B2C4D".into(), Utc::now(), Utc::now(), order);
+    let record = Record::new(
+        "MY7K0A9Z3Q1B2C4D".into(),
+        Utc::now(),
+        Utc::now(),
+        order,
+        None,
+    );
     c.bench_function("record to JSON", |b| {
         b.iter(|| black_box(serde_json::to_vec(black_box(&record)).unwrap()))
     });

@@ -118,6 +118,7 @@ impl Application {
                 store.clone(),
                 config.idempotency_ttl,
                 config.idempotency_wait,
+                config.storage_timeout,
             ),
             store: store.clone(),
             pool,

@@ -12,7 +12,7 @@ use crate::domain::idempotency::{KeyState, SavedReply};
 use crate::store::{ReplyStore, StoreError};
 
 /// How long a claim lives if its request dies without releasing it (a killed instance).
-const CLAIM_TTL: Duration = Duration::from_secs(30);
+pub const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How often a waiting retry looks again.
 const POLL_EVERY: Duration = Duration::from_millis(10);
 
@@ -40,11 +40,27 @@ pub struct Idempotency {
     ttl: Duration,
     /// How long a retry waits for the first request before a 409.
     wait: Duration,
+    /// How long a keyed request's caller waits for it before a 503 (it goes on regardless).
+    answer_within: Duration,
 }
 
 impl Idempotency {
-    pub fn new(store: Arc<dyn ReplyStore>, ttl: Duration, wait: Duration) -> Self {
-        Idempotency { store, ttl, wait }
+    pub fn new(
+        store: Arc<dyn ReplyStore>,
+        ttl: Duration,
+        wait: Duration,
+        answer_within: Duration,
+    ) -> Self {
+        Idempotency {
+            store,
+            ttl,
+            wait,
+            answer_within,
+        }
+    }
+
+    pub fn answer_within(&self) -> Duration {
+        self.answer_within
     }
 
     /// Claims `key` for a request with `fingerprint`, or finds the reply to replay.
@@ -203,6 +219,7 @@ mod tests {
             Arc::new(MapStore::default()),
             Duration::from_secs(60),
             wait,
+            Duration::from_secs(1),
         ))
     }
 

@@ -9,7 +9,7 @@ use chrono::{SubsecRound, Utc};
 
 use crate::alloc::SerialPool;
 use crate::domain::codec::customer_tag;
-use crate::domain::{Codec, IssueRequest, Record, TrackingNumber};
+use crate::domain::{Codec, IssueRequest, Record, Tenant, TrackingNumber};
 use crate::metrics::Metrics;
 use crate::store::{RecordEntry, RecordWriter, StoreError};
 
@@ -54,10 +54,15 @@ impl Issuer {
         }
     }
 
-    /// Issues one number for `request` and returns its record as JSON, once stored.
-    pub async fn issue(&self, request: &IssueRequest) -> Result<Bytes, IssueError> {
+    /// Issues one number for `request`, owned by `owner`, and returns its record as JSON, once
+    /// stored.
+    pub async fn issue(
+        &self,
+        request: &IssueRequest,
+        owner: Option<&Tenant>,
+    ) -> Result<Bytes, IssueError> {
         for _ in 0..MAX_SKIPS {
-            let (entry, number) = self.next_record(request).await?;
+            let (entry, number) = self.next_record(request, owner).await?;
             let json = entry.json.clone();
             // One deadline for the whole write, queueing included: a hung store yields a 503
             // in time, never a hung request. The number is burned either way.
@@ -71,15 +76,19 @@ impl Issuer {
         Err(all_skipped())
     }
 
-    /// Issues one number per request, all recorded in one storage round trip, and returns the
-    /// records' JSON in request order.
-    pub async fn issue_batch(&self, requests: &[IssueRequest]) -> Result<Vec<Bytes>, IssueError> {
+    /// Issues one number per request, all owned by `owner` and recorded in one storage round
+    /// trip, and returns the records' JSON in request order.
+    pub async fn issue_batch(
+        &self,
+        requests: &[IssueRequest],
+        owner: Option<&Tenant>,
+    ) -> Result<Vec<Bytes>, IssueError> {
         let mut issued: Vec<Option<Bytes>> = vec![None; requests.len()];
         let mut todo: Vec<usize> = (0..requests.len()).collect();
         for _ in 0..MAX_SKIPS {
             let mut entries = Vec::with_capacity(todo.len());
             for &index in &todo {
-                entries.push(self.next_record(&requests[index]).await?.0);
+                entries.push(self.next_record(&requests[index], owner).await?.0);
             }
             let stored = self.bounded(self.writer.insert_many(&entries)).await?;
             let mut again = Vec::new();
@@ -104,6 +113,7 @@ impl Issuer {
     async fn next_record(
         &self,
         request: &IssueRequest,
+        owner: Option<&Tenant>,
     ) -> Result<(RecordEntry, TrackingNumber), IssueError> {
         let order = &request.order;
         let tag = customer_tag(order.customer_key().as_deref());
@@ -117,7 +127,13 @@ impl Issuer {
             .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
         let now = Utc::now().trunc_subsecs(6);
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
-        let record = Record::new(number.as_str().to_owned(), now, expires_at, order.clone());
+        let record = Record::new(
+            number.as_str().to_owned(),
+            now,
+            expires_at,
+            order.clone(),
+            owner.cloned(),
+        );
         let mut json = Vec::with_capacity(512);
         serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
         let entry = RecordEntry {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 
 use crate::domain::inspect::{Inspection, could_be_ours, inspect};
-use crate::domain::record::if_match_allows;
-use crate::domain::{BadMove, IssueRequest, Record, RecordPatch, etag};
+use crate::domain::record::{if_match_allows, owner_of};
+use crate::domain::{BadMove, IssueRequest, Principal, Record, RecordPatch, Tenant, etag};
 use crate::store::{RecordEntry, Removal, Store, StoreError, Swap};
 
 /// A change that keeps losing races this many times in a row is refused with a conflict.
@@ -63,12 +63,14 @@ impl Records {
         &self.locks[hash as usize % LOCK_STRIPES]
     }
 
-    /// The live record's JSON.
-    pub async fn get(&self, number: &str) -> Result<Bytes, RecordError> {
-        self.store
-            .get(number)
-            .await?
-            .ok_or_else(|| RecordError::NotFound(number.to_owned()))
+    /// The live record's JSON, if `who` may see it; a record of another tenant is not found,
+    /// exactly like one that does not exist.
+    pub async fn get(&self, number: &str, who: &Principal) -> Result<Bytes, RecordError> {
+        let json = self.store.get(number).await?;
+        match json {
+            Some(json) if who.can_see(owner(number, &json)?.as_ref()) => Ok(json),
+            _ => Err(RecordError::NotFound(number.to_owned())),
+        }
     }
 
     /// Applies `patch` and returns the new record's JSON. With `if_match`, only to that version.
@@ -77,16 +79,16 @@ impl Records {
         number: &str,
         patch: &RecordPatch,
         if_match: Option<&str>,
+        who: &Principal,
     ) -> Result<Bytes, RecordError> {
         let _queued = self.lock_for(number).lock().await;
         for attempt in 0..MAX_ATTEMPTS {
             if attempt > 0 {
                 back_off(attempt).await;
             }
-            let current = self.get(number).await?;
+            let current = self.get(number, who).await?;
             check_precondition(if_match, &current)?;
-            let record: Record = serde_json::from_slice(&current)
-                .map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))?;
+            let record = parse_record(number, &current)?;
             let now = Utc::now().trunc_subsecs(6);
             let next = patch.apply(&record, now)?;
             let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::unavailable)?);
@@ -108,35 +110,51 @@ impl Records {
     }
 
     /// Removes the record. Its number is never issued again all the same: serials only grow.
-    pub async fn delete(&self, number: &str, if_match: Option<&str>) -> Result<(), RecordError> {
+    /// The version removed is the one whose owner was checked: a compare-and-delete.
+    pub async fn delete(
+        &self,
+        number: &str,
+        if_match: Option<&str>,
+        who: &Principal,
+    ) -> Result<(), RecordError> {
         let _queued = self.lock_for(number).lock().await;
-        let expected = match if_match {
-            None => None,
-            Some(_) => {
-                let current = self.get(number).await?;
-                check_precondition(if_match, &current)?;
-                Some(current)
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                back_off(attempt).await;
             }
-        };
-        match self.store.remove(number, expected.as_ref()).await? {
-            Removal::Removed => Ok(()),
-            Removal::Missing => Err(RecordError::NotFound(number.to_owned())),
-            Removal::Changed => Err(RecordError::Stale),
+            let current = self.get(number, who).await?;
+            check_precondition(if_match, &current)?;
+            match self.store.remove(number, Some(&current)).await? {
+                Removal::Removed => return Ok(()),
+                Removal::Missing => return Err(RecordError::NotFound(number.to_owned())),
+                Removal::Changed if if_match.is_some() => return Err(RecordError::Stale),
+                Removal::Changed => continue,
+            }
         }
+        Err(RecordError::Busy)
     }
 
-    /// Registers a number issued elsewhere, with the given inputs; returns its record's JSON.
+    /// Registers a number issued elsewhere, with the given inputs, for `who`'s tenant; returns
+    /// its record's JSON and whether it was created now. A PUT is idempotent (RFC 9110): when
+    /// the live record is exactly the one this PUT would create, it is the answer.
     pub async fn register(
         &self,
         number: &str,
         request: IssueRequest,
-    ) -> Result<Bytes, RecordError> {
+        who: &Principal,
+    ) -> Result<(Bytes, Registered), RecordError> {
         if could_be_ours(number) {
             return Err(RecordError::Reserved(number.to_owned()));
         }
         let now = Utc::now().trunc_subsecs(6);
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
-        let record = Record::new(number.to_owned(), now, expires_at, request.order);
+        let record = Record::new(
+            number.to_owned(),
+            now,
+            expires_at,
+            request.order.clone(),
+            who.tenant.clone(),
+        );
         let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
         let entry = RecordEntry {
             tracking_number: number.to_owned(),
@@ -144,18 +162,36 @@ impl Records {
             expires_at,
             json: json.clone(),
         };
-        match self.store.insert_new(std::slice::from_ref(&entry)).await?[..] {
-            [true] => Ok(json),
-            _ => Err(RecordError::Exists(number.to_owned())),
+        if let [true] = self.store.insert_new(std::slice::from_ref(&entry)).await?[..] {
+            return Ok((json, Registered::Created));
+        }
+        // Taken: by this very PUT, if an earlier try of it landed without an answer?
+        let existing = match self.store.get(number).await? {
+            Some(existing) => existing,
+            None => return Err(RecordError::Exists(number.to_owned())),
+        };
+        let live = parse_record(number, &existing)?;
+        let same = Record::new(
+            number.to_owned(),
+            live.created_at,
+            request.expires_at.unwrap_or(live.expires_at),
+            request.order,
+            who.tenant.clone(),
+        );
+        if live == same && who.can_see(live.tenant.as_ref()) {
+            Ok((existing, Registered::Existed))
+        } else {
+            Err(RecordError::Exists(number.to_owned()))
         }
     }
 
-    /// What the number says about itself, and whether it has a record (None when storage
-    /// cannot say right now: the answer is still useful without it).
-    pub async fn check(&self, number: &str) -> Inspection {
+    /// What the number says about itself, and whether it has a record `who` may see (None
+    /// when storage cannot say right now: the answer is still useful without it).
+    pub async fn check(&self, number: &str, who: &Principal) -> Inspection {
         let mut inspection = inspect(number);
-        inspection.record_exists = match self.store.get(number).await {
-            Ok(found) => Some(found.is_some()),
+        inspection.record_exists = match self.get(number, who).await {
+            Ok(_) => Some(true),
+            Err(RecordError::NotFound(_)) => Some(false),
             Err(err) => {
                 tracing::warn!(error = %err, "check could not look up the record");
                 None
@@ -163,6 +199,21 @@ impl Records {
         };
         inspection
     }
+}
+
+/// Whether [`Records::register`] made the record or found it made by the same PUT before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    Created,
+    Existed,
+}
+
+fn parse_record(number: &str, json: &[u8]) -> Result<Record, StoreError> {
+    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
+}
+
+fn owner(number: &str, json: &[u8]) -> Result<Option<Tenant>, StoreError> {
+    owner_of(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
 }
 
 /// A short random pause before retrying a lost swap (another instance changed the record), so

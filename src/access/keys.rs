@@ -418,7 +418,10 @@ mod tests {
         let keys = two_keys();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys.verify("key-of-alice").map(ApiKey::name), Some("alice"));
-        assert_eq!(keys.verify("key-of-bob").map(ApiKey::name), Some("bob.batch_2-x"));
+        assert_eq!(
+            keys.verify("key-of-bob").map(ApiKey::name),
+            Some("bob.batch_2-x")
+        );
     }
 
     #[test]
@@ -438,7 +441,10 @@ mod tests {
             assert!(keys.verify(wrong).is_none(), "{wrong:?}");
         }
         // The hash itself is not a key.
-        assert_eq!(keys.verify(&hash_of("key-of-alice")).map(ApiKey::name), None);
+        assert_eq!(
+            keys.verify(&hash_of("key-of-alice")).map(ApiKey::name),
+            None
+        );
     }
 
     #[test]
@@ -468,7 +474,10 @@ mod tests {
                 format!("{}:sha256:{hash}", "n".repeat(65)),
                 "the name must be",
             ),
-            (format!("bad name:sha256:{hash}"), "the name must be"),
+            (
+                format!("bad name:sha256:{hash}"),
+                "expected `<name>:sha256:",
+            ),
             (format!("bad/name:sha256:{hash}"), "the name must be"),
             (format!("bad\u{e9}:sha256:{hash}"), "the name must be"),
             (format!("svc:md5:{hash}"), "only `sha256:`"),
@@ -714,7 +723,10 @@ mod tests {
         symlink("..v1", root.join("..data")).unwrap();
         symlink("..data/api.keys", root.join("api.keys")).unwrap();
         let ring = KeyRing::open(&root.join("api.keys")).unwrap();
-        assert_eq!(ring.current().verify("first").map(ApiKey::name), Some("svc"));
+        assert_eq!(
+            ring.current().verify("first").map(ApiKey::name),
+            Some("svc")
+        );
         let stop = CancellationToken::new();
         let _watch = ring.spawn_watch(Duration::from_millis(50), stop.clone());
 

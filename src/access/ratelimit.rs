@@ -368,13 +368,20 @@ mod tests {
     fn exhausted_tells_without_spending() {
         let limiter = LocalLimiter::new(quota(1.0, 2));
         let now = Instant::now();
-        assert_eq!(limiter.exhausted("a", now), None, "an unknown subject has tokens");
+        assert_eq!(
+            limiter.exhausted("a", now),
+            None,
+            "an unknown subject has tokens"
+        );
         assert!(limiter.check("a", now).allowed);
         assert_eq!(limiter.exhausted("a", now), None);
         assert_eq!(limiter.exhausted("a", now), None, "asking spends nothing");
         assert!(limiter.check("a", now).allowed);
         let wait = limiter.exhausted("a", now).expect("both tokens spent");
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         assert_eq!(limiter.exhausted("a", now + Duration::from_secs(1)), None);
     }
 

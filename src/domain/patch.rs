@@ -77,7 +77,7 @@ impl RecordPatch {
                     continue;
                 }
                 "tracking_number" | "origin_country_id" | "customer_id" | "created_at"
-                | "updated_at" => {
+                | "tenant" | "updated_at" => {
                     errors.push(FieldError::new(name.clone(), MSG_FIXED));
                     continue;
                 }
@@ -189,6 +189,7 @@ mod tests {
             created,
             created + chrono::Duration::days(30),
             order,
+            None,
         )
     }
 

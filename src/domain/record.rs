@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::order::Order;
+use super::tenant::Tenant;
 
 /// An issued (or registered) number's record, with the order inputs it was issued for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -31,17 +32,23 @@ pub struct Record {
     #[serde(with = "utc_micros")]
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
+    /// The tenant whose API key created the record: only that tenant (and admins) can see it.
+    /// Absent when the service runs without API keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false, examples("acme"))]
+    pub tenant: Option<Tenant>,
     #[serde(flatten)]
     pub order: Order,
 }
 
 impl Record {
-    /// A fresh record: status `issued`, created and updated `now`.
+    /// A fresh record of `tenant`'s: status `issued`, created and updated `now`.
     pub fn new(
         tracking_number: String,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         order: Order,
+        tenant: Option<Tenant>,
     ) -> Record {
         Record {
             tracking_number,
@@ -49,9 +56,20 @@ impl Record {
             created_at: now,
             updated_at: now,
             expires_at,
+            tenant,
             order,
         }
     }
+}
+
+/// The tenant that owns a stored record, read from its JSON without reading the rest.
+pub fn owner_of(json: &[u8]) -> Result<Option<Tenant>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Owner {
+        #[serde(default)]
+        tenant: Option<Tenant>,
+    }
+    serde_json::from_slice::<Owner>(json).map(|owner| owner.tenant)
 }
 
 /// Where a parcel is. Moves go forward only (`issued` → `label_printed` → `in_transit` →
@@ -192,7 +210,26 @@ mod tests {
                 origin_country_id: Country::parse("MY"),
                 ..Order::default()
             },
+            None,
         )
+    }
+
+    #[test]
+    fn a_record_names_its_tenant_when_it_has_one() {
+        let mut record = sample();
+        assert_eq!(
+            owner_of(&serde_json::to_vec(&record).unwrap()).unwrap(),
+            None
+        );
+        record.tenant = Tenant::parse("acme");
+        let json = serde_json::to_vec(&record).unwrap();
+        assert_eq!(owner_of(&json).unwrap(), Tenant::parse("acme"));
+        let back: Record = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, record);
+        assert!(
+            owner_of(br#"{"tenant":"a/b"}"#).is_err(),
+            "not a tenant name"
+        );
     }
 
     #[test]

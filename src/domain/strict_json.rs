@@ -160,7 +160,10 @@ mod tests {
     fn names_a_repeated_member_wherever_it_is() {
         for (text, path) in [
             (r#"{"count":1,"count":3}"#, "count"),
-            (r#"{"orders":[{"weight":1},{"weight":1,"weight":2}]}"#, "orders[1].weight"),
+            (
+                r#"{"orders":[{"weight":1},{"weight":1,"weight":2}]}"#,
+                "orders[1].weight",
+            ),
             (r#"{"a":{"b":{"c":1,"c":1}}}"#, "a.b.c"),
             (r#"[{"k":1,"k":2}]"#, "[0].k"),
         ] {
@@ -170,7 +173,10 @@ mod tests {
                 "{text}"
             );
         }
-        assert!(parse(br#"{"a":{"k":1},"b":{"k":1}}"#).is_ok(), "same name, two objects");
+        assert!(
+            parse(br#"{"a":{"k":1},"b":{"k":1}}"#).is_ok(),
+            "same name, two objects"
+        );
     }
 
     #[test]

@@ -123,7 +123,10 @@ mod tests {
         let a = Principal::member(tenant("a"));
         assert!(a.can_see(Some(&tenant("a"))));
         assert!(!a.can_see(Some(&tenant("b"))));
-        assert!(!a.can_see(None), "records made with keys off belong to no member");
+        assert!(
+            !a.can_see(None),
+            "records made with keys off belong to no member"
+        );
         let admin = Principal::admin(tenant("ops"));
         assert!(admin.can_see(Some(&tenant("b"))) && admin.can_see(None));
         assert!(Principal::OPEN.can_see(Some(&tenant("b"))) && Principal::OPEN.can_see(None));

@@ -130,7 +130,7 @@ impl Gateway {
                 request.extensions_mut().insert(principal);
             }
             Ok(None) => {}
-            Err(refusal) => return Admission::Reply(refusal),
+            Err(refusal) => return Admission::Reply(*refusal),
         }
         match &*self.limiter {
             RateLimiter::Off => Admission::Route(None),
@@ -227,7 +227,7 @@ impl Gateway {
         &self,
         headers: &HeaderMap,
         caller: &mut Caller,
-    ) -> Result<Option<Principal>, Response> {
+    ) -> Result<Option<Principal>, Box<Response>> {
         let Some(keys) = self.keys.as_ref() else {
             return Ok(None);
         };
@@ -236,7 +236,9 @@ impl Gateway {
         if let Some(wait) = self.auth_failures.exhausted(&address, now) {
             self.metrics.unauthorized_request("throttled");
             let secs = u32::try_from(wait.as_secs() + 1).unwrap_or(u32::MAX);
-            return Err(Problem::too_many_failed_logins(secs).into_response());
+            return Err(Box::new(
+                Problem::too_many_failed_logins(secs).into_response(),
+            ));
         }
         let presented = headers.get(header::AUTHORIZATION);
         let (reason, challenge, detail) = match bearer_token(presented.map(|v| v.as_bytes())) {
@@ -263,13 +265,16 @@ impl Gateway {
             ),
         };
         self.metrics.unauthorized_request(reason);
-        self.auth_failures.check(&address, now);
+        if presented.is_some() {
+            // A wrong key is a guess; a missing one is a client left unconfigured.
+            self.auth_failures.check(&address, now);
+        }
         let mut response = Problem::unauthorized(detail).into_response();
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(challenge),
         );
-        Err(response)
+        Err(Box::new(response))
     }
 
     fn client_ip(&self, headers: &HeaderMap, remote: SocketAddr) -> IpAddr {
@@ -355,8 +360,9 @@ pub struct GatewayService<S> {
 
 /// The routes' future, bounded in time, run with the request id (and its log span) set, and
 /// with any panic caught (it becomes a generic 500; the server and the connection go on).
-type Routed<F> =
-    Instrumented<tokio::time::Timeout<TaskLocalFuture<HeaderValue, CatchUnwind<AssertUnwindSafe<F>>>>>;
+type Routed<F> = Instrumented<
+    tokio::time::Timeout<TaskLocalFuture<HeaderValue, CatchUnwind<AssertUnwindSafe<F>>>>,
+>;
 
 impl<S, B> tower_service::Service<Request<B>> for GatewayService<S>
 where

@@ -1,17 +1,30 @@
-//! Runs an issuing handler under its `Idempotency-Key`, if the request has one: the first
-//! request runs and its reply is kept; a retry gets the kept reply (with
-//! `Idempotent-Replayed: true`); a key reused for other inputs is a 422; a retry that outwaits
-//! a first request still running is a 409.
+//! Runs a handler under its `Idempotency-Key`, if the request has one: the first request runs
+//! and its reply is kept; a retry gets the kept reply (with `Idempotent-Replayed: true`); a key
+//! reused for other inputs is a 422; a retry that outwaits a first request still running is a
+//! 409. Keys belong to the caller's tenant: two tenants never share one.
+//!
+//! A keyed request runs in a task of its own, so that its key always ends up holding what
+//! really happened, even when the caller has gone or got a 503 because storage was slow: a
+//! retry with the key then gets the real outcome instead of doing the work a second time.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use tracing::Instrument;
 use warp::http::{HeaderValue, StatusCode};
 use warp::reply::Response;
 
-use super::{Problem, SharedState};
+use super::{Problem, SharedState, request_id};
+use crate::domain::Principal;
 use crate::domain::idempotency::check_key;
-use crate::idempotency::{Begin, IdempotencyError};
+use crate::idempotency::{Begin, CLAIM_TTL, IdempotencyError};
+use crate::store::deadline::with_patience;
 
 pub const HEADER: &str = "Idempotency-Key";
+
+/// How long the storage calls of a keyed request may take once it runs on its own: a little
+/// less than its claim lives, so the claim is still its own when it finishes.
+const KEYED_PATIENCE: Duration = Duration::from_secs(CLAIM_TTL.as_secs() * 5 / 6);
 
 /// Checks an `Idempotency-Key` header value.
 pub fn key(value: Option<String>) -> Result<Option<String>, Problem> {
@@ -24,25 +37,30 @@ pub fn key(value: Option<String>) -> Result<Option<String>, Problem> {
     }
 }
 
-/// Runs `run` (which answers with a status and a JSON body) at most once per key, and turns
-/// its outcome into a response with `reply`.
+/// What a handler's work answers: a status and a body, or a problem.
+pub type Outcome = Result<(StatusCode, Bytes), Problem>;
+
+/// Runs `run` at most once per key of `who`'s tenant, and turns its outcome into a response
+/// with `reply`. `fingerprint` (the request's inputs, digested) is needed with a key only.
 pub async fn respond<Run>(
     state: &SharedState,
+    who: &Principal,
     key: Option<String>,
-    fingerprint: impl FnOnce() -> String,
+    fingerprint: Option<String>,
     run: Run,
     reply: fn(StatusCode, Bytes) -> Response,
 ) -> Response
 where
-    Run: Future<Output = Result<(StatusCode, Bytes), Problem>>,
+    Run: Future<Output = Outcome> + Send + 'static,
 {
     let Some(key) = key else {
-        return match run.await {
-            Ok((status, body)) => reply(status, body),
-            Err(problem) => problem.into_response(),
-        };
+        return into_response(run.await, reply);
     };
-    let claim = match state.idempotency.begin(&key, &fingerprint()).await {
+    let claim = match state
+        .idempotency
+        .begin(&who.scope_key(&key), &fingerprint.unwrap_or_default())
+        .await
+    {
         Ok(Begin::Run(claim)) => claim,
         Ok(Begin::Replay(saved)) => {
             state.metrics.idempotent_replays.inc();
@@ -55,15 +73,37 @@ where
         }
         Err(err) => return refused(err).into_response(),
     };
-    match run.await {
-        Ok((status, body)) => {
-            claim.finish(status.as_u16(), body.clone()).await;
-            reply(status, body)
+    let work = async move {
+        let outcome = run.await;
+        match &outcome {
+            Ok((status, body)) => claim.finish(status.as_u16(), body.clone()).await,
+            Err(_) => claim.release().await,
         }
-        Err(problem) => {
-            claim.release().await;
-            problem.into_response()
+        outcome
+    };
+    let work = with_patience(KEYED_PATIENCE, work).instrument(tracing::Span::current());
+    let work = match request_id::current_header() {
+        Some(id) => tokio::spawn(request_id::scope(id, work)),
+        None => tokio::spawn(work),
+    };
+    match tokio::time::timeout(state.idempotency.answer_within(), work).await {
+        Ok(Ok(outcome)) => into_response(outcome, reply),
+        Ok(Err(failed)) => {
+            tracing::error!(error = %failed, "a keyed request's task failed");
+            Problem::internal().into_response()
         }
+        Err(_) => Problem::unavailable(
+            "storage is slow; the request goes on, and a retry with the same Idempotency-Key \
+             gets its outcome",
+        )
+        .into_response(),
+    }
+}
+
+fn into_response(outcome: Outcome, reply: fn(StatusCode, Bytes) -> Response) -> Response {
+    match outcome {
+        Ok((status, body)) => reply(status, body),
+        Err(problem) => problem.into_response(),
     }
 }
 

@@ -9,8 +9,10 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{
-    Problem, SharedState, body, idempotent, other_methods, query, record_reply, with_state,
+    Problem, SharedState, body, idempotent, other_methods, principal, query, record_reply,
+    with_state,
 };
+use crate::domain::Principal;
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
 use crate::issuer::IssueError;
@@ -27,6 +29,7 @@ pub fn route(
         .and(warp::get())
         .and(raw_query)
         .and(warp::header::optional::<String>(idempotent::HEADER))
+        .and(principal())
         .and(with_state(state.clone()))
         .then(next_tracking_number);
     let batch_path = warp::path!("v1" / "tracking-numbers");
@@ -34,6 +37,7 @@ pub fn route(
         .and(warp::post())
         .and(warp::header::optional::<String>(idempotent::HEADER))
         .and(warp::body::stream())
+        .and(principal())
         .and(with_state(state))
         .then(issue_batch);
     one.or(batch)
@@ -47,6 +51,7 @@ pub fn route(
 async fn next_tracking_number(
     raw_query: String,
     key: Option<String>,
+    who: Principal,
     state: SharedState,
 ) -> Response {
     let request = match query::parse_issue(&raw_query, Utc::now()) {
@@ -57,19 +62,24 @@ async fn next_tracking_number(
         Ok(key) => key,
         Err(problem) => return problem.into_response(),
     };
-    let run = async {
-        match state.issuer.issue(&request).await {
-            Ok(json) => Ok((StatusCode::OK, json)),
-            Err(err) => Err(issue_failed(err)),
+    // Only a keyed request needs one: worked out before the request moves into the work.
+    let fingerprint = key.as_ref().map(|_| canonical("issue", &request));
+    let run = {
+        let (state, owner) = (state.clone(), who.tenant.clone());
+        async move {
+            match state.issuer.issue(&request, owner.as_ref()).await {
+                Ok(json) => Ok((StatusCode::OK, json)),
+                Err(err) => Err(issue_failed(err)),
+            }
         }
     };
-    let fingerprint = || canonical("issue", &request);
-    idempotent::respond(&state, key, fingerprint, run, record_reply).await
+    idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await
 }
 
 async fn issue_batch(
     key: Option<String>,
     body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    who: Principal,
     state: SharedState,
 ) -> Response {
     let requests = match body::object(body, body::BATCH_LIMIT).await {
@@ -80,14 +90,17 @@ async fn issue_batch(
         (Ok(requests), Ok(key)) => (requests, key),
         (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
     };
-    let run = async {
-        match state.issuer.issue_batch(&requests).await {
-            Ok(records) => Ok((StatusCode::CREATED, batch_body(&records))),
-            Err(err) => Err(issue_failed(err)),
+    let fingerprint = key.as_ref().map(|_| canonical("batch", &requests));
+    let run = {
+        let (state, owner) = (state.clone(), who.tenant.clone());
+        async move {
+            match state.issuer.issue_batch(&requests, owner.as_ref()).await {
+                Ok(records) => Ok((StatusCode::CREATED, batch_body(&records))),
+                Err(err) => Err(issue_failed(err)),
+            }
         }
     };
-    let fingerprint = || canonical("batch", &requests);
-    idempotent::respond(&state, key, fingerprint, run, super::json_reply).await
+    idempotent::respond(&state, &who, key, fingerprint, run, super::json_reply).await
 }
 
 /// `{"count": N, "records": [...]}`, the records' stored JSON spliced in as is.

@@ -9,7 +9,7 @@ use warp::reply::Response;
 use warp::{Filter, Reply};
 
 use crate::alloc::{RefillStatus, SerialPool};
-use crate::domain::etag;
+use crate::domain::{Principal, etag};
 use crate::idempotency::Idempotency;
 use crate::issuer::Issuer;
 use crate::metrics::Metrics;
@@ -61,6 +61,12 @@ fn with_state(
     state: SharedState,
 ) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
+}
+
+/// Whose request it is: the gateway puts the API key's principal in the request; without API
+/// keys there is none, and the one open tenant asks.
+fn principal() -> impl Filter<Extract = (Principal,), Error = Infallible> + Clone {
+    warp::ext::optional::<Principal>().map(|who: Option<Principal>| who.unwrap_or(Principal::OPEN))
 }
 
 /// The 405 for a known path asked with a method it does not take, with the `Allow` header

@@ -349,7 +349,10 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         )
     } else {
         tracing::warn!(?rejection, "unhandled rejection");
-        (StatusCode::BAD_REQUEST, "the request is not valid".to_owned())
+        (
+            StatusCode::BAD_REQUEST,
+            "the request is not valid".to_owned(),
+        )
     };
     let title = status.canonical_reason().unwrap_or("Error");
     Ok(Problem::new(status, "about:blank", title, detail).into_response())

@@ -7,44 +7,58 @@ use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 
-use super::{Problem, SharedState, body, json_reply, other_methods, record_reply, with_state};
+use bytes::Bytes;
+
+use super::{
+    Problem, SharedState, body, idempotent, json_reply, other_methods, principal, record_reply,
+    with_state,
+};
+use crate::domain::idempotency::fingerprint;
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
-use crate::domain::{FieldError, RecordPatch};
-use crate::records::RecordError;
+use crate::domain::{FieldError, Principal, RecordPatch};
+use crate::records::{RecordError, Registered};
 
 pub fn route(
     state: SharedState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let record = warp::path!("v1" / "tracking-numbers" / String);
     let if_match = || warp::header::optional::<String>("if-match");
+    let key = || warp::header::optional::<String>(idempotent::HEADER);
     let get = record
         .and(warp::get())
+        .and(principal())
         .and(with_state(state.clone()))
         .then(get_record)
         .map(reply);
     let patch = record
         .and(warp::patch())
         .and(if_match())
+        .and(key())
         .and(warp::body::stream())
+        .and(principal())
         .and(with_state(state.clone()))
         .then(patch_record)
         .map(reply);
     let delete = record
         .and(warp::delete())
         .and(if_match())
+        .and(key())
+        .and(principal())
         .and(with_state(state.clone()))
         .then(delete_record)
         .map(reply);
     let put = record
         .and(warp::put())
         .and(warp::body::stream())
+        .and(principal())
         .and(with_state(state.clone()))
         .then(put_record)
         .map(reply);
     let check_path = warp::path!("v1" / "tracking-numbers" / String / "check");
     let check = check_path
         .and(warp::get())
+        .and(principal())
         .and(with_state(state))
         .then(check_number)
         .map(reply);
@@ -75,68 +89,118 @@ fn number(raw: &str) -> Result<String, Problem> {
         .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
 }
 
-async fn get_record(raw: String, state: SharedState) -> Result<Response, Problem> {
+async fn get_record(raw: String, who: Principal, state: SharedState) -> Result<Response, Problem> {
     let number = number(&raw)?;
-    let json = state.records.get(&number).await.map_err(failed)?;
+    let json = state.records.get(&number, &who).await.map_err(failed)?;
     Ok(record_reply(StatusCode::OK, json))
 }
 
 async fn patch_record(
     raw: String,
     if_match: Option<String>,
+    key: Option<String>,
     body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    who: Principal,
     state: SharedState,
 ) -> Result<Response, Problem> {
     let object = body::object(body, body::RECORD_LIMIT).await;
     let number = number(&raw)?;
-    let patch = RecordPatch::from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
-    let json = state
-        .records
-        .update(&number, &patch, if_match.as_deref())
-        .await
-        .map_err(failed)?;
-    Ok(record_reply(StatusCode::OK, json))
+    let object = object?;
+    let patch = RecordPatch::from_json(&object, Utc::now()).map_err(Problem::invalid)?;
+    let key = idempotent::key(key)?;
+    let fingerprint = key
+        .as_ref()
+        .map(|_| change_fingerprint("patch", &number, if_match.as_deref(), Some(&object)));
+    let run = {
+        let (state, who) = (state.clone(), who.clone());
+        async move {
+            let json = state
+                .records
+                .update(&number, &patch, if_match.as_deref(), &who)
+                .await
+                .map_err(failed)?;
+            Ok((StatusCode::OK, json))
+        }
+    };
+    Ok(idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await)
 }
 
 async fn delete_record(
     raw: String,
     if_match: Option<String>,
+    key: Option<String>,
+    who: Principal,
     state: SharedState,
 ) -> Result<Response, Problem> {
     let number = number(&raw)?;
-    state
-        .records
-        .delete(&number, if_match.as_deref())
-        .await
-        .map_err(failed)?;
+    let key = idempotent::key(key)?;
+    let fingerprint = key
+        .as_ref()
+        .map(|_| change_fingerprint("delete", &number, if_match.as_deref(), None));
+    let run = {
+        let (state, who) = (state.clone(), who.clone());
+        async move {
+            state
+                .records
+                .delete(&number, if_match.as_deref(), &who)
+                .await
+                .map_err(failed)?;
+            Ok((StatusCode::NO_CONTENT, Bytes::new()))
+        }
+    };
+    Ok(idempotent::respond(&state, &who, key, fingerprint, run, no_content).await)
+}
+
+/// What a keyed change is about: the operation, the number, the version asked for and the
+/// patch's members (a JSON object's members come out in one order, whatever order they came in).
+fn change_fingerprint(
+    operation: &str,
+    number: &str,
+    if_match: Option<&str>,
+    patch: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> String {
+    let inputs = serde_json::json!({ "number": number, "if_match": if_match, "patch": patch });
+    fingerprint(operation, inputs.to_string().as_bytes())
+}
+
+fn no_content(status: StatusCode, _: Bytes) -> Response {
     let mut response = Response::new(Default::default());
-    *response.status_mut() = StatusCode::NO_CONTENT;
-    Ok(response)
+    *response.status_mut() = status;
+    response
 }
 
 async fn put_record(
     raw: String,
     body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
+    who: Principal,
     state: SharedState,
 ) -> Result<Response, Problem> {
     let object = body::object(body, body::RECORD_LIMIT).await;
     let number = number(&raw)?;
     let request = issue_from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
-    let json = state
+    let (json, registered) = state
         .records
-        .register(&number, request)
+        .register(&number, request, &who)
         .await
         .map_err(failed)?;
-    let mut response = record_reply(StatusCode::CREATED, json);
+    let status = match registered {
+        Registered::Created => StatusCode::CREATED,
+        Registered::Existed => StatusCode::OK,
+    };
+    let mut response = record_reply(status, json);
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/tracking-numbers/{number}")) {
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
 }
 
-async fn check_number(raw: String, state: SharedState) -> Result<Response, Problem> {
+async fn check_number(
+    raw: String,
+    who: Principal,
+    state: SharedState,
+) -> Result<Response, Problem> {
     let number = number(&raw)?;
-    let inspection = state.records.check(&number).await;
+    let inspection = state.records.check(&number, &who).await;
     let body = serde_json::to_vec(&inspection).unwrap_or_default();
     Ok(json_reply(StatusCode::OK, body.into()))
 }

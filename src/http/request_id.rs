@@ -53,6 +53,11 @@ pub fn sync_scope<R>(id: HeaderValue, work: impl FnOnce() -> R) -> R {
     CURRENT.sync_scope(id, work)
 }
 
+/// The id of the request being served on this task, as its header value.
+pub fn current_header() -> Option<HeaderValue> {
+    CURRENT.try_with(HeaderValue::clone).ok()
+}
+
 /// The id of the request being served on this task, if any.
 pub fn current() -> Option<String> {
     CURRENT

@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+pub mod deadline;
 pub mod embedded;
 mod memtable;
 pub mod metered;
@@ -53,7 +54,10 @@ impl StoreError {
 
     /// Whether waiting can cure it (a 503), as opposed to a fault that needs a person (a 500).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::NotWritable(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::NotWritable(_)
+        )
     }
 
     /// What a readiness probe may say about it: never a driver's message, a path or a URL.

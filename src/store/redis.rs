@@ -142,13 +142,7 @@ impl RedisStore {
         &self,
         work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "Redis did not answer in time".into(),
-                ))
-            })
+        super::deadline::bounded(self.timeout, work).await
     }
 
     /// Runs a prepared script invocation on a pooled connection, bounded.

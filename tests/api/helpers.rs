@@ -358,7 +358,8 @@ pub fn assert_unique(numbers: &[String]) {
     }
 }
 
-/// An API keys file in `dir` holding the SHA-256 of each `(name, key)`.
+/// An API keys file in `dir` holding the SHA-256 of each `(name, key)`. A name may carry the
+/// line's attributes after a blank: `("ops role=admin", key)`.
 pub fn keys_file(dir: &TempDir, keys: &[(&str, &str)]) -> std::path::PathBuf {
     let path = dir.path().join("api-keys");
     write_keys(&path, keys);
@@ -371,7 +372,8 @@ pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str)]) {
     for (name, key) in keys {
         let hash = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-        text.push_str(&format!("{name}:sha256:{hex}\n"));
+        let (name, attributes) = name.split_once(' ').unwrap_or((name, ""));
+        text.push_str(&format!("{name}:sha256:{hex} {attributes}\n"));
     }
     // Write then rename, as a deploy tool would: the server never reads half a file.
     let temp = path.with_extension("new");

@@ -31,3 +31,4 @@ mod recipes;
 mod redis_backend;
 mod redis_tls;
 mod store_conformance;
+mod tenants;
