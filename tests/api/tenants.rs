@@ -175,7 +175,7 @@ async fn batches_and_registered_numbers_belong_to_their_tenant() {
         let inputs = json!({"origin_country_id": "SG", "weight": 2});
         let (status, made) = send(app, A, Method::PUT, path, &[], Some(inputs.clone())).await;
         assert_eq!(status, 201, "{made}");
-        assert_eq!(get(app, B, &path).await.0, 404);
+        assert_eq!(get(app, B, path).await.0, 404);
         // The same PUT again is answered with the record it made (RFC 9110: PUT is idempotent).
         let (status, again) = send(app, A, Method::PUT, path, &[], Some(inputs.clone())).await;
         assert_eq!((status.as_u16(), &again), (200, &made));
