@@ -26,7 +26,7 @@ use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::server::{self, ServerOptions};
-use crate::store::{EmbeddedStore, MeteredStore, RecordWriter, RedisStore, Store};
+use crate::store::{EmbeddedOptions, EmbeddedStore, MeteredStore, RecordWriter, RedisStore, Store};
 
 /// Spare blocks kept leased ahead of need.
 const SPARE_BLOCKS: usize = 2;
@@ -60,6 +60,7 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
+        let mut upkeep = None;
         let (store, secret): (Arc<dyn Store>, String) = match &config.redis_url {
             Some(url) => {
                 let secret = config
@@ -71,9 +72,17 @@ impl Application {
                 (Arc::new(store), secret)
             }
             None => {
+                let options = EmbeddedOptions {
+                    fsync: config.fsync,
+                    cache_size: config.cache_size,
+                    min_free_disk: config.min_free_disk,
+                    timeout: config.storage_timeout,
+                };
                 let (store, secret) =
-                    EmbeddedStore::open(&config.data_dir, config.secret.as_deref(), config.fsync)?;
-                (Arc::new(store), secret)
+                    EmbeddedStore::open(&config.data_dir, config.secret.as_deref(), options)?;
+                let store = Arc::new(store);
+                upkeep = Some(store.clone());
+                (store, secret)
             }
         };
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
@@ -85,7 +94,11 @@ impl Application {
             .context("cannot lease serials")?
             .unwrap_or(0);
         let stop_background = CancellationToken::new();
-        let mut background = vec![
+        let mut background: Vec<JoinHandle<()>> = upkeep
+            .iter()
+            .map(|store| store.spawn_upkeep(stop_background.clone()))
+            .collect();
+        background.extend([
             spawn_refill(
                 pool.clone(),
                 store.clone(),
@@ -100,7 +113,7 @@ impl Application {
             spawn_every(PURGE_EVERY, &store, &stop_background, |s| {
                 Box::pin(async move { s.purge_expired().await.map(|_| ()) })
             }),
-        ];
+        ]);
 
         let (writer, writer_task) = RecordWriter::spawn(store.clone());
         let issuer = Issuer::new(

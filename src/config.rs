@@ -48,6 +48,16 @@ pub struct Config {
     #[arg(long, env = "TRACKNUM_FSYNC", value_enum, default_value_t = FsyncPolicy::Everysec)]
     pub fsync: FsyncPolicy,
 
+    /// Embedded store: the page cache of the data file, in bytes (`64MiB`, `1GiB`, …). With the
+    /// records waiting to be written (under 2 × 60 MB), it bounds the process' memory.
+    #[arg(long, env = "TRACKNUM_CACHE_SIZE", default_value = "64MiB", value_parser = parse_bytes)]
+    pub cache_size: u64,
+
+    /// Embedded store: below this much free space on the data dir's disk, new records are
+    /// refused (503) and /readyz is not ready, so the records already answered find room.
+    #[arg(long, env = "TRACKNUM_MIN_FREE_DISK", default_value = "64MiB", value_parser = parse_bytes)]
+    pub min_free_disk: u64,
+
     /// Longest wait for storage before a request gets a 503.
     #[arg(long, env = "TRACKNUM_STORAGE_TIMEOUT", default_value = "500ms", value_parser = parse_timeout)]
     pub storage_timeout: Duration,
@@ -243,6 +253,31 @@ fn names_a_secret(err: &clap::Error) -> bool {
         .is_some_and(|arg| arg.to_string().starts_with("--redis-url"))
 }
 
+/// A size in bytes: a plain number, or one with a unit (`KiB`, `MiB`, `GiB`, `TiB`, or the
+/// decimal `KB`, `MB`, `GB`, `TB`), any case.
+fn parse_bytes(value: &str) -> Result<u64, String> {
+    const FORM: &str = "expected a size such as 64MiB, 512KiB, 2GiB or a number of bytes";
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (digits, unit) = value.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| FORM.to_owned())?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "tib" | "t" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(FORM.into()),
+    };
+    number.checked_mul(scale).ok_or_else(|| FORM.into())
+}
+
 fn parse_rate(value: &str) -> Result<f64, String> {
     match value.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && (0.0..=10_000_000.0).contains(&rate) => Ok(rate),
@@ -371,6 +406,28 @@ mod tests {
         assert!(err.contains("at least 16 bytes"), "{err}");
         assert!(!err.contains("fifteen"), "{err}");
         assert!(load(&["--secret", "sixteen-bytes!!!"]).is_ok());
+    }
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("2 gib"), Ok(2 << 30));
+        assert_eq!(parse_bytes("100MB"), Ok(100_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        for bad in ["", "MiB", "1.5GiB", "-1", "12 parsecs", "99999999999TiB"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+        let config = load(&["--cache-size", "8MiB", "--min-free-disk", "1GB"]).unwrap();
+        assert_eq!(
+            (config.cache_size, config.min_free_disk),
+            (8 << 20, 1_000_000_000)
+        );
+        assert!(
+            load(&["--cache-size", "lots"])
+                .unwrap_err()
+                .contains("TRACKNUM_CACHE_SIZE")
+        );
     }
 
     #[test]

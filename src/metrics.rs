@@ -62,6 +62,9 @@ pub struct Metrics {
     pub skipped_collisions: Counter,
     pub open_connections: Gauge,
     pub refused_connections: Counter,
+    pub corrupt_records: Counter,
+    pub disk_free_bytes: Gauge,
+    pub storage_ready: Gauge,
 }
 
 impl Metrics {
@@ -154,6 +157,25 @@ impl Metrics {
             "Connections refused because --max-connections were open",
             refused_connections.clone(),
         );
+        let corrupt_records = Counter::default();
+        registry.register(
+            "corrupt_records",
+            "Stored records refused because they failed their checksum or did not parse",
+            corrupt_records.clone(),
+        );
+        let disk_free_bytes = Gauge::default();
+        registry.register_with_unit(
+            "disk_free",
+            "Free space on the embedded store's disk (-1 on Redis)",
+            Unit::Bytes,
+            disk_free_bytes.clone(),
+        );
+        let storage_ready = Gauge::default();
+        registry.register(
+            "storage_ready",
+            "1 when storage takes new records (the disk has room and answers), else 0",
+            storage_ready.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -170,6 +192,9 @@ impl Metrics {
             skipped_collisions,
             open_connections,
             refused_connections,
+            corrupt_records,
+            disk_free_bytes,
+            storage_ready,
         })
     }
 

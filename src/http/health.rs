@@ -30,7 +30,7 @@ pub fn route(
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state(state))
-        .map(metrics);
+        .then(metrics);
     let fallbacks = warp::path!("healthz")
         .and(other_methods("GET, HEAD"))
         .or(warp::path!("readyz").and(other_methods("GET, HEAD")))
@@ -83,11 +83,17 @@ async fn readyz(state: SharedState) -> Response {
     }
 }
 
-fn metrics(state: SharedState) -> Response {
-    state
-        .metrics
-        .pool_serials
-        .set(state.pool.remaining() as i64);
+async fn metrics(state: SharedState) -> Response {
+    let metrics = &state.metrics;
+    metrics.pool_serials.set(state.pool.remaining() as i64);
+    let free = state.store.free_disk_bytes();
+    metrics
+        .disk_free_bytes
+        .set(free.map_or(-1, |free| i64::try_from(free).unwrap_or(i64::MAX)));
+    let ping = tokio::time::timeout(PING_DEADLINE, state.store.ping()).await;
+    metrics
+        .storage_ready
+        .set(i64::from(matches!(ping, Ok(Ok(())))));
     let mut response = Response::new(state.metrics.render().into());
     let headers = response.headers_mut();
     headers.insert(

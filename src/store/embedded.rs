@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,9 +17,15 @@ use chrono::Utc;
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use super::deadline;
+use super::disk::{Access, DiskGuard, file_identity, free_bytes};
 use super::memtable::{InsertError, Lookup, Memtable, Pending};
-use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap};
+use super::{
+    LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap, clock_serial,
+};
 use crate::config::FsyncPolicy;
 use crate::domain::Codec;
 use crate::domain::codec::{SERIAL_SPACE, fingerprint};
@@ -39,14 +45,57 @@ const EXPIRY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("expiry"
 const SERIAL_NEXT: &str = "serial_next";
 const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
+/// The layout of stored records (see [`encode_value`]); absent in files from before checksums.
+const RECORD_FORMAT: &str = "record_format";
 /// At most this many expiry groups are purged per transaction.
 const PURGE_GROUPS: usize = 64;
-/// Records that may wait in memory for the disk before new ones are refused (503).
-const MEMTABLE_LIMIT: usize = 2_000_000;
+/// Records that may wait in memory for the disk before new ones are refused (503): about 60 MB.
+const MEMTABLE_LIMIT: usize = 100_000;
+/// Past this many waiting records, the buffer is flushed at once rather than at the next tick.
+const FLUSH_EARLY_AT: usize = 25_000;
+/// Records buffered in memory reach the disk within this window, or new ones are refused: what
+/// a crash under `--fsync everysec` can lose.
+pub const WRITE_BEHIND_WINDOW: Duration = Duration::from_secs(1);
+/// How often the free space and the data file are checked.
+const UPKEEP_EVERY: Duration = Duration::from_millis(250);
+/// A serial block never waits longer than this for the clock to pass it; a counter further
+/// ahead means the clock went back, and waiting would stall issuing.
+const MAX_CLOCK_WAIT: Duration = Duration::from_secs(5);
 const REPLY_PREFIX: &str = "~idempotency:";
+const FILE_NAME: &str = "tracknum.redb";
+
+/// How the embedded store runs.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    pub fsync: FsyncPolicy,
+    /// redb's page cache, in bytes.
+    pub cache_size: u64,
+    /// New records are refused below this much free disk space.
+    pub min_free_disk: u64,
+    /// Longest wait for the disk before a call fails (a 503).
+    pub timeout: Duration,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            fsync: FsyncPolicy::Everysec,
+            cache_size: 64 << 20,
+            min_free_disk: 0,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
 
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    path: PathBuf,
+    /// Kept to re-open the database after a disk failure.
+    secret: String,
+    options: EmbeddedOptions,
+    /// The open database; None while it is being re-opened.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    /// Which file the database has open (device, inode), to notice it being swapped.
+    identity: std::sync::Mutex<Option<(u64, u64)>>,
     /// Maps a number of ours back to its serial, the key of its record.
     codec: Codec,
     /// Present under `--fsync everysec`: the write-behind buffer.
@@ -54,6 +103,9 @@ pub struct EmbeddedStore {
     /// Held while the buffer is flushed, and while a record is changed in place: a change
     /// first moves the record's buffered version to disk, then edits it there.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Wakes the upkeep task to flush before its tick (the buffer is filling fast).
+    flush_soon: tokio::sync::Notify,
+    disk: Arc<DiskGuard>,
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
     /// need not outlive it): each key's claim, and when the claim runs out.
     claims: tokio::sync::Mutex<HashMap<String, (Vec<u8>, std::time::Instant)>>,
@@ -66,13 +118,13 @@ impl EmbeddedStore {
     pub fn open(
         dir: &Path,
         secret: Option<&str>,
-        fsync: FsyncPolicy,
+        options: EmbeddedOptions,
     ) -> Result<(Self, String), anyhow::Error> {
         use anyhow::Context;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the data dir {}", dir.display()))?;
-        let path = dir.join("tracknum.redb");
-        let db = open_when_free(&path).map_err(|e| match e {
+        let path = dir.join(FILE_NAME);
+        let db = open_when_free(&path, options.cache_size).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "{} is in use by another tracknum process; give each instance its own --data-dir, \
                  or share a Redis with --redis-url",
@@ -81,37 +133,189 @@ impl EmbeddedStore {
             e => anyhow::anyhow!("cannot open {}: {e}", path.display()),
         })?;
         let secret = settle_secret(&db, secret)?;
+        let now = Utc::now().timestamp_millis();
+        let window = match options.fsync {
+            FsyncPolicy::Always => None,
+            FsyncPolicy::Everysec => Some(WRITE_BEHIND_WINDOW),
+        };
+        let disk = Arc::new(DiskGuard::new(options.min_free_disk, window, now));
+        if let Ok(free) = free_bytes(dir) {
+            disk.measured(free);
+        }
         let store = EmbeddedStore {
-            db: Arc::new(db),
+            identity: std::sync::Mutex::new(file_identity(&path)),
+            path,
             codec: Codec::new(secret.as_bytes()),
-            memtable: match fsync {
-                FsyncPolicy::Always => None,
-                FsyncPolicy::Everysec => Some(Arc::default()),
-            },
+            secret: secret.clone(),
+            memtable: window.map(|_| Arc::default()),
+            options,
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
             flush_lock: tokio::sync::Mutex::new(()),
+            flush_soon: tokio::sync::Notify::new(),
+            disk,
             claims: tokio::sync::Mutex::default(),
         };
         Ok((store, secret))
     }
 
-    /// Runs blocking redb work off the async workers.
+    /// The open database, or why there is none right now.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::NotWritable("the data file is being re-opened".into()))
+    }
+
+    /// Refuses a call the disk cannot take now (full, failed, frozen, swapped).
+    fn admit(&self, access: Access) -> Result<(), StoreError> {
+        match self.disk.refusal(access, Utc::now().timestamp_millis()) {
+            Some(reason) => Err(StoreError::NotWritable(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs blocking redb work off the async workers, within the storage timeout. A call that
+    /// outlives it keeps its thread (a frozen disk cannot be interrupted); until it returns,
+    /// the disk counts as hung and further calls are refused at once, so they do not pile up.
+    /// An I/O failure marks the disk failed; a panic inside redb is caught and becomes a 500.
     async fn blocking<T: Send + 'static>(
         &self,
+        access: Access,
         work: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || work(&db))
-            .await
-            .map_err(StoreError::unavailable)?
+        self.admit(access)?;
+        let db = self.database()?;
+        let mut task = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&db))).unwrap_or_else(
+                |panic| {
+                    let text = crate::http::gateway::panic_text(&*panic).to_owned();
+                    Err(StoreError::Bug(format!("redb panicked: {text}")))
+                },
+            )
+        });
+        let limit = deadline::limit(self.options.timeout);
+        let result = match tokio::time::timeout(limit, &mut task).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(StoreError::Bug(e.to_string()))),
+            Err(_) => {
+                let disk = self.disk.clone();
+                disk.stall_began();
+                tokio::spawn(async move {
+                    let _ = task.await;
+                    disk.stall_ended();
+                });
+                return Err(StoreError::Unavailable(
+                    "the disk did not answer in time".into(),
+                ));
+            }
+        };
+        if let Err(StoreError::NotWritable(reason)) = &result {
+            self.disk.failed(reason);
+        }
+        result
+    }
+
+    /// Starts what keeps the store healthy: every quarter second it measures the free space,
+    /// checks that the data file is still the one open, and re-opens the database after a disk
+    /// failure once there is room again; it also flushes the write-behind buffer early when
+    /// told to. Ends when `stop` is cancelled.
+    pub fn spawn_upkeep(self: &Arc<Self>, stop: CancellationToken) -> JoinHandle<()> {
+        let store = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => store.check_disk().await,
+                    () = store.flush_soon.notified() => {
+                        if let Err(err) = store.sync().await {
+                            tracing::warn!(error = %err, "early flush failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    async fn check_disk(&self) {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        match free_bytes(dir) {
+            Ok(free) => {
+                self.disk.measured(free);
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot measure the free disk space"),
+        }
+        let open = *self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if file_identity(&self.path) != open {
+            self.disk.mark_replaced();
+        }
+        if self.disk.has_failed() && self.disk.free() >= self.disk.min_free() {
+            match self.reopen().await {
+                Ok(()) => tracing::info!("the data file is open again; writes go on"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "re-opening the data file failed; retrying")
+                }
+            }
+        }
+    }
+
+    /// Closes the database and opens the file at the path again (a new one if it is gone), then
+    /// writes out the buffered records. redb refuses all work after an I/O error until then.
+    async fn reopen(&self) -> Result<(), StoreError> {
+        let _flushing = self.flush_lock.lock().await;
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        let (path, cache, secret) = (
+            self.path.clone(),
+            self.options.cache_size,
+            self.secret.clone(),
+        );
+        let reopened = tokio::task::spawn_blocking(move || {
+            // redb locks its file: the old handle must be gone before the new one opens. Calls
+            // still using it end within the storage timeout.
+            let mut old = old;
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while let Some(db) = old.take() {
+                match Arc::try_unwrap(db) {
+                    Ok(db) => drop(db),
+                    Err(_) if std::time::Instant::now() > deadline => {
+                        return Err(StoreError::Unavailable(
+                            "the data file is still in use".into(),
+                        ));
+                    }
+                    Err(db) => {
+                        old = Some(db);
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            let db = open_when_free(&path, cache).map_err(db_err)?;
+            settle_secret(&db, Some(&secret))
+                .map_err(|e| StoreError::Unavailable(format!("{e:#}")))?;
+            Ok(db)
+        })
+        .await
+        .unwrap_or_else(|e| Err(StoreError::Bug(e.to_string())))?;
+        *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reopened));
+        *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = file_identity(&self.path);
+        self.disk.recovered();
+        self.flush_locked().await
+    }
+
+    /// Free bytes on the data dir's filesystem at the last check.
+    pub fn free_disk_bytes(&self) -> u64 {
+        self.disk.free()
     }
 }
 
 /// Opens the database, waiting up to two seconds for a process that was just killed to let go
 /// of the file lock (a restart right after `kill -9` would otherwise race the exiting process).
-fn open_when_free(path: &Path) -> Result<Database, redb::DatabaseError> {
+fn open_when_free(path: &Path, cache_size: u64) -> Result<Database, redb::DatabaseError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut builder = redb::Builder::new();
+    builder.set_cache_size(usize::try_from(cache_size).unwrap_or(usize::MAX));
     loop {
-        match Database::create(path) {
+        match builder.create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen)
                 if std::time::Instant::now() < deadline =>
             {
@@ -156,13 +360,61 @@ fn settle_secret(db: &Database, given: Option<&str>) -> anyhow::Result<String> {
             }
         }
         // Make sure every table exists, so readers never see a missing table.
-        tx.open_table(ISSUED)?;
-        tx.open_table(OTHERS)?;
+        let mut issued = tx.open_table(ISSUED)?;
+        let mut others = tx.open_table(OTHERS)?;
         tx.open_table(EXPIRY)?;
+        if meta.get(RECORD_FORMAT)?.is_none() {
+            // A file from before records had checksums: give every record one, once.
+            let migrated = add_checksums(&mut issued, &mut others)?;
+            if migrated > 0 {
+                tracing::info!(records = migrated, "records given checksums");
+            }
+            meta.insert(RECORD_FORMAT, [VALUE_VERSION].as_slice())?;
+        }
         secret
     };
     tx.commit()?;
     Ok(secret)
+}
+
+/// Gives every record of a file from before checksums the current layout; returns how many.
+fn add_checksums(
+    issued: &mut redb::Table<'_, u64, &'static [u8]>,
+    others: &mut redb::Table<'_, &'static str, &'static [u8]>,
+) -> anyhow::Result<u64> {
+    let mut serials = Vec::new();
+    for row in issued.iter()? {
+        let (key, value) = row?;
+        if let Some(value) = with_checksum(value.value()) {
+            serials.push((key.value(), value));
+        }
+    }
+    let mut names = Vec::new();
+    for row in others.iter()? {
+        let (key, value) = row?;
+        if let Some(value) = with_checksum(value.value()) {
+            names.push((key.value().to_owned(), value));
+        }
+    }
+    let count = (serials.len() + names.len()) as u64;
+    for (serial, value) in serials {
+        issued.insert(serial, value.as_slice())?;
+    }
+    for (name, value) in names {
+        others.insert(name.as_str(), value.as_slice())?;
+    }
+    Ok(count)
+}
+
+/// A record of the layout without a checksum (expiry, number length, number, JSON), in the
+/// current layout; None if it is not one.
+fn with_checksum(old: &[u8]) -> Option<Vec<u8>> {
+    let expires_ms = i64::from_be_bytes(old.get(..8)?.try_into().ok()?);
+    let len = usize::from(*old.get(8)?);
+    let number = std::str::from_utf8(old.get(9..9 + len)?).ok()?;
+    let mut value = Vec::new();
+    encode_value(&mut value, expires_ms, number, &old[9 + len..]);
+    Some(value)
 }
 
 fn random_secret() -> String {
@@ -179,49 +431,101 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }
 
-#[async_trait]
-impl LeaseSource for EmbeddedStore {
-    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
-        self.blocking(move |db| {
-            // The block is on disk before any serial of it is handed out.
-            let tx = begin_durable(db)?;
-            let range = {
-                let mut meta = tx.open_table(META).map_err(corrupt)?;
-                let next = match meta.get(SERIAL_NEXT).map_err(corrupt)? {
-                    Some(v) => u64::from_be_bytes(v.value().try_into().map_err(corrupt)?),
-                    None => 0,
-                };
-                // Past every record of ours on disk too, should the counter ever have gone back.
-                let past_records = tx
-                    .open_table(ISSUED)
-                    .map_err(corrupt)?
-                    .last()
-                    .map_err(corrupt)?
-                    .map_or(0, |(serial, _)| serial.value() + 1);
-                let start = next.max(floor).max(past_records);
-                let end = start
-                    .checked_add(size)
-                    .filter(|&end| end <= SERIAL_SPACE)
-                    .ok_or_else(|| StoreError::Corrupt("the serial space is exhausted".into()))?;
-                meta.insert(SERIAL_NEXT, end.to_be_bytes().as_slice())
-                    .map_err(corrupt)?;
-                start..end
-            };
-            tx.commit().map_err(StoreError::unavailable)?;
-            Ok(range)
-        })
-        .await
+/// What a redb error means here: a failing disk (writes stop until the database is re-opened),
+/// a corrupt file (a 500), or a bug.
+fn db_err(err: impl Into<redb::Error>) -> StoreError {
+    match err.into() {
+        redb::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            StoreError::NotWritable("the disk is full".into())
+        }
+        redb::Error::Io(io) => StoreError::NotWritable(format!("an I/O error ({:?})", io.kind())),
+        redb::Error::PreviousIo | redb::Error::DatabaseClosed | redb::Error::LockPoisoned(_) => {
+            StoreError::NotWritable("an earlier disk failure".into())
+        }
+        redb::Error::Corrupted(what) => StoreError::Corrupt(what),
+        other => StoreError::Bug(other.to_string()),
     }
 }
 
-/// A stored value: expiry (ms since the epoch, 8 bytes big-endian), the number's length (1 byte)
-/// and the number, then the record JSON.
+#[async_trait]
+impl LeaseSource for EmbeddedStore {
+    /// A block starts past the counter, the caller's floor, every record on disk, and the
+    /// clock: serials count microseconds since 2025, and none is handed out before the clock
+    /// has passed it. So no state of the file (truncated, deleted, restored from a backup) can
+    /// bring back a serial that was issued: a restart always starts at the clock, past them.
+    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
+        let clock = clock_serial(SystemTime::now());
+        let range = self
+            .blocking(Access::Change, move |db| {
+                // The block is on disk before any serial of it is handed out.
+                let tx = begin_durable(db)?;
+                let range = {
+                    let mut meta = tx.open_table(META).map_err(db_err)?;
+                    let next = match meta.get(SERIAL_NEXT).map_err(db_err)? {
+                        Some(v) => u64::from_be_bytes(v.value().try_into().map_err(corrupt)?),
+                        None => 0,
+                    };
+                    // Past every record of ours on disk too, should the counter ever have gone back.
+                    let past_records = tx
+                        .open_table(ISSUED)
+                        .map_err(db_err)?
+                        .last()
+                        .map_err(db_err)?
+                        .map_or(0, |(serial, _)| serial.value() + 1);
+                    let start = next.max(floor).max(past_records).max(clock);
+                    let end = start
+                        .checked_add(size)
+                        .filter(|&end| end <= SERIAL_SPACE)
+                        .ok_or_else(|| StoreError::Bug("the serial space is exhausted".into()))?;
+                    meta.insert(SERIAL_NEXT, end.to_be_bytes().as_slice())
+                        .map_err(db_err)?;
+                    start..end
+                };
+                tx.commit().map_err(db_err)?;
+                Ok(range)
+            })
+            .await?;
+        wait_for_clock(range.end).await;
+        Ok(range)
+    }
+}
+
+/// Waits until the clock has passed `serial`, unless that is further off than
+/// [`MAX_CLOCK_WAIT`] (the clock went back): then it says so and waits no longer.
+async fn wait_for_clock(serial: u64) {
+    let ahead = serial.saturating_sub(clock_serial(SystemTime::now()));
+    let ahead = Duration::from_micros(ahead);
+    if ahead > MAX_CLOCK_WAIT {
+        tracing::warn!(
+            ?ahead,
+            "the serial counter is ahead of the clock (did the clock go back?); until it \
+             catches up, a wiped data file could repeat numbers"
+        );
+    } else if !ahead.is_zero() {
+        tokio::time::sleep(ahead).await;
+    }
+}
+
+/// The layout of a stored value, first byte of every value.
+const VALUE_VERSION: u8 = 2;
+/// Version, checksum, expiry and the number's length.
+const VALUE_HEADER: usize = 1 + 4 + 8 + 1;
+
+/// A stored value: the layout version (1 byte), a CRC-32 of all that follows (4 bytes), the
+/// expiry (ms since the epoch, 8 bytes big-endian), the number's length (1 byte) and the
+/// number, then the record JSON. Every read checks the checksum, so a flipped byte anywhere in
+/// a value is refused as corrupt instead of served.
 fn encode_value(out: &mut Vec<u8>, expires_ms: i64, number: &str, json: &[u8]) {
     out.clear();
+    out.reserve(VALUE_HEADER + number.len() + json.len());
+    out.push(VALUE_VERSION);
+    out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&expires_ms.to_be_bytes());
     out.push(number.len() as u8);
     out.extend_from_slice(number.as_bytes());
     out.extend_from_slice(json);
+    let checksum = crc32fast::hash(&out[5..]);
+    out[1..5].copy_from_slice(&checksum.to_be_bytes());
 }
 
 struct Stored<'a> {
@@ -231,20 +535,27 @@ struct Stored<'a> {
 }
 
 fn decode_value(value: &[u8]) -> Result<Stored<'_>, StoreError> {
-    let short = || corrupt("a stored record is truncated");
-    let expires_ms = i64::from_be_bytes(
-        value
-            .get(..8)
-            .ok_or_else(short)?
-            .try_into()
-            .map_err(corrupt)?,
-    );
-    let len = usize::from(*value.get(8).ok_or_else(short)?);
-    let number = value.get(9..9 + len).ok_or_else(short)?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("a stored record {what}"));
+    let header = value
+        .get(..VALUE_HEADER)
+        .ok_or_else(|| corrupt("is truncated"))?;
+    if header[0] != VALUE_VERSION {
+        return Err(corrupt("has an unknown layout"));
+    }
+    let checksum = u32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if crc32fast::hash(&value[5..]) != checksum {
+        return Err(corrupt("fails its checksum"));
+    }
+    let mut expiry = [0; 8];
+    expiry.copy_from_slice(&header[5..13]);
+    let len = usize::from(header[13]);
+    let number = value
+        .get(VALUE_HEADER..VALUE_HEADER + len)
+        .ok_or_else(|| corrupt("is truncated"))?;
     Ok(Stored {
-        expires_ms,
+        expires_ms: i64::from_be_bytes(expiry),
         number,
-        json: &value[9 + len..],
+        json: &value[VALUE_HEADER + len..],
     })
 }
 
@@ -290,7 +601,7 @@ where
             Slot::Issued(serial) => self.issued.get(serial),
             Slot::Other(key) => self.others.get(key),
         }
-        .map_err(corrupt)?;
+        .map_err(db_err)?;
         let Some(value) = value else { return Ok(None) };
         let stored = decode_value(value.value())?;
         // The same serial under another prefix is another number.
@@ -307,15 +618,15 @@ type ReadTables = Tables<
 
 fn write_tables(tx: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
     Ok(Tables {
-        issued: tx.open_table(ISSUED).map_err(corrupt)?,
-        others: tx.open_table(OTHERS).map_err(corrupt)?,
+        issued: tx.open_table(ISSUED).map_err(db_err)?,
+        others: tx.open_table(OTHERS).map_err(db_err)?,
     })
 }
 
 fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
     Ok(Tables {
-        issued: tx.open_table(ISSUED).map_err(corrupt)?,
-        others: tx.open_table(OTHERS).map_err(corrupt)?,
+        issued: tx.open_table(ISSUED).map_err(db_err)?,
+        others: tx.open_table(OTHERS).map_err(db_err)?,
     })
 }
 
@@ -326,7 +637,7 @@ fn live_on_disk(
     number: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let tx = db.begin_read().map_err(corrupt)?;
+    let tx = db.begin_read().map_err(db_err)?;
     let tables = read_tables(&tx)?;
     Ok(tables
         .with_record(slot(codec, number), number, |stored| {
@@ -362,13 +673,13 @@ fn write_records<'a>(
 ) -> Result<Vec<bool>, StoreError> {
     let tx = begin_durable(db)?;
     let written = write_in(&tx, codec, records, only_new)?;
-    tx.commit().map_err(StoreError::unavailable)?;
+    tx.commit().map_err(db_err)?;
     Ok(written)
 }
 
 fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
-    let mut tx = db.begin_write().map_err(corrupt)?;
-    tx.set_durability(Durability::Immediate).map_err(corrupt)?;
+    let mut tx = db.begin_write().map_err(db_err)?;
+    tx.set_durability(Durability::Immediate).map_err(db_err)?;
     Ok(tx)
 }
 
@@ -400,7 +711,7 @@ fn write_in<'a>(
             Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
             Slot::Other(key) => tables.others.insert(key, value.as_slice()),
         }
-        .map_err(corrupt)?;
+        .map_err(db_err)?;
         group.push(number.len() as u8);
         group.extend_from_slice(number.as_bytes());
         latest = latest.max(expires_ms);
@@ -408,10 +719,10 @@ fn write_in<'a>(
     }
     if !group.is_empty() {
         let id = GROUP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
+        let mut expiry = tx.open_table(EXPIRY).map_err(db_err)?;
         expiry
             .insert((latest, id), group.as_slice())
-            .map_err(corrupt)?;
+            .map_err(db_err)?;
     }
     Ok(written)
 }
@@ -432,17 +743,22 @@ fn holds_live(
 }
 
 impl EmbeddedStore {
-    /// Moves the write-behind buffer to disk; the caller holds `flush_lock`.
+    /// Moves the write-behind buffer to disk; the caller holds `flush_lock`. Allowed when the
+    /// disk is low (the records were answered: they must reach it), not when it has failed.
     async fn flush_locked(&self) -> Result<(), StoreError> {
         let Some(memtable) = self.memtable.clone() else {
             return Ok(()); // every commit was durable already
         };
+        let started = Utc::now().timestamp_millis();
+        self.admit(Access::Change)?;
         let batch = memtable.start_flush();
         if batch.is_empty() {
+            self.disk.flushed(started);
             return Ok(());
         }
         let codec = self.codec.clone();
-        self.blocking(move |db| {
+        let written = batch.clone();
+        self.blocking(Access::Change, move |db| {
             // In serial order, so the inserts append to the tree rather than split pages in the
             // middle of it (the buffer is a hash map: its own order is random).
             let mut records: Vec<_> = batch
@@ -452,11 +768,13 @@ impl EmbeddedStore {
             records
                 .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
             // Every record was checked when it was buffered.
-            write_records(db, &codec, records.into_iter(), false)?;
-            memtable.finish_flush();
-            Ok(())
+            write_records(db, &codec, records.into_iter(), false)
         })
-        .await
+        .await?;
+        memtable.finish_flush(&written);
+        // Everything buffered before `started` is on disk now.
+        self.disk.flushed(started);
+        Ok(())
     }
 
     /// Runs `change` in a durable transaction on the disk copy of `number`'s record, after moving
@@ -465,18 +783,20 @@ impl EmbeddedStore {
     async fn change_on_disk<T: Send + 'static>(
         &self,
         number: &str,
+        access: Access,
         change: impl FnOnce(&WriteTransaction, &Codec) -> Result<(T, bool), StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.admit(access)?;
         let _flushing = self.flush_lock.lock().await;
         if self.memtable.as_ref().is_some_and(|m| m.holds(number)) {
             self.flush_locked().await?;
         }
         let codec = self.codec.clone();
-        self.blocking(move |db| {
+        self.blocking(access, move |db| {
             let tx = begin_durable(db)?;
             let (outcome, commit) = change(&tx, &codec)?;
             if commit {
-                tx.commit().map_err(StoreError::unavailable)?;
+                tx.commit().map_err(db_err)?;
             } // else dropping the transaction aborts it
             Ok(outcome)
         })
@@ -488,7 +808,9 @@ impl EmbeddedStore {
 impl RecordStore for EmbeddedStore {
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
         let now = Utc::now().timestamp_millis();
+        self.admit(Access::Grow)?;
         if let Some(memtable) = &self.memtable {
+            let db = self.database()?;
             // Write-behind: no await, no thread hop. The disk check reads pages redb caches.
             let records = entries.iter().map(|e| {
                 let pending = Pending {
@@ -498,25 +820,29 @@ impl RecordStore for EmbeddedStore {
                 };
                 (e.tracking_number.clone(), pending)
             });
-            return memtable
+            let outcome = memtable
                 .insert_new(records, now, MEMTABLE_LIMIT, |number, pending| {
                     match slot_of(&self.codec, number, pending.serial) {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
-                        Slot::Other(_) => live_on_disk(&self.db, &self.codec, number, now),
+                        Slot::Other(_) => live_on_disk(&db, &self.codec, number, now),
                     }
                 })
                 .map_err(|err| match err {
-                    InsertError::Full => {
-                        StoreError::Unavailable("records are waiting for a failing disk".into())
-                    }
+                    InsertError::Full => StoreError::NotWritable(
+                        "records are arriving faster than the disk takes them".into(),
+                    ),
                     InsertError::Disk(err) => err,
                 });
+            if memtable.waiting() >= FLUSH_EARLY_AT {
+                self.flush_soon.notify_one();
+            }
+            return outcome;
         }
         let entries = entries.to_vec();
         let codec = self.codec.clone();
-        self.blocking(move |db| {
+        self.blocking(Access::Grow, move |db| {
             let records = entries.iter().map(|e| {
                 (
                     e.tracking_number.as_str(),
@@ -545,8 +871,8 @@ impl RecordStore for EmbeddedStore {
         }
         let number = tracking_number.to_owned();
         let codec = self.codec.clone();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(corrupt)?;
+        self.blocking(Access::Read, move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
             let tables = read_tables(&tx)?;
             let json = tables.with_record(slot(&codec, &number), &number, |stored| {
                 (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
@@ -556,8 +882,10 @@ impl RecordStore for EmbeddedStore {
         .await
     }
 
+    /// Ready when the disk takes new records.
     async fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
+        self.admit(Access::Grow)?;
+        self.database().map(drop)
     }
 
     async fn sync(&self) -> Result<(), StoreError> {
@@ -565,10 +893,14 @@ impl RecordStore for EmbeddedStore {
         self.flush_locked().await
     }
 
+    fn free_disk_bytes(&self) -> Option<u64> {
+        Some(self.disk.free())
+    }
+
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
         let (expected, entry) = (expected.clone(), entry.clone());
         let number = entry.tracking_number.clone();
-        self.change_on_disk(&number, move |tx, codec| {
+        self.change_on_disk(&number, Access::Grow, move |tx, codec| {
             if holds_live(tx, codec, &entry.tracking_number, Some(&expected))? != Some(true) {
                 return Ok((Swap::Changed, false));
             }
@@ -591,7 +923,7 @@ impl RecordStore for EmbeddedStore {
     ) -> Result<Removal, StoreError> {
         let number = tracking_number.to_owned();
         let expected = expected.cloned();
-        self.change_on_disk(tracking_number, move |tx, codec| {
+        self.change_on_disk(tracking_number, Access::Change, move |tx, codec| {
             match holds_live(tx, codec, &number, expected.as_deref())? {
                 None => return Ok((Removal::Missing, false)),
                 Some(false) => return Ok((Removal::Changed, false)),
@@ -602,7 +934,7 @@ impl RecordStore for EmbeddedStore {
                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
                 Slot::Other(key) => tables.others.remove(key).map(drop),
             }
-            .map_err(corrupt)?;
+            .map_err(db_err)?;
             Ok((Removal::Removed, true))
         })
         .await
@@ -610,22 +942,22 @@ impl RecordStore for EmbeddedStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let codec = self.codec.clone();
-        self.blocking(move |db| {
+        self.blocking(Access::Change, move |db| {
             let now = Utc::now().timestamp_millis();
             let tx = begin_durable(db)?;
             let mut removed = 0;
             {
                 let mut tables = write_tables(&tx)?;
-                let mut expiry = tx.open_table(EXPIRY).map_err(corrupt)?;
+                let mut expiry = tx.open_table(EXPIRY).map_err(db_err)?;
                 let due: Vec<((i64, u64), Vec<u8>)> = expiry
                     .range((i64::MIN, 0)..(now, 0))
-                    .map_err(corrupt)?
+                    .map_err(db_err)?
                     .take(PURGE_GROUPS)
                     .map(|item| item.map(|(k, v)| (k.value(), v.value().to_vec())))
                     .collect::<Result<_, _>>()
-                    .map_err(corrupt)?;
+                    .map_err(db_err)?;
                 for (key, numbers) in &due {
-                    expiry.remove(*key).map_err(corrupt)?;
+                    expiry.remove(*key).map_err(db_err)?;
                     for number in group_numbers(numbers) {
                         // A record whose expiry moved later since stays.
                         let slot = slot(&codec, number);
@@ -636,13 +968,13 @@ impl RecordStore for EmbeddedStore {
                                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
                                 Slot::Other(key) => tables.others.remove(key).map(drop),
                             }
-                            .map_err(corrupt)?;
+                            .map_err(db_err)?;
                             removed += 1;
                         }
                     }
                 }
             }
-            tx.commit().map_err(StoreError::unavailable)?;
+            tx.commit().map_err(db_err)?;
             Ok(removed)
         })
         .await

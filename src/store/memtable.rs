@@ -25,7 +25,7 @@ pub enum Lookup {
 }
 
 /// foldhash: much cheaper than SipHash per insert, and still seeded per process.
-type Records = HashMap<String, Pending, foldhash::fast::RandomState>;
+pub type Records = HashMap<String, Pending, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Memtable {
@@ -122,9 +122,19 @@ impl Memtable {
         flushing.clone()
     }
 
-    /// The records of the last `start_flush` are on disk: stop holding them.
-    pub fn finish_flush(&self) {
-        *lock(&self.flushing) = Arc::default();
+    /// The records of `batch` (from `start_flush`) are on disk: stop holding them, unless a
+    /// later `start_flush` has taken them into a bigger batch since (a write that outlived its
+    /// caller), which then still has to reach the disk.
+    pub fn finish_flush(&self, batch: &Arc<Records>) {
+        let mut flushing = lock(&self.flushing);
+        if Arc::ptr_eq(&flushing, batch) {
+            *flushing = Arc::default();
+        }
+    }
+
+    /// How many records wait to be taken to disk.
+    pub fn waiting(&self) -> usize {
+        lock(&self.active).len()
     }
 
     #[cfg(test)]
@@ -216,8 +226,26 @@ mod tests {
         assert!(insert(&table, "B", 1000, false));
         let batch = table.start_flush();
         assert_eq!(batch.len(), 2);
-        table.finish_flush();
+        table.finish_flush(&batch);
         assert!(table.is_empty());
+        assert_eq!(table.get("A", 100), Lookup::Unknown);
+    }
+
+    #[test]
+    fn a_late_finish_never_drops_records_a_later_flush_took_over() {
+        let table = Memtable::default();
+        assert!(insert(&table, "A", 1000, false));
+        let stuck = table.start_flush();
+        // While the first write hangs, another flush takes A and the newer B into its batch.
+        assert!(insert(&table, "B", 1000, false));
+        let retry = table.start_flush();
+        assert_eq!(retry.len(), 2);
+        table.finish_flush(&stuck);
+        assert!(
+            matches!(table.get("B", 100), Lookup::Live(_)),
+            "B is not on disk yet"
+        );
+        table.finish_flush(&retry);
         assert_eq!(table.get("A", 100), Lookup::Unknown);
     }
 

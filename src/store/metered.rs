@@ -26,8 +26,11 @@ impl MeteredStore {
         operation: &'static str,
         result: Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        if result.is_err() {
+        if let Err(err) = &result {
             self.metrics.storage_error(operation);
+            if matches!(err, StoreError::Corrupt(_)) {
+                self.metrics.corrupt_records.inc();
+            }
         }
         result
     }
@@ -91,6 +94,10 @@ impl RecordStore for MeteredStore {
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let result = self.inner.purge_expired().await;
         self.count("purge", result)
+    }
+
+    fn free_disk_bytes(&self) -> Option<u64> {
+        self.inner.free_disk_bytes()
     }
 }
 

@@ -14,7 +14,10 @@ use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use tokio::sync::Mutex;
 
-use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap};
+use super::{
+    FLOOR_EPOCH_UNIX_SECS, LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError,
+    Swap,
+};
 use crate::domain::codec::SERIAL_SPACE;
 
 /// The counter and the secret fingerprint, in one hash slot (`{tracknum}`).
@@ -24,10 +27,6 @@ const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
 const RECORD_PREFIX: &str = "tracknum:record:";
 /// Idempotency keys, one Redis key each.
 const REPLY_PREFIX: &str = "tracknum:idempotency:";
-
-/// The time floor counts microseconds since 2025-01-01T00:00:00Z: 10^6 serials a second, which
-/// outruns any real issuing rate and still lasts over 4000 years in 36^11 serials.
-pub const FLOOR_EPOCH_UNIX_SECS: u64 = 1_735_689_600;
 
 const LEASE_SCRIPT: &str = r#"
 local fp = redis.call('GET', KEYS[2])

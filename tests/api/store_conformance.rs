@@ -7,7 +7,8 @@ use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
 use tracknum::store::{
-    EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisStore, Removal, Store, Swap,
+    EmbeddedOptions, EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisStore, Removal,
+    Store, Swap,
 };
 
 use crate::helpers::RedisServer;
@@ -253,12 +254,19 @@ async fn records(store: &dyn Store) {
     );
 }
 
+fn options(fsync: FsyncPolicy) -> EmbeddedOptions {
+    EmbeddedOptions {
+        fsync,
+        ..EmbeddedOptions::default()
+    }
+}
+
 #[tokio::test]
 async fn embedded_store_conforms() {
     let dir = TempDir::new().unwrap();
     for fsync in [FsyncPolicy::Always, FsyncPolicy::Everysec] {
         let sub = dir.path().join(format!("{fsync:?}"));
-        let (store, _secret) = EmbeddedStore::open(&sub, None, fsync).unwrap();
+        let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
         conformance(&store).await;
     }
 }
@@ -266,7 +274,7 @@ async fn embedded_store_conforms() {
 #[tokio::test]
 async fn embedded_purge_reclaims_expired_records() {
     let dir = TempDir::new().unwrap();
-    let (store, _) = EmbeddedStore::open(dir.path(), None, FsyncPolicy::Always).unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Always)).unwrap();
     let short = Duration::from_millis(100);
     let entries: Vec<_> = (0..50).map(|i| entry(&format!("P{i}"), short)).collect();
     store.insert_new(&entries).await.unwrap();
@@ -278,10 +286,12 @@ async fn embedded_purge_reclaims_expired_records() {
 #[tokio::test]
 async fn embedded_counter_survives_reopening() {
     let dir = TempDir::new().unwrap();
-    let (store, secret) = EmbeddedStore::open(dir.path(), None, FsyncPolicy::Everysec).unwrap();
+    let (store, secret) =
+        EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
     let first = store.lease(1000, 0).await.unwrap();
     drop(store);
-    let (store, again) = EmbeddedStore::open(dir.path(), None, FsyncPolicy::Everysec).unwrap();
+    let (store, again) =
+        EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
     assert_eq!(secret, again, "the generated secret is kept");
     let second = store.lease(1000, 0).await.unwrap();
     assert!(second.start >= first.end);
