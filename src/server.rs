@@ -16,7 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use warp::http::Request;
+use warp::http::{Method, Request};
 use warp::reply::Response;
 
 use crate::http::Problem;
@@ -68,6 +68,10 @@ where
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(options.idle_timeout / 2))
         .max_header_list_size(MAX_HEAD_BUFFER as u32);
+    // The first bytes tell HTTP/1.1 from HTTP/2, so each connection gets a builder that reads
+    // no version of its own (hyper-util's reading has no time limit).
+    let http1 = builder.clone().http1_only();
+    let http2 = builder.http2_only();
     let mut refusing = auto::Builder::new(TokioExecutor::new());
     refusing.http1().keep_alive(false);
 
@@ -92,7 +96,11 @@ where
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             metrics.refused_connections.inc();
             if let Ok(refusal) = refusals.clone().try_acquire_owned() {
-                let conn = refusing.serve_connection(TokioIo::new(stream), service_fn(refuse));
+                // Probes still get through: a liveness check must not fail because clients
+                // hold every slot.
+                let service = make_service(peer);
+                let answer = service_fn(move |request| probe_or_refuse(service.clone(), request));
+                let conn = refusing.serve_connection(TokioIo::new(stream), answer);
                 let conn = conn.into_owned();
                 tokio::spawn(async move {
                     let _ = tokio::time::timeout(REFUSAL_DEADLINE, conn).await;
@@ -102,15 +110,22 @@ where
             continue;
         };
         let service = TowerToHyperService::new(make_service(peer));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        let metrics = metrics.clone();
+        let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
+        let (metrics, idle_timeout) = (metrics.clone(), options.idle_timeout);
         metrics.open_connections.inc();
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "connection ended with an error");
+            // A connection that sends nothing is closed after the idle timeout, like one that
+            // goes quiet between requests: silent sockets cannot hold the slots.
+            let version = tokio::time::timeout(idle_timeout, sniff_version(&stream)).await;
+            if let Ok(Some(version)) = version {
+                let builder = match version {
+                    HttpVersion::One => &http1,
+                    HttpVersion::Two => &http2,
+                };
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                if let Err(err) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
             }
             metrics.open_connections.dec();
             drop(slot);
@@ -124,8 +139,48 @@ where
     }
 }
 
-/// Answers the one request of a connection over the cap with a 503 problem.
-async fn refuse(_request: Request<Incoming>) -> Result<Response, Infallible> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HttpVersion {
+    One,
+    Two,
+}
+
+/// What HTTP/2 with prior knowledge opens with.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits for the connection's first bytes and tells its HTTP version; None if it closes first.
+async fn sniff_version(stream: &tokio::net::TcpStream) -> Option<HttpVersion> {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut seen).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        if seen[..n] != H2_PREFACE[..n] {
+            return Some(HttpVersion::One);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(HttpVersion::Two);
+        }
+        // Part of the preface so far: peek again once more may have come.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The one request of a connection over the cap: a probe is answered as usual, anything else
+/// gets a 503 problem.
+async fn probe_or_refuse<S>(
+    mut service: S,
+    request: Request<Incoming>,
+) -> Result<Response, Infallible>
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+{
+    let probe = matches!(request.uri().path(), "/healthz" | "/readyz")
+        && matches!(*request.method(), Method::GET | Method::HEAD);
+    if probe {
+        return service.call(request).await;
+    }
     let mut response = Problem::too_many_connections().into_response();
     response.headers_mut().insert(
         warp::http::header::CONNECTION,

@@ -82,20 +82,31 @@ pub async fn spawn_app(config: Config) -> TestApp {
 }
 
 pub async fn try_spawn_app(config: Config) -> anyhow::Result<TestApp> {
+    let app = start(config).await?;
+    wait_healthy(&app.client, &app.url("/readyz")).await;
+    Ok(app)
+}
+
+/// An app that may never get ready (its storage is down): waits for it to be alive only.
+pub async fn spawn_live(config: Config) -> TestApp {
+    let app = start(config).await.expect("the app starts");
+    wait_healthy(&app.client, &app.url("/healthz")).await;
+    app
+}
+
+async fn start(config: Config) -> anyhow::Result<TestApp> {
     let app = Application::build(config).await?;
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let app = TestApp {
+    Ok(TestApp {
         addr,
         client: reqwest::Client::new(),
         stop: Some(stop),
         task: Some(task),
-    };
-    wait_healthy(&app.client, &app.url("/readyz")).await;
-    Ok(app)
+    })
 }
 
 pub async fn wait_healthy(client: &reqwest::Client, url: &str) {

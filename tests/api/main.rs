@@ -22,6 +22,7 @@ macro_rules! on_both_backends {
 mod contract;
 mod embedded;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod loadtest;
 mod openapi;

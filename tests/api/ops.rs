@@ -16,14 +16,14 @@ use crate::helpers::{
 const QUERY: &str = "/next-tracking-number?origin_country_id=MY";
 
 /// The value of one series in a metrics text, 0 when absent.
-fn metric(text: &str, series: &str) -> f64 {
+pub(crate) fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0.0)
 }
 
-async fn metrics_text(app: &TestApp) -> String {
+pub(crate) async fn metrics_text(app: &TestApp) -> String {
     let response = app.get("/metrics").await;
     assert_eq!(response.status(), 200);
     let kind = response.headers()["content-type"]
@@ -35,7 +35,7 @@ async fn metrics_text(app: &TestApp) -> String {
 }
 
 /// Asserts a problem reply with `status`, whose body names the request's id; returns the body.
-async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+pub(crate) async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     let code = response.status().as_u16();
     let kind = response.headers()["content-type"]
         .to_str()
@@ -53,13 +53,13 @@ async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
 
 /// Sends raw bytes on a fresh connection and returns everything the server sent back (until it
 /// closes or goes quiet for a moment).
-async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+pub(crate) async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     read_reply(&mut stream).await
 }
 
-async fn read_reply(stream: &mut TcpStream) -> String {
+pub(crate) async fn read_reply(stream: &mut TcpStream) -> String {
     let mut reply = Vec::new();
     let mut buf = [0u8; 8192];
     loop {
@@ -93,7 +93,7 @@ fn complete_reply(reply: &[u8]) -> bool {
     body.len() >= length
 }
 
-fn status_of(reply: &str) -> u16 {
+pub(crate) fn status_of(reply: &str) -> u16 {
     reply
         .split(' ')
         .nth(1)
@@ -101,7 +101,7 @@ fn status_of(reply: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {reply:?}"))
 }
 
-fn body_of(reply: &str) -> Value {
+pub(crate) fn body_of(reply: &str) -> Value {
     let body = reply.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply:?}"))
 }
