@@ -6,7 +6,6 @@ use std::hint::black_box;
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tracknum::alloc::SerialPool;
-use tracknum::domain::codec::customer_tag;
 use tracknum::domain::{Codec, Country, Record};
 use tracknum::http::query::parse_issue;
 
@@ -18,7 +17,7 @@ fn issue_one_number(c: &mut Criterion) {
     let codec = Codec::new(b"bench-secret");
     let pool = SerialPool::new(1);
     let origin = Country::parse("MY");
-    let tag = customer_tag(Some("de619854-b59b-425e-9db4-943979e1bd49"));
+    let tag = codec.customer_tag(Some("de619854-b59b-425e-9db4-943979e1bd49"));
     let mut next_block = 0u64;
     c.bench_function("pool take + encode", |b| {
         b.iter(|| {

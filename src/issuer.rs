@@ -8,7 +8,6 @@ use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 
 use crate::alloc::SerialPool;
-use crate::domain::codec::customer_tag;
 use crate::domain::{Codec, IssueRequest, Record, Tenant, TrackingNumber};
 use crate::metrics::Metrics;
 use crate::store::{RecordEntry, RecordWriter, StoreError};
@@ -116,7 +115,7 @@ impl Issuer {
         owner: Option<&Tenant>,
     ) -> Result<(RecordEntry, TrackingNumber), IssueError> {
         let order = &request.order;
-        let tag = customer_tag(order.customer_key().as_deref());
+        let tag = self.codec.customer_tag(order.customer_key().as_deref());
         let serial =
             self.pool.take(self.serial_wait).await.ok_or_else(|| {
                 IssueError::NoSerials("the serial counter cannot be reached".into())

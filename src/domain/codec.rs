@@ -25,8 +25,7 @@ pub const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 // Frozen forever: changing any of these would re-map every number already issued.
 const CODEC_PREFIX: &[u8] = b"tracknum/codec/v1\0";
 const FINGERPRINT_PREFIX: &[u8] = b"tracknum/fingerprint/v1\0";
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+const CUSTOMER_TAG_PREFIX: &[u8] = b"tracknum/customer-tag/v1\0";
 
 /// A 16-character tracking number (ASCII 0-9A-Z), stored inline — no heap allocation.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -50,18 +49,6 @@ impl Serialize for TrackingNumber {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
     }
-}
-
-/// The customer tag: FNV-1a 64 (offset basis 0xcbf29ce484222325, prime 0x100000001b3 — these
-/// must never change) of the key's UTF-8 bytes, mod 1296; 0 when there is no key.
-#[inline]
-pub fn customer_tag(key: Option<&str>) -> u16 {
-    let Some(key) = key else { return 0 };
-    let hash = key.bytes().fold(FNV_OFFSET_BASIS, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-    });
-    // The remainder is below 1296, so it always fits.
-    (hash % u64::from(TAG_SPACE)) as u16
 }
 
 /// A character's digit value (0-9 → 0..9, A-Z → 10..35); None outside `0-9A-Z`.
@@ -104,12 +91,15 @@ pub fn has_valid_check(s: &str) -> bool {
     }
 }
 
-/// Keyed, secret-dependent bijection over [0, SERIAL_SPACE), and the number encoder.
+/// Keyed, secret-dependent bijection over [0, SERIAL_SPACE), the customer tag, and the number
+/// encoder.
 #[derive(Clone)]
 pub struct Codec {
     /// SipHash-1-3 keyed from the secret; the round index is part of each hashed message, so
     /// one key serves every round.
     round_hasher: SipHasher13,
+    /// SipHash-1-3 under its own key from the secret, for customer tags.
+    tag_hasher: SipHasher13,
 }
 
 /// Never prints the key material.
@@ -129,9 +119,28 @@ impl Codec {
             .finalize();
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
+        let tag_digest = Sha256::new()
+            .chain_update(CUSTOMER_TAG_PREFIX)
+            .chain_update(secret)
+            .finalize();
+        let mut tag_key = [0u8; 16];
+        tag_key.copy_from_slice(&tag_digest[..16]);
         Codec {
             round_hasher: SipHasher13::new_with_key(&key),
+            tag_hasher: SipHasher13::new_with_key(&tag_key),
         }
+    }
+
+    /// The customer tag of a customer key (its id, else its slug): SipHash-1-3 of the key's
+    /// UTF-8 bytes under a key derived from the secret, mod 1296; 0 when there is no key.
+    /// Keyed, so that nobody without the secret can confirm a guessed customer from a number.
+    /// (Numbers issued before December 2026 carry an unkeyed FNV-1a tag instead; both are two
+    /// base-36 characters, and nothing decodes them back.)
+    #[inline]
+    pub fn customer_tag(&self, key: Option<&str>) -> u16 {
+        let Some(key) = key else { return 0 };
+        // The remainder is below 1296, so it always fits.
+        (self.tag_hasher.hash(key.as_bytes()) % u64::from(TAG_SPACE)) as u16
     }
 
     /// Round function F_i(R): SipHash13 over the round index and R's little-endian bytes.
@@ -346,13 +355,13 @@ mod tests {
     fn encode_layout() {
         let c = codec();
         let my = Country::parse("MY");
-        let tag = customer_tag(Some("redbox-logistics"));
+        // 275 = 7 * 36 + 23 → "7N"
+        let tag = 275;
         for serial in [0, 1, 2, 12_345, SERIAL_SPACE / 2, SERIAL_SPACE - 1] {
             let tn = c.encode(my, tag, serial).unwrap();
             let s = tn.as_str();
             assert!(is_tracking_shape(s), "{s}");
             assert!(s.starts_with("MY"), "{s}");
-            // 275 = 7 * 36 + 23 → "7N"
             assert_eq!(&s[2..4], "7N");
             assert!(has_valid_check(s), "{s}");
             assert_eq!(c.decode_serial(s), Some(serial), "{s}");
@@ -519,24 +528,32 @@ mod tests {
     }
 
     #[test]
-    fn customer_tag_values_are_stable() {
-        assert_eq!(customer_tag(None), 0);
-        // FNV-1a 64 computed independently (Python):
-        //   "redbox-logistics" → 0x741c97217e2d9df3, mod 1296 = 275
-        //   "de619854-b59b-425e-9db4-943979e1bd49" → 0x35e9a1ada9b88ba2, mod 1296 = 578
-        //   "" → the offset basis 0xcbf29ce484222325, mod 1296 = 149
-        assert_eq!(customer_tag(Some("redbox-logistics")), 275);
-        assert_eq!(
-            customer_tag(Some("de619854-b59b-425e-9db4-943979e1bd49")),
-            578
+    fn customer_tags_are_keyed_by_the_secret() {
+        let (a, b) = (Codec::new(b"secret one"), Codec::new(b"secret two"));
+        assert_eq!(a.customer_tag(None), 0);
+        let keys: Vec<String> = (0..200).map(|i| format!("customer-{i}")).collect();
+        let differ = keys
+            .iter()
+            .filter(|k| a.customer_tag(Some(k)) != b.customer_tag(Some(k)))
+            .count();
+        assert!(
+            differ > 190,
+            "only {differ} of 200 tags depend on the secret"
         );
-        assert_eq!(customer_tag(Some("")), 149);
-        assert_eq!(customer_tag(Some("a")), 988);
+        assert_eq!(
+            a.customer_tag(Some("redbox-logistics")),
+            Codec::new(b"secret one").customer_tag(Some("redbox-logistics")),
+            "stable for one secret"
+        );
+        // Spread over the whole tag space.
         let mut state = 7;
-        for _ in 0..1000 {
-            let key = splitmix(&mut state).to_string();
-            assert!(customer_tag(Some(&key)) < 1296);
+        let mut seen = HashSet::new();
+        for _ in 0..20_000 {
+            let tag = a.customer_tag(Some(&splitmix(&mut state).to_string()));
+            assert!(tag < 1296);
+            seen.insert(tag);
         }
+        assert_eq!(seen.len(), 1296);
     }
 
     #[test]

@@ -75,12 +75,11 @@ pub fn inspect(number: &str) -> Inspection {
 mod tests {
     use super::*;
     use crate::domain::Codec;
-    use crate::domain::codec::customer_tag;
 
     #[test]
     fn decodes_a_number_we_issue() {
         let codec = Codec::new(b"secret");
-        let tag = customer_tag(Some("redbox-logistics"));
+        let tag = codec.customer_tag(Some("redbox-logistics"));
         let number = codec.encode(Country::parse("MY"), tag, 12345).unwrap();
         let seen = inspect(number.as_str());
         assert!(seen.format_valid && seen.check_character_valid);
