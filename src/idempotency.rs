@@ -15,6 +15,8 @@ use crate::store::{ReplyStore, StoreError};
 pub const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How often a waiting retry looks again.
 const POLL_EVERY: Duration = Duration::from_millis(10);
+/// How long a finished request keeps trying to store its reply while storage is unavailable.
+const FINISH_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
@@ -120,14 +122,28 @@ impl Claim {
             body,
         })
         .encode();
-        match self
-            .store
-            .complete(&self.key, &self.claim, &reply, self.ttl)
-            .await
-        {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!("an idempotency claim ran out before its request finished"),
-            Err(err) => tracing::warn!(error = %err, "could not store an idempotent reply"),
+        // Storage that just failed the request's own work may be busy recovering: the reply
+        // is worth a few tries, since without it a retry finds the key claimed until it runs out.
+        let deadline = Instant::now() + FINISH_PATIENCE;
+        loop {
+            match self
+                .store
+                .complete(&self.key, &self.claim, &reply, self.ttl)
+                .await
+            {
+                Ok(true) => break,
+                Ok(false) => {
+                    tracing::warn!("an idempotency claim ran out before its request finished");
+                    break;
+                }
+                Err(err) if err.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL_EVERY * 10).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not store an idempotent reply");
+                    break;
+                }
+            }
         }
         // Only now: should this future be dropped mid-way, `Drop` releases the claim.
         self.settled = true;

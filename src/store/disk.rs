@@ -40,6 +40,9 @@ pub enum Access {
     Change,
     /// New records and new versions: refused on any of the guards.
     Grow,
+    /// The store's own writes while it recovers from a failure: refused only while the disk
+    /// hangs.
+    Repair,
 }
 
 impl DiskGuard {
@@ -58,7 +61,7 @@ impl DiskGuard {
         if self.stalled.load(Ordering::Relaxed) > 0 {
             return Some("the disk is not answering (frozen or far too slow)".into());
         }
-        if access == Access::Read {
+        if matches!(access, Access::Read | Access::Repair) {
             return None;
         }
         if let Some(reason) = lock(&self.failed).as_ref() {

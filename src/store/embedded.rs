@@ -63,6 +63,10 @@ const UPKEEP_EVERY: Duration = Duration::from_millis(250);
 const MAX_CLOCK_WAIT: Duration = Duration::from_secs(5);
 const REPLY_PREFIX: &str = "~idempotency:";
 const FILE_NAME: &str = "tracknum.redb";
+/// When the store last recovered from a disk failure (its proof that the disk takes writes).
+const LAST_RECOVERY: &str = "last_recovery";
+/// A failed disk is tried again once it has at least this much room (and --min-free-disk).
+const RECOVERY_FREE: u64 = 1 << 20;
 
 /// How the embedded store runs.
 #[derive(Debug, Clone)]
@@ -250,7 +254,8 @@ impl EmbeddedStore {
         if file_identity(&self.path) != open {
             self.disk.mark_replaced();
         }
-        if self.disk.has_failed() && self.disk.free() >= self.disk.min_free() {
+        let room = self.disk.min_free().max(RECOVERY_FREE);
+        if self.disk.has_failed() && self.disk.free() >= room {
             match self.reopen().await {
                 Ok(()) => tracing::info!("the data file is open again; writes go on"),
                 Err(err) => {
@@ -261,7 +266,8 @@ impl EmbeddedStore {
     }
 
     /// Closes the database and opens the file at the path again (a new one if it is gone), then
-    /// writes out the buffered records. redb refuses all work after an I/O error until then.
+    /// proves the disk takes a durable write and writes out the buffered records; only then do
+    /// writes go on. redb refuses all work after an I/O error until it is re-opened.
     async fn reopen(&self) -> Result<(), StoreError> {
         let _flushing = self.flush_lock.lock().await;
         let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
@@ -298,8 +304,19 @@ impl EmbeddedStore {
         .unwrap_or_else(|e| Err(StoreError::Bug(e.to_string())))?;
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reopened));
         *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = file_identity(&self.path);
+        self.blocking(Access::Repair, |db| {
+            let tx = begin_durable(db)?;
+            let stamp = Utc::now().timestamp_millis().to_be_bytes();
+            tx.open_table(META)
+                .map_err(db_err)?
+                .insert(LAST_RECOVERY, stamp.as_slice())
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await?;
+        self.flush_unchecked(Access::Repair).await?;
         self.disk.recovered();
-        self.flush_locked().await
+        Ok(())
     }
 
     /// Free bytes on the data dir's filesystem at the last check.
@@ -746,11 +763,16 @@ impl EmbeddedStore {
     /// Moves the write-behind buffer to disk; the caller holds `flush_lock`. Allowed when the
     /// disk is low (the records were answered: they must reach it), not when it has failed.
     async fn flush_locked(&self) -> Result<(), StoreError> {
+        self.flush_unchecked(Access::Change).await
+    }
+
+    /// [`EmbeddedStore::flush_locked`], passing the guards of `access`.
+    async fn flush_unchecked(&self, access: Access) -> Result<(), StoreError> {
         let Some(memtable) = self.memtable.clone() else {
             return Ok(()); // every commit was durable already
         };
         let started = Utc::now().timestamp_millis();
-        self.admit(Access::Change)?;
+        self.admit(access)?;
         let batch = memtable.start_flush();
         if batch.is_empty() {
             self.disk.flushed(started);
@@ -758,7 +780,7 @@ impl EmbeddedStore {
         }
         let codec = self.codec.clone();
         let written = batch.clone();
-        self.blocking(Access::Change, move |db| {
+        self.blocking(access, move |db| {
             // In serial order, so the inserts append to the tree rather than split pages in the
             // middle of it (the buffer is a hash map: its own order is random).
             let mut records: Vec<_> = batch

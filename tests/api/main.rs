@@ -21,6 +21,7 @@ macro_rules! on_both_backends {
 
 mod contract;
 mod embedded;
+mod faults;
 mod helpers;
 mod hostile;
 mod lifecycle;
