@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine too: installs redis-server when it is missing
-# (Debian/Ubuntu; the Redis tests start their own private servers on free ports), then runs
+# The whole test suite, on a fresh machine too: installs redis-server and the filesystem tools
+# when they are missing (Debian/Ubuntu; the Redis tests start their own private servers on free
+# ports; the disk fault tests mount and freeze filesystems of their own, as root), then runs
 # every test. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,17 @@ cd "$(dirname "$0")/.."
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "test.sh: installing redis-server (the Redis tests need it; Redis 6.2 or later)"
   ./scripts/apt-install.sh redis-server
+fi
+
+# The disk fault tests mount a small tmpfs and an ext4 image on a loop device, and freeze it
+# (they need root): mount, losetup, fsfreeze and mkfs.ext4.
+missing=()
+command -v losetup >/dev/null 2>&1 || missing+=(mount)
+command -v fsfreeze >/dev/null 2>&1 || missing+=(util-linux)
+command -v mkfs.ext4 >/dev/null 2>&1 || missing+=(e2fsprogs)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} (the disk fault tests need them)"
+  ./scripts/apt-install.sh "${missing[@]}"
 fi
 
 # Unit tests, then the integration suite (doc tests: none; the binary holds no tests).

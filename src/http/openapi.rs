@@ -178,7 +178,7 @@ fn get_record() {}
     path = "/v1/tracking-numbers/{tn}",
     operation_id = "updateRecord",
     tag = "records",
-    params(TrackingNumberPath, IfMatch),
+    params(TrackingNumberPath, IfMatch, IdempotencyKey),
     request_body(content(
         (RecordChanges = "application/merge-patch+json"),
         (RecordChanges = "application/json"),
@@ -191,10 +191,12 @@ fn get_record() {}
          body = Problem, content_type = PROBLEM),
         (status = 404, description = NOT_FOUND, body = Problem, content_type = PROBLEM),
         (status = 409, description = "A status move the rules forbid (`from` and `to` name both \
-            states), or a change that kept losing races (with `Retry-After`)",
+            states), a change that kept losing races, or the first request with this \
+            `Idempotency-Key` still running (both with `Retry-After`)",
          body = Problem, content_type = PROBLEM,
          headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 412, description = STALE, body = Problem, content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
     )
 )]
 #[allow(dead_code)]
@@ -208,12 +210,18 @@ fn update_record() {}
     path = "/v1/tracking-numbers/{tn}",
     operation_id = "deleteRecord",
     tag = "records",
-    params(TrackingNumberPath, IfMatch),
+    params(TrackingNumberPath, IfMatch, IdempotencyKey),
     responses(
-        (status = 204, description = "Removed"),
-        (status = 400, description = BAD_NUMBER, body = Problem, content_type = PROBLEM),
+        (status = 204, description = "Removed",
+         headers(("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"))),
+        (status = 400, description = "Bad number or `Idempotency-Key`", body = Problem,
+         content_type = PROBLEM),
         (status = 404, description = NOT_FOUND, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A removal that kept losing races, or the first request \
+            with this `Idempotency-Key` still running", body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
         (status = 412, description = STALE, body = Problem, content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
     )
 )]
 #[allow(dead_code)]
@@ -223,7 +231,9 @@ fn delete_record() {}
 ///
 /// Takes the same inputs as issuing; the body is optional. A 16-character number whose last
 /// character is a valid check character for the first 15 has this service's layout and could
-/// collide with a number issued later, so it is refused.
+/// collide with a number issued later, so it is refused. A PUT is idempotent: when the live
+/// record is the one this PUT would make (same inputs, same tenant, unchanged since), the
+/// answer is 200 with it.
 #[utoipa::path(
     put,
     path = "/v1/tracking-numbers/{tn}",
@@ -232,6 +242,11 @@ fn delete_record() {}
     params(TrackingNumberPath),
     request_body(content = IssueInputs),
     responses(
+        (status = 200, description = "The record an earlier try of this same PUT made", body = Record,
+         headers(
+            ("ETag" = String, description = "The strong tag of this version of the record"),
+            ("Location" = String, description = "The record's URL path"),
+         )),
         (status = 201, description = "The new record", body = Record,
          headers(
             ("ETag" = String, description = "The strong tag of this version of the record"),
@@ -239,8 +254,8 @@ fn delete_record() {}
          )),
         (status = 400, description = "Bad number, body or input, every one named in `errors`",
          body = Problem, content_type = PROBLEM),
-        (status = 409, description = "A live record holds the number", body = Problem,
-         content_type = PROBLEM),
+        (status = 409, description = "A live record holds the number (another one, or another \
+            tenant's)", body = Problem, content_type = PROBLEM),
         (status = 422, description = "The number has this service's layout", body = Problem,
          content_type = PROBLEM),
     )

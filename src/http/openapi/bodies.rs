@@ -361,8 +361,10 @@ impl IntoParams for IdempotencyKey {
                     "Makes the request safe to retry: 1 to 255 printable ASCII characters. The \
                      first request with a key runs; its reply is kept (24 h by default) and \
                      every later request with the key and the same inputs gets it again, byte \
-                     for byte, marked `Idempotent-Replayed: true`. A request that fails \
-                     validation never takes the key, and one that fails on storage releases it.",
+                     for byte, marked `Idempotent-Replayed: true`. Keys belong to the caller's \
+                     tenant. A request that fails validation never takes the key, and one that \
+                     fails on storage releases it. One answered 503 because storage was slow \
+                     goes on, and a retry with its key gets what really happened.",
                 ))
                 // Printable ASCII; HTTP drops spaces at either end of a header value.
                 .schema(Some(

@@ -101,6 +101,7 @@ fn shared_by(operation: &mut Map<String, Value>, open: bool) {
         ("413", "PayloadTooLarge"),
         ("414", "UriTooLong"),
         ("431", "HeadersTooLarge"),
+        ("500", "Internal"),
     ];
     if !open {
         shared.extend([("401", "Unauthorized"), ("429", "TooManyRequests")]);
@@ -191,6 +192,11 @@ fn shared_responses() -> Value {
         "PayloadTooLarge": problem("The request body is over the limit", &[]),
         "UriTooLong": problem("The request target is too long", &[]),
         "HeadersTooLarge": problem("The request headers are too large", &[]),
+        "Internal": problem(
+            "Something that should not happen did (corrupt stored data, a bug): the body says \
+             nothing more; the service log has the details under the request's id",
+            &[],
+        ),
         "Unavailable": problem(
             "Storage is unavailable, or the request timed out; retry after `Retry-After`",
             &["Retry-After"],
