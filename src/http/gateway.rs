@@ -574,6 +574,77 @@ mod tests {
         }
     }
 
+    fn gateway() -> Arc<Gateway> {
+        Arc::new(Gateway {
+            metrics: Metrics::new(),
+            keys: None,
+            limiter: Arc::new(RateLimiter::Off),
+            cors: Cors::from_list(&[]).unwrap(),
+            limits: Limits {
+                request_timeout: Duration::from_secs(5),
+                max_uri_bytes: 8192,
+                max_header_bytes: 16384,
+                max_headers: 100,
+                max_body_bytes: 1024,
+            },
+            client_ip_header: None,
+            auth_failures: LocalLimiter::new(AUTH_FAILURE_QUOTA),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_panicking_route_is_a_generic_500_and_the_service_goes_on() {
+        use tower_service::Service;
+        /// Routes whose first request panics.
+        #[derive(Clone, Default)]
+        struct Panicky(Arc<std::sync::atomic::AtomicUsize>);
+
+        impl Service<Request<()>> for Panicky {
+            type Response = Response;
+            type Error = Infallible;
+            type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, _: Request<()>) -> Self::Future {
+                let first = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                Box::pin(async move {
+                    if first {
+                        panic!("secret internal detail at /var/lib/tracknum");
+                    }
+                    Ok(Response::new("fine".into()))
+                })
+            }
+        }
+
+        let mut service = GatewayService {
+            gateway: gateway(),
+            inner: Panicky::default(),
+            remote: "127.0.0.1:9".parse().unwrap(),
+        };
+        let request = || {
+            Request::builder()
+                .uri("/next-tracking-number")
+                .header(header::HOST, "x")
+                .body(())
+                .unwrap()
+        };
+        let response = service.call(request()).await.unwrap();
+        assert_eq!(response.status(), 500);
+        assert!(response.headers().contains_key(request_id::HEADER));
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("urn:tracknum:problem:internal"), "{text}");
+        assert!(!text.contains("secret") && !text.contains("/var/lib"), "{text}");
+        let next = service.call(request()).await.unwrap();
+        assert_eq!(next.status(), 200, "the same service answers the next request");
+    }
+
     #[test]
     fn only_probes_metrics_and_the_description_are_open() {
         assert!(is_open("/healthz"));
