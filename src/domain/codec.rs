@@ -113,21 +113,9 @@ impl Codec {
     /// Derives the round keys from the secret: SHA-256 of a fixed domain-separation prefix
     /// followed by the secret bytes; the first 16 bytes of the digest are a SipHash-1-3 key.
     pub fn new(secret: &[u8]) -> Codec {
-        let digest = Sha256::new()
-            .chain_update(CODEC_PREFIX)
-            .chain_update(secret)
-            .finalize();
-        let mut key = [0u8; 16];
-        key.copy_from_slice(&digest[..16]);
-        let tag_digest = Sha256::new()
-            .chain_update(CUSTOMER_TAG_PREFIX)
-            .chain_update(secret)
-            .finalize();
-        let mut tag_key = [0u8; 16];
-        tag_key.copy_from_slice(&tag_digest[..16]);
         Codec {
-            round_hasher: SipHasher13::new_with_key(&key),
-            tag_hasher: SipHasher13::new_with_key(&tag_key),
+            round_hasher: keyed_hasher(CODEC_PREFIX, secret),
+            tag_hasher: keyed_hasher(CUSTOMER_TAG_PREFIX, secret),
         }
     }
 
@@ -223,6 +211,18 @@ impl Codec {
             .try_fold(0u64, |acc, &c| Some(acc * 36 + u64::from(digit_value(c)?)))?;
         Some(self.unpermute(x))
     }
+}
+
+/// A SipHash-1-3 keyed with the first 16 bytes of SHA-256(`prefix` ‖ `secret`): one secret,
+/// a key of its own for each use.
+fn keyed_hasher(prefix: &[u8], secret: &[u8]) -> SipHasher13 {
+    let digest = Sha256::new()
+        .chain_update(prefix)
+        .chain_update(secret)
+        .finalize();
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    SipHasher13::new_with_key(&key)
 }
 
 /// A short public fingerprint of a secret (hex of the first 8 bytes of SHA-256 with its own

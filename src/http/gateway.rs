@@ -640,9 +640,16 @@ mod tests {
             .to_bytes();
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("urn:tracknum:problem:internal"), "{text}");
-        assert!(!text.contains("secret") && !text.contains("/var/lib"), "{text}");
+        assert!(
+            !text.contains("secret") && !text.contains("/var/lib"),
+            "{text}"
+        );
         let next = service.call(request()).await.unwrap();
-        assert_eq!(next.status(), 200, "the same service answers the next request");
+        assert_eq!(
+            next.status(),
+            200,
+            "the same service answers the next request"
+        );
     }
 
     #[test]

@@ -167,6 +167,17 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The status of a GET of `path`.
+async fn get_status(client: &reqwest::Client, app: &BinaryApp, path: &str) -> u16 {
+    client
+        .get(app.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 async fn status_and_body(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     (status, response.text().await.unwrap())
@@ -292,15 +303,7 @@ async fn full_disk(fsync: &str) {
     let (code, text) = status_and_body(ready).await;
     assert_eq!(code, 503, "{text}");
     assert!(text.contains("disk"), "{text}");
-    assert_eq!(
-        client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&client, &app, "/healthz").await, 200);
     let put = client
         .put(app.url("/v1/tracking-numbers/FULLDISK1"))
         .json(&json!({}))
@@ -421,12 +424,7 @@ async fn new_numbers_stop_before_the_disk_is_full_and_resume_when_it_has_room() 
     std::fs::remove_file(filler).unwrap();
     wait_ready(&app, Duration::from_secs(5)).await;
     assert_eq!(
-        client
-            .get(app.url("/next-tracking-number"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, &app, "/next-tracking-number").await,
         200
     );
 }
@@ -518,15 +516,7 @@ async fn flipped_bytes_in_the_data_file_are_never_served() {
         metric(&metrics, "tracknum_corrupt_records_total"),
         damaged.len() as f64
     );
-    assert_eq!(
-        client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(get_status(&client, &app, "/healthz").await, 200);
 }
 
 #[tokio::test]
@@ -632,12 +622,7 @@ async fn a_frozen_disk_gives_503s_in_time_and_keyed_retries_get_the_real_outcome
         .unwrap();
     assert_eq!(again.status(), 200);
     assert_eq!(
-        client
-            .get(app.url("/next-tracking-number"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(&client, &app, "/next-tracking-number").await,
         200
     );
 }
