@@ -93,8 +93,10 @@ impl Default for EmbeddedOptions {
 
 pub struct EmbeddedStore {
     path: PathBuf,
-    /// Kept to re-open the database after a disk failure.
+    /// Kept to re-open the database after a disk failure, with whether it was given (else it
+    /// was generated and lives in the data file).
     secret: String,
+    secret_given: bool,
     options: EmbeddedOptions,
     /// The open database; None while it is being re-opened.
     db: std::sync::RwLock<Option<Arc<Database>>>,
@@ -136,6 +138,7 @@ impl EmbeddedStore {
             ),
             e => anyhow::anyhow!("cannot open {}: {e}", path.display()),
         })?;
+        let given_secret = secret.is_some();
         let secret = settle_secret(&db, secret)?;
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
@@ -151,6 +154,7 @@ impl EmbeddedStore {
             path,
             codec: Codec::new(secret.as_bytes()),
             secret: secret.clone(),
+            secret_given: given_secret,
             memtable: window.map(|_| Arc::default()),
             options,
             db: std::sync::RwLock::new(Some(Arc::new(db))),
@@ -276,6 +280,7 @@ impl EmbeddedStore {
             self.options.cache_size,
             self.secret.clone(),
         );
+        let given = self.secret_given;
         let reopened = tokio::task::spawn_blocking(move || {
             // redb locks its file: the old handle must be gone before the new one opens. Calls
             // still using it end within the storage timeout.
@@ -296,9 +301,19 @@ impl EmbeddedStore {
                 }
             }
             let db = open_when_free(&path, cache).map_err(db_err)?;
-            settle_secret(&db, Some(&secret))
-                .map_err(|e| StoreError::Unavailable(format!("{e:#}")))?;
-            Ok(db)
+            let settled = if given {
+                settle_secret(&db, Some(&secret))
+            } else {
+                // A new file at the path must keep the secret this process generated.
+                keep_generated_secret(&db, &secret).and_then(|()| settle_secret(&db, None))
+            };
+            match settled {
+                Ok(same) if same == secret => Ok(db),
+                Ok(_) => Err(StoreError::Bug(
+                    "the data file now at the path was made with another secret".into(),
+                )),
+                Err(e) => Err(StoreError::Unavailable(format!("{e:#}"))),
+            }
         })
         .await
         .unwrap_or_else(|e| Err(StoreError::Bug(e.to_string())))?;
@@ -432,6 +447,20 @@ fn with_checksum(old: &[u8]) -> Option<Vec<u8>> {
     let mut value = Vec::new();
     encode_value(&mut value, expires_ms, number, &old[9 + len..]);
     Some(value)
+}
+
+/// Stores a generated secret in a data file that holds none yet.
+fn keep_generated_secret(db: &Database, secret: &str) -> anyhow::Result<()> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    {
+        let mut meta = tx.open_table(META)?;
+        if meta.get(GENERATED_SECRET)?.is_none() && meta.get(SECRET_FINGERPRINT)?.is_none() {
+            meta.insert(GENERATED_SECRET, secret.as_bytes())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 fn random_secret() -> String {

@@ -266,7 +266,8 @@ async fn a_wiped_truncated_or_restored_data_file_never_repeats_a_number() {
 #[tokio::test]
 async fn a_data_file_swapped_under_a_running_store_stops_writes_until_it_is_reopened() {
     let dir = TempDir::new().unwrap();
-    let app = BinaryApp::start(dir.path(), &["--secret", SECRET]).await;
+    // No --secret: the generated one must outlive the file it was kept in.
+    let mut app = BinaryApp::start(dir.path(), &[]).await;
     let (before, _) = issue_many(&[app.url("/next-tracking-number")], 500, 8).await;
     std::fs::remove_file(data_file(dir.path())).unwrap();
     // Within a moment the store notices, re-opens a fresh file at the path, and goes on.
@@ -283,6 +284,13 @@ async fn a_data_file_swapped_under_a_running_store_stops_writes_until_it_is_reop
     assert_eq!(failed, 0);
     let mut all = before;
     all.extend(after);
+    // The new file holds the generated secret: a restart takes it, and numbers go on unrepeated.
+    app.signal("TERM");
+    app.wait_exit(Duration::from_secs(10)).expect("stops");
+    let app = BinaryApp::start(dir.path(), &[]).await;
+    let (again, failed) = issue_many(&[app.url("/next-tracking-number")], 500, 8).await;
+    assert_eq!(failed, 0);
+    all.extend(again);
     assert_unique(&all);
 }
 
