@@ -191,6 +191,15 @@ fn format_access(text: &mut String, line: &Access<'_>, format: LogFormat, now: S
     };
 }
 
+/// A panic's message, for the log only (never for a client).
+pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

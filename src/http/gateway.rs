@@ -458,20 +458,11 @@ fn routed_response(
         Ok(Ok(Ok(response))) => response,
         Ok(Ok(Err(never))) => match never {},
         Ok(Err(panic)) => request_id::sync_scope(id.clone(), || {
-            tracing::error!(panic = panic_text(&*panic), "a request panicked");
+            tracing::error!(panic = telemetry::panic_text(&*panic), "a request panicked");
             Problem::internal().into_response()
         }),
         Err(_) => request_id::sync_scope(id.clone(), || Problem::timed_out(limit).into_response()),
     }
-}
-
-/// A panic's message, for the log only.
-pub fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)")
 }
 
 /// The slow path, for a rate limit shared through Redis: ask it, then route (or refuse).

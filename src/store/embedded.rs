@@ -197,7 +197,7 @@ impl EmbeddedStore {
         let mut task = tokio::task::spawn_blocking(move || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&db))).unwrap_or_else(
                 |panic| {
-                    let text = crate::http::gateway::panic_text(&*panic).to_owned();
+                    let text = crate::telemetry::panic_text(&*panic).to_owned();
                     Err(StoreError::Bug(format!("redb panicked: {text}")))
                 },
             )
