@@ -169,13 +169,12 @@ fn client() -> reqwest::Client {
 
 /// The status of a GET of `path`.
 async fn get_status(client: &reqwest::Client, app: &BinaryApp, path: &str) -> u16 {
-    client
-        .get(app.url(path))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    get(client, app, path).await.0
+}
+
+/// The status and body of a GET of `path`.
+async fn get(client: &reqwest::Client, app: &BinaryApp, path: &str) -> (u16, String) {
+    status_and_body(client.get(app.url(path)).send().await.unwrap()).await
 }
 
 async fn status_and_body(response: reqwest::Response) -> (u16, String) {
@@ -405,27 +404,12 @@ async fn new_numbers_stop_before_the_disk_is_full_and_resume_when_it_has_room() 
     // Measured every quarter second: refused within a moment.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let client = client();
-    let (status, text) = status_and_body(
-        client
-            .get(app.url("/next-tracking-number"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, text) = get(&client, &app, "/next-tracking-number").await;
     assert_eq!(status, 503, "{text}");
-    let (status, text) =
-        status_and_body(client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let (status, text) = get(&client, &app, "/readyz").await;
     assert_eq!(status, 503);
     assert!(text.contains("--min-free-disk"), "{text}");
-    let metrics = client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = get(&client, &app, "/metrics").await;
     assert_eq!(metric(&metrics, "tracknum_storage_ready"), 0.0, "{metrics}");
     let free = metric(&metrics, "tracknum_disk_free_bytes");
     assert!(free > 0.0 && free < f64::from(4u32 << 20), "{free}");
@@ -512,14 +496,7 @@ async fn flipped_bytes_in_the_data_file_are_never_served() {
             assert_eq!(status, 500, "{path}: a damaged record served");
         }
     }
-    let metrics = client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = get(&client, &app, "/metrics").await;
     assert_eq!(
         metric(&metrics, "tracknum_corrupt_records_total"),
         damaged.len() as f64
@@ -561,28 +538,31 @@ async fn a_frozen_disk_gives_503s_in_time_and_keyed_retries_get_the_real_outcome
         let took = started.elapsed();
         assert!(took < Duration::from_secs(2), "{what} took {took:?}");
     };
-    let started = Instant::now();
-    let patch = client
-        .patch(app.url(&record))
-        .header("Idempotency-Key", "move-1")
-        .json(&json!({"status": "in_transit"}))
-        .send()
-        .await
-        .unwrap();
-    timed(started, "PATCH");
-    assert_eq!(patch.status(), 503);
-    assert!(patch.headers().contains_key("retry-after"));
+    // The same keyed PATCH and the same PUT, sent while frozen and again after.
+    let keyed_patch = || {
+        client
+            .patch(app.url(&record))
+            .header("Idempotency-Key", "move-1")
+            .json(&json!({"status": "in_transit"}))
+            .send()
+    };
     let inputs = json!({"origin_country_id": "SG"});
-    for _ in 0..3 {
-        let started = Instant::now();
-        let put = client
+    let put = || {
+        client
             .put(app.url("/v1/tracking-numbers/FROZEN1"))
             .json(&inputs)
             .send()
-            .await
-            .unwrap();
+    };
+    let started = Instant::now();
+    let patch = keyed_patch().await.unwrap();
+    timed(started, "PATCH");
+    assert_eq!(patch.status(), 503);
+    assert!(patch.headers().contains_key("retry-after"));
+    for _ in 0..3 {
+        let started = Instant::now();
+        let refused = put().await.unwrap();
         timed(started, "PUT");
-        assert_eq!(put.status(), 503);
+        assert_eq!(refused.status(), 503);
         let started = Instant::now();
         let next = client
             .get(app.url("/next-tracking-number"))
@@ -592,43 +572,21 @@ async fn a_frozen_disk_gives_503s_in_time_and_keyed_retries_get_the_real_outcome
         timed(started, "issuing");
         assert_eq!(next.status(), 503);
     }
-    let (status, text) =
-        status_and_body(client.get(app.url("/readyz")).send().await.unwrap()).await;
+    let (status, text) = get(&client, &app, "/readyz").await;
     assert_eq!(status, 503);
     assert!(text.contains("not answering"), "{text}");
     frozen.thaw();
 
     wait_ready(&app, Duration::from_secs(10)).await;
     // The PATCH that got a 503 went on: its key now holds what happened, and a retry gets it.
-    let retry = client
-        .patch(app.url(&record))
-        .header("Idempotency-Key", "move-1")
-        .json(&json!({"status": "in_transit"}))
-        .send()
-        .await
-        .unwrap();
+    let retry = keyed_patch().await.unwrap();
     assert_eq!(retry.status(), 200);
     let retried: Value = retry.json().await.unwrap();
     assert_eq!(retried["status"], "in_transit");
     // The PUT is safe to retry whether or not an earlier try landed.
-    let put = client
-        .put(app.url("/v1/tracking-numbers/FROZEN1"))
-        .json(&inputs)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        matches!(put.status().as_u16(), 200 | 201),
-        "{}",
-        put.status()
-    );
-    let again = client
-        .put(app.url("/v1/tracking-numbers/FROZEN1"))
-        .json(&inputs)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 200);
+    let first = put().await.unwrap().status();
+    assert!(matches!(first.as_u16(), 200 | 201), "{first}");
+    assert_eq!(put().await.unwrap().status(), 200);
     assert_eq!(
         get_status(&client, &app, "/next-tracking-number").await,
         200
