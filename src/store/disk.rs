@@ -18,8 +18,10 @@ pub struct DiskGuard {
     /// Free bytes at the last check.
     free: AtomicU64,
     low: AtomicBool,
-    /// Set by a failed write, until the database has been re-opened.
+    /// Set by a failed write, until the database has been re-opened; `has_failed_write`
+    /// mirrors it, so the request path reads an atomic, not the lock.
     failed: Mutex<Option<String>>,
+    has_failed_write: AtomicBool,
     /// The data file at the path is not the one open (removed, or replaced by a restore).
     replaced: AtomicBool,
     /// Disk calls that outlived the storage timeout and have not returned yet.
@@ -64,7 +66,9 @@ impl DiskGuard {
         if matches!(access, Access::Read | Access::Repair) {
             return None;
         }
-        if let Some(reason) = lock(&self.failed).as_ref() {
+        if self.has_failed_write.load(Ordering::Acquire)
+            && let Some(reason) = lock(&self.failed).as_ref()
+        {
             return Some(reason.clone());
         }
         if self.replaced.load(Ordering::Relaxed) {
@@ -95,16 +99,20 @@ impl DiskGuard {
                 "a write to the disk failed; refusing writes until it recovers"
             );
             *failed = Some(format!("a write to the disk failed ({reason}); recovering"));
+            self.has_failed_write.store(true, Ordering::Release);
         }
     }
 
     pub fn has_failed(&self) -> bool {
-        lock(&self.failed).is_some() || self.replaced.load(Ordering::Relaxed)
+        self.has_failed_write.load(Ordering::Acquire) || self.replaced.load(Ordering::Relaxed)
     }
 
     /// The database was re-opened: writes may go on (the other guards still apply).
     pub fn recovered(&self) {
-        *lock(&self.failed) = None;
+        let mut failed = lock(&self.failed);
+        *failed = None;
+        self.has_failed_write.store(false, Ordering::Release);
+        drop(failed);
         self.replaced.store(false, Ordering::Relaxed);
     }
 

@@ -177,7 +177,11 @@ impl EmbeddedStore {
 
     /// Refuses a call the disk cannot take now (full, failed, frozen, swapped).
     fn admit(&self, access: Access) -> Result<(), StoreError> {
-        match self.disk.refusal(access, Utc::now().timestamp_millis()) {
+        self.admit_at(access, Utc::now().timestamp_millis())
+    }
+
+    fn admit_at(&self, access: Access, now_ms: i64) -> Result<(), StoreError> {
+        match self.disk.refusal(access, now_ms) {
             Some(reason) => Err(StoreError::NotWritable(reason)),
             None => Ok(()),
         }
@@ -329,14 +333,9 @@ impl EmbeddedStore {
             tx.commit().map_err(db_err)
         })
         .await?;
-        self.flush_unchecked(Access::Repair).await?;
+        self.flush_as(Access::Repair).await?;
         self.disk.recovered();
         Ok(())
-    }
-
-    /// Free bytes on the data dir's filesystem at the last check.
-    pub fn free_disk_bytes(&self) -> u64 {
-        self.disk.free()
     }
 }
 
@@ -792,11 +791,12 @@ impl EmbeddedStore {
     /// Moves the write-behind buffer to disk; the caller holds `flush_lock`. Allowed when the
     /// disk is low (the records were answered: they must reach it), not when it has failed.
     async fn flush_locked(&self) -> Result<(), StoreError> {
-        self.flush_unchecked(Access::Change).await
+        self.flush_as(Access::Change).await
     }
 
-    /// [`EmbeddedStore::flush_locked`], passing the guards of `access`.
-    async fn flush_unchecked(&self, access: Access) -> Result<(), StoreError> {
+    /// [`EmbeddedStore::flush_locked`], held to the guards of `access` (a recovery flushes
+    /// while the disk still counts as failed).
+    async fn flush_as(&self, access: Access) -> Result<(), StoreError> {
         let Some(memtable) = self.memtable.clone() else {
             return Ok(()); // every commit was durable already
         };
@@ -859,9 +859,8 @@ impl EmbeddedStore {
 impl RecordStore for EmbeddedStore {
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
         let now = Utc::now().timestamp_millis();
-        self.admit(Access::Grow)?;
+        self.admit_at(Access::Grow, now)?;
         if let Some(memtable) = &self.memtable {
-            let db = self.database()?;
             // Write-behind: no await, no thread hop. The disk check reads pages redb caches.
             let records = entries.iter().map(|e| {
                 let pending = Pending {
@@ -877,7 +876,9 @@ impl RecordStore for EmbeddedStore {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
-                        Slot::Other(_) => live_on_disk(&db, &self.codec, number, now),
+                        Slot::Other(_) => {
+                            live_on_disk(&*self.database()?, &self.codec, number, now)
+                        }
                     }
                 })
                 .map_err(|err| match err {
