@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::keys::KeyRing;
 use crate::access::ratelimit::{LocalLimiter, Quota, RateLimiter, RedisLimiter};
-use crate::alloc::{RefillStatus, SerialPool, first_lease, spawn_refill};
+use crate::alloc::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
@@ -26,7 +26,9 @@ use crate::issuer::Issuer;
 use crate::metrics::Metrics;
 use crate::records::Records;
 use crate::server::{self, ServerOptions};
-use crate::store::{EmbeddedOptions, EmbeddedStore, MeteredStore, RecordWriter, RedisStore, Store};
+use crate::store::{
+    EmbeddedOptions, EmbeddedStore, MeteredStore, RecordWriter, RedisOptions, RedisStore, Store,
+};
 
 /// Spare blocks kept leased ahead of need.
 const SPARE_BLOCKS: usize = 2;
@@ -61,15 +63,18 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let mut upkeep = None;
-        let (store, secret): (Arc<dyn Store>, String) = match &config.redis_url {
-            Some(url) => {
+        let (store, secret): (Arc<dyn Store>, String) = match config.redis() {
+            Some(target) => {
                 let secret = config
                     .secret
                     .clone()
-                    .context("--secret is required with --redis-url")?;
-                let store =
-                    RedisStore::new(url, fingerprint(secret.as_bytes()), config.storage_timeout)?;
-                (Arc::new(store), secret)
+                    .context("--secret is required with Redis")?;
+                let options = RedisOptions {
+                    fingerprint: fingerprint(secret.as_bytes()),
+                    timeout: config.storage_timeout,
+                    wait_replicas: config.redis_wait_replicas,
+                };
+                (Arc::new(RedisStore::new(&target, options)?), secret)
             }
             None => {
                 let options = EmbeddedOptions {
@@ -102,7 +107,7 @@ impl Application {
             spawn_refill(
                 pool.clone(),
                 store.clone(),
-                config.block_size,
+                BlockSizer::new(config.block_size, config.block_size_max),
                 floor,
                 refill.clone(),
                 stop_background.clone(),
@@ -146,7 +151,11 @@ impl Application {
         let addr = listener.local_addr()?;
         tracing::info!(
             %addr,
-            backend = if config.redis_url.is_some() { "redis" } else { "embedded" },
+            backend = match config.redis() {
+                Some(target) if target.is_cluster() => "redis-cluster",
+                Some(_) => "redis",
+                None => "embedded",
+            },
             block_size = config.block_size,
             "tracknum is listening"
         );
@@ -250,9 +259,9 @@ fn build_gateway(
             burst,
         };
         quota.validate().map_err(anyhow::Error::msg)?;
-        match (&config.redis_url, config.rate_limit_global) {
-            (Some(url), true) => RateLimiter::Global(
-                RedisLimiter::new(url, quota, RATE_LIMIT_REDIS_TIMEOUT)
+        match (config.redis(), config.rate_limit_global) {
+            (Some(target), true) => RateLimiter::Global(
+                RedisLimiter::new(&target, quota, RATE_LIMIT_REDIS_TIMEOUT)
                     .map_err(anyhow::Error::msg)?,
             ),
             _ => RateLimiter::Local(LocalLimiter::new(quota)),

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::store::redis::RedisTarget;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "tracknum",
@@ -24,14 +26,31 @@ pub struct Config {
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: Option<String>,
 
-    /// Directory of the embedded store (counter, secret, records). Unused with --redis-url.
+    /// Redis Cluster seed nodes, comma-separated (redis://[user:pass@]host:port, rediss:// for
+    /// TLS); the rest of the cluster is discovered. Cannot be combined with --redis-url.
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',', value_parser = parse_cluster_url)]
+    pub redis_cluster_urls: Vec<String>,
+
+    /// Replicas that must hold each batch of new records before it is answered (Redis WAIT),
+    /// so a failover loses fewer of them; fewer in time is a 503. 0: the master's word is enough.
+    #[arg(long, env = "TRACKNUM_REDIS_WAIT_REPLICAS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_wait_replicas: u32,
+
+    /// Directory of the embedded store (counter, secret, records). Unused with Redis.
     #[arg(long, env = "TRACKNUM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// Serials leased from the shared counter at a time.
+    /// Serials leased from the shared counter at a time, at least: a busy instance leases
+    /// bigger blocks, up to --block-size-max, so that a block lasts a few seconds.
     #[arg(long, env = "TRACKNUM_BLOCK_SIZE", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub block_size: u64,
+
+    /// The largest block a busy instance leases at a time.
+    #[arg(long, env = "TRACKNUM_BLOCK_SIZE_MAX", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub block_size_max: u64,
 
     /// Key of the permutation that makes numbers unguessable. Required with --redis-url (every
     /// instance must share it); embedded, one is generated and kept in --data-dir when absent.
@@ -191,11 +210,33 @@ impl Config {
         Ok(config)
     }
 
+    /// The Redis to use, if any: `--redis-url` or `--redis-cluster-urls`.
+    pub fn redis(&self) -> Option<RedisTarget> {
+        match (&self.redis_url, self.redis_cluster_urls.as_slice()) {
+            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+            (None, []) => None,
+            (None, urls) => Some(RedisTarget::Cluster(urls.to_vec())),
+        }
+    }
+
     fn validate(&self) -> Result<(), String> {
-        if self.rate_limit_global && self.redis_url.is_none() {
+        if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
             return Err(
-                "--rate-limit-global (TRACKNUM_RATE_LIMIT_GLOBAL) needs --redis-url: the shared \
-                 limit lives in Redis"
+                "--redis-url (REDIS_URL) and --redis-cluster-urls (REDIS_CLUSTER_URLS) cannot be \
+                 combined: give one server or the cluster's seed nodes"
+                    .into(),
+            );
+        }
+        if self.block_size > self.block_size_max {
+            return Err(format!(
+                "--block-size ({}) must not exceed --block-size-max ({})",
+                self.block_size, self.block_size_max
+            ));
+        }
+        if self.rate_limit_global && self.redis().is_none() {
+            return Err(
+                "--rate-limit-global (TRACKNUM_RATE_LIMIT_GLOBAL) needs --redis-url or \
+                 --redis-cluster-urls: the shared limit lives in Redis"
                     .into(),
             );
         }
@@ -207,9 +248,9 @@ impl Config {
                 "--secret (TRACKNUM_SECRET) must be at least {MIN_SECRET_BYTES} bytes: it keys \
                  the numbers' permutation and customer tags (e.g. `openssl rand -hex 32`)"
             )),
-            None if self.redis_url.is_some() => Err(
-                "--secret (TRACKNUM_SECRET) is required with --redis-url: every instance sharing \
-                 a Redis must use the same secret, and it must outlive Redis' data"
+            None if self.redis().is_some() => Err(
+                "--secret (TRACKNUM_SECRET) is required with Redis: every instance sharing a \
+                 Redis must use the same secret, and it must outlive Redis' data"
                     .into(),
             ),
             _ => Ok(()),
@@ -247,10 +288,18 @@ fn parse_redis_url(value: &str) -> Result<String, String> {
         .ok_or_else(|| REDIS_URL_FORM.into())
 }
 
+/// A cluster seed: a TCP URL (no Unix sockets in a cluster).
+fn parse_cluster_url(value: &str) -> Result<String, String> {
+    redis::parse_redis_url(value)
+        .filter(|url| matches!(url.scheme(), "redis" | "rediss") && url.host().is_some())
+        .map(|_| value.to_owned())
+        .ok_or_else(|| REDIS_URL_FORM.into())
+}
+
 /// Whether a clap error is about a setting whose value must never be echoed.
 fn names_a_secret(err: &clap::Error) -> bool {
     err.get(clap::error::ContextKind::InvalidArg)
-        .is_some_and(|arg| arg.to_string().starts_with("--redis-url"))
+        .is_some_and(|arg| arg.to_string().starts_with("--redis-"))
 }
 
 /// A size in bytes: a plain number, or one with a unit (`KiB`, `MiB`, `GiB`, `TiB`, or the
@@ -398,6 +447,71 @@ mod tests {
             assert!(!err.contains("hunter2"), "the password leaked: {err}");
             assert!(!err.contains("redis.internal"), "the URL leaked: {err}");
         }
+    }
+
+    #[test]
+    fn a_cluster_is_given_by_its_seeds_and_never_with_a_single_url() {
+        const SECRET: &str = "0123456789abcdef";
+        let seeds = "redis://10.0.0.1:7000,rediss://user:pw@10.0.0.2:7000";
+        let config = load(&["--redis-cluster-urls", seeds, "--secret", SECRET]).unwrap();
+        assert_eq!(
+            config.redis(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://10.0.0.1:7000".into(),
+                "rediss://user:pw@10.0.0.2:7000".into()
+            ]))
+        );
+        let err = load(&["--redis-cluster-urls", seeds]).unwrap_err();
+        assert!(err.contains("--secret"), "{err}");
+        let err = load(&[
+            "--redis-cluster-urls",
+            seeds,
+            "--redis-url",
+            "redis://10.0.0.3:6379",
+            "--secret",
+            SECRET,
+        ])
+        .unwrap_err();
+        assert!(
+            err.contains("--redis-url") && err.contains("--redis-cluster-urls"),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for bad in [
+            "redis://a:hunter2-password@redis.internal:7000,unix:///tmp/redis.sock",
+            "http://a:hunter2-password@redis.internal:7000",
+        ] {
+            let err = load(&["--redis-cluster-urls", bad, "--secret", SECRET]).unwrap_err();
+            assert!(err.contains("--redis-cluster-urls"), "{err}");
+            assert!(!err.contains("hunter2"), "the password leaked: {err}");
+            assert!(!err.contains("redis.internal"), "the URL leaked: {err}");
+        }
+        assert!(load(&["--rate-limit-global", "--rate-limit", "5"]).is_err());
+        assert!(
+            load(&[
+                "--rate-limit-global",
+                "--rate-limit",
+                "5",
+                "--redis-cluster-urls",
+                seeds,
+                "--secret",
+                SECRET
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn block_sizes_are_a_floor_and_a_ceiling() {
+        let config = load(&[]).unwrap();
+        assert_eq!(
+            (config.block_size, config.block_size_max),
+            (1000, 1_000_000)
+        );
+        let err = load(&["--block-size", "5000", "--block-size-max", "4000"]).unwrap_err();
+        assert!(err.contains("--block-size-max"), "{err}");
+        assert!(load(&["--block-size", "5000", "--block-size-max", "5000"]).is_ok());
+        assert!(load(&["--block-size-max", "10000001"]).is_err());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 mod pool;
 mod refill;
+mod sizing;
 
 pub use pool::SerialPool;
 pub use refill::{RefillStatus, first_lease, spawn_refill};
+pub use sizing::BlockSizer;

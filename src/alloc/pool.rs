@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,8 +32,8 @@ pub struct SerialPool {
     current: ArcSwap<Block>,
     /// Leased blocks waiting their turn, oldest first.
     spare: Mutex<VecDeque<Range<u64>>>,
-    /// How many spare blocks the refill task keeps ready (it adapts this to the issuing rate).
-    spare_target: AtomicUsize,
+    /// How many spare blocks the refill task keeps ready.
+    spare_target: usize,
     /// Wakes the refill task when a spare block was taken into use.
     wants_more: Notify,
     /// Wakes requests waiting for a block.
@@ -45,7 +45,7 @@ impl SerialPool {
         SerialPool {
             current: ArcSwap::from_pointee(Block::new(0..0)),
             spare: Mutex::new(VecDeque::new()),
-            spare_target: AtomicUsize::new(spare_target.max(1)),
+            spare_target: spare_target.max(1),
             wants_more: Notify::new(),
             arrived: Notify::new(),
         }
@@ -119,11 +119,7 @@ impl SerialPool {
     }
 
     pub fn spare_target(&self) -> usize {
-        self.spare_target.load(Ordering::Relaxed)
-    }
-
-    pub fn set_spare_target(&self, blocks: usize) {
-        self.spare_target.store(blocks.max(1), Ordering::Relaxed);
+        self.spare_target
     }
 
     /// Resolves when a spare block was taken into use (or right away if one already was).

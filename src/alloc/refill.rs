@@ -1,5 +1,6 @@
 //! Keeps the pool topped up: leases the next block in the background as soon as a spare block
-//! is taken into use, retrying with backoff while the counter store is unreachable.
+//! is taken into use, retrying with backoff while the counter store is unreachable. Blocks grow
+//! with the rate serials are taken at, and shrink again when it falls ([`BlockSizer`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,19 +8,12 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::SerialPool;
+use super::{BlockSizer, SerialPool};
 use crate::store::{LeaseSource, StoreError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// A block used up faster than this means the spare stock is too thin to ride out a slow lease
-/// (a busy disk, a Redis hiccup): keep twice as many spare blocks, up to `MAX_SPARE`.
-const FAST_BLOCK: Duration = Duration::from_millis(100);
-/// A block lasting longer than this means the stock can shrink back.
-const SLOW_BLOCK: Duration = Duration::from_secs(2);
-const MIN_SPARE: usize = 2;
-const MAX_SPARE: usize = 64;
 /// At most this many blocks are leased at once.
-const MAX_BLOCKS_PER_LEASE: usize = 16;
+const MAX_BLOCKS_PER_LEASE: u64 = 2;
 
 /// What the refill task last saw, for health reporting.
 #[derive(Default)]
@@ -66,23 +60,28 @@ pub async fn first_lease(
 pub fn spawn_refill(
     pool: Arc<SerialPool>,
     source: Arc<dyn LeaseSource>,
-    block_size: u64,
+    mut sizer: BlockSizer,
     mut floor: u64,
     status: Arc<RefillStatus>,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(50);
-        let mut last_switch = tokio::time::Instant::now();
+        // Serials leased so far, less those still in the pool, is what was taken.
+        let mut leased = pool.remaining();
+        let mut taken_before = 0;
+        let mut measured_at = tokio::time::Instant::now();
         while !stop.is_cancelled() {
             while pool.needs_more() && !stop.is_cancelled() {
-                // Several missing blocks come in one lease: one storage trip, not one each.
-                let blocks = pool.blocks_missing().clamp(1, MAX_BLOCKS_PER_LEASE) as u64;
-                match source.lease(block_size * blocks, floor).await {
+                // Missing blocks come in one lease: one storage trip, not one each.
+                let size = sizer.current();
+                let blocks = (pool.blocks_missing() as u64).clamp(1, MAX_BLOCKS_PER_LEASE);
+                match source.lease(size * blocks, floor).await {
                     Ok(range) => {
                         floor = range.end;
-                        for start in range.clone().step_by(block_size as usize) {
-                            pool.add_block(start..(start + block_size).min(range.end));
+                        leased += range.end - range.start;
+                        for start in range.clone().step_by(size as usize) {
+                            pool.add_block(start..(start + size).min(range.end));
                         }
                         status.set(None);
                         backoff = Duration::from_millis(50);
@@ -102,21 +101,16 @@ pub fn spawn_refill(
                 () = pool.wants_more() => {}
                 () = stop.cancelled() => {}
             }
-            let lasted = last_switch.elapsed();
-            last_switch = tokio::time::Instant::now();
-            adapt_stock(&pool, lasted);
+            let taken = leased.saturating_sub(pool.remaining());
+            let before = sizer.current();
+            let after = sizer.observe(taken.saturating_sub(taken_before), measured_at.elapsed());
+            if after != before {
+                tracing::debug!(block_size = after, "block size follows the issuing rate");
+            }
+            taken_before = taken;
+            measured_at = tokio::time::Instant::now();
         }
     })
-}
-
-/// Sizes the spare stock to the issuing rate, so that it covers a slow lease at any rate.
-fn adapt_stock(pool: &SerialPool, block_lasted: Duration) {
-    let target = pool.spare_target();
-    if block_lasted < FAST_BLOCK {
-        pool.set_spare_target((target * 2).min(MAX_SPARE));
-    } else if block_lasted > SLOW_BLOCK {
-        pool.set_spare_target((target / 2).max(MIN_SPARE));
-    }
 }
 
 #[cfg(test)]
@@ -130,6 +124,7 @@ mod tests {
     struct FlakyCounter {
         next: AtomicU64,
         down: AtomicBool,
+        largest_lease: AtomicU64,
     }
 
     #[async_trait]
@@ -138,6 +133,7 @@ mod tests {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("down".into()));
             }
+            self.largest_lease.fetch_max(size, Ordering::SeqCst);
             let start = self.next.fetch_add(size, Ordering::SeqCst).max(floor);
             Ok(start..start + size)
         }
@@ -148,6 +144,7 @@ mod tests {
         let counter = Arc::new(FlakyCounter {
             next: AtomicU64::new(0),
             down: AtomicBool::new(true),
+            largest_lease: AtomicU64::new(0),
         });
         let pool = Arc::new(SerialPool::new(1));
         let status = Arc::new(RefillStatus::default());
@@ -159,7 +156,7 @@ mod tests {
         let task = spawn_refill(
             pool.clone(),
             counter.clone(),
-            10,
+            BlockSizer::new(10, 1000),
             0,
             status.clone(),
             stop.clone(),
@@ -177,31 +174,16 @@ mod tests {
             assert_eq!(pool.take(Duration::from_secs(1)).await, Some(expected));
         }
         assert!(status.last_error().is_none());
-        // Blocks of 10 went fast: the stock grew.
-        assert!(pool.spare_target() > 1);
+        // Blocks of 10 went fast: bigger ones were leased, within the ceiling.
+        let largest = counter.largest_lease.load(Ordering::SeqCst);
+        assert!(
+            largest > 10 * MAX_BLOCKS_PER_LEASE && largest <= 1000 * MAX_BLOCKS_PER_LEASE,
+            "{largest}"
+        );
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await
             .expect("the task stops when told")
             .unwrap();
-    }
-
-    #[test]
-    fn the_stock_follows_the_rate_within_bounds() {
-        let pool = SerialPool::new(MIN_SPARE);
-        for _ in 0..10 {
-            adapt_stock(&pool, Duration::from_millis(5));
-        }
-        assert_eq!(pool.spare_target(), MAX_SPARE);
-        adapt_stock(&pool, Duration::from_millis(500));
-        assert_eq!(
-            pool.spare_target(),
-            MAX_SPARE,
-            "a moderate rate keeps the stock"
-        );
-        for _ in 0..10 {
-            adapt_stock(&pool, Duration::from_secs(5));
-        }
-        assert_eq!(pool.spare_target(), MIN_SPARE);
     }
 }

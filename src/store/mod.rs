@@ -20,7 +20,7 @@ pub mod writer;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore};
 pub use metered::MeteredStore;
-pub use redis::RedisStore;
+pub use redis::{RedisOptions, RedisStore};
 pub use writer::RecordWriter;
 
 #[derive(Debug, thiserror::Error)]

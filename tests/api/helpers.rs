@@ -10,6 +10,7 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracknum::store::redis::RedisTarget;
 use tracknum::{Application, Config};
 
 pub fn free_port() -> u16 {
@@ -185,6 +186,10 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn target(&self) -> RedisTarget {
+        RedisTarget::Single(self.url())
     }
 
     fn ping(&self) -> redis::RedisResult<String> {

@@ -13,7 +13,7 @@ const PATIENT: Duration = Duration::from_secs(2);
 const TIMEOUT: Duration = Duration::from_millis(100);
 
 fn limiter(redis: &RedisServer, per_second: f64, burst: u32, timeout: Duration) -> RedisLimiter {
-    RedisLimiter::new(&redis.url(), Quota { per_second, burst }, timeout).unwrap()
+    RedisLimiter::new(&redis.target(), Quota { per_second, burst }, timeout).unwrap()
 }
 
 /// Calls of the take script Redis has run since its stats were reset.

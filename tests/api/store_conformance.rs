@@ -7,8 +7,8 @@ use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
 use tracknum::store::{
-    EmbeddedOptions, EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisStore, Removal,
-    Store, Swap,
+    EmbeddedOptions, EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisOptions,
+    RedisStore, Removal, Store, Swap,
 };
 
 use crate::helpers::RedisServer;
@@ -297,21 +297,29 @@ async fn embedded_counter_survives_reopening() {
     assert!(second.start >= first.end);
 }
 
+fn redis_options() -> RedisOptions {
+    RedisOptions {
+        fingerprint: "fp".into(),
+        timeout: Duration::from_millis(500),
+        wait_replicas: 0,
+    }
+}
+
 #[tokio::test]
 async fn redis_store_conforms() {
     let redis = RedisServer::start();
-    let store = RedisStore::new(&redis.url(), "fp".into(), Duration::from_millis(500)).unwrap();
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
     conformance(&store).await;
 }
 
 #[tokio::test]
 async fn redis_lease_jumps_past_everything_after_data_loss() {
     let mut redis = RedisServer::start();
-    let store = RedisStore::new(&redis.url(), "fp".into(), Duration::from_millis(500)).unwrap();
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
     let before = store.lease(1000, 0).await.unwrap();
     redis.restart_empty();
     // A fresh store, as a new instance would have: no floor of its own.
-    let fresh = RedisStore::new(&redis.url(), "fp".into(), Duration::from_millis(500)).unwrap();
+    let fresh = RedisStore::new(&redis.target(), redis_options()).unwrap();
     let after = fresh.lease(1000, 0).await.unwrap();
     assert!(after.start >= before.end, "{before:?} then {after:?}");
 }

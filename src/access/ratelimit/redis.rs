@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use deadpool_redis::Pool;
-
-use crate::store::redis::bounded_pool;
+use crate::store::redis::{Link, RedisTarget};
 
 use super::{
     DEFAULT_MAX_SUBJECTS, Decision, FORGET_FULL_AFTER, LocalLimiter, Quota, Subjects, Timing,
@@ -132,7 +130,7 @@ pub struct RedisLimiter {
     timing: Timing,
     max_chunk: u32,
     interval_us: u64,
-    pool: Pool,
+    link: Link,
     script: redis::Script,
     timeout: Duration,
     held: Subjects<Held>,
@@ -147,10 +145,13 @@ impl RedisLimiter {
     /// Builds the limiter and its own small connection pool; connects lazily, so a Redis that
     /// is down now only means failing open until it is back. Every Redis call is bounded by
     /// `timeout` (100 ms is a good value).
-    pub fn new(url: &str, quota: Quota, timeout: Duration) -> Result<RedisLimiter, String> {
+    pub fn new(
+        target: &RedisTarget,
+        quota: Quota,
+        timeout: Duration,
+    ) -> Result<RedisLimiter, String> {
         let timing = Timing::new(quota)?;
-        let pool = bounded_pool(url, POOL_SIZE, timeout)
-            .map_err(|e| format!("invalid rate limit Redis URL: {e}"))?;
+        let link = Link::new(target, POOL_SIZE, timeout).map_err(|e| e.to_string())?;
         let interval_us = u64::try_from(timing.interval.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -158,7 +159,7 @@ impl RedisLimiter {
             timing,
             max_chunk: (quota.burst / 8).max(1),
             interval_us,
-            pool,
+            link,
             script: redis::Script::new(TAKE_SCRIPT),
             timeout,
             held: Subjects::new(DEFAULT_MAX_SUBJECTS),
@@ -286,7 +287,7 @@ impl RedisLimiter {
 
     async fn take_from_redis(&self, subject: &str, wanted: u32) -> Result<Grant, String> {
         let call = async {
-            let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = self.link.get().await.map_err(|e| e.to_string())?;
             let mut key = String::with_capacity(KEY_PREFIX.len() + subject.len());
             key.push_str(KEY_PREFIX);
             key.push_str(subject);
@@ -296,9 +297,12 @@ impl RedisLimiter {
                 .arg(self.interval_us)
                 .arg(self.timing.burst)
                 .arg(wanted)
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    self.link.failed(&e);
+                    e.to_string()
+                })?;
             Ok(Grant {
                 granted: granted.min(wanted),
                 left,

@@ -1,0 +1,469 @@
+//! The Redis backend, on one server or a Redis Cluster ([`link`]).
+//!
+//! Serials are leased with one Lua script ([`scripts::LEASE`]) on the counter's node. It keeps
+//! three guards against a counter that moved back (a failover that dropped acknowledged writes,
+//! a restart without persistence, a flush), so that no serial is ever handed out twice:
+//! - the counter never starts below Redis' own clock, counted in µs since
+//!   [`FLOOR_EPOCH_UNIX_SECS`], nor below the end of the caller's last lease;
+//! - the counter never runs more than [`LEAD`] ahead of that clock (or of its last jump), so
+//!   whatever a lost write handed out lies below the clock plus `LEAD`;
+//! - the script remembers the replication history of the node it ran on (`master_replid`,
+//!   which changes on every promotion and restart, and is gone after a flush). On a node with
+//!   another history, or with a counter below the caller's last lease, writes may have been
+//!   lost: the counter jumps [`JUMP`] ahead first, past anything the old master can have
+//!   leased, given Redis nodes' clocks agree within `JUMP - LEAD`.
+//!
+//! Keys (see the README's table): the counter, the secret fingerprint and the history share the
+//! hash tag `{tracknum}`, so the script's keys live on one node; records and idempotency keys
+//! spread over every node, and a batch of records is written in one pipeline per hash slot.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::Utc;
+use redis::cluster_routing::Slot;
+use tokio::sync::Mutex;
+
+use super::{
+    FLOOR_EPOCH_UNIX_SECS, LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError,
+    Swap,
+};
+use crate::domain::codec::SERIAL_SPACE;
+
+pub mod link;
+mod scripts;
+
+pub use link::{Conn, Link, RedisTarget};
+
+/// The counter, the secret fingerprint and the replication history, in one hash slot.
+pub const SERIAL_KEY: &str = "{tracknum}:serial";
+const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
+const HISTORY_KEY: &str = "{tracknum}:history";
+/// Records spread over the cluster: one key each.
+const RECORD_PREFIX: &str = "tracknum:record:";
+/// Idempotency keys, one Redis key each.
+const REPLY_PREFIX: &str = "tracknum:idempotency:";
+
+/// How far the counter may run ahead of Redis' clock: 30 s of serials. Leasing faster than the
+/// clock (a fleet issuing over 10^6 serials a second) waits for it once this lead is used up.
+pub const LEAD: u64 = 30_000_000;
+/// How far the counter jumps on a node whose history is not the one the last lease saw: ten
+/// minutes of serials, so a lost lead of 30 s is passed even if the new node's clock is
+/// nine minutes behind the old one's.
+pub const JUMP: u64 = 600_000_000;
+
+/// Connections in the pool to a single Redis.
+const POOL_SIZE: usize = 16;
+
+/// How the store talks to Redis.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The fingerprint of `--secret`, kept beside the counter so that instances with another
+    /// secret are refused.
+    pub fingerprint: String,
+    /// The longest any call may take.
+    pub timeout: Duration,
+    /// Replicas that must hold a batch of new records before they are answered (`WAIT`); 0
+    /// answers once the master has them.
+    pub wait_replicas: u32,
+}
+
+pub struct RedisStore {
+    link: Link,
+    lease_script: redis::Script,
+    replace_script: redis::Script,
+    remove_script: redis::Script,
+    claim_script: redis::Script,
+    complete_script: redis::Script,
+    release_script: redis::Script,
+    options: RedisOptions,
+    /// The record writer's own connection, kept across batches so no batch pays for a pool
+    /// check (and so `WAIT` covers the writes it made on it).
+    writer_conn: Mutex<Option<Conn>>,
+}
+
+impl RedisStore {
+    /// Builds the store; connects lazily, so a Redis that is down now is retried later.
+    pub fn new(target: &RedisTarget, options: RedisOptions) -> anyhow::Result<Self> {
+        Ok(RedisStore {
+            link: Link::new(target, POOL_SIZE, options.timeout)?,
+            lease_script: redis::Script::new(scripts::LEASE),
+            replace_script: redis::Script::new(scripts::REPLACE),
+            remove_script: redis::Script::new(scripts::REMOVE),
+            claim_script: redis::Script::new(scripts::CLAIM),
+            complete_script: redis::Script::new(scripts::COMPLETE),
+            release_script: redis::Script::new(scripts::RELEASE),
+            options,
+            writer_conn: Mutex::new(None),
+        })
+    }
+
+    /// Bounds every call, so a hung Redis becomes an error instead of a hung request.
+    async fn bounded<T>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        super::deadline::bounded(self.options.timeout, work).await
+    }
+
+    /// Maps a driver error, and lets the link replace a connection it broke.
+    fn failed(&self, err: redis::RedisError) -> StoreError {
+        self.link.failed(&err);
+        StoreError::unavailable(err)
+    }
+
+    /// Runs a prepared script invocation on a connection, bounded.
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    /// `SET key json PX ttl NX` for each entry, pipelined on `conn`: one pipeline on a single
+    /// server, one per hash slot on a cluster (a pipeline never spans slots there), sent
+    /// together. Then `WAIT` for the configured replicas.
+    async fn write_new(
+        &self,
+        conn: &mut Conn,
+        entries: &[RecordEntry],
+    ) -> Result<Vec<bool>, redis::RedisError> {
+        let now = Utc::now();
+        let set = |pipe: &mut redis::Pipeline, entry: &RecordEntry| {
+            let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
+            pipe.cmd("SET")
+                .arg(record_key(&entry.tracking_number))
+                .arg(entry.json.as_ref())
+                .arg("PX")
+                .arg(ttl_ms)
+                .arg("NX");
+        };
+        let wait = self.options.wait_replicas;
+        let wait_ms = wait_ms(self.options.timeout);
+        let stored = match conn {
+            Conn::Cluster(cluster) => {
+                let groups = by_slot(entries);
+                let mut pipes = Vec::with_capacity(groups.len());
+                for indices in groups.values() {
+                    let mut pipe = redis::pipe();
+                    for &at in indices {
+                        set(&mut pipe, &entries[at]);
+                    }
+                    pipes.push(pipe);
+                }
+                let replies = futures_util::future::join_all(pipes.iter().map(|pipe| {
+                    let mut conn = cluster.clone();
+                    async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
+                }))
+                .await;
+                let mut stored = vec![false; entries.len()];
+                for (indices, reply) in groups.values().zip(replies) {
+                    for (&at, set) in indices.iter().zip(reply?) {
+                        stored[at] = set.is_some();
+                    }
+                }
+                if wait > 0 {
+                    // Routed to every master; the answer is the fewest replicas any reached.
+                    let acked: u32 = redis::cmd("WAIT")
+                        .arg(wait)
+                        .arg(wait_ms)
+                        .query_async(cluster)
+                        .await?;
+                    check_replicas(acked, wait)?;
+                }
+                stored
+            }
+            _ => {
+                let mut pipe = redis::pipe();
+                for entry in entries {
+                    set(&mut pipe, entry);
+                }
+                if wait == 0 {
+                    let replies: Vec<Option<String>> = pipe.query_async(conn).await?;
+                    replies.into_iter().map(|r| r.is_some()).collect()
+                } else {
+                    pipe.cmd("WAIT").arg(wait).arg(wait_ms);
+                    let (replies, acked): (Vec<Option<String>>, u32) =
+                        split_wait(pipe.query_async(conn).await?)?;
+                    check_replicas(acked, wait)?;
+                    replies.into_iter().map(|r| r.is_some()).collect()
+                }
+            }
+        };
+        Ok(stored)
+    }
+}
+
+/// The indices of the entries whose records share a hash slot, by slot.
+fn by_slot(entries: &[RecordEntry]) -> HashMap<Slot, Vec<usize>> {
+    let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
+    for (at, entry) in entries.iter().enumerate() {
+        groups
+            .entry(Slot::for_key(record_key(&entry.tracking_number)))
+            .or_default()
+            .push(at);
+    }
+    groups
+}
+
+/// A `WAIT` may take half the storage timeout, leaving the rest for the writes before it.
+fn wait_ms(timeout: Duration) -> u64 {
+    u64::try_from(timeout.as_millis() / 2)
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// A pipeline's replies: the `SET`s, then the `WAIT`'s count.
+fn split_wait(
+    mut replies: Vec<redis::Value>,
+) -> Result<(Vec<Option<String>>, u32), redis::RedisError> {
+    let acked = replies
+        .pop()
+        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "no WAIT reply")))?;
+    let acked: u32 = redis::from_redis_value(acked)?;
+    let sets = replies
+        .into_iter()
+        .map(redis::from_redis_value)
+        .collect::<Result<Vec<Option<String>>, _>>()?;
+    Ok((sets, acked))
+}
+
+/// Records that fewer replicas hold than asked for are not answered: the caller gets a 503,
+/// and its retry a new number (the records written stay, unanswered, until they expire).
+fn check_replicas(acked: u32, wanted: u32) -> Result<(), redis::RedisError> {
+    if acked >= wanted {
+        Ok(())
+    } else {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "records not replicated in time",
+            format!("{acked} of {wanted} replicas acknowledged"),
+        )))
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The lease script refuses with `TRACKNUM_SECRET_MISMATCH <stored fingerprint>` or with
+/// `TRACKNUM_AHEAD <serials>` (the counter would run too far ahead of the clock).
+fn lease_error(err: redis::RedisError, ours: &str) -> StoreError {
+    let text = err.to_string();
+    if text.contains("TRACKNUM_AHEAD") {
+        return StoreError::Unavailable(
+            "the counter is ahead of Redis' clock (issuing over 10^6 serials a second); \
+             waiting for the clock"
+                .into(),
+        );
+    }
+    match text.find("TRACKNUM_SECRET_MISMATCH") {
+        Some(at) => {
+            let rest = &text[at + "TRACKNUM_SECRET_MISMATCH".len()..];
+            let stored = rest
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .find(|token| !token.is_empty())
+                .unwrap_or("");
+            StoreError::SecretMismatch {
+                stored: stored.to_owned(),
+                ours: ours.to_owned(),
+            }
+        }
+        None => StoreError::Unavailable(text),
+    }
+}
+
+fn record_key(tracking_number: &str) -> String {
+    let mut key = String::with_capacity(RECORD_PREFIX.len() + tracking_number.len());
+    key.push_str(RECORD_PREFIX);
+    key.push_str(tracking_number);
+    key
+}
+
+fn reply_key(key: &str) -> String {
+    format!("{REPLY_PREFIX}{key}")
+}
+
+#[async_trait]
+impl LeaseSource for RedisStore {
+    async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
+        let fingerprint = &self.options.fingerprint;
+        let end: u64 = self
+            .bounded(async {
+                let mut conn = self.link.get().await?;
+                let reply = self
+                    .lease_script
+                    .key(SERIAL_KEY)
+                    .key(FINGERPRINT_KEY)
+                    .key(HISTORY_KEY)
+                    .arg(size)
+                    .arg(floor)
+                    .arg(FLOOR_EPOCH_UNIX_SECS)
+                    .arg(fingerprint)
+                    .arg(JUMP)
+                    .arg(LEAD)
+                    .invoke_async(&mut conn)
+                    .await;
+                reply.map_err(|e| {
+                    self.link.failed(&e);
+                    lease_error(e, fingerprint)
+                })
+            })
+            .await?;
+        let start = end.saturating_sub(size);
+        // Defence in depth: never accept a block below one this instance already used.
+        if start < floor || end > SERIAL_SPACE {
+            return Err(StoreError::Corrupt(format!(
+                "Redis leased {start}..{end}, below this instance's floor {floor} or past the serial space"
+            )));
+        }
+        Ok(start..end)
+    }
+}
+
+#[async_trait]
+impl RecordStore for RedisStore {
+    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cached = self.writer_conn.lock().await;
+        if cached.is_none() {
+            *cached = Some(self.bounded(self.link.get()).await?);
+        }
+        let conn = cached.as_mut().expect("a connection was just cached");
+        let outcome = self
+            .bounded(async {
+                self.write_new(conn, entries)
+                    .await
+                    .map_err(|e| self.failed(e))
+            })
+            .await;
+        if outcome.is_err() {
+            // The connection may be dead: take a fresh one next time.
+            *cached = None;
+        }
+        outcome
+    }
+
+    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            let value: Option<Vec<u8>> = redis::cmd("GET")
+                .arg(record_key(tracking_number))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(value.map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
+        let mut invocation = self.replace_script.prepare_invoke();
+        invocation
+            .key(record_key(&entry.tracking_number))
+            .arg(expected.as_ref())
+            .arg(entry.json.as_ref())
+            .arg(entry.expires_at.timestamp_millis().max(1));
+        let replaced: i64 = self.run(invocation).await?;
+        Ok(if replaced == 1 {
+            Swap::Replaced
+        } else {
+            Swap::Changed
+        })
+    }
+
+    async fn remove(
+        &self,
+        tracking_number: &str,
+        expected: Option<&Bytes>,
+    ) -> Result<Removal, StoreError> {
+        let mut invocation = self.remove_script.prepare_invoke();
+        invocation.key(record_key(tracking_number));
+        match expected {
+            Some(expected) => invocation.arg("1").arg(expected.as_ref()),
+            None => invocation.arg("0"),
+        };
+        let outcome: i64 = self.run(invocation).await?;
+        Ok(match outcome {
+            1 => Removal::Removed,
+            2 => Removal::Changed,
+            _ => Removal::Missing,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A read of the counter's key: on a cluster it reaches the node that leases serials,
+        // where a plain PING would go to every node, replicas included.
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            redis::cmd("EXISTS")
+                .arg(SERIAL_KEY)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        // Durability is Redis' own (appendfsync, and WAIT with --redis-wait-replicas).
+        Ok(())
+    }
+
+    async fn purge_expired(&self) -> Result<u64, StoreError> {
+        // Redis expires records itself (SET ... PX).
+        Ok(0)
+    }
+}
+
+#[async_trait]
+impl ReplyStore for RedisStore {
+    async fn claim(
+        &self,
+        key: &str,
+        claim: &[u8],
+        ttl: Duration,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let mut invocation = self.claim_script.prepare_invoke();
+        invocation.key(reply_key(key)).arg(claim).arg(ttl_ms(ttl));
+        let held: Option<Vec<u8>> = self.run(invocation).await?;
+        Ok(held.map(Bytes::from))
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        claim: &[u8],
+        reply: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = self.complete_script.prepare_invoke();
+        invocation
+            .key(reply_key(key))
+            .arg(claim)
+            .arg(reply)
+            .arg(ttl_ms(ttl));
+        let ours: i64 = self.run(invocation).await?;
+        Ok(ours == 1)
+    }
+
+    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+        let mut invocation = self.release_script.prepare_invoke();
+        invocation.key(reply_key(key)).arg(claim);
+        let _: i64 = self.run(invocation).await?;
+        Ok(())
+    }
+}

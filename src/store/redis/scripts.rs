@@ -1,0 +1,78 @@
+//! The Lua scripts the Redis store runs. Every script touches keys of one hash slot only, so
+//! each runs unchanged on a single server and on a Redis Cluster node.
+
+/// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
+/// floor, the floor's epoch (Unix seconds), our fingerprint, the jump, the lead. Returns the end
+/// of the leased block, or an error `TRACKNUM_SECRET_MISMATCH <fingerprint>` or `TRACKNUM_AHEAD
+/// <serials>`. The guards are explained in the module above; a counter below the caller's floor
+/// has moved back as surely as one on a node with another history, and jumps too.
+pub const LEASE: &str = r#"
+local fp = redis.call('GET', KEYS[2])
+if fp and fp ~= ARGV[4] then
+  return redis.error_reply('TRACKNUM_SECRET_MISMATCH ' .. fp)
+end
+local t = redis.call('TIME')
+local clock = (tonumber(t[1]) - tonumber(ARGV[3])) * 1000000 + tonumber(t[2])
+local size = tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local caller = tonumber(ARGV[2])
+local start = math.max(current, caller, clock)
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
+local held, mark = nil, 0
+local history = redis.call('GET', KEYS[3])
+if history then
+  local id, at = string.match(history, '^(%S+) (%d+)$')
+  held, mark = id, tonumber(at) or 0
+end
+local jumped = held ~= replid or current < caller
+if jumped then
+  start = start + tonumber(ARGV[5])
+  mark = start
+end
+local limit = math.max(clock, mark) + tonumber(ARGV[6])
+if start + size > limit then
+  return redis.error_reply('TRACKNUM_AHEAD ' .. string.format('%.0f', start + size - limit))
+end
+if not fp then redis.call('SET', KEYS[2], ARGV[4]) end
+if jumped then redis.call('SET', KEYS[3], replid .. ' ' .. string.format('%.0f', mark)) end
+redis.call('SET', KEYS[1], string.format('%.0f', start + size))
+return start + size
+"#;
+
+/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms).
+pub const REPLACE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
+return 1
+"#;
+
+/// Delete, optionally conditional: ARGV = '1' and the expected JSON, or '0'.
+/// Returns 1 removed, 0 missing, 2 changed.
+pub const REMOVE: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if not current then return 0 end
+if ARGV[1] == '1' and current ~= ARGV[2] then return 2 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// Claim an idempotency key unless it holds a state: ARGV = claim, ttl ms.
+pub const CLAIM: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if current then return current end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"#;
+
+/// Swap our claim for the reply: ARGV = claim, reply, ttl ms. Returns 1 when the claim was ours.
+pub const COMPLETE: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+/// Drop our claim: ARGV = claim.
+pub const RELEASE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"#;
