@@ -8,11 +8,16 @@
 #   3. a batch with an Idempotency-Key, sent twice through nginx: the second answer must be
 #      the first one replayed.
 #
-# It fails on any duplicate or invalid number, on errors outside the time the instance was
-# down, or on a keyed batch that was not replayed.
+# With --redis-cluster, Redis is a Redis Cluster of 3 masters and 3 replicas (AOF on, node
+# timeout 1 s), and step 2 kills (SIGKILL) the master that holds the serial counter instead of
+# an instance; its replica takes over.
 #
-# Usage: scripts/local-cluster.sh [--short] [--duration 30s] [--concurrency 64]
+# It fails on any duplicate or invalid number, on errors outside the time the instance (or the
+# counter's master) was down, or on a keyed batch that was not replayed.
+#
+# Usage: scripts/local-cluster.sh [--short] [--redis-cluster] [--duration 30s] [--concurrency 64]
 #   --short           a quick run for CI (3 s single, 8 s cluster)
+#   --redis-cluster   a Redis Cluster (3+3 nodes) instead of one Redis; kill its counter master
 # Environment:
 #   TRACKNUM_BIN, LOADTEST_BIN   binaries to use (default: cargo build --release)
 #   KEEP=1                       keep the working directory (logs, summaries) after the run
@@ -22,12 +27,14 @@ repo=$(pwd)
 
 cluster_s=30
 concurrency=64
+redis_cluster=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --short) cluster_s=8 ;;
+    --redis-cluster) redis_cluster=1 ;;
     --duration) cluster_s=${2%s}; shift ;;
     --concurrency) concurrency=$2; shift ;;
-    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-cluster: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -85,19 +92,78 @@ wait_ready() { # url what
   done
 }
 
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$work/redis" --save "" \
-  --appendonly yes --appendfsync everysec --daemonize no --logfile "$work/redis/redis.log" &
-pids[redis]=$!
-until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.05; done
+# A port whose cluster bus port (port + 10000) is free too.
+free_cluster_port() {
+  python3 -c '
+import socket
+while True:
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); port = a.getsockname()[1]
+    if port + 10000 < 65536:
+        try:
+            b = socket.socket(); b.bind(("127.0.0.1", port + 10000)); b.close(); a.close(); print(port); break
+        except OSError:
+            pass
+    a.close()'
+}
+
+redis_ports=()
+if [ "$redis_cluster" = 1 ]; then
+  for n in 1 2 3 4 5 6; do
+    port=$(free_cluster_port)
+    redis_ports+=("$port")
+    mkdir -p "$work/redis-$n"
+    redis-server --bind 127.0.0.1 --port "$port" --dir "$work/redis-$n" --save "" \
+      --appendonly yes --appendfsync everysec --cluster-enabled yes \
+      --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+      --daemonize no --logfile "$work/redis-$n/redis.log" &
+    pids[redis-$n]=$!
+  done
+  for port in "${redis_ports[@]}"; do
+    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
+  done
+  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${redis_ports[@]}") \
+    --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log" 2>&1
+  deadline=$(( $(date +%s) + 30 ))
+  for port in "${redis_ports[@]}"; do
+    until redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
+      if [ "$(date +%s)" -ge "$deadline" ]; then say "the Redis Cluster never became ok"; exit 1; fi
+      sleep 0.1
+    done
+  done
+  redis_env=(REDIS_CLUSTER_URLS="$(printf 'redis://127.0.0.1:%s,' "${redis_ports[@]}" | sed 's/,$//')")
+else
+  redis_ports+=("$(free_port)")
+  mkdir -p "$work/redis"
+  redis-server --bind 127.0.0.1 --port "${redis_ports[0]}" --dir "$work/redis" --save "" \
+    --appendonly yes --appendfsync everysec --daemonize no --logfile "$work/redis/redis.log" &
+  pids[redis]=$!
+  until redis-cli -p "${redis_ports[0]}" ping >/dev/null 2>&1; do sleep 0.05; done
+  redis_env=(REDIS_URL="redis://127.0.0.1:${redis_ports[0]}")
+fi
+
+# The node (1-6) that is master of the serial counter's slot now.
+counter_master() {
+  local slot
+  slot=$(redis-cli -p "${redis_ports[0]}" cluster keyslot '{tracknum}:serial')
+  redis-cli -p "${redis_ports[0]}" cluster nodes | python3 -c '
+import sys
+slot, ports = int(sys.argv[1]), sys.argv[2:]
+for line in sys.stdin:
+    f = line.split()
+    if "master" not in f[2] or "fail" in f[2]:
+        continue
+    for r in f[8:]:
+        lo, _, hi = r.partition("-")
+        if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+            print(ports.index(f[1].split("@")[0].split(":")[1]) + 1)' "$slot" "${redis_ports[@]}"
+}
 
 instance_ports=()
 for i in 1 2 3; do instance_ports+=("$(free_port)"); done
 start_instance() { # n
   local n=$1 port=${instance_ports[$(( $1 - 1 ))]}
+  env "${redis_env[@]}" \
   TRACKNUM_LISTEN="127.0.0.1:$port" \
-  REDIS_URL="redis://127.0.0.1:$redis_port" \
   TRACKNUM_SECRET="local-cluster-secret" \
   TRACKNUM_CLIENT_IP_HEADER="X-Forwarded-For" \
     "$tracknum_bin" >>"$work/tracknum-$n.log" 2>&1 &
@@ -119,7 +185,7 @@ nginx_globals="daemon off; pid $work/nginx/nginx.pid; error_log $work/nginx/erro
 pids[nginx]=$!
 lb="http://127.0.0.1:$nginx_port"
 wait_ready "$lb" nginx
-say "redis :$redis_port, tracknum :${instance_ports[*]}, nginx :$nginx_port (work dir $work)"
+say "redis :${redis_ports[*]}, tracknum :${instance_ports[*]}, nginx :$nginx_port (work dir $work)"
 
 loadtest() { # json-out url seconds [options]
   local out=$1 url=$2 seconds=$3
@@ -131,22 +197,44 @@ loadtest() { # json-out url seconds [options]
 say "single: ${single_s}s straight at tracknum-1"
 loadtest "$work/single.json" "http://127.0.0.1:${instance_ports[0]}" "$single_s" --quiet
 
-# --- 2. through nginx, killing an instance --------------------------------------------------
-say "cluster: ${cluster_s}s through nginx; tracknum-2 is killed at $(( kill_at_ms / 1000 )).$(( kill_at_ms % 1000 / 100 ))s and restarted at $(( restart_at_ms / 1000 )).$(( restart_at_ms % 1000 / 100 ))s"
-# Errors may happen while an instance is down; whether they stayed in that window is judged
+# --- 2. through nginx, killing an instance (or the counter's Redis master) ------------------
+at() { echo "$(( $1 / 1000 )).$(( $1 % 1000 / 100 ))s"; }
+if [ "$redis_cluster" = 1 ]; then
+  victim=$(counter_master)
+  say "cluster: ${cluster_s}s through nginx; redis-$victim (the counter's master) is killed at $(at "$kill_at_ms")"
+else
+  say "cluster: ${cluster_s}s through nginx; tracknum-2 is killed at $(at "$kill_at_ms") and restarted at $(at "$restart_at_ms")"
+fi
+# Errors may happen while something is down; whether they stayed in that window is judged
 # below, so the tool itself allows them.
 loadtest "$work/cluster.json" "$lb" "$cluster_s" --max-error-rate 1 &
 load=$!
 sleep "$(( kill_at_ms / 1000 )).$(printf %03d $(( kill_at_ms % 1000 )))"
-kill -KILL "${pids[tracknum-2]}"
-wait "${pids[tracknum-2]}" 2>/dev/null || true
-killed=$(now_ms)
-say "tracknum-2 killed"
-sleep "$(( (restart_at_ms - kill_at_ms) / 1000 )).$(printf %03d $(( (restart_at_ms - kill_at_ms) % 1000 )))"
-start_instance 2
-wait_ready "http://127.0.0.1:${instance_ports[1]}" "tracknum-2 (restarted)"
-back=$(now_ms)
-say "tracknum-2 back and ready"
+if [ "$redis_cluster" = 1 ]; then
+  kill -KILL "${pids[redis-$victim]}"
+  wait "${pids[redis-$victim]}" 2>/dev/null || true
+  killed=$(now_ms)
+  say "redis-$victim killed"
+  # Back once another node is master of the counter's slot and the cluster is ok again.
+  deadline=$(( $(date +%s) + 30 ))
+  until new=$(counter_master 2>/dev/null) && [ -n "$new" ] && [ "$new" != "$victim" ] \
+      && redis-cli -p "${redis_ports[$(( new - 1 ))]}" cluster info | grep -q '^cluster_state:ok'; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then say "no replica took over in 30 s"; exit 1; fi
+    sleep 0.05
+  done
+  back=$(now_ms)
+  say "redis-$new took over after $(( back - killed )) ms"
+else
+  kill -KILL "${pids[tracknum-2]}"
+  wait "${pids[tracknum-2]}" 2>/dev/null || true
+  killed=$(now_ms)
+  say "tracknum-2 killed"
+  sleep "$(( (restart_at_ms - kill_at_ms) / 1000 )).$(printf %03d $(( (restart_at_ms - kill_at_ms) % 1000 )))"
+  start_instance 2
+  wait_ready "http://127.0.0.1:${instance_ports[1]}" "tracknum-2 (restarted)"
+  back=$(now_ms)
+  say "tracknum-2 back and ready"
+fi
 load_status=0
 wait "$load" || load_status=$?
 
@@ -163,9 +251,10 @@ batch 2
 retried=$(grep -cE '\[error\].* while (connecting to|reading response header from) upstream' "$work/nginx/error.log" || true)
 
 # --- the verdict ----------------------------------------------------------------------------
-python3 - "$work" "$killed" "$back" "$load_status" "$retried" <<'PY'
+python3 - "$work" "$killed" "$back" "$load_status" "$retried" "$redis_cluster" <<'PY'
 import json, sys
-work, killed, back, load_status, retried = sys.argv[1], *map(int, sys.argv[2:])
+work, killed, back, load_status, retried, redis_cluster = sys.argv[1], *map(int, sys.argv[2:])
+down = "the counter's Redis master" if redis_cluster else "tracknum-2"
 single = json.load(open(f"{work}/single.json"))
 cluster = json.load(open(f"{work}/cluster.json"))
 heads = [open(f"{work}/batch-{i}.head").read().lower() for i in (1, 2)]
@@ -174,8 +263,9 @@ bodies = [open(f"{work}/batch-{i}.json").read() for i in (1, 2)]
 # Times are taken against the load test's own start.
 t0 = cluster["started_at_unix_ms"]
 down_from, down_to = killed - t0, back - t0
-# nginx may try the restarted instance's old connections once more right after it is back.
-grace_ms = 1000
+# nginx may try the restarted instance's old connections once more right after it is back;
+# after a failover, each instance's cluster client needs a moment to learn the new master.
+grace_ms = 3000 if redis_cluster else 1000
 
 def errors_in(s, lo, hi):
     return sum(row["errors"] for second, row in enumerate(s["timeline"])
@@ -191,9 +281,19 @@ print("local-cluster results")
 print(line("1 instance, direct", single))
 print(line("3 instances via nginx", cluster))
 while_down = errors_in(cluster, down_from, down_to + grace_ms)
-print(f"  tracknum-2 down from {down_from / 1000:.1f} s to {down_to / 1000:.1f} s of the cluster run;"
+print(f"  {down} down from {down_from / 1000:.1f} s to {down_to / 1000:.1f} s of the cluster run;"
       f" errors while down: {while_down}, errors at other times: {cluster['errors'] - while_down};"
       f" nginx retried {retried} requests on another instance")
+# The stall: from the kill to the last error, and the longest run of seconds with no success.
+stalled = [row["replies"] - row["errors"] <= 0 for row in cluster["timeline"]]
+longest = run = 0
+for s_ in stalled:
+    run = run + 1 if s_ else 0
+    longest = max(longest, run)
+last = cluster.get("last_error_ms")
+stall_ms = max(0, last - down_from) if last is not None and last >= down_from else 0
+print(f"  issuing stalled: errors until {stall_ms:.0f} ms after the kill;"
+      f" {longest} whole second(s) without a single number")
 
 problems = []
 for name, s in (("single", single), ("cluster", cluster)):
@@ -203,13 +303,17 @@ for name, s in (("single", single), ("cluster", cluster)):
         problems.append(f"{name}: {s['invalid']} invalid replies: {s['invalid_examples']}")
     if s["requests"] == 0 or s["numbers"] == 0:
         problems.append(f"{name}: no numbers issued")
+for name, s in (("single", single), ("cluster", cluster)):
+    other_5xx = {k: v for k, v in s["statuses"].items() if int(k) >= 500 and int(k) != 503}
+    if other_5xx:
+        problems.append(f"{name}: server errors other than 503: {other_5xx}")
 if single["errors"]:
     problems.append(f"single: {single['errors']} errors with nothing down ({single['statuses']}, {single['failures']})")
 if cluster["errors"]:
     first, last = cluster["first_error_ms"], cluster["last_error_ms"]
     if first < down_from - 100 or last > down_to + grace_ms:
         problems.append(f"cluster: errors from {first:.0f} ms to {last:.0f} ms, outside the"
-                        f" {down_from}-{down_to} ms the instance was down")
+                        f" {down_from}-{down_to} ms {down} was down")
 if load_status not in (0, 1):
     problems.append(f"cluster: the load test exited {load_status}")
 if not (heads[0].startswith("http/1.1 201") and heads[1].startswith("http/1.1 201")):
@@ -224,5 +328,5 @@ if problems:
     for p in problems:
         print("  " + p)
     sys.exit(1)
-print("PASS: no duplicate, no invalid number, errors only while an instance was down")
+print(f"PASS: no duplicate, no invalid number, errors only while {down} was down")
 PY

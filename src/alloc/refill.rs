@@ -12,6 +12,8 @@ use super::{BlockSizer, SerialPool};
 use crate::store::{LeaseSource, StoreError};
 
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// The shortest wait before asking a counter that waits for its clock again.
+const MIN_CLOCK_WAIT: Duration = Duration::from_millis(1);
 /// At most this many blocks are leased at once.
 const MAX_BLOCKS_PER_LEASE: u64 = 2;
 
@@ -47,8 +49,8 @@ pub async fn first_lease(
             pool.add_block(range);
             Ok(Some(floor))
         }
-        Err(StoreError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "cannot lease serials yet; retrying in the background");
+        Err(err) if err.is_transient() => {
+            tracing::warn!(error = %err, "cannot lease serials yet; retrying in the background");
             Ok(None)
         }
         Err(err) => Err(err),
@@ -85,6 +87,13 @@ pub fn spawn_refill(
                         }
                         status.set(None);
                         backoff = Duration::from_millis(50);
+                    }
+                    Err(StoreError::WaitForClock(wait)) => {
+                        // Not a failure: the counter is as far ahead of the clock as it may go.
+                        tokio::select! {
+                            () = tokio::time::sleep(wait.clamp(MIN_CLOCK_WAIT, MAX_BACKOFF)) => {}
+                            () = stop.cancelled() => {}
+                        }
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, retry_in = ?backoff, "lease failed");

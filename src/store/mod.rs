@@ -46,6 +46,9 @@ pub enum StoreError {
     /// reason is our own words, fit for a readiness probe.
     #[error("storage is not taking writes: {0}")]
     NotWritable(String),
+    /// A lease would run the counter too far ahead of the clock: ask again this much later.
+    #[error("the counter waits for the clock ({0:?})")]
+    WaitForClock(Duration),
 }
 
 impl StoreError {
@@ -57,7 +60,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::NotWritable(_)
+            StoreError::Unavailable(_) | StoreError::NotWritable(_) | StoreError::WaitForClock(_)
         )
     }
 
@@ -79,6 +82,7 @@ impl StoreError {
                 }
             }
             StoreError::NotWritable(reason) => format!("storage is not taking writes: {reason}"),
+            StoreError::WaitForClock(_) => "the serial counter waits for the clock".into(),
             StoreError::SecretMismatch { .. } => {
                 "the counter belongs to a different --secret (see the log)".into()
             }

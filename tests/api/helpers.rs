@@ -11,6 +11,8 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracknum::store::redis::RedisTarget;
+
+use crate::redis_cluster::RedisCluster;
 use tracknum::{Application, Config};
 
 pub fn free_port() -> u16 {
@@ -134,12 +136,124 @@ pub async fn spawn_embedded(extra: &[&str]) -> (TestApp, TempDir) {
 
 pub const SECRET: &str = "test-secret-shared-by-instances";
 
-/// A Redis-backed app on the given private Redis.
-pub async fn spawn_on_redis(redis: &RedisServer, extra: &[&str]) -> TestApp {
-    let url = redis.url();
-    let mut args = vec!["--redis-url", url.as_str(), "--secret", SECRET];
+/// A Redis-backed app on the given private Redis (a server or a cluster).
+pub async fn spawn_on_redis(redis: &impl RedisLike, extra: &[&str]) -> TestApp {
+    let [flag, value] = redis.flag();
+    let mut args = vec![flag.as_str(), value.as_str(), "--secret", SECRET];
     args.extend_from_slice(extra);
     spawn_app(config(&args)).await
+}
+
+/// A Redis tracknum can be pointed at.
+pub trait RedisLike {
+    fn target(&self) -> RedisTarget;
+
+    /// The flag and value that point tracknum at it.
+    fn flag(&self) -> [String; 2] {
+        match self.target() {
+            RedisTarget::Single(url) => ["--redis-url".into(), url],
+            RedisTarget::Cluster(urls) => ["--redis-cluster-urls".into(), urls.join(",")],
+        }
+    }
+}
+
+impl RedisLike for RedisServer {
+    fn target(&self) -> RedisTarget {
+        RedisTarget::Single(self.url())
+    }
+}
+
+impl RedisLike for RedisCluster {
+    fn target(&self) -> RedisTarget {
+        RedisTarget::Cluster(self.seed_urls().split(',').map(str::to_owned).collect())
+    }
+}
+
+/// The Redis a suite runs on: one server, or a Redis Cluster of 3 masters with a replica each.
+/// The same test bodies run on both (`on_each_redis!`).
+pub enum TestRedis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl RedisLike for TestRedis {
+    fn target(&self) -> RedisTarget {
+        match self {
+            TestRedis::Single(redis) => redis.target(),
+            TestRedis::Cluster(cluster) => cluster.target(),
+        }
+    }
+}
+
+impl TestRedis {
+    pub fn single() -> Self {
+        TestRedis::Single(RedisServer::start())
+    }
+
+    pub fn cluster() -> Self {
+        TestRedis::Cluster(RedisCluster::start())
+    }
+
+    /// One command about one key (`args[1]`), on the node that serves it.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&str]) -> T {
+        match self {
+            TestRedis::Single(redis) => redis.cmd(args),
+            TestRedis::Cluster(cluster) => cluster.cmd_on(cluster.master_of_key(args[1]), args),
+        }
+    }
+
+    /// One command on every node, each node's answer.
+    pub fn on_every_node<T: redis::FromRedisValue>(&self, args: &[&str]) -> Vec<T> {
+        match self {
+            TestRedis::Single(redis) => vec![redis.cmd(args)],
+            TestRedis::Cluster(cluster) => cluster
+                .running_nodes()
+                .into_iter()
+                .map(|node| cluster.cmd_on(node, args))
+                .collect(),
+        }
+    }
+
+    pub fn flushall(&self) {
+        match self {
+            TestRedis::Single(redis) => {
+                let _: String = redis.cmd(&["FLUSHALL"]);
+            }
+            TestRedis::Cluster(cluster) => cluster.flushall(),
+        }
+    }
+
+    /// Everything down (SIGKILL): nothing answers.
+    pub fn kill(&mut self) {
+        match self {
+            TestRedis::Single(redis) => redis.kill(),
+            TestRedis::Cluster(cluster) => cluster.stop_all(),
+        }
+    }
+
+    /// Back after [`TestRedis::kill`] (or straight from running), empty.
+    pub fn restart_empty(&mut self) {
+        match self {
+            TestRedis::Single(redis) => redis.restart_empty(),
+            TestRedis::Cluster(cluster) => {
+                cluster.stop_all();
+                cluster.start_all();
+                cluster.wait_healthy(Duration::from_secs(30));
+            }
+        }
+    }
+
+    /// A signal to every process (`STOP` hangs them, `CONT` resumes them).
+    pub fn signal(&self, name: &str) {
+        match self {
+            TestRedis::Single(redis) => redis.signal(name),
+            TestRedis::Cluster(cluster) => {
+                for node in cluster.running_nodes() {
+                    cluster.signal(node, name);
+                }
+            }
+        }
+    }
 }
 
 /// A private redis-server on a free port, without persistence, killed on drop.
@@ -186,10 +300,6 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn target(&self) -> RedisTarget {
-        RedisTarget::Single(self.url())
     }
 
     fn ping(&self) -> redis::RedisResult<String> {

@@ -16,6 +16,38 @@ macro_rules! on_both_backends {
                 super::$name(&app).await;
             })*
         }
+        mod redis_cluster_backend {
+            /// Every body in turn on one cluster (starting one per body would cost more than
+            /// the bodies), each on a fresh app over a flushed cluster.
+            #[tokio::test]
+            async fn every_test_on_one_cluster() {
+                let cluster = crate::redis_cluster::RedisCluster::start();
+                $(
+                    cluster.flushall();
+                    let app = crate::helpers::spawn_on_redis(&cluster, &[]).await;
+                    eprintln!("on the cluster: {}", stringify!($name));
+                    super::$name(&app).await;
+                    drop(app);
+                )*
+            }
+        }
+    };
+}
+
+/// Runs each listed test body, which takes a `TestRedis`, on one Redis server and on a Redis
+/// Cluster.
+macro_rules! on_each_redis {
+    ($($name:ident),* $(,)?) => {
+        mod single_redis {
+            $(#[tokio::test] async fn $name() {
+                super::$name(crate::helpers::TestRedis::single()).await;
+            })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $name() {
+                super::$name(crate::helpers::TestRedis::cluster()).await;
+            })*
+        }
     };
 }
 
@@ -31,6 +63,8 @@ mod ops;
 mod ratelimit_redis;
 mod recipes;
 mod redis_backend;
+mod redis_cluster;
+mod redis_failover;
 mod redis_tls;
 mod store_conformance;
 mod tenants;

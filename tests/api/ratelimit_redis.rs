@@ -5,21 +5,31 @@ use std::time::{Duration, Instant};
 
 use tracknum::access::ratelimit::{Quota, RedisLimiter};
 
-use crate::helpers::RedisServer;
+use crate::helpers::{RedisLike, TestRedis};
+
+on_each_redis!(
+    ratelimit_two_instances_share_one_quota,
+    ratelimit_redis_refusals_say_when_to_retry,
+    ratelimit_redis_is_called_once_per_chunk_not_per_request,
+    ratelimit_fails_open_when_redis_is_killed,
+    ratelimit_fails_open_when_redis_hangs_and_recovers,
+);
 
 /// Long enough that a busy test machine never makes the limiter fail open by accident.
 const PATIENT: Duration = Duration::from_secs(2);
 /// What the service would run with.
 const TIMEOUT: Duration = Duration::from_millis(100);
 
-fn limiter(redis: &RedisServer, per_second: f64, burst: u32, timeout: Duration) -> RedisLimiter {
+fn limiter(redis: &TestRedis, per_second: f64, burst: u32, timeout: Duration) -> RedisLimiter {
     RedisLimiter::new(&redis.target(), Quota { per_second, burst }, timeout).unwrap()
 }
 
 /// Calls of the take script Redis has run since its stats were reset.
-fn script_calls(redis: &RedisServer) -> u64 {
-    let info: String = redis.cmd(&["INFO", "commandstats"]);
-    info.lines()
+fn script_calls(redis: &TestRedis) -> u64 {
+    let infos: Vec<String> = redis.on_every_node(&["INFO", "commandstats"]);
+    infos
+        .iter()
+        .flat_map(|info| info.lines())
         .filter(|line| line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:"))
         .filter_map(|line| {
             line.split("calls=")
@@ -32,9 +42,7 @@ fn script_calls(redis: &RedisServer) -> u64 {
         .sum()
 }
 
-#[tokio::test]
-async fn ratelimit_two_instances_share_one_quota() {
-    let redis = RedisServer::start();
+async fn ratelimit_two_instances_share_one_quota(redis: TestRedis) {
     let instances = [
         Arc::new(limiter(&redis, 1.0, 20, PATIENT)),
         Arc::new(limiter(&redis, 1.0, 20, PATIENT)),
@@ -71,9 +79,7 @@ async fn ratelimit_two_instances_share_one_quota() {
     assert!(instances[1].check("other-key").await.allowed);
 }
 
-#[tokio::test]
-async fn ratelimit_redis_refusals_say_when_to_retry() {
-    let redis = RedisServer::start();
+async fn ratelimit_redis_refusals_say_when_to_retry(redis: TestRedis) {
     let limiter = limiter(&redis, 5.0, 2, PATIENT);
     assert!(limiter.check("k").await.allowed);
     assert!(limiter.check("k").await.allowed);
@@ -90,11 +96,9 @@ async fn ratelimit_redis_refusals_say_when_to_retry() {
     assert!(limiter.check("k").await.allowed);
 }
 
-#[tokio::test]
-async fn ratelimit_redis_is_called_once_per_chunk_not_per_request() {
-    let redis = RedisServer::start();
+async fn ratelimit_redis_is_called_once_per_chunk_not_per_request(redis: TestRedis) {
     let limiter = limiter(&redis, 1.0, 800, PATIENT);
-    let _: () = redis.cmd(&["CONFIG", "RESETSTAT"]);
+    let _: Vec<()> = redis.on_every_node(&["CONFIG", "RESETSTAT"]);
     let mut allowed = 0;
     for _ in 0..1000 {
         allowed += usize::from(limiter.check("busy").await.allowed);
@@ -107,9 +111,7 @@ async fn ratelimit_redis_is_called_once_per_chunk_not_per_request() {
     assert!((800 - slack..=802).contains(&allowed), "{allowed} allowed");
 }
 
-#[tokio::test]
-async fn ratelimit_fails_open_when_redis_is_killed() {
-    let mut redis = RedisServer::start();
+async fn ratelimit_fails_open_when_redis_is_killed(mut redis: TestRedis) {
     let limiter = limiter(&redis, 1.0, 3, TIMEOUT);
     assert!(limiter.check("before").await.allowed);
     redis.kill();
@@ -135,9 +137,7 @@ async fn ratelimit_fails_open_when_redis_is_killed() {
     );
 }
 
-#[tokio::test]
-async fn ratelimit_fails_open_when_redis_hangs_and_recovers() {
-    let redis = RedisServer::start();
+async fn ratelimit_fails_open_when_redis_hangs_and_recovers(redis: TestRedis) {
     let limiter = limiter(&redis, 1.0, 3, TIMEOUT);
     assert!(limiter.check("warm").await.allowed);
     redis.signal("STOP");

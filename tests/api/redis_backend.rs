@@ -3,12 +3,19 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    RedisServer, SECRET, assert_unique, config, issue_many, spawn_on_redis, try_spawn_app,
+    RedisLike, SECRET, TestRedis, assert_unique, config, issue_many, spawn_on_redis, try_spawn_app,
 };
 
-#[tokio::test]
-async fn two_instances_issue_100k_numbers_without_a_duplicate() {
-    let redis = RedisServer::start();
+on_each_redis!(
+    two_instances_issue_100k_numbers_without_a_duplicate,
+    flushall_in_the_middle_of_a_run_repeats_nothing,
+    redis_restarted_empty_repeats_nothing,
+    redis_down_gives_a_quick_503_and_recovery_follows,
+    a_hung_redis_gives_a_503_in_time_not_a_hung_request,
+    an_instance_with_another_secret_is_refused,
+);
+
+async fn two_instances_issue_100k_numbers_without_a_duplicate(redis: TestRedis) {
     let a = spawn_on_redis(&redis, &[]).await;
     let b = spawn_on_redis(&redis, &[]).await;
     let urls = [
@@ -21,9 +28,7 @@ async fn two_instances_issue_100k_numbers_without_a_duplicate() {
     assert_unique(&numbers);
 }
 
-#[tokio::test]
-async fn flushall_in_the_middle_of_a_run_repeats_nothing() {
-    let redis = RedisServer::start();
+async fn flushall_in_the_middle_of_a_run_repeats_nothing(redis: TestRedis) {
     let a = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let b = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let urls = [
@@ -32,16 +37,14 @@ async fn flushall_in_the_middle_of_a_run_repeats_nothing() {
     ];
     let (mut all, failed) = issue_many(&urls, 5000, 16).await;
     assert_eq!(failed, 0);
-    let _: String = redis.cmd(&["FLUSHALL"]);
+    redis.flushall();
     let (after, failed) = issue_many(&urls, 5000, 16).await;
     assert_eq!(failed, 0);
     all.extend(after);
     assert_unique(&all);
 }
 
-#[tokio::test]
-async fn redis_restarted_empty_repeats_nothing() {
-    let mut redis = RedisServer::start();
+async fn redis_restarted_empty_repeats_nothing(mut redis: TestRedis) {
     let a = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let b = spawn_on_redis(&redis, &["--block-size", "50"]).await;
     let urls = [
@@ -69,9 +72,7 @@ async fn redis_restarted_empty_repeats_nothing() {
     assert_unique(&all);
 }
 
-#[tokio::test]
-async fn redis_down_gives_a_quick_503_and_recovery_follows() {
-    let mut redis = RedisServer::start();
+async fn redis_down_gives_a_quick_503_and_recovery_follows(mut redis: TestRedis) {
     let app = spawn_on_redis(&redis, &[]).await;
     app.issue("").await;
     redis.kill();
@@ -111,9 +112,7 @@ async fn redis_down_gives_a_quick_503_and_recovery_follows() {
     }
 }
 
-#[tokio::test]
-async fn a_hung_redis_gives_a_503_in_time_not_a_hung_request() {
-    let redis = RedisServer::start();
+async fn a_hung_redis_gives_a_503_in_time_not_a_hung_request(redis: TestRedis) {
     let app = spawn_on_redis(&redis, &[]).await;
     app.issue("").await;
     redis.signal("STOP");
@@ -131,12 +130,10 @@ async fn a_hung_redis_gives_a_503_in_time_not_a_hung_request() {
     }
 }
 
-#[tokio::test]
-async fn an_instance_with_another_secret_is_refused() {
-    let redis = RedisServer::start();
+async fn an_instance_with_another_secret_is_refused(redis: TestRedis) {
     let _first = spawn_on_redis(&redis, &[]).await;
-    let url = redis.url();
-    let other = config(&["--redis-url", &url, "--secret", "not-the-same-secret"]);
+    let [flag, value] = redis.flag();
+    let other = config(&[&flag, &value, "--secret", "not-the-same-secret"]);
     let err = try_spawn_app(other).await.err().expect("refused");
     assert!(format!("{err:#}").contains("different secret"), "{err:#}");
     assert_ne!(SECRET, "not-the-same-secret");

@@ -1,17 +1,19 @@
 //! The Redis backend, on one server or a Redis Cluster ([`link`]).
 //!
-//! Serials are leased with one Lua script ([`scripts::LEASE`]) on the counter's node. It keeps
-//! three guards against a counter that moved back (a failover that dropped acknowledged writes,
-//! a restart without persistence, a flush), so that no serial is ever handed out twice:
-//! - the counter never starts below Redis' own clock, counted in µs since
-//!   [`FLOOR_EPOCH_UNIX_SECS`], nor below the end of the caller's last lease;
-//! - the counter never runs more than [`LEAD`] ahead of that clock (or of its last jump), so
-//!   whatever a lost write handed out lies below the clock plus `LEAD`;
+//! Serials are leased with one Lua script ([`scripts::LEASE`]) on the counter's node. Its guard
+//! against a counter that moved back (a failover that dropped acknowledged writes, a restart
+//! without persistence, a flush), so that no serial is ever handed out twice:
+//! - serials count µs of Redis' own clock since [`FLOOR_EPOCH_UNIX_SECS`]; a lease never starts
+//!   below that clock, nor below the end of the caller's last lease;
+//! - a lease never ends past the clock plus [`LEAD`] (a fleet leasing over 10^6 serials a
+//!   second waits for the clock once the lead is used up): whatever any master ever leased lies
+//!   below its clock plus `LEAD`;
 //! - the script remembers the replication history of the node it ran on (`master_replid`,
 //!   which changes on every promotion and restart, and is gone after a flush). On a node with
-//!   another history, or with a counter below the caller's last lease, writes may have been
-//!   lost: the counter jumps [`JUMP`] ahead first, past anything the old master can have
-//!   leased, given Redis nodes' clocks agree within `JUMP - LEAD`.
+//!   another history, or whose counter is below the caller's last lease, writes may have been
+//!   lost: the counter first jumps to the clock plus `LEAD` plus [`SKEW_MARGIN`], past anything
+//!   the old master can have leased while its clock was not ahead of this one's by more than
+//!   the margin plus the time the failover took.
 //!
 //! Keys (see the README's table): the counter, the secret fingerprint and the history share the
 //! hash tag `{tracknum}`, so the script's keys live on one node; records and idempotency keys
@@ -41,19 +43,18 @@ pub use link::{Conn, Link, RedisTarget};
 /// The counter, the secret fingerprint and the replication history, in one hash slot.
 pub const SERIAL_KEY: &str = "{tracknum}:serial";
 const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
-const HISTORY_KEY: &str = "{tracknum}:history";
+pub const HISTORY_KEY: &str = "{tracknum}:history";
 /// Records spread over the cluster: one key each.
 const RECORD_PREFIX: &str = "tracknum:record:";
 /// Idempotency keys, one Redis key each.
 const REPLY_PREFIX: &str = "tracknum:idempotency:";
 
-/// How far the counter may run ahead of Redis' clock: 30 s of serials. Leasing faster than the
-/// clock (a fleet issuing over 10^6 serials a second) waits for it once this lead is used up.
-pub const LEAD: u64 = 30_000_000;
-/// How far the counter jumps on a node whose history is not the one the last lease saw: ten
-/// minutes of serials, so a lost lead of 30 s is passed even if the new node's clock is
-/// nine minutes behind the old one's.
-pub const JUMP: u64 = 600_000_000;
+/// How far a lease may run ahead of Redis' clock: 60 s of serials. A fleet leasing faster than
+/// the clock (over 10^6 serials a second) waits for it once this lead is used up.
+pub const LEAD: u64 = 60_000_000;
+/// How much further a jump goes, for clocks of Redis nodes that disagree: 100 ms. Leases wait
+/// this long for the clock after a jump.
+pub const SKEW_MARGIN: u64 = 100_000;
 
 /// Connections in the pool to a single Redis.
 const POOL_SIZE: usize = 16;
@@ -257,15 +258,16 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 /// The lease script refuses with `TRACKNUM_SECRET_MISMATCH <stored fingerprint>` or with
-/// `TRACKNUM_AHEAD <serials>` (the counter would run too far ahead of the clock).
+/// `TRACKNUM_AHEAD <µs>` (the lease would run too far ahead of the clock: retry that much later).
 fn lease_error(err: redis::RedisError, ours: &str) -> StoreError {
     let text = err.to_string();
-    if text.contains("TRACKNUM_AHEAD") {
-        return StoreError::Unavailable(
-            "the counter is ahead of Redis' clock (issuing over 10^6 serials a second); \
-             waiting for the clock"
-                .into(),
-        );
+    if let Some(at) = text.find("TRACKNUM_AHEAD") {
+        let micros = text[at + "TRACKNUM_AHEAD".len()..]
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|token| !token.is_empty())
+            .and_then(|token| token.parse().ok())
+            .unwrap_or(1000);
+        return StoreError::WaitForClock(Duration::from_micros(micros));
     }
     match text.find("TRACKNUM_SECRET_MISMATCH") {
         Some(at) => {
@@ -310,8 +312,8 @@ impl LeaseSource for RedisStore {
                     .arg(floor)
                     .arg(FLOOR_EPOCH_UNIX_SECS)
                     .arg(fingerprint)
-                    .arg(JUMP)
                     .arg(LEAD)
+                    .arg(SKEW_MARGIN)
                     .invoke_async(&mut conn)
                     .await;
                 reply.map_err(|e| {

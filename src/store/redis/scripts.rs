@@ -2,10 +2,10 @@
 //! each runs unchanged on a single server and on a Redis Cluster node.
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
-/// floor, the floor's epoch (Unix seconds), our fingerprint, the jump, the lead. Returns the end
-/// of the leased block, or an error `TRACKNUM_SECRET_MISMATCH <fingerprint>` or `TRACKNUM_AHEAD
-/// <serials>`. The guards are explained in the module above; a counter below the caller's floor
-/// has moved back as surely as one on a node with another history, and jumps too.
+/// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
+/// the end of the leased block, or an error `TRACKNUM_SECRET_MISMATCH <fingerprint>` or
+/// `TRACKNUM_AHEAD <µs to wait>`. The guards are explained in the module above; a counter below
+/// the caller's floor has moved back as surely as one on a node with another history.
 pub const LEASE: &str = r#"
 local fp = redis.call('GET', KEYS[2])
 if fp and fp ~= ARGV[4] then
@@ -16,25 +16,17 @@ local clock = (tonumber(t[1]) - tonumber(ARGV[3])) * 1000000 + tonumber(t[2])
 local size = tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local caller = tonumber(ARGV[2])
+local lead = tonumber(ARGV[5])
 local start = math.max(current, caller, clock)
 local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or '?'
-local held, mark = nil, 0
-local history = redis.call('GET', KEYS[3])
-if history then
-  local id, at = string.match(history, '^(%S+) (%d+)$')
-  held, mark = id, tonumber(at) or 0
-end
-local jumped = held ~= replid or current < caller
+local jumped = redis.call('GET', KEYS[3]) ~= replid or current < caller
 if jumped then
-  start = start + tonumber(ARGV[5])
-  mark = start
-end
-local limit = math.max(clock, mark) + tonumber(ARGV[6])
-if start + size > limit then
-  return redis.error_reply('TRACKNUM_AHEAD ' .. string.format('%.0f', start + size - limit))
+  start = math.max(start, clock + lead + tonumber(ARGV[6]))
+elseif start + size > clock + lead then
+  return redis.error_reply('TRACKNUM_AHEAD ' .. string.format('%.0f', start + size - clock - lead))
 end
 if not fp then redis.call('SET', KEYS[2], ARGV[4]) end
-if jumped then redis.call('SET', KEYS[3], replid .. ' ' .. string.format('%.0f', mark)) end
+if jumped then redis.call('SET', KEYS[3], replid) end
 redis.call('SET', KEYS[1], string.format('%.0f', start + size))
 return start + size
 "#;

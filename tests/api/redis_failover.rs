@@ -1,0 +1,238 @@
+//! tracknum on a Redis Cluster through its faults: the counter's master killed under load, a
+//! failover to a replica that missed acknowledged increments, and the whole cluster down.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{TestApp, assert_unique, issue_many, spawn_on_redis};
+use crate::redis_cluster::{COUNTER_KEY, RedisCluster};
+
+/// Small blocks, so that instances lease often while the cluster is failing over.
+const SMALL_BLOCKS: [&str; 4] = ["--block-size", "100", "--block-size-max", "200"];
+
+/// One reply seen by the issuing loop.
+struct Seen {
+    at: Instant,
+    status: u16,
+    retry_after: bool,
+    number: Option<String>,
+}
+
+/// Issues numbers from every app on `workers` connections each until `stop`.
+fn issue_until(
+    apps: &[&TestApp],
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Seen>> {
+    let urls: Vec<String> = apps
+        .iter()
+        .map(|app| app.url("/next-tracking-number"))
+        .collect();
+    tokio::spawn(async move {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let tasks: Vec<_> = (0..workers * urls.len())
+            .map(|i| {
+                let (client, url, stop) =
+                    (client.clone(), urls[i % urls.len()].clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let response = client
+                            .get(&url)
+                            .send()
+                            .await
+                            .expect("a reply, never a hang");
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().contains_key("retry-after");
+                        let body: serde_json::Value = response.json().await.unwrap();
+                        let number = body["tracking_number"].as_str().map(str::to_owned);
+                        seen.push(Seen {
+                            at: Instant::now(),
+                            status,
+                            retry_after,
+                            number,
+                        });
+                        if status != 200 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        all
+    })
+}
+
+fn numbers_of(seen: &[Seen]) -> Vec<String> {
+    seen.iter().filter_map(|s| s.number.clone()).collect()
+}
+
+#[tokio::test]
+async fn killing_the_counters_master_under_load_repeats_nothing_and_heals_itself() {
+    let mut cluster = RedisCluster::start();
+    let a = spawn_on_redis(&cluster, &SMALL_BLOCKS).await;
+    let b = spawn_on_redis(&cluster, &SMALL_BLOCKS).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = issue_until(&[&a, &b], 8, stop.clone());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let master = cluster.master_of_key(COUNTER_KEY);
+    let replica = cluster.replica_of(master);
+    cluster.kill(master);
+    let killed = Instant::now();
+    cluster.wait_until_master(replica, Duration::from_secs(20));
+    // Issue on until replies have been good for two seconds (or give up after 20).
+    let deadline = killed + Duration::from_secs(20);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.await.unwrap();
+    assert!(Instant::now() < deadline);
+
+    for s in &seen {
+        assert!(
+            s.status == 200 || (s.status == 503 && s.retry_after),
+            "a {} (Retry-After: {}) during the failover",
+            s.status,
+            s.retry_after
+        );
+    }
+    let last_error = seen.iter().filter(|s| s.status != 200).map(|s| s.at).max();
+    if let Some(last_error) = last_error {
+        let stalled = last_error.saturating_duration_since(killed);
+        assert!(
+            stalled < Duration::from_secs(10),
+            "errors for {stalled:?} after the kill"
+        );
+        eprintln!("failover: errors until {stalled:?} after the kill");
+    }
+    // The last second of the run: issuing has resumed, and nothing fails any more.
+    let end = seen.iter().map(|s| s.at).max().unwrap();
+    let last_second: Vec<_> = seen
+        .iter()
+        .filter(|s| s.at + Duration::from_secs(1) > end)
+        .collect();
+    assert!(
+        !last_second.is_empty() && last_second.iter().all(|s| s.status == 200),
+        "issuing did not resume"
+    );
+    let numbers = numbers_of(&seen);
+    assert!(numbers.len() > 1000, "only {} numbers", numbers.len());
+    assert_unique(&numbers);
+}
+
+#[tokio::test]
+async fn a_replica_that_missed_increments_takes_over_and_repeats_nothing() {
+    let mut cluster = RedisCluster::start();
+    let a = spawn_on_redis(&cluster, &SMALL_BLOCKS).await;
+    let b = spawn_on_redis(&cluster, &SMALL_BLOCKS).await;
+    let urls = [
+        a.url("/next-tracking-number"),
+        b.url("/next-tracking-number"),
+    ];
+    let (mut all, failed) = issue_many(&urls, 2000, 8).await;
+    assert_eq!(failed, 0);
+
+    let master = cluster.master_of_key(COUNTER_KEY);
+    let replica = cluster.replica_of(master);
+    cluster.wait_replicated(master, Duration::from_secs(10));
+    // The replica stops and loses its link: what the master acknowledges now, it alone holds.
+    cluster.signal(replica, "STOP");
+    cluster.cut_replication(master);
+    let (during, failed) = issue_many(&urls, 4000, 8).await;
+    assert_eq!(failed, 0);
+    all.extend(during);
+    let acknowledged = cluster.counter_value().expect("a counter");
+
+    cluster.kill(master);
+    cluster.signal(replica, "CONT");
+    cluster.takeover(replica);
+    cluster.wait_until_master(replica, Duration::from_secs(20));
+    let behind: u64 = cluster.cmd_on(replica, &["GET", COUNTER_KEY]);
+    assert!(
+        behind < acknowledged,
+        "the replica should have missed increments"
+    );
+
+    // The old instances, whose pools and floors outlived the failover, and a new one.
+    let c = spawn_on_redis(&cluster, &SMALL_BLOCKS).await;
+    let urls = [
+        urls[0].clone(),
+        urls[1].clone(),
+        c.url("/next-tracking-number"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut fresh = 0;
+    while fresh < 6000 {
+        assert!(
+            Instant::now() < deadline,
+            "issuing did not resume: {fresh} numbers"
+        );
+        let (more, _failed) = issue_many(&urls, 3000, 12).await;
+        fresh += more.len();
+        all.extend(more);
+    }
+    assert_unique(&all);
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len());
+}
+
+#[tokio::test]
+async fn the_whole_cluster_down_for_30s_gives_quick_503s_and_heals_without_a_restart() {
+    let mut cluster = RedisCluster::start();
+    let app = spawn_on_redis(&cluster, &["--storage-timeout", "300ms"]).await;
+    app.issue("").await;
+    cluster.stop_all();
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(30) {
+        for path in [
+            "/next-tracking-number",
+            "/v1/tracking-numbers/ZZ00000000000000",
+            "/readyz",
+        ] {
+            let started = Instant::now();
+            let response = app.get(path).await;
+            let waited = started.elapsed();
+            assert_eq!(response.status(), 503, "{path} while the cluster is down");
+            assert!(
+                waited < Duration::from_millis(1500),
+                "{path} took {waited:?}"
+            );
+            if path != "/readyz" {
+                assert!(response.headers().contains_key("retry-after"), "{path}");
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/problem+json"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+
+    cluster.start_all();
+    cluster.wait_healthy(Duration::from_secs(30));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while app.get("/next-tracking-number").await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the cluster came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while app.get("/readyz").await.status() != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready after the cluster came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
