@@ -248,12 +248,18 @@ batch() {
 batch 1
 batch 2
 
+# Leases each instance made (the counter's load), from its metrics.
+leases=$(for port in "${instance_ports[@]}"; do
+  curl -fsS "http://127.0.0.1:$port/metrics" 2>/dev/null \
+    | awk '/^tracknum_block_leases_total /{print $2}' || true
+done | paste -sd, -)
 retried=$(grep -cE '\[error\].* while (connecting to|reading response header from) upstream' "$work/nginx/error.log" || true)
 
 # --- the verdict ----------------------------------------------------------------------------
-python3 - "$work" "$killed" "$back" "$load_status" "$retried" "$redis_cluster" <<'PY'
+python3 - "$work" "$killed" "$back" "$load_status" "$retried" "$redis_cluster" "$leases" "$single_s" "$cluster_s" <<'PY'
 import json, sys
-work, killed, back, load_status, retried, redis_cluster = sys.argv[1], *map(int, sys.argv[2:])
+work, killed, back, load_status, retried, redis_cluster = sys.argv[1], *map(int, sys.argv[2:7])
+leases, run_s = [x for x in sys.argv[7].split(",") if x], int(sys.argv[8]) + int(sys.argv[9])
 down = "the counter's Redis master" if redis_cluster else "tracknum-2"
 single = json.load(open(f"{work}/single.json"))
 cluster = json.load(open(f"{work}/cluster.json"))
@@ -292,6 +298,9 @@ for s_ in stalled:
     longest = max(longest, run)
 last = cluster.get("last_error_ms")
 stall_ms = max(0, last - down_from) if last is not None and last >= down_from else 0
+if leases:
+    print(f"  block leases per instance over the whole run (instance 1 also ran step 1): {', '.join(leases)}"
+          f" in about {run_s} s, {max(float(x) for x in leases) / run_s:.1f}/s at most")
 print(f"  issuing stalled: errors until {stall_ms:.0f} ms after the kill;"
       f" {longest} whole second(s) without a single number")
 

@@ -81,13 +81,6 @@ impl RedisCluster {
         cluster
     }
 
-    /// Spawns the node on its port and directory, and waits until it answers PING. A node that
-    /// has a `nodes.conf` there rejoins the cluster it names; its data is gone (no persistence).
-    fn launch(&mut self, node: usize) {
-        self.spawn(node);
-        self.wait_answering(node);
-    }
-
     fn spawn(&mut self, node: usize) {
         let n = &mut self.nodes[node];
         let child = Command::new("redis-server")
@@ -204,11 +197,13 @@ impl RedisCluster {
         }
     }
 
-    /// Kills the node if running and starts it again, empty, on its port and directory. It
-    /// rejoins from its `nodes.conf`; `wait_healthy` waits until it has.
+    /// Kills the node if running and starts it again, empty (no persistence), on its port and
+    /// directory; waits until it answers PING. It rejoins the cluster its `nodes.conf` names, in
+    /// whatever role the others now give it: `wait_healthy` waits until it has.
     pub fn restart(&mut self, node: usize) {
         self.kill(node);
-        self.launch(node);
+        self.spawn(node);
+        self.wait_answering(node);
     }
 
     /// Closes `master`'s replication links. Pausing a replica is not enough to make it miss
@@ -282,20 +277,14 @@ impl RedisCluster {
     /// time: a restarted node may be a replica in its own view and a failed master in another's.
     pub fn wait_healthy(&self, timeout: Duration) {
         self.wait_for("a healthy cluster", timeout, || {
-            let mut first: Option<(usize, Topology)> = None;
-            for i in (0..NODES).filter(|&i| self.nodes[i].answers()) {
-                let topology = self.healthy_on(i).map_err(|e| format!("node {i}: {e}"))?;
-                match &first {
-                    None => first = Some((i, topology)),
-                    Some((j, other)) if *other != topology => {
-                        return Err(format!(
-                            "nodes {j} and {i} disagree: {other:?} {topology:?}"
-                        ));
-                    }
-                    Some(_) => {}
-                }
+            let topologies = (0..NODES)
+                .filter(|&i| self.nodes[i].answers())
+                .map(|i| self.healthy_on(i).map_err(|e| format!("node {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            match topologies.windows(2).find(|pair| pair[0] != pair[1]) {
+                Some(pair) => Err(format!("views differ: {:?} {:?}", pair[0], pair[1])),
+                None => Ok(()),
             }
-            Ok(())
         });
     }
 

@@ -236,3 +236,60 @@ async fn the_whole_cluster_down_for_30s_gives_quick_503s_and_heals_without_a_res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Acknowledged records on a master whose replica fell behind, after that replica took over:
+/// lost without `--redis-wait-replicas`, kept with it (the master refuses what its replica does
+/// not acknowledge, so only records a replica holds are answered).
+#[tokio::test]
+async fn waiting_for_a_replica_keeps_every_acknowledged_record_through_a_failover() {
+    let (acknowledged, lost) = lost_in_failover(&[]).await;
+    eprintln!("without WAIT: {lost} of {acknowledged} acknowledged records lost");
+    let (acknowledged, lost) = lost_in_failover(&["--redis-wait-replicas", "1"]).await;
+    eprintln!("with WAIT 1: {lost} of {acknowledged} acknowledged records lost");
+    assert!(acknowledged >= 1000, "{acknowledged}");
+    assert_eq!(lost, 0);
+}
+
+/// Issues while the counter master's replica is cut off, fails over to that replica, and counts
+/// the acknowledged numbers, and those whose records are gone.
+async fn lost_in_failover(flags: &[&str]) -> (usize, usize) {
+    let mut cluster = RedisCluster::start();
+    let app = spawn_on_redis(&cluster, flags).await;
+    let urls = [app.url("/next-tracking-number")];
+    let master = cluster.master_of_key(COUNTER_KEY);
+    let replica = cluster.replica_of(master);
+    cluster.wait_replicated(master, Duration::from_secs(10));
+    let (mut acknowledged, _failed) = issue_many(&urls, 1000, 8).await;
+    cluster.signal(replica, "STOP");
+    cluster.cut_replication(master);
+    let (during, _failed) = issue_many(&urls, 1000, 8).await;
+    acknowledged.extend(during);
+    cluster.kill(master);
+    cluster.signal(replica, "CONT");
+    cluster.takeover(replica);
+    cluster.wait_until_master(replica, Duration::from_secs(20));
+    cluster.wait_healthy(Duration::from_secs(20));
+    let mut lost = 0;
+    for number in &acknowledged {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match app
+                .get(&format!("/v1/tracking-numbers/{number}"))
+                .await
+                .status()
+                .as_u16()
+            {
+                200 => break,
+                404 => {
+                    lost += 1;
+                    break;
+                }
+                status => {
+                    assert!(Instant::now() < deadline, "{status} reading {number}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    (acknowledged.len(), lost)
+}

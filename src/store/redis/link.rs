@@ -32,7 +32,7 @@ impl RedisTarget {
 /// at start is retried on use.
 pub enum Link {
     Single(Pool),
-    Cluster(ClusterLink),
+    Cluster(Box<ClusterLink>),
 }
 
 /// A connection to run one call on.
@@ -58,7 +58,9 @@ impl Link {
                     .map_err(|_| anyhow::anyhow!("invalid --redis-url"))?;
                 Ok(Link::Single(pool))
             }
-            RedisTarget::Cluster(urls) => Ok(Link::Cluster(ClusterLink::new(urls, timeout)?)),
+            RedisTarget::Cluster(urls) => {
+                Ok(Link::Cluster(Box::new(ClusterLink::new(urls, timeout)?)))
+            }
         }
     }
 
