@@ -24,6 +24,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# shellcheck source=lib/redis-cluster.sh
+. scripts/lib/redis-cluster.sh
 
 cluster_s=30
 concurrency=64
@@ -92,45 +94,11 @@ wait_ready() { # url what
   done
 }
 
-# A port whose cluster bus port (port + 10000) is free too.
-free_cluster_port() {
-  python3 -c '
-import socket
-while True:
-    a = socket.socket(); a.bind(("127.0.0.1", 0)); port = a.getsockname()[1]
-    if port + 10000 < 65536:
-        try:
-            b = socket.socket(); b.bind(("127.0.0.1", port + 10000)); b.close(); a.close(); print(port); break
-        except OSError:
-            pass
-    a.close()'
-}
-
 redis_ports=()
 if [ "$redis_cluster" = 1 ]; then
-  for n in 1 2 3 4 5 6; do
-    port=$(free_cluster_port)
-    redis_ports+=("$port")
-    mkdir -p "$work/redis-$n"
-    redis-server --bind 127.0.0.1 --port "$port" --dir "$work/redis-$n" --save "" \
-      --appendonly yes --appendfsync everysec --cluster-enabled yes \
-      --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
-      --daemonize no --logfile "$work/redis-$n/redis.log" &
-    pids[redis-$n]=$!
-  done
-  for port in "${redis_ports[@]}"; do
-    until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.05; done
-  done
-  redis-cli --cluster create $(printf '127.0.0.1:%s ' "${redis_ports[@]}") \
-    --cluster-replicas 1 --cluster-yes >"$work/cluster-create.log" 2>&1
-  deadline=$(( $(date +%s) + 30 ))
-  for port in "${redis_ports[@]}"; do
-    until redis-cli -p "$port" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do
-      if [ "$(date +%s)" -ge "$deadline" ]; then say "the Redis Cluster never became ok"; exit 1; fi
-      sleep 0.1
-    done
-  done
-  redis_env=(REDIS_CLUSTER_URLS="$(printf 'redis://127.0.0.1:%s,' "${redis_ports[@]}" | sed 's/,$//')")
+  redis_cluster_start "$work"
+  for n in 1 2 3 4 5 6; do pids[redis-$n]=${redis_pids[$(( n - 1 ))]}; done
+  redis_env=(REDIS_CLUSTER_URLS="$redis_cluster_urls")
 else
   redis_ports+=("$(free_port)")
   mkdir -p "$work/redis"
@@ -140,23 +108,6 @@ else
   until redis-cli -p "${redis_ports[0]}" ping >/dev/null 2>&1; do sleep 0.05; done
   redis_env=(REDIS_URL="redis://127.0.0.1:${redis_ports[0]}")
 fi
-
-# The node (1-6) that is master of the serial counter's slot now.
-counter_master() {
-  local slot
-  slot=$(redis-cli -p "${redis_ports[0]}" cluster keyslot '{tracknum}:serial')
-  redis-cli -p "${redis_ports[0]}" cluster nodes | python3 -c '
-import sys
-slot, ports = int(sys.argv[1]), sys.argv[2:]
-for line in sys.stdin:
-    f = line.split()
-    if "master" not in f[2] or "fail" in f[2]:
-        continue
-    for r in f[8:]:
-        lo, _, hi = r.partition("-")
-        if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
-            print(ports.index(f[1].split("@")[0].split(":")[1]) + 1)' "$slot" "${redis_ports[@]}"
-}
 
 instance_ports=()
 for i in 1 2 3; do instance_ports+=("$(free_port)"); done
@@ -200,7 +151,7 @@ loadtest "$work/single.json" "http://127.0.0.1:${instance_ports[0]}" "$single_s"
 # --- 2. through nginx, killing an instance (or the counter's Redis master) ------------------
 at() { echo "$(( $1 / 1000 )).$(( $1 % 1000 / 100 ))s"; }
 if [ "$redis_cluster" = 1 ]; then
-  victim=$(counter_master)
+  victim=$(redis_cluster_counter_master)
   say "cluster: ${cluster_s}s through nginx; redis-$victim (the counter's master) is killed at $(at "$kill_at_ms")"
 else
   say "cluster: ${cluster_s}s through nginx; tracknum-2 is killed at $(at "$kill_at_ms") and restarted at $(at "$restart_at_ms")"
@@ -217,7 +168,7 @@ if [ "$redis_cluster" = 1 ]; then
   say "redis-$victim killed"
   # Back once another node is master of the counter's slot and the cluster is ok again.
   deadline=$(( $(date +%s) + 30 ))
-  until new=$(counter_master 2>/dev/null) && [ -n "$new" ] && [ "$new" != "$victim" ] \
+  until new=$(redis_cluster_counter_master 2>/dev/null) && [ -n "$new" ] && [ "$new" != "$victim" ] \
       && redis-cli -p "${redis_ports[$(( new - 1 ))]}" cluster info | grep -q '^cluster_state:ok'; do
     if [ "$(date +%s)" -ge "$deadline" ]; then say "no replica took over in 30 s"; exit 1; fi
     sleep 0.05

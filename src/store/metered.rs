@@ -58,6 +58,19 @@ impl RecordStore for MeteredStore {
         self.count("insert", result)
     }
 
+    async fn insert_each(
+        &self,
+        entries: &[RecordEntry],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        let result = self.inner.insert_each(entries).await;
+        if let Ok(outcomes) = &result
+            && outcomes.iter().any(Result::is_err)
+        {
+            self.metrics.storage_error("insert");
+        }
+        self.count("insert", result)
+    }
+
     fn wants_group_commit(&self) -> bool {
         self.inner.wants_group_commit()
     }

@@ -130,6 +130,20 @@ pub trait RecordStore: Send + Sync + 'static {
     /// Stores each entry unless a live record already holds its number; returns, per entry,
     /// whether it was stored. All in one round trip.
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError>;
+    /// [`RecordStore::insert_new`] for a store whose records live on several nodes, where one
+    /// node failing fails only its own entries: per entry, stored or not, or why it failed. An
+    /// error for all entries at once stays the outer error.
+    async fn insert_each(
+        &self,
+        entries: &[RecordEntry],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+        Ok(self
+            .insert_new(entries)
+            .await?
+            .into_iter()
+            .map(Ok)
+            .collect())
+    }
     /// Whether concurrent inserts should be funnelled through one group-commit writer. A store
     /// whose inserts cost a round trip each says yes; one that buffers in memory says no.
     fn wants_group_commit(&self) -> bool {

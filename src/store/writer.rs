@@ -74,10 +74,10 @@ async fn run(store: Arc<dyn RecordStore>, mut rx: mpsc::Receiver<Pending>) {
     while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
         entries.clear();
         entries.extend(pending.iter().map(|p| p.entry.clone()));
-        match store.insert_new(&entries).await {
-            Ok(stored) => {
-                for (p, stored) in pending.drain(..).zip(stored) {
-                    let _ = p.done.send(Ok(stored));
+        match store.insert_each(&entries).await {
+            Ok(outcomes) => {
+                for (p, outcome) in pending.drain(..).zip(outcomes) {
+                    let _ = p.done.send(outcome);
                 }
             }
             Err(err) => {
@@ -173,5 +173,74 @@ mod tests {
             .await
             .expect("the writer stops once its handles are gone")
             .unwrap();
+    }
+
+    /// Records on several nodes, one of them down: entries whose number ends in an odd digit
+    /// fail.
+    struct HalfDown;
+
+    #[async_trait]
+    impl RecordStore for HalfDown {
+        async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+            self.insert_each(entries).await?.into_iter().collect()
+        }
+        async fn insert_each(
+            &self,
+            entries: &[RecordEntry],
+        ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
+            Ok(entries
+                .iter()
+                .map(|e| match e.tracking_number.bytes().last() {
+                    Some(digit) if digit % 2 == 1 => Err(StoreError::Unavailable("down".into())),
+                    _ => Ok(true),
+                })
+                .collect())
+        }
+        async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
+            Ok(None)
+        }
+        async fn replace(&self, _: &Bytes, _: &RecordEntry) -> Result<Swap, StoreError> {
+            Ok(Swap::Changed)
+        }
+        async fn remove(&self, _: &str, _: Option<&Bytes>) -> Result<Removal, StoreError> {
+            Ok(Removal::Missing)
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn sync(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn purge_expired(&self) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_node_fails_only_the_writes_it_holds() {
+        let (writer, _task) = RecordWriter::spawn(Arc::new(HalfDown));
+        let writes: Vec<_> = (0..20)
+            .map(|i| {
+                let writer = writer.clone();
+                tokio::spawn(async move { (i, writer.insert(entry(&format!("N{i}"))).await) })
+            })
+            .collect();
+        for write in writes {
+            let (i, outcome) = write.await.unwrap();
+            assert_eq!(outcome.is_ok(), i % 2 == 0, "N{i}: {outcome:?}");
+        }
+        // A batch of its own is all or nothing.
+        assert!(
+            writer
+                .insert_many(&[entry("N2"), entry("N3")])
+                .await
+                .is_err()
+        );
+        assert!(
+            writer
+                .insert_many(&[entry("N2"), entry("N4")])
+                .await
+                .is_ok()
+        );
     }
 }

@@ -133,12 +133,13 @@ impl RedisStore {
 
     /// `SET key json PX ttl NX` for each entry, pipelined on `conn`: one pipeline on a single
     /// server, one per hash slot on a cluster (a pipeline never spans slots there), sent
-    /// together. Then `WAIT` for the configured replicas.
+    /// together. Then `WAIT` for the configured replicas. Per entry: stored, taken, or failed
+    /// (on a cluster, a node that fails fails only its own entries); an error when all failed.
     async fn write_new(
         &self,
         conn: &mut Conn,
         entries: &[RecordEntry],
-    ) -> Result<Vec<bool>, redis::RedisError> {
+    ) -> Result<Vec<Result<bool, StoreError>>, redis::RedisError> {
         let now = Utc::now();
         let set = |pipe: &mut redis::Pipeline, entry: &RecordEntry| {
             let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
@@ -151,7 +152,7 @@ impl RedisStore {
         };
         let wait = self.options.wait_replicas;
         let wait_ms = wait_ms(self.options.timeout);
-        let stored = match conn {
+        match conn {
             Conn::Cluster(cluster) => {
                 let groups = by_slot(entries);
                 let mut pipes = Vec::with_capacity(groups.len());
@@ -167,10 +168,28 @@ impl RedisStore {
                     async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
                 }))
                 .await;
-                let mut stored = vec![false; entries.len()];
+                let mut outcomes: Vec<Result<bool, StoreError>> =
+                    entries.iter().map(|_| Ok(false)).collect();
+                let mut failure = None;
                 for (indices, reply) in groups.values().zip(replies) {
-                    for (&at, set) in indices.iter().zip(reply?) {
-                        stored[at] = set.is_some();
+                    match reply {
+                        Ok(sets) => {
+                            for (&at, set) in indices.iter().zip(sets) {
+                                outcomes[at] = Ok(set.is_some());
+                            }
+                        }
+                        Err(err) => {
+                            for &at in indices {
+                                outcomes[at] = Err(StoreError::unavailable(&err));
+                            }
+                            failure = Some(err);
+                        }
+                    }
+                }
+                if let Some(err) = failure {
+                    self.link.failed(&err);
+                    if outcomes.iter().all(Result::is_err) {
+                        return Err(err);
                     }
                 }
                 if wait > 0 {
@@ -182,26 +201,24 @@ impl RedisStore {
                         .await?;
                     check_replicas(acked, wait)?;
                 }
-                stored
+                Ok(outcomes)
             }
             _ => {
                 let mut pipe = redis::pipe();
                 for entry in entries {
                     set(&mut pipe, entry);
                 }
-                if wait == 0 {
-                    let replies: Vec<Option<String>> = pipe.query_async(conn).await?;
-                    replies.into_iter().map(|r| r.is_some()).collect()
+                let sets: Vec<Option<String>> = if wait == 0 {
+                    pipe.query_async(conn).await?
                 } else {
                     pipe.cmd("WAIT").arg(wait).arg(wait_ms);
-                    let (replies, acked): (Vec<Option<String>>, u32) =
-                        split_wait(pipe.query_async(conn).await?)?;
+                    let (sets, acked) = split_wait(pipe.query_async(conn).await?)?;
                     check_replicas(acked, wait)?;
-                    replies.into_iter().map(|r| r.is_some()).collect()
-                }
+                    sets
+                };
+                Ok(sets.into_iter().map(|set| Ok(set.is_some())).collect())
             }
-        };
-        Ok(stored)
+        }
     }
 }
 
@@ -336,6 +353,14 @@ impl LeaseSource for RedisStore {
 #[async_trait]
 impl RecordStore for RedisStore {
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        // All or nothing: the first entry that failed fails them all.
+        self.insert_each(entries).await?.into_iter().collect()
+    }
+
+    async fn insert_each(
+        &self,
+        entries: &[RecordEntry],
+    ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
