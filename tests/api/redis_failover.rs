@@ -1,12 +1,13 @@
 //! tracknum on a Redis Cluster through its faults: the counter's master killed under load, a
-//! failover to a replica that missed acknowledged increments, and the whole cluster down.
+//! failover to a replica that missed acknowledged increments, the whole cluster down; and what
+//! `--redis-wait-replicas` keeps through a failover.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{TestApp, assert_unique, issue_many, spawn_on_redis};
+use crate::helpers::{RedisServer, TestApp, assert_unique, issue_many, spawn_on_redis};
 use crate::redis_cluster::{COUNTER_KEY, RedisCluster};
 
 /// Small blocks, so that instances lease often while the cluster is failing over.
@@ -292,4 +293,32 @@ async fn lost_in_failover(flags: &[&str]) -> (usize, usize) {
         }
     }
     (acknowledged.len(), lost)
+}
+
+/// `--redis-wait-replicas` on one server with a replica: records are answered while the
+/// replica acknowledges them, and refused (503, `Retry-After`) once it is gone.
+#[tokio::test]
+async fn one_server_waits_for_its_replica_and_refuses_records_without_it() {
+    let master = RedisServer::start();
+    let mut replica = RedisServer::start();
+    let port = master.port.to_string();
+    let _: String = replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
+    let app = spawn_on_redis(&master, &["--redis-wait-replicas", "1"]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until the replica has synced, WAIT finds nobody.
+    while app.get("/next-tracking-number").await.status() != 200 {
+        assert!(Instant::now() < deadline, "never answered with a replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let number = app.issue("").await["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let held: Option<String> = replica.cmd(&["GET", &format!("tracknum:record:{number}")]);
+    assert!(held.is_some(), "the replica holds an answered record");
+
+    replica.kill();
+    let response = app.get("/next-tracking-number").await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
 }
