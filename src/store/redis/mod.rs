@@ -26,7 +26,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
-use redis::cluster_routing::Slot;
+use redis::Value;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{SingleNodeRoutingInfo, Slot};
 use tokio::sync::Mutex;
 
 use super::{
@@ -37,6 +39,7 @@ use crate::domain::codec::SERIAL_SPACE;
 
 pub mod link;
 mod scripts;
+mod slots;
 
 pub use link::{Conn, Link, RedisTarget};
 
@@ -84,6 +87,8 @@ pub struct RedisStore {
     /// The record writer's own connection, kept across batches so no batch pays for a pool
     /// check (and so `WAIT` covers the writes it made on it).
     writer_conn: Mutex<Option<Conn>>,
+    /// On a cluster: which master serves which slot, to write one pipeline per master.
+    slots: slots::SlotCache,
 }
 
 impl RedisStore {
@@ -99,6 +104,7 @@ impl RedisStore {
             release_script: redis::Script::new(scripts::RELEASE),
             options,
             writer_conn: Mutex::new(None),
+            slots: slots::SlotCache::default(),
         })
     }
 
@@ -154,38 +160,7 @@ impl RedisStore {
         let wait_ms = wait_ms(self.options.timeout);
         match conn {
             Conn::Cluster(cluster) => {
-                let groups = by_slot(entries);
-                let mut pipes = Vec::with_capacity(groups.len());
-                for indices in groups.values() {
-                    let mut pipe = redis::pipe();
-                    for &at in indices {
-                        set(&mut pipe, &entries[at]);
-                    }
-                    pipes.push(pipe);
-                }
-                let replies = futures_util::future::join_all(pipes.iter().map(|pipe| {
-                    let mut conn = cluster.clone();
-                    async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
-                }))
-                .await;
-                let mut outcomes: Vec<Result<bool, StoreError>> =
-                    entries.iter().map(|_| Ok(false)).collect();
-                let mut failure = None;
-                for (indices, reply) in groups.values().zip(replies) {
-                    match reply {
-                        Ok(sets) => {
-                            for (&at, set) in indices.iter().zip(sets) {
-                                outcomes[at] = Ok(set.is_some());
-                            }
-                        }
-                        Err(err) => {
-                            for &at in indices {
-                                outcomes[at] = Err(StoreError::unavailable(&err));
-                            }
-                            failure = Some(err);
-                        }
-                    }
-                }
+                let (outcomes, failure) = self.write_on_cluster(cluster, entries, &set).await;
                 if let Some(err) = failure {
                     self.link.failed(&err);
                     if outcomes.iter().all(Result::is_err) {
@@ -220,18 +195,130 @@ impl RedisStore {
             }
         }
     }
+
+    /// Writes records on a cluster: one pipeline per master, as the slot map says, sent
+    /// together; what a master refused with a redirect, or could not take, goes again one
+    /// pipeline per slot, routed by the client (which follows redirects). Per entry, the outcome;
+    /// and the last error, if any.
+    async fn write_on_cluster(
+        &self,
+        cluster: &mut ClusterConnection,
+        entries: &[RecordEntry],
+        set: &(dyn Fn(&mut redis::Pipeline, &RecordEntry) + Sync),
+    ) -> (Vec<Result<bool, StoreError>>, Option<redis::RedisError>) {
+        let mut outcomes: Vec<Result<bool, StoreError>> =
+            entries.iter().map(|_| Ok(false)).collect();
+        let mut again = Vec::new();
+        let map = self.slots.current(cluster).await;
+        let mut by_master: Vec<Vec<usize>> =
+            vec![Vec::new(); map.as_ref().map_or(0, |m| m.masters())];
+        for (at, entry) in entries.iter().enumerate() {
+            let owner = map.as_ref().and_then(|map| {
+                map.owner(slots::slot_of(
+                    record_key(&entry.tracking_number).as_bytes(),
+                ))
+            });
+            match owner {
+                Some(master) => by_master[master].push(at),
+                None => again.push(at),
+            }
+        }
+        if let Some(map) = &map {
+            let sends = by_master
+                .iter()
+                .enumerate()
+                .filter(|(_, group)| !group.is_empty())
+                .map(|(master, group)| {
+                    let mut pipe = redis::pipe();
+                    for &at in group {
+                        set(&mut pipe, &entries[at]);
+                    }
+                    let (host, port) = map.address(master);
+                    let route = SingleNodeRoutingInfo::ByAddress {
+                        host: host.to_owned(),
+                        port,
+                    };
+                    let mut conn = cluster.clone();
+                    async move { conn.route_pipeline(pipe, 0, group.len(), route).await }
+                });
+            let replies = futures_util::future::join_all(sends).await;
+            let groups = by_master.iter().filter(|group| !group.is_empty());
+            for (group, reply) in groups.zip(replies) {
+                match reply {
+                    Ok(values) if values.len() == group.len() => {
+                        for (&at, value) in group.iter().zip(values) {
+                            match value {
+                                Value::Nil => outcomes[at] = Ok(false),
+                                Value::ServerError(err)
+                                    if matches!(err.code(), "MOVED" | "ASK") =>
+                                {
+                                    again.push(at);
+                                }
+                                Value::ServerError(err) => {
+                                    outcomes[at] = Err(StoreError::Unavailable(format!(
+                                        "Redis refused a record: {}",
+                                        err.code()
+                                    )));
+                                }
+                                _ => outcomes[at] = Ok(true),
+                            }
+                        }
+                    }
+                    // A master we cannot reach (failing over, say): the client's routing decides.
+                    _ => again.extend(group),
+                }
+            }
+            if !again.is_empty() {
+                self.slots.mark_stale();
+            }
+        }
+        let failure = write_by_slot(cluster, entries, &again, set, &mut outcomes).await;
+        (outcomes, failure)
+    }
 }
 
-/// The indices of the entries whose records share a hash slot, by slot.
-fn by_slot(entries: &[RecordEntry]) -> HashMap<Slot, Vec<usize>> {
+/// Writes the entries at `indices` one pipeline per hash slot, routed by the client, and sets
+/// their outcomes; returns the last error.
+async fn write_by_slot(
+    cluster: &mut ClusterConnection,
+    entries: &[RecordEntry],
+    indices: &[usize],
+    set: &(dyn Fn(&mut redis::Pipeline, &RecordEntry) + Sync),
+    outcomes: &mut [Result<bool, StoreError>],
+) -> Option<redis::RedisError> {
     let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
-    for (at, entry) in entries.iter().enumerate() {
+    for &at in indices {
         groups
-            .entry(Slot::for_key(record_key(&entry.tracking_number)))
+            .entry(Slot::for_key(record_key(&entries[at].tracking_number)))
             .or_default()
             .push(at);
     }
-    groups
+    let sends = groups.values().map(|group| {
+        let mut pipe = redis::pipe();
+        for &at in group {
+            set(&mut pipe, &entries[at]);
+        }
+        let mut conn = cluster.clone();
+        async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
+    });
+    let replies = futures_util::future::join_all(sends).await;
+    let mut failure = None;
+    for (group, reply) in groups.values().zip(replies) {
+        match reply {
+            Ok(sets) => {
+                for (&at, set) in group.iter().zip(sets) {
+                    outcomes[at] = Ok(set.is_some());
+                }
+            }
+            Err(err) => {
+                for &at in group {
+                    outcomes[at] = Err(StoreError::unavailable(&err));
+                }
+                failure = Some(err);
+            }
+        }
+    }
+    failure
 }
 
 /// A `WAIT` may take half the storage timeout, leaving the rest for the writes before it.
