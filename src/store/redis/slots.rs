@@ -20,7 +20,7 @@ pub fn slot_of(key: &[u8]) -> u16 {
             (close > 0).then(|| &rest[..close])
         })
         .unwrap_or(key);
-    (crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS as u16) as u16
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % SLOTS as u16
 }
 
 /// The masters, and for each slot the index of the master serving it.
