@@ -10,6 +10,10 @@ if ! command -v redis-server >/dev/null 2>&1; then
   echo "test.sh: installing redis-server (the Redis tests need it; Redis 6.2 or later)"
   ./scripts/apt-install.sh redis-server
 fi
+if ! command -v redis-cli >/dev/null 2>&1; then
+  echo "test.sh: installing redis-tools (the Redis Cluster tests create clusters with redis-cli)"
+  ./scripts/apt-install.sh redis-tools
+fi
 
 # The disk fault tests mount a small tmpfs and an ext4 image on a loop device, and freeze it
 # (they need root): mount, losetup, fsfreeze and mkfs.ext4.
