@@ -1,6 +1,6 @@
 //! tracknum on a Redis Cluster through its faults: the counter's master killed under load, a
-//! failover to a replica that missed acknowledged increments, the whole cluster down; and what
-//! `--redis-wait-replicas` keeps through a failover.
+//! failover to a replica that missed acknowledged increments, the whole cluster down, slots
+//! resharded under load; and what `--redis-wait-replicas` keeps through a failover.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -321,4 +321,63 @@ async fn one_server_waits_for_its_replica_and_refuses_records_without_it() {
     let response = app.get("/next-tracking-number").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
+}
+
+/// Slots moving between masters under load (`redis-cli --cluster reshard`): writes follow the
+/// redirects, nothing fails, and every record answered is where a lookup finds it.
+#[tokio::test]
+async fn resharding_under_load_fails_nothing_and_every_record_is_found() {
+    let cluster = RedisCluster::start();
+    let app = spawn_on_redis(&cluster, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = issue_until(&[&app], 8, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let target = cluster.master_of_key(COUNTER_KEY);
+    let id: String = cluster.cmd_on(target, &["CLUSTER", "MYID"]);
+    let seed = cluster
+        .url(target)
+        .trim_start_matches("redis://")
+        .to_owned();
+    let resharded = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("redis-cli")
+            .args(["--cluster", "reshard", &seed, "--cluster-from", "all"])
+            .args([
+                "--cluster-to",
+                &id,
+                "--cluster-slots",
+                "2000",
+                "--cluster-yes",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(resharded.success(), "redis-cli --cluster reshard failed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let seen = load.await.unwrap();
+
+    let failed: Vec<_> = seen
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| s.status)
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let numbers = numbers_of(&seen);
+    assert_unique(&numbers);
+    for number in &numbers {
+        let status = app
+            .get(&format!("/v1/tracking-numbers/{number}"))
+            .await
+            .status();
+        assert_eq!(status, 200, "{number} after the reshard");
+    }
 }
