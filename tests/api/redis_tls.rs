@@ -1,5 +1,6 @@
-//! `rediss://`: tracknum on a Redis that speaks only TLS, trusting the server's CA through
-//! `SSL_CERT_FILE` (the system's roots otherwise), and refusing a server it cannot verify.
+//! `rediss://`: tracknum on a Redis (and a Redis Cluster) that speaks only TLS, trusting the
+//! server's CA through `SSL_CERT_FILE` (the system's roots otherwise), and refusing a server it
+//! cannot verify.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -21,22 +22,7 @@ struct TlsRedis {
 impl TlsRedis {
     fn start() -> TlsRedis {
         let dir = TempDir::new().unwrap();
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "tracknum test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &Issuer::new(ca_params, &ca_key))
-            .unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
-
+        write_certificates(dir.path());
         let port = free_port();
         let file = |name: &str| dir.path().join(name);
         let child = Command::new("redis-server")
@@ -89,6 +75,153 @@ impl Drop for TlsRedis {
     }
 }
 
+/// A fresh CA (`ca.pem`) and a server certificate it signed for `localhost` and 127.0.0.1
+/// (`server.pem`, `server.key`), in `dir`.
+fn write_certificates(dir: &Path) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "tracknum test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &Issuer::new(ca_params, &ca_key))
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// A Redis Cluster of three masters that speaks only TLS, clients and cluster bus alike.
+struct TlsCluster {
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: TempDir,
+}
+
+impl TlsCluster {
+    fn start() -> TlsCluster {
+        let dir = TempDir::new().unwrap();
+        write_certificates(dir.path());
+        let file = |name: &str| dir.path().join(name);
+        let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
+        let children = ports
+            .iter()
+            .map(|port| {
+                let node_dir = dir.path().join(port.to_string());
+                std::fs::create_dir(&node_dir).unwrap();
+                Command::new("redis-server")
+                    .args(["--port", "0", "--bind", "127.0.0.1"])
+                    .args(["--tls-port", &port.to_string(), "--tls-cluster", "yes"])
+                    .arg("--tls-cert-file")
+                    .arg(file("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(file("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(file("ca.pem"))
+                    .args([
+                        "--tls-auth-clients",
+                        "no",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                    ])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server starts")
+            })
+            .collect();
+        let cluster = TlsCluster {
+            ports,
+            children,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &port in &cluster.ports {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server (TLS) did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = cluster
+            .cli()
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(created.success(), "redis-cli --cluster create (TLS) failed");
+        for &port in &cluster.ports {
+            loop {
+                let info = cluster
+                    .cli()
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline + Duration::from_secs(20),
+                    "TLS cluster not ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// redis-cli, over TLS, trusting the cluster's CA.
+    fn cli(&self) -> Command {
+        let mut cli = Command::new("redis-cli");
+        cli.arg("--tls")
+            .arg("--cacert")
+            .arg(self.dir.path().join("ca.pem"));
+        cli
+    }
+
+    fn seeds(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.ports[0])
+    }
+}
+
+impl Drop for TlsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55000 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// The binary, killed when dropped (a failed assertion included).
 struct Running(Child);
 
@@ -101,10 +234,15 @@ impl Drop for Running {
 
 /// The binary on `redis_url`, with `SSL_CERT_FILE` when a CA file is given.
 fn tracknum(redis_url: &str, ca: Option<&Path>, port: u16) -> Running {
+    tracknum_with("--redis-url", redis_url, ca, port)
+}
+
+/// The binary on Redis given by `flag` (`--redis-url`, `--redis-cluster-urls`) and `value`.
+fn tracknum_with(flag: &str, value: &str, ca: Option<&Path>, port: u16) -> Running {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tracknum"));
     command
         .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--redis-url", redis_url, "--secret", SECRET])
+        .args([flag, value, "--secret", SECRET])
         .env("RUST_LOG", "warn")
         .env_remove("SSL_CERT_FILE")
         .env_remove("SSL_CERT_DIR")
@@ -165,4 +303,40 @@ async fn a_redis_whose_certificate_cannot_be_verified_is_never_used() {
         .unwrap();
     assert_eq!(issue.status(), 503);
     assert!(issue.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn numbers_are_issued_over_tls_to_a_redis_cluster() {
+    let cluster = TlsCluster::start();
+    let port = free_port();
+    let _tracknum = tracknum_with(
+        "--redis-cluster-urls",
+        &cluster.seeds(),
+        Some(&cluster.dir.path().join("ca.pem")),
+        port,
+    );
+    let client = reqwest::Client::new();
+    wait_healthy(&client, &format!("http://127.0.0.1:{port}/readyz")).await;
+    let mut numbers = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let reply = client
+            .get(format!("http://127.0.0.1:{port}/next-tracking-number"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200);
+        let body: serde_json::Value = reply.json().await.unwrap();
+        let number = body["tracking_number"].as_str().unwrap().to_owned();
+        // Records land on every master; each reads back.
+        let stored = client
+            .get(format!(
+                "http://127.0.0.1:{port}/v1/tracking-numbers/{number}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stored.status(), 200);
+        numbers.insert(number);
+    }
+    assert_eq!(numbers.len(), 50);
 }
