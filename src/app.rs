@@ -157,6 +157,7 @@ impl Application {
                 None => "embedded",
             },
             block_size = config.block_size,
+            block_size_max = config.block_size_max,
             "tracknum is listening"
         );
         Ok(Application {

@@ -233,6 +233,13 @@ impl Config {
                 self.block_size, self.block_size_max
             ));
         }
+        if self.redis_wait_replicas > 0 && self.redis().is_none() {
+            return Err(
+                "--redis-wait-replicas (TRACKNUM_REDIS_WAIT_REPLICAS) needs --redis-url or \
+                 --redis-cluster-urls: it waits for Redis replicas"
+                    .into(),
+            );
+        }
         if self.rate_limit_global && self.redis().is_none() {
             return Err(
                 "--rate-limit-global (TRACKNUM_RATE_LIMIT_GLOBAL) needs --redis-url or \
@@ -487,6 +494,18 @@ mod tests {
             assert!(!err.contains("redis.internal"), "the URL leaked: {err}");
         }
         assert!(load(&["--rate-limit-global", "--rate-limit", "5"]).is_err());
+        assert!(load(&["--redis-wait-replicas", "1"]).is_err());
+        assert!(
+            load(&[
+                "--redis-wait-replicas",
+                "1",
+                "--redis-cluster-urls",
+                seeds,
+                "--secret",
+                SECRET
+            ])
+            .is_ok()
+        );
         assert!(
             load(&[
                 "--rate-limit-global",
