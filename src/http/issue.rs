@@ -9,8 +9,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use super::{
-    Problem, SharedState, body, idempotent, other_methods, principal, query, record_reply,
-    with_state,
+    Problem, SharedState, body, idempotent, optional_header, other_methods, principal, query,
+    record_reply, with_state,
 };
 use crate::domain::Principal;
 use crate::domain::idempotency::fingerprint;
@@ -28,14 +28,14 @@ pub fn route(
     let one = path
         .and(warp::get())
         .and(raw_query)
-        .and(warp::header::optional::<String>(idempotent::HEADER))
+        .and(optional_header(idempotent::HEADER))
         .and(principal())
         .and(with_state(state.clone()))
         .then(next_tracking_number);
     let batch_path = warp::path!("v1" / "tracking-numbers");
     let batch = batch_path
         .and(warp::post())
-        .and(warp::header::optional::<String>(idempotent::HEADER))
+        .and(optional_header(idempotent::HEADER))
         .and(warp::body::stream())
         .and(principal())
         .and(with_state(state))

@@ -69,6 +69,18 @@ fn principal() -> impl Filter<Extract = (Principal,), Error = Infallible> + Clon
     warp::ext::optional::<Principal>().map(|who: Option<Principal>| who.unwrap_or(Principal::OPEN))
 }
 
+/// An optional request header, as text. warp's own filter rejects a value that is not visible
+/// ASCII, and the request would end in another route's 405; here such a value reads as U+FFFD,
+/// and the handler's own validation decides (a bad `Idempotency-Key` is a 400, an `If-Match`
+/// that names no version a 412).
+fn optional_header(
+    name: &'static str,
+) -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>(name)
+        .or(warp::any().map(|| Some(char::REPLACEMENT_CHARACTER.to_string())))
+        .unify()
+}
+
 /// The 405 for a known path asked with a method it does not take, with the `Allow` header
 /// RFC 9110 requires (warp's own 405 has none). Put it after the path's routes: a method in
 /// `allow` falls through, so their own rejections (a bad header, say) still decide the reply.

@@ -10,8 +10,8 @@ use warp::reply::Response;
 use bytes::Bytes;
 
 use super::{
-    Problem, SharedState, body, idempotent, json_reply, other_methods, principal, record_reply,
-    with_state,
+    Problem, SharedState, body, idempotent, json_reply, optional_header, other_methods, principal,
+    record_reply, with_state,
 };
 use crate::domain::idempotency::fingerprint;
 use crate::domain::inspect::{MSG_NUMBER, normalize};
@@ -23,8 +23,8 @@ pub fn route(
     state: SharedState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let record = warp::path!("v1" / "tracking-numbers" / String);
-    let if_match = || warp::header::optional::<String>("if-match");
-    let key = || warp::header::optional::<String>(idempotent::HEADER);
+    let if_match = || optional_header("if-match");
+    let key = || optional_header(idempotent::HEADER);
     let get = record
         .and(warp::get())
         .and(principal())

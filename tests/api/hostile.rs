@@ -315,3 +315,60 @@ async fn a_short_secret_or_a_bad_redis_url_stops_the_start_without_echoing_it() 
         );
     }
 }
+
+/// Header values that are not visible ASCII reach the handler's own validation, not a stray 405
+/// (schemathesis found a DELETE with such an `If-Match` answered 405).
+#[tokio::test]
+async fn headers_that_are_not_ascii_get_the_handlers_answer_not_a_405() {
+    let (app, _dir) = spawn_embedded(&[]).await;
+    let odd = reqwest::header::HeaderValue::from_bytes("$.w§}".as_bytes()).unwrap();
+    let number = app.issue("").await["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = app.url(&format!("/v1/tracking-numbers/{number}"));
+
+    let delete = app
+        .client
+        .delete(&record)
+        .header("if-match", odd.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 412);
+    let patch = app
+        .client
+        .patch(&record)
+        .header("if-match", odd.clone())
+        .json(&json!({"status": "in_transit"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patch.status(), 412);
+    for path in [
+        "/next-tracking-number",
+        &format!("/v1/tracking-numbers/{number}"),
+    ] {
+        let url = app.url(path);
+        let request = if path.starts_with("/next") {
+            app.client.get(&url)
+        } else {
+            app.client.delete(&url)
+        };
+        let reply = request
+            .header("idempotency-key", odd.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 400, "{path}");
+        let body: Value = reply.json().await.unwrap();
+        assert_eq!(error_fields(&body), ["Idempotency-Key"], "{path}");
+    }
+    // The record is still there: nothing above changed it.
+    assert_eq!(
+        app.get(&format!("/v1/tracking-numbers/{number}"))
+            .await
+            .status(),
+        200
+    );
+}
