@@ -24,26 +24,7 @@ impl TlsRedis {
         let dir = TempDir::new().unwrap();
         write_certificates(dir.path());
         let port = free_port();
-        let file = |name: &str| dir.path().join(name);
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--bind", "127.0.0.1"])
-            .args(["--tls-port", &port.to_string()])
-            .arg("--tls-cert-file")
-            .arg(file("server.pem"))
-            .arg("--tls-key-file")
-            .arg(file("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(file("ca.pem"))
-            .args([
-                "--tls-auth-clients",
-                "no",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir.path())
+        let child = tls_server(dir.path(), port, dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -95,6 +76,32 @@ fn write_certificates(dir: &Path) {
     std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
 }
 
+/// redis-server serving TLS only on `port`, with the certificates in `certs`, data in `dir`,
+/// no persistence.
+fn tls_server(certs: &Path, port: u16, dir: &Path) -> Command {
+    let mut server = Command::new("redis-server");
+    server
+        .args(["--port", "0", "--bind", "127.0.0.1"])
+        .args(["--tls-port", &port.to_string()])
+        .arg("--tls-cert-file")
+        .arg(certs.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(certs.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(certs.join("ca.pem"))
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir);
+    server
+}
+
 /// A Redis Cluster of three masters that speaks only TLS, clients and cluster bus alike.
 struct TlsCluster {
     ports: Vec<u16>,
@@ -106,33 +113,15 @@ impl TlsCluster {
     fn start() -> TlsCluster {
         let dir = TempDir::new().unwrap();
         write_certificates(dir.path());
-        let file = |name: &str| dir.path().join(name);
         let ports: Vec<u16> = (0..3).map(|_| free_cluster_port()).collect();
         let children = ports
             .iter()
             .map(|port| {
                 let node_dir = dir.path().join(port.to_string());
                 std::fs::create_dir(&node_dir).unwrap();
-                Command::new("redis-server")
-                    .args(["--port", "0", "--bind", "127.0.0.1"])
-                    .args(["--tls-port", &port.to_string(), "--tls-cluster", "yes"])
-                    .arg("--tls-cert-file")
-                    .arg(file("server.pem"))
-                    .arg("--tls-key-file")
-                    .arg(file("server.key"))
-                    .arg("--tls-ca-cert-file")
-                    .arg(file("ca.pem"))
-                    .args([
-                        "--tls-auth-clients",
-                        "no",
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                    ])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
-                    .arg("--dir")
-                    .arg(&node_dir)
+                tls_server(dir.path(), *port, &node_dir)
+                    .args(["--tls-cluster", "yes", "--cluster-enabled", "yes"])
+                    .args(["--cluster-node-timeout", "1000"])
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
