@@ -17,7 +17,7 @@
 //!
 //! Keys (see the README's table): the counter, the secret fingerprint and the history share the
 //! hash tag `{tracknum}`, so the script's keys live on one node; records and idempotency keys
-//! spread over every node, and a batch of records is written in one pipeline per hash slot.
+//! spread over every node, and a batch of records is written in one pipeline per master.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -28,7 +28,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{SingleNodeRoutingInfo, Slot};
+use redis::cluster_routing::SingleNodeRoutingInfo;
 use tokio::sync::Mutex;
 
 use super::{
@@ -138,19 +138,25 @@ impl RedisStore {
     }
 
     /// `SET key json PX ttl NX` for each entry, pipelined on `conn`: one pipeline on a single
-    /// server, one per hash slot on a cluster (a pipeline never spans slots there), sent
-    /// together. Then `WAIT` for the configured replicas. Per entry: stored, taken, or failed
-    /// (on a cluster, a node that fails fails only its own entries); an error when all failed.
+    /// server, one per master on a cluster ([`RedisStore::write_on_cluster`]). Then `WAIT` for
+    /// the configured replicas. Per entry: stored, taken, or failed (on a cluster, a node that
+    /// fails fails only its own entries); an error when all failed.
     async fn write_new(
         &self,
         conn: &mut Conn,
         entries: &[RecordEntry],
     ) -> Result<Vec<Result<bool, StoreError>>, redis::RedisError> {
         let now = Utc::now();
-        let set = |pipe: &mut redis::Pipeline, entry: &RecordEntry| {
+        let keys: Vec<String> = entries
+            .iter()
+            .map(|entry| record_key(&entry.tracking_number))
+            .collect();
+        // The `SET` of the entry at `at`.
+        let set = |pipe: &mut redis::Pipeline, at: usize| {
+            let entry = &entries[at];
             let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
             pipe.cmd("SET")
-                .arg(record_key(&entry.tracking_number))
+                .arg(&keys[at])
                 .arg(entry.json.as_ref())
                 .arg("PX")
                 .arg(ttl_ms)
@@ -160,12 +166,13 @@ impl RedisStore {
         let wait_ms = wait_ms(self.options.timeout);
         match conn {
             Conn::Cluster(cluster) => {
-                let (outcomes, failure) = self.write_on_cluster(cluster, entries, &set).await;
+                let (outcomes, failure) = self.write_on_cluster(cluster, &keys, &set).await;
                 if let Some(err) = failure {
-                    self.link.failed(&err);
                     if outcomes.iter().all(Result::is_err) {
+                        // The caller reports it to the link.
                         return Err(err);
                     }
+                    self.link.failed(&err);
                 }
                 if wait > 0 {
                     // Routed to every master; the answer is the fewest replicas any reached.
@@ -180,8 +187,8 @@ impl RedisStore {
             }
             _ => {
                 let mut pipe = redis::pipe();
-                for entry in entries {
-                    set(&mut pipe, entry);
+                for at in 0..entries.len() {
+                    set(&mut pipe, at);
                 }
                 let sets: Vec<Option<String>> = if wait == 0 {
                     pipe.query_async(conn).await?
@@ -198,26 +205,24 @@ impl RedisStore {
 
     /// Writes records on a cluster: one pipeline per master, as the slot map says, sent
     /// together; what a master refused with a redirect, or could not take, goes again one
-    /// pipeline per slot, routed by the client (which follows redirects). Per entry, the outcome;
+    /// pipeline per slot, routed by the client (which follows redirects). `keys` are the
+    /// records' keys, and `set` adds the `SET` of the one at an index. Per entry, the outcome;
     /// and the last error, if any.
     async fn write_on_cluster(
         &self,
         cluster: &mut ClusterConnection,
-        entries: &[RecordEntry],
-        set: &(dyn Fn(&mut redis::Pipeline, &RecordEntry) + Sync),
+        keys: &[String],
+        set: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
     ) -> (Vec<Result<bool, StoreError>>, Option<redis::RedisError>) {
-        let mut outcomes: Vec<Result<bool, StoreError>> =
-            entries.iter().map(|_| Ok(false)).collect();
+        let mut outcomes: Vec<Result<bool, StoreError>> = keys.iter().map(|_| Ok(false)).collect();
         let mut again = Vec::new();
         let map = self.slots.current(cluster).await;
         let mut by_master: Vec<Vec<usize>> =
             vec![Vec::new(); map.as_ref().map_or(0, |m| m.masters())];
-        for (at, entry) in entries.iter().enumerate() {
-            let owner = map.as_ref().and_then(|map| {
-                map.owner(slots::slot_of(
-                    record_key(&entry.tracking_number).as_bytes(),
-                ))
-            });
+        for (at, key) in keys.iter().enumerate() {
+            let owner = map
+                .as_ref()
+                .and_then(|map| map.owner(slots::slot_of(key.as_bytes())));
             match owner {
                 Some(master) => by_master[master].push(at),
                 None => again.push(at),
@@ -231,7 +236,7 @@ impl RedisStore {
                 .map(|(master, group)| {
                     let mut pipe = redis::pipe();
                     for &at in group {
-                        set(&mut pipe, &entries[at]);
+                        set(&mut pipe, at);
                     }
                     let (host, port) = map.address(master);
                     let route = SingleNodeRoutingInfo::ByAddress {
@@ -272,7 +277,7 @@ impl RedisStore {
                 self.slots.mark_stale();
             }
         }
-        let failure = write_by_slot(cluster, entries, &again, set, &mut outcomes).await;
+        let failure = write_by_slot(cluster, keys, &again, set, &mut outcomes).await;
         (outcomes, failure)
     }
 }
@@ -281,22 +286,22 @@ impl RedisStore {
 /// their outcomes; returns the last error.
 async fn write_by_slot(
     cluster: &mut ClusterConnection,
-    entries: &[RecordEntry],
+    keys: &[String],
     indices: &[usize],
-    set: &(dyn Fn(&mut redis::Pipeline, &RecordEntry) + Sync),
+    set: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
     outcomes: &mut [Result<bool, StoreError>],
 ) -> Option<redis::RedisError> {
-    let mut groups: HashMap<Slot, Vec<usize>> = HashMap::new();
+    let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
     for &at in indices {
         groups
-            .entry(Slot::for_key(record_key(&entries[at].tracking_number)))
+            .entry(slots::slot_of(keys[at].as_bytes()))
             .or_default()
             .push(at);
     }
     let sends = groups.values().map(|group| {
         let mut pipe = redis::pipe();
         for &at in group {
-            set(&mut pipe, &entries[at]);
+            set(&mut pipe, at);
         }
         let mut conn = cluster.clone();
         async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
