@@ -276,21 +276,13 @@ impl RedisServer {
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
+        let mut server = Command::new("redis-server");
+        server
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (Debian/Ubuntu: apt-get install \
-                     redis-server) or run the README's test command, scripts/test.sh"
-                )
-            });
-        self.child = Some(child);
+            .arg(self.dir.path());
+        self.child = Some(spawn_redis(&mut server));
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.ping().is_err() {
             assert!(Instant::now() < deadline, "redis-server did not come up");
@@ -349,6 +341,20 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts a `redis-server` command quietly; a machine without one gets told how to install it.
+pub fn spawn_redis(server: &mut Command) -> Child {
+    server
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start redis-server ({e}): install it (Debian/Ubuntu: apt-get install \
+                 redis-server) or run the README's test command, scripts/test.sh"
+            )
+        })
 }
 
 /// The real binary, for tests that kill the process.

@@ -6,6 +6,8 @@ use std::cell::Cell;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+
+use crate::helpers::spawn_redis;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -83,7 +85,8 @@ impl RedisCluster {
 
     fn spawn(&mut self, node: usize) {
         let n = &mut self.nodes[node];
-        let child = Command::new("redis-server")
+        let mut server = Command::new("redis-server");
+        server
             .args(["--port", &n.port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--cluster-enabled",
@@ -99,16 +102,8 @@ impl RedisCluster {
             // replica would take that long to come up to date.
             .args(["--repl-diskless-sync-delay", "0"])
             .arg("--dir")
-            .arg(&n.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start redis-server ({e}): install it (Debian/Ubuntu: apt-get install \
-                     redis-server) or run the README's test command, scripts/test.sh"
-                )
-            });
+            .arg(&n.dir);
+        let child = spawn_redis(&mut server);
         n.child = Some(child);
         n.paused.set(false);
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tempfile::TempDir;
 
-use crate::helpers::{SECRET, free_port, wait_healthy};
+use crate::helpers::{SECRET, free_port, spawn_redis, wait_healthy};
 
 /// A private redis-server with TLS only (no plain port), its certificate signed by a fresh CA
 /// whose PEM is at `ca`.
@@ -24,11 +24,7 @@ impl TlsRedis {
         let dir = TempDir::new().unwrap();
         write_certificates(dir.path());
         let port = free_port();
-        let child = tls_server(dir.path(), port, dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
+        let child = spawn_redis(&mut tls_server(dir.path(), port, dir.path()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
@@ -119,13 +115,11 @@ impl TlsCluster {
             .map(|port| {
                 let node_dir = dir.path().join(port.to_string());
                 std::fs::create_dir(&node_dir).unwrap();
-                tls_server(dir.path(), *port, &node_dir)
+                let mut server = tls_server(dir.path(), *port, &node_dir);
+                server
                     .args(["--tls-cluster", "yes", "--cluster-enabled", "yes"])
-                    .args(["--cluster-node-timeout", "1000"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("redis-server starts")
+                    .args(["--cluster-node-timeout", "1000"]);
+                spawn_redis(&mut server)
             })
             .collect();
         let cluster = TlsCluster {
@@ -187,6 +181,10 @@ impl TlsCluster {
         cli
     }
 
+    fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn seeds(&self) -> String {
         format!("rediss://127.0.0.1:{}", self.ports[0])
     }
@@ -243,6 +241,18 @@ fn tracknum_with(flag: &str, value: &str, ca: Option<&Path>, port: u16) -> Runni
     Running(command.spawn().expect("tracknum starts"))
 }
 
+/// One number from the instance on `port`, which must answer 200.
+async fn issue(client: &reqwest::Client, port: u16) -> String {
+    let reply = client
+        .get(format!("http://127.0.0.1:{port}/next-tracking-number"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    body["tracking_number"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn numbers_are_issued_over_tls_to_a_redis_whose_ca_is_trusted() {
     let redis = TlsRedis::start();
@@ -253,14 +263,7 @@ async fn numbers_are_issued_over_tls_to_a_redis_whose_ca_is_trusted() {
 
     let mut numbers = Vec::new();
     for _ in 0..3 {
-        let reply = client
-            .get(format!("http://127.0.0.1:{port}/next-tracking-number"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 200);
-        let body: serde_json::Value = reply.json().await.unwrap();
-        numbers.push(body["tracking_number"].as_str().unwrap().to_owned());
+        numbers.push(issue(&client, port).await);
     }
     numbers.dedup();
     assert_eq!(numbers.len(), 3);
@@ -301,21 +304,14 @@ async fn numbers_are_issued_over_tls_to_a_redis_cluster() {
     let _tracknum = tracknum_with(
         "--redis-cluster-urls",
         &cluster.seeds(),
-        Some(&cluster.dir.path().join("ca.pem")),
+        Some(&cluster.ca()),
         port,
     );
     let client = reqwest::Client::new();
     wait_healthy(&client, &format!("http://127.0.0.1:{port}/readyz")).await;
     let mut numbers = std::collections::HashSet::new();
     for _ in 0..50 {
-        let reply = client
-            .get(format!("http://127.0.0.1:{port}/next-tracking-number"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(reply.status(), 200);
-        let body: serde_json::Value = reply.json().await.unwrap();
-        let number = body["tracking_number"].as_str().unwrap().to_owned();
+        let number = issue(&client, port).await;
         // Records land on every master; each reads back.
         let stored = client
             .get(format!(
