@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use tracknum::alloc::SerialPool;
+use tracknum::serials::SerialPool;
 use tracknum::domain::{Codec, Country, Record};
 use tracknum::http::query::parse_issue;
 

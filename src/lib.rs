@@ -2,16 +2,14 @@
 //! counter (Redis, or an embedded store), and keeps a record of every number it issued.
 
 pub mod access;
-pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod idempotency;
-pub mod issuer;
 pub mod metrics;
-pub mod records;
+pub mod serials;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 

@@ -17,7 +17,7 @@ use warp::reply::Response;
 use super::{Problem, SharedState, request_id};
 use crate::domain::Principal;
 use crate::domain::idempotency::check_key;
-use crate::idempotency::{Begin, CLAIM_TTL, IdempotencyError};
+use crate::service::idempotency::{Begin, CLAIM_TTL, IdempotencyError};
 use crate::store::deadline::with_patience;
 
 pub const HEADER: &str = "Idempotency-Key";

@@ -15,7 +15,7 @@ use super::{
 use crate::domain::Principal;
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
-use crate::issuer::IssueError;
+use crate::service::issuer::IssueError;
 
 pub fn route(
     state: SharedState,

@@ -8,12 +8,12 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::alloc::{RefillStatus, SerialPool};
+use crate::serials::{RefillStatus, SerialPool};
 use crate::domain::{Principal, etag};
-use crate::idempotency::Idempotency;
-use crate::issuer::Issuer;
+use crate::service::idempotency::Idempotency;
+use crate::service::issuer::Issuer;
 use crate::metrics::Metrics;
-use crate::records::Records;
+use crate::service::records::Records;
 use crate::store::Store;
 
 mod body;

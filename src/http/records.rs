@@ -17,7 +17,7 @@ use crate::domain::idempotency::fingerprint;
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
 use crate::domain::{FieldError, Principal, RecordPatch};
-use crate::records::{RecordError, Registered};
+use crate::service::records::{RecordError, Registered};
 
 pub fn route(
     state: SharedState,

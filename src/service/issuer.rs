@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 
-use crate::alloc::SerialPool;
+use crate::serials::SerialPool;
 use crate::domain::{Codec, IssueRequest, Record, Tenant, TrackingNumber};
 use crate::metrics::Metrics;
 use crate::store::{RecordEntry, RecordWriter, StoreError};

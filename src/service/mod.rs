@@ -1,0 +1,7 @@
+//! The services behind the HTTP handlers: issuing numbers, the records they leave, and the
+//! idempotency keys that make a retried request safe. Each takes validated domain types and
+//! talks to storage through its traits; none of them knows about HTTP.
+
+pub mod idempotency;
+pub mod issuer;
+pub mod records;
