@@ -2,6 +2,7 @@
 //! the listener, serves until told to stop, then drains requests and flushes pending record
 //! writes.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,18 +15,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::keys::KeyRing;
 use crate::access::ratelimit::{LocalLimiter, Quota, RateLimiter, RedisLimiter};
-use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
 use crate::http::cors::Cors;
-use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, GatewayService, Limits};
-use crate::http::{self, AppState};
+use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, Limits};
+use crate::http::{AppState, routes};
+use crate::metrics::Metrics;
+use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
+use crate::server::{self, ServerOptions};
 use crate::service::idempotency::Idempotency;
 use crate::service::issuer::Issuer;
-use crate::metrics::Metrics;
 use crate::service::records::Records;
-use crate::server::{self, ServerOptions};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, MeteredStore, RecordWriter, RedisOptions, RedisStore, Store,
 };
@@ -203,12 +204,16 @@ impl Application {
             stop_background,
         } = self;
         let drain_timeout = server.drain_timeout;
-        let routes = warp::service(http::routes(state));
         let metrics = gateway.metrics.clone();
-        let make_service = move |remote| GatewayService {
-            gateway: gateway.clone(),
-            inner: routes.clone(),
-            remote,
+        let make_service = move |remote| {
+            let (gateway, state) = (gateway.clone(), state.clone());
+            hyper::service::service_fn(move |request| {
+                let (gateway, state) = (gateway.clone(), state.clone());
+                async move {
+                    let route = |request, who, route| routes::dispatch(state, request, who, route);
+                    Ok::<_, Infallible>(gateway.handle(remote, request, route).await)
+                }
+            })
         };
         if !server::serve(listener, make_service, server, metrics, shutdown).await {
             tracing::warn!(?drain_timeout, "drain timed out; closing open connections");

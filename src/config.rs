@@ -125,7 +125,7 @@ pub struct Config {
     /// Header a trusted proxy in front sets to the client's address, used for per-IP rate
     /// limits and logs (e.g. X-Forwarded-For, whose last entry is taken). Unset: the peer address.
     #[arg(long, env = "TRACKNUM_CLIENT_IP_HEADER", value_parser = parse_header_name)]
-    pub client_ip_header: Option<warp::http::HeaderName>,
+    pub client_ip_header: Option<hyper::header::HeaderName>,
 
     /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
     /// `https://app.example.com`; `*` for any. None by default.
@@ -341,8 +341,8 @@ fn parse_rate(value: &str) -> Result<f64, String> {
     }
 }
 
-fn parse_header_name(value: &str) -> Result<warp::http::HeaderName, String> {
-    warp::http::HeaderName::from_bytes(value.trim().as_bytes())
+fn parse_header_name(value: &str) -> Result<hyper::header::HeaderName, String> {
+    hyper::header::HeaderName::from_bytes(value.trim().as_bytes())
         .map_err(|_| "expected a header name such as X-Forwarded-For".into())
 }
 

@@ -9,17 +9,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::service::service_fn;
+use hyper::header::{self, HeaderValue};
+use hyper::service::{Service, service_fn};
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use warp::http::{Method, Request};
-use warp::reply::Response;
 
-use crate::http::Problem;
+use crate::http::{Problem, Response};
 use crate::metrics::Metrics;
 
 /// Read buffer cap for a request head. Well above `--max-header-bytes` and the URI limit, so
@@ -50,10 +49,7 @@ pub async fn serve<M, S>(
 ) -> bool
 where
     M: Fn(SocketAddr) -> S,
-    S: tower_service::Service<Request<Incoming>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -109,7 +105,7 @@ where
             }
             continue;
         };
-        let service = TowerToHyperService::new(make_service(peer));
+        let service = make_service(peer);
         let (http1, http2, watcher) = (http1.clone(), http2.clone(), graceful.watcher());
         let (metrics, idle_timeout) = (metrics.clone(), options.idle_timeout);
         metrics.open_connections.inc();
@@ -169,12 +165,9 @@ async fn sniff_version(stream: &tokio::net::TcpStream) -> Option<HttpVersion> {
 
 /// The one request of a connection over the cap: a probe is answered as usual, anything else
 /// gets a 503 problem.
-async fn probe_or_refuse<S>(
-    mut service: S,
-    request: Request<Incoming>,
-) -> Result<Response, Infallible>
+async fn probe_or_refuse<S>(service: S, request: Request<Incoming>) -> Result<Response, Infallible>
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
 {
     let probe = matches!(request.uri().path(), "/healthz" | "/readyz")
         && matches!(*request.method(), Method::GET | Method::HEAD);
@@ -182,9 +175,8 @@ where
         return service.call(request).await;
     }
     let mut response = Problem::too_many_connections().into_response();
-    response.headers_mut().insert(
-        warp::http::header::CONNECTION,
-        warp::http::HeaderValue::from_static("close"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
     Ok(response)
 }

@@ -173,9 +173,9 @@ fn format_access(text: &mut String, line: &Access<'_>, format: LogFormat, now: S
              latency_us={micros} request_id={} client={} key={key}",
             line.method,
             line.route,
-            line.path.escape_debug(),
+            Escaped(line.path),
             line.status,
-            line.request_id.escape_debug(),
+            Escaped(line.request_id),
             line.client,
         ),
         LogFormat::Json => {
@@ -189,6 +189,21 @@ fn format_access(text: &mut String, line: &Access<'_>, format: LogFormat, now: S
             )
         }
     };
+}
+
+/// Text for a human log line: as it is when it is plain printable ASCII (nearly always, and
+/// written in one piece), else escaped so that it stays on one line.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain =
+            (self.0.bytes()).all(|b| b.is_ascii_graphic() && !matches!(b, b'\\' | b'"' | b'\''));
+        match plain {
+            true => f.write_str(self.0),
+            false => write!(f, "{}", self.0.escape_debug()),
+        }
+    }
 }
 
 /// A panic's message, for the log only (never for a client).

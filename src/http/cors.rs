@@ -1,8 +1,9 @@
 //! CORS: which browser origins may call the API (none unless configured), answering preflight
 //! requests and marking replies to allowed origins.
 
-use warp::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use warp::reply::Response;
+use super::Response;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
 
 const ALLOW_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
 /// Request headers a browser may send beyond the CORS-safelisted ones.

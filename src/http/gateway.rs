@@ -1,29 +1,20 @@
-//! What every request goes through before and after its route: request id, size limits, CORS,
-//! API key, rate limit, time limit; then the `X-Request-Id` header, metrics and one access-log
-//! line. It wraps the warp routes as a tower service, one per connection.
+//! What every request goes through before and after its route, as plain async code: request
+//! id, size limits, CORS, API key, rate limit, then the route (bounded in time, a panic caught),
+//! then the `X-Request-Id` and CORS headers, metrics and one access-log line.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use std::panic::AssertUnwindSafe;
-use std::task::ready;
-
 use futures_util::FutureExt;
-use futures_util::future::CatchUnwind;
-
-use tokio::task::futures::TaskLocalFuture;
-use tracing::Instrument;
-use tracing::instrument::Instrumented;
-use warp::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version, header};
-use warp::reply::Response;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Version};
 
 use super::cors::Cors;
-use super::{Problem, request_id};
+use super::routes::{self, Route};
+use super::{Problem, Response, request_id};
 use crate::access::keys::{KeyRing, bearer_token};
 use crate::access::ratelimit::{Decision, LocalLimiter, Quota, RateLimiter};
 use crate::domain::Principal;
@@ -79,98 +70,51 @@ impl Caller {
     }
 }
 
-/// What a request's reply needs once the routes have answered: for its headers, the metrics
-/// and the access-log line.
-struct Finish {
-    gateway: Arc<Gateway>,
-    id: HeaderValue,
-    route: &'static str,
-    method: &'static str,
-    origin: Option<HeaderValue>,
-    /// A clone of the URI shares its bytes: no copy for the log line.
-    uri: Uri,
-    caller: Caller,
-    decision: Option<Decision>,
-    started: Instant,
-}
-
-/// How a request goes on after the checks that need no waiting.
-enum Admission {
-    /// Answered already (a problem, a preflight).
-    Reply(Response),
-    /// To the routes, with the rate-limit decision, if any.
-    Route(Option<Decision>),
-    /// The shared (Redis) rate limit has to be asked first.
-    AskLimiter,
-}
-
 impl Gateway {
-    /// The checks that need no waiting: size limits, CORS preflight, API key, a local rate limit.
-    /// An authenticated request leaves with its [`Principal`] in its extensions.
-    fn admit<B>(
+    /// Serves one request: the checks, then `route` with the caller's principal and the route
+    /// the path names (None: no route takes it), then the reply's headers, metrics and log line.
+    pub async fn handle<B, R, F>(
         &self,
-        request: &mut Request<B>,
-        route: &'static str,
-        caller: &mut Caller,
-    ) -> Admission {
-        if let Err(problem) = self.check_size(request).and_then(|()| check_host(request)) {
-            return Admission::Reply(problem.into_response());
-        }
-        if self.cors.is_preflight(request.method(), request.headers()) {
-            return Admission::Reply(match self.cors.preflight(request.headers()) {
-                Ok(response) => response,
-                Err((field, detail)) => Problem::forbidden_origin(field, detail).into_response(),
-            });
-        }
-        if is_open(route) {
-            return Admission::Route(None);
-        }
-        match self.authenticate(request.headers(), caller) {
-            Ok(Some(principal)) => {
-                request.extensions_mut().insert(principal);
+        remote: SocketAddr,
+        request: Request<B>,
+        route: R,
+    ) -> Response
+    where
+        R: FnOnce(Request<B>, Principal, Option<&'static Route>) -> F,
+        F: Future<Output = Response>,
+    {
+        let started = Instant::now();
+        let id = request_id::accept(request.headers().get(request_id::HEADER))
+            .unwrap_or_else(request_id::generate);
+        let found = routes::find(request.uri().path());
+        let mut caller = Caller {
+            key: None,
+            client: self.client_ip(request.headers(), remote),
+        };
+        let method = method_label(request.method());
+        let origin = match self.cors.is_on() {
+            true => request.headers().get(header::ORIGIN).cloned(),
+            false => None,
+        };
+        // A clone of the URI shares its bytes: no copy for the log line.
+        let uri = request.uri().clone();
+        let (mut response, decision) = request_id::scope(id.clone(), async {
+            match self.admit(&request, found, &mut caller).await {
+                Err(answer) => (answer, None),
+                Ok((who, decision)) => (self.run(route(request, who, found)).await, decision),
             }
-            Ok(None) => {}
-            Err(refusal) => return Admission::Reply(*refusal),
-        }
-        match &*self.limiter {
-            RateLimiter::Off => Admission::Route(None),
-            RateLimiter::Local(local) => self.judge(local.check(&caller.subject(), Instant::now())),
-            RateLimiter::Global(_) => Admission::AskLimiter,
-        }
-    }
+        })
+        .await;
 
-    fn judge(&self, decision: Decision) -> Admission {
-        if decision.allowed {
-            return Admission::Route(Some(decision));
-        }
-        self.metrics.rate_limited.inc();
-        let secs = u32::try_from(decision.retry_after_secs()).unwrap_or(u32::MAX);
-        let mut response = Problem::rate_limited(secs).into_response();
-        add_rate_headers(response.headers_mut(), &decision);
-        Admission::Reply(response)
-    }
-
-    /// Marks the reply, counts it and logs it.
-    fn finish(finish: Finish, mut response: Response) -> Response {
-        let Finish {
-            gateway,
-            id,
-            route,
-            method,
-            origin,
-            uri,
-            caller,
-            decision,
-            started,
-        } = finish;
         let headers = response.headers_mut();
         if let Some(decision) = &decision {
             add_rate_headers(headers, decision);
         }
-        gateway.cors.decorate(origin.as_ref(), headers);
+        self.cors.decorate(origin.as_ref(), headers);
+        let route = routes::label(found);
         let status = response.status().as_u16();
         let took = started.elapsed();
-        gateway.metrics.observe_request(route, method, status, took);
+        self.metrics.observe_request(route, method, status, took);
         telemetry::access(&telemetry::Access {
             method,
             route,
@@ -183,6 +127,65 @@ impl Gateway {
         });
         response.headers_mut().insert(request_id::HEADER, id);
         response
+    }
+
+    /// The checks before a route: size limits, CORS preflight, API key and rate limit. `Ok`
+    /// lets the request through with its principal and rate-limit decision; `Err` is the answer
+    /// (a refusal, or a preflight's reply).
+    async fn admit<B>(
+        &self,
+        request: &Request<B>,
+        route: Option<&Route>,
+        caller: &mut Caller,
+    ) -> Result<(Principal, Option<Decision>), Response> {
+        self.check_size(request)
+            .and_then(|()| check_host(request))
+            .map_err(Problem::into_response)?;
+        if self.cors.is_preflight(request.method(), request.headers()) {
+            return Err(match self.cors.preflight(request.headers()) {
+                Ok(response) => response,
+                Err((field, detail)) => Problem::forbidden_origin(field, detail).into_response(),
+            });
+        }
+        if route.is_some_and(|route| !route.guarded) {
+            return Ok((Principal::OPEN, None));
+        }
+        let who = self
+            .authenticate(request.headers(), caller)
+            .map_err(|refusal| *refusal)?
+            .unwrap_or(Principal::OPEN);
+        if matches!(*self.limiter, RateLimiter::Off) {
+            return Ok((who, None));
+        }
+        let Some(decision) = self.limiter.check(&caller.subject()).await else {
+            return Ok((who, None));
+        };
+        if decision.allowed {
+            return Ok((who, Some(decision)));
+        }
+        self.metrics.rate_limited.inc();
+        let secs = u32::try_from(decision.retry_after_secs()).unwrap_or(u32::MAX);
+        let mut response = Problem::rate_limited(secs).into_response();
+        add_rate_headers(response.headers_mut(), &decision);
+        Err(response)
+    }
+
+    /// Runs a route's future within the request time limit; a panic becomes a generic 500
+    /// (the server and the connection go on).
+    async fn run(&self, routed: impl Future<Output = Response>) -> Response {
+        let limit = self.limits.request_timeout;
+        match tokio::time::timeout(limit, AssertUnwindSafe(routed).catch_unwind()).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(panic)) => {
+                tracing::error!(
+                    request_id = request_id::current().as_deref(),
+                    panic = telemetry::panic_text(&*panic),
+                    "a request panicked"
+                );
+                Problem::internal().into_response()
+            }
+            Err(_) => Problem::timed_out(limit).into_response(),
+        }
     }
 
     /// 414, 431 or 413 for a request over the limits, before any route sees it.
@@ -305,38 +308,6 @@ fn add_rate_headers(headers: &mut HeaderMap, decision: &Decision) {
     }
 }
 
-/// Probes, metrics and the API description need no key and are not rate limited.
-fn is_open(route: &str) -> bool {
-    matches!(route, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-}
-
-/// The route a path belongs to, as a metrics label: a fixed set, whatever the path holds.
-pub fn route_label(path: &str) -> &'static str {
-    let mut segments = path.trim_start_matches('/').split('/');
-    match (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) {
-        (Some(""), None, ..) => "/",
-        (Some("next-tracking-number"), None, ..) => "/next-tracking-number",
-        (Some("healthz"), None, ..) => "/healthz",
-        (Some("readyz"), None, ..) => "/readyz",
-        (Some("metrics"), None, ..) => "/metrics",
-        (Some("openapi.json"), None, ..) => "/openapi.json",
-        (Some("v1"), Some("next-tracking-number"), None, _) => "/v1/next-tracking-number",
-        (Some("v1"), Some("tracking-numbers"), None, _) => "/v1/tracking-numbers",
-        (Some("v1"), Some("tracking-numbers"), Some(_), None) => "/v1/tracking-numbers/{tn}",
-        (Some("v1"), Some("tracking-numbers"), Some(_), Some("check"))
-            if segments.next().is_none() =>
-        {
-            "/v1/tracking-numbers/{tn}/check"
-        }
-        _ => "unmatched",
-    }
-}
-
 pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
@@ -350,223 +321,14 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// The gateway in front of one connection's routes, as the tower service hyper drives.
-#[derive(Clone)]
-pub struct GatewayService<S> {
-    pub gateway: Arc<Gateway>,
-    pub inner: S,
-    pub remote: SocketAddr,
-}
-
-/// The routes' future, bounded in time, run with the request id (and its log span) set, and
-/// with any panic caught (it becomes a generic 500; the server and the connection go on).
-type Routed<F> = Instrumented<
-    tokio::time::Timeout<TaskLocalFuture<HeaderValue, CatchUnwind<AssertUnwindSafe<F>>>>,
->;
-
-impl<S, B> tower_service::Service<Request<B>> for GatewayService<S>
-where
-    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
-    B: Send + 'static,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = GatewayFuture<S::Future>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// Everything that needs no waiting happens here, and the routes' future is built in place
-    /// inside the one returned: on the hot path nothing is boxed and nothing large is moved.
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let started = Instant::now();
-        let gateway = &self.gateway;
-        let id = request_id::accept(request.headers().get(request_id::HEADER))
-            .unwrap_or_else(request_id::generate);
-        let route = route_label(request.uri().path());
-        let mut caller = Caller {
-            key: None,
-            client: gateway.client_ip(request.headers(), self.remote),
-        };
-        let admission = request_id::sync_scope(id.clone(), || {
-            gateway.admit(&mut request, route, &mut caller)
-        });
-        let mut finish = Finish {
-            gateway: gateway.clone(),
-            id,
-            route,
-            method: method_label(request.method()),
-            origin: gateway
-                .cors
-                .is_on()
-                .then(|| request.headers().get(header::ORIGIN).cloned())
-                .flatten(),
-            uri: request.uri().clone(),
-            caller,
-            decision: None,
-            started,
-        };
-        let state = match admission {
-            Admission::Reply(response) => Stage::Answered {
-                response: Some(response),
-            },
-            Admission::Route(decision) => {
-                finish.decision = decision;
-                Stage::Routing {
-                    routed: route_future(
-                        &finish.id,
-                        gateway.limits.request_timeout,
-                        self.inner.call(request),
-                    ),
-                }
-            }
-            Admission::AskLimiter => Stage::Limiting {
-                future: Box::pin(ask_limiter_then_route(
-                    gateway.clone(),
-                    finish.caller.subject(),
-                    finish.id.clone(),
-                    self.inner.clone(),
-                    request,
-                )),
-            },
-        };
-        GatewayFuture {
-            stage: state,
-            finish: Some(finish),
-        }
-    }
-}
-
-fn route_future<F: Future>(id: &HeaderValue, limit: Duration, future: F) -> Routed<F> {
-    let span = tracing::info_span!("request", id = id.to_str().unwrap_or(""));
-    let caught = AssertUnwindSafe(future).catch_unwind();
-    tokio::time::timeout(limit, request_id::scope(id.clone(), caught)).instrument(span)
-}
-
-/// What a route's future ended with: its response, a panic, or the time limit.
-fn routed_response(
-    outcome: Result<std::thread::Result<Result<Response, Infallible>>, tokio::time::error::Elapsed>,
-    id: &HeaderValue,
-    limit: Duration,
-) -> Response {
-    match outcome {
-        Ok(Ok(Ok(response))) => response,
-        Ok(Ok(Err(never))) => match never {},
-        Ok(Err(panic)) => request_id::sync_scope(id.clone(), || {
-            tracing::error!(panic = telemetry::panic_text(&*panic), "a request panicked");
-            Problem::internal().into_response()
-        }),
-        Err(_) => request_id::sync_scope(id.clone(), || Problem::timed_out(limit).into_response()),
-    }
-}
-
-/// The slow path, for a rate limit shared through Redis: ask it, then route (or refuse).
-async fn ask_limiter_then_route<S, B>(
-    gateway: Arc<Gateway>,
-    subject: String,
-    id: HeaderValue,
-    mut inner: S,
-    request: Request<B>,
-) -> (Response, Option<Decision>)
-where
-    S: tower_service::Service<Request<B>, Response = Response, Error = Infallible>,
-{
-    let Some(decision) = gateway.limiter.check(&subject).await else {
-        return (Response::default(), None);
-    };
-    match request_id::sync_scope(id.clone(), || gateway.judge(decision)) {
-        Admission::Reply(response) => (response, None),
-        _ => {
-            let limit = gateway.limits.request_timeout;
-            let routed = Box::pin(route_future(&id, limit, inner.call(request)));
-            (routed_response(routed.await, &id, limit), Some(decision))
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    #[project = StageProjection]
-    enum Stage<F> {
-        Answered { response: Option<Response> },
-        Routing { #[pin] routed: Routed<F> },
-        Limiting { future: Pin<Box<dyn Future<Output = (Response, Option<Decision>)> + Send>> },
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request on its way through the gateway: answered already, with the routes, or waiting
-    /// for a shared rate limit.
-    pub struct GatewayFuture<F> {
-        #[pin]
-        stage: Stage<F>,
-        finish: Option<Finish>,
-    }
-}
-
-impl<F> Future for GatewayFuture<F>
-where
-    F: Future<Output = Result<Response, Infallible>>,
-{
-    type Output = Result<Response, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = match this.stage.project() {
-            StageProjection::Answered { response } => response.take().unwrap_or_default(),
-            StageProjection::Routing { routed } => {
-                let outcome = ready!(routed.poll(cx));
-                let finish = this.finish.as_ref().expect("polled after completion");
-                routed_response(outcome, &finish.id, finish.gateway.limits.request_timeout)
-            }
-            StageProjection::Limiting { future } => {
-                let (response, decision) = ready!(future.as_mut().poll(cx));
-                if let Some(finish) = this.finish.as_mut() {
-                    finish.decision = decision;
-                }
-                response
-            }
-        };
-        let finish = this.finish.take().expect("polled after completion");
-        Poll::Ready(Ok(Gateway::finish(finish, response)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
 
-    #[test]
-    fn paths_map_to_a_fixed_set_of_routes() {
-        for (path, route) in [
-            ("/", "/"),
-            ("/next-tracking-number", "/next-tracking-number"),
-            ("/v1/next-tracking-number", "/v1/next-tracking-number"),
-            ("/v1/tracking-numbers", "/v1/tracking-numbers"),
-            ("/v1/tracking-numbers/MY00ABC", "/v1/tracking-numbers/{tn}"),
-            (
-                "/v1/tracking-numbers/MY00ABC/check",
-                "/v1/tracking-numbers/{tn}/check",
-            ),
-            ("/v1/tracking-numbers/MY00ABC/check/x", "unmatched"),
-            ("/v1/tracking-numbers/a/b", "unmatched"),
-            ("/healthz", "/healthz"),
-            ("/readyz", "/readyz"),
-            ("/metrics", "/metrics"),
-            ("/openapi.json", "/openapi.json"),
-            ("/wp-admin/login.php", "unmatched"),
-            ("/healthz/x", "unmatched"),
-        ] {
-            assert_eq!(route_label(path), route, "{path}");
-        }
-    }
-
-    fn gateway() -> Arc<Gateway> {
-        Arc::new(Gateway {
+    fn gateway() -> Gateway {
+        Gateway {
             metrics: Metrics::new(),
             keys: None,
             limiter: Arc::new(RateLimiter::Off),
@@ -580,77 +342,69 @@ mod tests {
             },
             client_ip_header: None,
             auth_failures: LocalLimiter::new(AUTH_FAILURE_QUOTA),
-        })
+        }
     }
 
+    fn request() -> Request<()> {
+        Request::builder()
+            .uri("/next-tracking-number")
+            .header(header::HOST, "x")
+            .body(())
+            .unwrap()
+    }
+
+    const REMOTE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);
+
     #[tokio::test]
-    async fn a_panicking_route_is_a_generic_500_and_the_service_goes_on() {
-        use tower_service::Service;
-        /// Routes whose first request panics.
-        #[derive(Clone, Default)]
-        struct Panicky(Arc<std::sync::atomic::AtomicUsize>);
-
-        impl Service<Request<()>> for Panicky {
-            type Response = Response;
-            type Error = Infallible;
-            type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-                Poll::Ready(Ok(()))
-            }
-
-            fn call(&mut self, _: Request<()>) -> Self::Future {
-                let first = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-                Box::pin(async move {
-                    if first {
-                        panic!("secret internal detail at /var/lib/tracknum");
-                    }
-                    Ok(Response::new("fine".into()))
-                })
-            }
-        }
-
-        let mut service = GatewayService {
-            gateway: gateway(),
-            inner: Panicky::default(),
-            remote: "127.0.0.1:9".parse().unwrap(),
-        };
-        let request = || {
-            Request::builder()
-                .uri("/next-tracking-number")
-                .header(header::HOST, "x")
-                .body(())
-                .unwrap()
-        };
-        let response = service.call(request()).await.unwrap();
+    async fn a_panicking_route_is_a_generic_500_and_the_gateway_goes_on() {
+        let gateway = gateway();
+        let response = gateway
+            .handle(REMOTE, request(), |_, _, _| async {
+                panic!("secret internal detail at /var/lib/tracknum");
+            })
+            .await;
         assert_eq!(response.status(), 500);
         assert!(response.headers().contains_key(request_id::HEADER));
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .unwrap()
-            .to_bytes();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("urn:tracknum:problem:internal"), "{text}");
         assert!(
             !text.contains("secret") && !text.contains("/var/lib"),
             "{text}"
         );
-        let next = service.call(request()).await.unwrap();
+        let next = gateway
+            .handle(REMOTE, request(), |_, _, _| async {
+                Response::new(Full::new(Bytes::from_static(b"fine")))
+            })
+            .await;
         assert_eq!(
             next.status(),
             200,
-            "the same service answers the next request"
+            "the same gateway answers the next request"
         );
     }
 
-    #[test]
-    fn only_probes_metrics_and_the_description_are_open() {
-        assert!(is_open("/healthz"));
-        assert!(is_open("/readyz"));
-        assert!(is_open("/metrics"));
-        assert!(is_open("/openapi.json"));
-        assert!(!is_open("/next-tracking-number"));
-        assert!(!is_open("/v1/tracking-numbers/{tn}"));
-        assert!(!is_open("unmatched"));
+    #[tokio::test]
+    async fn routes_get_the_route_the_path_names_and_the_open_principal_without_keys() {
+        let response = gateway()
+            .handle(REMOTE, request(), |_, who, route| async move {
+                assert_eq!(route.map(|r| r.path), Some("/next-tracking-number"));
+                assert_eq!(who, Principal::OPEN);
+                Response::new(Full::new(Bytes::new()))
+            })
+            .await;
+        assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_route_over_the_time_limit_is_a_503_with_retry_after() {
+        let response = gateway()
+            .handle(REMOTE, request(), |_, _, _| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Response::new(Full::new(Bytes::new()))
+            })
+            .await;
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
     }
 }

@@ -10,11 +10,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::Instrument;
-use warp::http::{HeaderValue, StatusCode};
-use warp::reply::Response;
+use hyper::StatusCode;
+use hyper::header::HeaderValue;
 
-use super::{Problem, SharedState, request_id};
+use super::{Problem, Response, SharedState, request_id};
 use crate::domain::Principal;
 use crate::domain::idempotency::check_key;
 use crate::service::idempotency::{Begin, CLAIM_TTL, IdempotencyError};
@@ -81,7 +80,7 @@ where
         }
         outcome
     };
-    let work = with_patience(KEYED_PATIENCE, work).instrument(tracing::Span::current());
+    let work = with_patience(KEYED_PATIENCE, work);
     let work = match request_id::current_header() {
         Some(id) => tokio::spawn(request_id::scope(id, work)),
         None => tokio::spawn(work),
@@ -89,7 +88,8 @@ where
     match tokio::time::timeout(state.idempotency.answer_within(), work).await {
         Ok(Ok(outcome)) => into_response(outcome, reply),
         Ok(Err(failed)) => {
-            tracing::error!(error = %failed, "a keyed request's task failed");
+            let request_id = request_id::current();
+            tracing::error!(request_id, error = %failed, "a keyed request's task failed");
             Problem::internal().into_response()
         }
         Err(_) => Problem::unavailable(

@@ -4,66 +4,26 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::Utc;
-use warp::Filter;
-use warp::http::StatusCode;
-use warp::reply::Response;
+use hyper::StatusCode;
 
-use super::{
-    Problem, SharedState, body, idempotent, optional_header, other_methods, principal, query,
-    record_reply, with_state,
-};
-use crate::domain::Principal;
+use super::{Call, Problem, Response, body, idempotent, json_reply, query, record_reply};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
 use crate::service::issuer::IssueError;
 
-pub fn route(
-    state: SharedState,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let path = warp::path!("next-tracking-number")
-        .or(warp::path!("v1" / "next-tracking-number"))
-        .unify();
-    // The query is optional: no query string means an order with nothing given.
-    let raw_query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let one = path
-        .and(warp::get())
-        .and(raw_query)
-        .and(optional_header(idempotent::HEADER))
-        .and(principal())
-        .and(with_state(state.clone()))
-        .then(next_tracking_number);
-    let batch_path = warp::path!("v1" / "tracking-numbers");
-    let batch = batch_path
-        .and(warp::post())
-        .and(optional_header(idempotent::HEADER))
-        .and(warp::body::stream())
-        .and(principal())
-        .and(with_state(state))
-        .then(issue_batch);
-    one.or(batch)
-        .unify()
-        .or(path.and(other_methods("GET")))
-        .unify()
-        .or(batch_path.and(other_methods("POST")))
-        .unify()
-}
-
-async fn next_tracking_number(
-    raw_query: String,
-    key: Option<String>,
-    who: Principal,
-    state: SharedState,
-) -> Response {
-    let request = match query::parse_issue(&raw_query, Utc::now()) {
+/// `GET /next-tracking-number`: one number for the order in the query.
+pub async fn one(call: Call) -> Response {
+    let request = match query::parse_issue(call.query(), Utc::now()) {
         Ok(request) => request,
         Err(errors) => return Problem::invalid(errors).into_response(),
     };
-    let key = match idempotent::key(key) {
+    let key = match idempotent::key(call.header(idempotent::HEADER)) {
         Ok(key) => key,
         Err(problem) => return problem.into_response(),
     };
     // Only a keyed request needs one: worked out before the request moves into the work.
     let fingerprint = key.as_ref().map(|_| canonical("issue", &request));
+    let Call { state, who, .. } = call;
     let run = {
         let (state, owner) = (state.clone(), who.tenant.clone());
         async move {
@@ -76,13 +36,16 @@ async fn next_tracking_number(
     idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await
 }
 
-async fn issue_batch(
-    key: Option<String>,
-    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
-    who: Principal,
-    state: SharedState,
-) -> Response {
-    let requests = match body::object(body, body::BATCH_LIMIT).await {
+/// `POST /v1/tracking-numbers`: a batch of numbers, all validated before any is issued.
+pub async fn batch(call: Call) -> Response {
+    let key = call.header(idempotent::HEADER);
+    let Call {
+        state,
+        who,
+        request,
+        ..
+    } = call;
+    let requests = match body::object(request.into_body(), body::BATCH_LIMIT).await {
         Ok(object) => batch_from_json(&object, Utc::now()).map_err(Problem::invalid),
         Err(problem) => Err(problem),
     };
@@ -100,7 +63,7 @@ async fn issue_batch(
             }
         }
     };
-    idempotent::respond(&state, &who, key, fingerprint, run, super::json_reply).await
+    idempotent::respond(&state, &who, key, fingerprint, run, json_reply).await
 }
 
 /// `{"count": N, "records": [...]}`, the records' stored JSON spliced in as is.
@@ -127,7 +90,8 @@ fn issue_failed(err: IssueError) -> Problem {
     match err {
         IssueError::Store(err) => err.into(),
         IssueError::NoSerials(_) => {
-            tracing::warn!(error = %err, "could not issue a number");
+            let request_id = super::request_id::current();
+            tracing::warn!(request_id, error = %err, "could not issue a number");
             Problem::unavailable("no tracking number can be issued right now; retry shortly")
         }
     }

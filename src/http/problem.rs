@@ -1,11 +1,12 @@
 //! RFC 9457 problem details: every error reply, from validation to a dead Redis, has this shape.
 
-use std::convert::Infallible;
-
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
 use serde::Serialize;
-use warp::http::{HeaderValue, StatusCode, header};
-use warp::reject::Rejection;
-use warp::reply::Response;
+
+use super::Response;
 
 use crate::domain::{FieldError, Status};
 use crate::store::StoreError;
@@ -298,7 +299,7 @@ impl Problem {
             self.extensions.insert("request_id".into(), id.into());
         }
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut response = Response::new(body.into());
+        let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -316,44 +317,13 @@ impl Problem {
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Problem {
         if err.is_transient() {
-            tracing::warn!(error = %err, "storage unavailable");
+            let request_id = super::request_id::current();
+            tracing::warn!(request_id, error = %err, "storage unavailable");
             Problem::unavailable("storage is unavailable right now; retry shortly")
         } else {
-            tracing::error!(error = %err, "storage failed");
+            let request_id = super::request_id::current();
+            tracing::error!(request_id, error = %err, "storage failed");
             Problem::internal()
         }
     }
-}
-
-/// Turns warp's routing and extraction rejections into problems.
-pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
-    let (status, detail) = if rejection.is_not_found() {
-        (StatusCode::NOT_FOUND, "no such resource".to_owned())
-    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
-        // A route without `super::other_methods` (which adds `Allow`) was asked with another method.
-        return Ok(Problem::method_not_allowed().into_response());
-    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-        (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the request body is too large".to_owned(),
-        )
-    } else if let Some(bad) = rejection.find::<warp::reject::InvalidHeader>() {
-        return Ok(Problem::invalid_header(bad.name(), "must be visible ASCII").into_response());
-    } else if rejection
-        .find::<warp::reject::UnsupportedMediaType>()
-        .is_some()
-    {
-        (
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported content type".to_owned(),
-        )
-    } else {
-        tracing::warn!(?rejection, "unhandled rejection");
-        (
-            StatusCode::BAD_REQUEST,
-            "the request is not valid".to_owned(),
-        )
-    };
-    let title = status.canonical_reason().unwrap_or("Error");
-    Ok(Problem::new(status, "about:blank", title, detail).into_response())
 }

@@ -2,85 +2,46 @@
 //! issued elsewhere (PUT), and `/check` to decode a number. Numbers in paths are
 //! case-insensitive; every record reply carries its `ETag`.
 
-use chrono::Utc;
-use warp::Filter;
-use warp::http::{HeaderValue, StatusCode, header};
-use warp::reply::Response;
-
 use bytes::Bytes;
+use chrono::Utc;
+use hyper::StatusCode;
+use hyper::header::{self, HeaderValue};
 
-use super::{
-    Problem, SharedState, body, idempotent, json_reply, optional_header, other_methods, principal,
-    record_reply, with_state,
-};
+use super::{Call, Problem, Response, body, empty_reply, idempotent, json_reply, record_reply};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
-use crate::domain::{FieldError, Principal, RecordPatch};
+use crate::domain::{FieldError, RecordPatch};
 use crate::service::records::{RecordError, Registered};
-
-pub fn route(
-    state: SharedState,
-) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    let record = warp::path!("v1" / "tracking-numbers" / String);
-    let if_match = || optional_header("if-match");
-    let key = || optional_header(idempotent::HEADER);
-    let get = record
-        .and(warp::get())
-        .and(principal())
-        .and(with_state(state.clone()))
-        .then(get_record)
-        .map(reply);
-    let patch = record
-        .and(warp::patch())
-        .and(if_match())
-        .and(key())
-        .and(warp::body::stream())
-        .and(principal())
-        .and(with_state(state.clone()))
-        .then(patch_record)
-        .map(reply);
-    let delete = record
-        .and(warp::delete())
-        .and(if_match())
-        .and(key())
-        .and(principal())
-        .and(with_state(state.clone()))
-        .then(delete_record)
-        .map(reply);
-    let put = record
-        .and(warp::put())
-        .and(warp::body::stream())
-        .and(principal())
-        .and(with_state(state.clone()))
-        .then(put_record)
-        .map(reply);
-    let check_path = warp::path!("v1" / "tracking-numbers" / String / "check");
-    let check = check_path
-        .and(warp::get())
-        .and(principal())
-        .and(with_state(state))
-        .then(check_number)
-        .map(reply);
-    get.or(patch)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(put)
-        .unify()
-        .or(check)
-        .unify()
-        .or(record
-            .and(other_methods("GET, PATCH, DELETE, PUT"))
-            .map(|_, r| r))
-        .unify()
-        .or(check_path.and(other_methods("GET")).map(|_, r| r))
-        .unify()
-}
 
 /// A handler's outcome as the reply: its response, or its problem.
 fn reply(outcome: Result<Response, Problem>) -> Response {
     outcome.unwrap_or_else(Problem::into_response)
+}
+
+/// `GET`: the record.
+pub async fn get(call: Call) -> Response {
+    reply(get_record(call).await)
+}
+
+/// `PATCH`: a merge patch, optionally against the version in `If-Match`.
+pub async fn update(call: Call) -> Response {
+    reply(patch_record(call).await)
+}
+
+/// `DELETE`: removes the record, optionally only the version in `If-Match`.
+pub async fn delete(call: Call) -> Response {
+    reply(delete_record(call).await)
+}
+
+/// `PUT`: registers a number issued elsewhere.
+pub async fn register(call: Call) -> Response {
+    reply(put_record(call).await)
+}
+
+/// `GET .../check`: what the number says about itself.
+pub async fn check(call: Call) -> Response {
+    reply(check_number(call).await)
 }
 
 /// The path's number, normalized, or a 400 naming it.
@@ -89,22 +50,27 @@ fn number(raw: &str) -> Result<String, Problem> {
         .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
 }
 
-async fn get_record(raw: String, who: Principal, state: SharedState) -> Result<Response, Problem> {
-    let number = number(&raw)?;
-    let json = state.records.get(&number, &who).await.map_err(failed)?;
+async fn get_record(call: Call) -> Result<Response, Problem> {
+    let number = number(&call.param)?;
+    let json = call
+        .state
+        .records
+        .get(&number, &call.who)
+        .await
+        .map_err(failed)?;
     Ok(record_reply(StatusCode::OK, json))
 }
 
-async fn patch_record(
-    raw: String,
-    if_match: Option<String>,
-    key: Option<String>,
-    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
-    who: Principal,
-    state: SharedState,
-) -> Result<Response, Problem> {
-    let object = body::object(body, body::RECORD_LIMIT).await;
-    let number = number(&raw)?;
+async fn patch_record(call: Call) -> Result<Response, Problem> {
+    let (if_match, key) = (call.header("if-match"), call.header(idempotent::HEADER));
+    let Call {
+        state,
+        who,
+        param,
+        request,
+    } = call;
+    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
+    let number = number(&param)?;
     let object = object?;
     let patch = RecordPatch::from_json(&object, Utc::now()).map_err(Problem::invalid)?;
     let key = idempotent::key(key)?;
@@ -125,14 +91,12 @@ async fn patch_record(
     Ok(idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await)
 }
 
-async fn delete_record(
-    raw: String,
-    if_match: Option<String>,
-    key: Option<String>,
-    who: Principal,
-    state: SharedState,
-) -> Result<Response, Problem> {
-    let number = number(&raw)?;
+async fn delete_record(call: Call) -> Result<Response, Problem> {
+    let (if_match, key) = (call.header("if-match"), call.header(idempotent::HEADER));
+    let Call {
+        state, who, param, ..
+    } = call;
+    let number = number(&param)?;
     let key = idempotent::key(key)?;
     let fingerprint = key
         .as_ref()
@@ -164,19 +128,18 @@ fn change_fingerprint(
 }
 
 fn no_content(status: StatusCode, _: Bytes) -> Response {
-    let mut response = Response::new(Default::default());
-    *response.status_mut() = status;
-    response
+    empty_reply(status)
 }
 
-async fn put_record(
-    raw: String,
-    body: impl futures_util::Stream<Item = Result<impl bytes::Buf, warp::Error>>,
-    who: Principal,
-    state: SharedState,
-) -> Result<Response, Problem> {
-    let object = body::object(body, body::RECORD_LIMIT).await;
-    let number = number(&raw)?;
+async fn put_record(call: Call) -> Result<Response, Problem> {
+    let Call {
+        state,
+        who,
+        param,
+        request,
+    } = call;
+    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
+    let number = number(&param)?;
     let request = issue_from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
     let (json, registered) = state
         .records
@@ -194,13 +157,9 @@ async fn put_record(
     Ok(response)
 }
 
-async fn check_number(
-    raw: String,
-    who: Principal,
-    state: SharedState,
-) -> Result<Response, Problem> {
-    let number = number(&raw)?;
-    let inspection = state.records.check(&number, &who).await;
+async fn check_number(call: Call) -> Result<Response, Problem> {
+    let number = number(&call.param)?;
+    let inspection = call.state.records.check(&number, &call.who).await;
     let body = serde_json::to_vec(&inspection).unwrap_or_default();
     Ok(json_reply(StatusCode::OK, body.into()))
 }

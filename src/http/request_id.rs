@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use hyper::header::HeaderValue;
 use tokio::task::futures::TaskLocalFuture;
-use warp::http::HeaderValue;
 
 pub const HEADER: &str = "x-request-id";
 /// Longest incoming id kept; longer ones are replaced, not echoed.

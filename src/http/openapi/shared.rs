@@ -1,23 +1,20 @@
 //! What every operation of the API description shares, added to the document utoipa built:
-//! the request id, the problems any request can meet and, except on [`OPEN_PATHS`],
-//! credentials and rate limits. utoipa cannot say everything needed here (a required response
+//! the request id, the problems any request can meet and, except on open routes (probes,
+//! metrics, this document), credentials and rate limits. utoipa cannot say everything needed here (a required response
 //! header, a header or response `$ref`), so this works on the JSON.
 
 use serde_json::{Map, Value, json};
 
 use crate::http::problem::CONTENT_TYPE as PROBLEM;
 
-/// Paths served without credentials or rate limits: probes, metrics and this document.
-pub(super) const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
-/// Paths that answer exactly like another one.
-const ALIASES: [(&str, &str); 1] = [("/v1/next-tracking-number", "/next-tracking-number")];
 /// Operations whose body may be left out: an empty body is an empty object.
 const OPTIONAL_BODIES: [&str; 2] = ["updateRecord", "registerNumber"];
 /// Response headers that are always sent wherever a response lists them.
 const ALWAYS_SENT: [&str; 2] = ["ETag", "Location"];
 
 /// Adds the shared parts to a document: components, and each operation's share of them.
-pub(super) fn add_to(doc: &mut Value) {
+/// `open` tells a path served without credentials or rate limits.
+pub(super) fn add_to(doc: &mut Value, open: impl Fn(&str) -> bool) {
     let components = &mut doc["components"];
     components["headers"] = shared_headers();
     components["responses"] = shared_responses();
@@ -43,18 +40,8 @@ pub(super) fn add_to(doc: &mut Value) {
     let Some(paths) = doc["paths"].as_object_mut() else {
         return;
     };
-    for (alias, of) in ALIASES {
-        if let Some(mut item) = paths.get(of).cloned() {
-            for operation in operations(&mut item) {
-                if let Some(Value::String(id)) = operation.get_mut("operationId") {
-                    id.push_str("V1");
-                }
-            }
-            paths.insert(alias.to_owned(), item);
-        }
-    }
     for (path, item) in paths.iter_mut() {
-        let open = OPEN_PATHS.contains(&path.as_str());
+        let open = open(path);
         for operation in operations(item) {
             shared_by(operation, open);
         }

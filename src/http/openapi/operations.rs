@@ -1,0 +1,257 @@
+//! The operations of the API description, one documented stub each: utoipa reads only their
+//! attributes. The route table (`super::super::routes`) names each stub beside its handler and
+//! supplies the path, method and operation id, so those three live in one place.
+#![allow(dead_code)] // The stubs are never called; only their generated `__path_*` types are read.
+
+use super::super::problem::CONTENT_TYPE as PROBLEM;
+use super::bodies::{
+    BatchReply, BatchRequest, Health, IdempotencyKey, IfMatch, IssueInputs, IssueQuery, NotReady,
+    Ready, RecordChanges, TrackingNumberPath,
+};
+use crate::domain::Record;
+use crate::domain::inspect::Inspection;
+use crate::http::Problem;
+
+/// Issue one tracking number
+///
+/// Every parameter is optional. Unknown parameters are refused, and so is a parameter given
+/// twice or with an empty value. Two identical requests get two different numbers, unless they
+/// share an `Idempotency-Key`.
+#[utoipa::path(
+    get,
+    path = "/next-tracking-number",
+    operation_id = "issueNumber",
+    params(IssueQuery, IdempotencyKey),
+    responses(
+        (status = 200, description = "The new number's record", body = Record,
+         headers(
+            ("ETag" = String, description = "The strong tag of this version of the record"),
+            ("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"),
+         )),
+        (status = 400, description = "Bad parameters or `Idempotency-Key`, every one named in \
+            `errors`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn issue_number() {}
+
+/// Issue a batch of numbers
+///
+/// Either `count` numbers for one set of inputs, or one number per entry of `orders`. Every
+/// order is validated before any number is issued.
+#[utoipa::path(
+    post,
+    path = "/v1/tracking-numbers",
+    operation_id = "issueBatch",
+    params(IdempotencyKey),
+    request_body(content = BatchRequest),
+    responses(
+        (status = 201, description = "The records, in the order asked for", body = BatchReply,
+         headers(("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"))),
+        (status = 400, description = "Bad body or `Idempotency-Key`: every bad field is named, \
+            with its order's index (`orders[3].weight`); nothing was issued",
+         body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn issue_batch() {}
+
+/// Read a record
+#[utoipa::path(
+    get,
+    path = "/v1/tracking-numbers/{tn}",
+    operation_id = "getRecord",
+    params(TrackingNumberPath),
+    responses(
+        (status = 200, description = "The record", body = Record,
+         headers(("ETag" = String, description = "The strong tag of this version of the record"))),
+        (status = 400, description = BAD_NUMBER, body = Problem, content_type = PROBLEM),
+        (status = 404, description = NOT_FOUND, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn get_record() {}
+
+/// Change a record
+///
+/// A JSON merge patch: a member given is set, `null` clears `destination_country_id`,
+/// `weight`, `customer_name` or `customer_slug`, and a member left out stays. Without
+/// `If-Match`, a change that loses a race to another is applied again to the new version.
+#[utoipa::path(
+    patch,
+    path = "/v1/tracking-numbers/{tn}",
+    operation_id = "updateRecord",
+    params(TrackingNumberPath, IfMatch, IdempotencyKey),
+    request_body(content(
+        (RecordChanges = "application/merge-patch+json"),
+        (RecordChanges = "application/json"),
+    )),
+    responses(
+        (status = 200, description = "The changed record", body = Record,
+         headers(("ETag" = String, description = "The strong tag of this version of the record"))),
+        (status = 400, description = "Bad number, body or member, every one named in `errors` \
+            (unknown members and members that cannot change are refused)",
+         body = Problem, content_type = PROBLEM),
+        (status = 404, description = NOT_FOUND, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A status move the rules forbid (`from` and `to` name both \
+            states), a change that kept losing races, or the first request with this \
+            `Idempotency-Key` still running (both with `Retry-After`)",
+         body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 412, description = STALE, body = Problem, content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn update_record() {}
+
+/// Remove a record
+///
+/// Its number is never issued again all the same.
+#[utoipa::path(
+    delete,
+    path = "/v1/tracking-numbers/{tn}",
+    operation_id = "deleteRecord",
+    params(TrackingNumberPath, IfMatch, IdempotencyKey),
+    responses(
+        (status = 204, description = "Removed",
+         headers(("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"))),
+        (status = 400, description = "Bad number or `Idempotency-Key`", body = Problem,
+         content_type = PROBLEM),
+        (status = 404, description = NOT_FOUND, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A removal that kept losing races, or the first request \
+            with this `Idempotency-Key` still running", body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 412, description = STALE, body = Problem, content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn delete_record() {}
+
+/// Register a number issued elsewhere
+///
+/// Takes the same inputs as issuing; the body is optional. A 16-character number whose last
+/// character is a valid check character for the first 15 has this service's layout and could
+/// collide with a number issued later, so it is refused. A PUT is idempotent: when the live
+/// record is the one this PUT would make (same inputs, same tenant, unchanged since), the
+/// answer is 200 with it.
+#[utoipa::path(
+    put,
+    path = "/v1/tracking-numbers/{tn}",
+    operation_id = "registerNumber",
+    params(TrackingNumberPath),
+    request_body(content = IssueInputs),
+    responses(
+        (status = 200, description = "The record an earlier try of this same PUT made", body = Record,
+         headers(
+            ("ETag" = String, description = "The strong tag of this version of the record"),
+            ("Location" = String, description = "The record's URL path"),
+         )),
+        (status = 201, description = "The new record", body = Record,
+         headers(
+            ("ETag" = String, description = "The strong tag of this version of the record"),
+            ("Location" = String, description = "The record's URL path"),
+         )),
+        (status = 400, description = "Bad number, body or input, every one named in `errors`",
+         body = Problem, content_type = PROBLEM),
+        (status = 409, description = "A live record holds the number (another one, or another \
+            tenant's)", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "The number has this service's layout", body = Problem,
+         content_type = PROBLEM),
+    )
+)]
+pub fn register_number() {}
+
+/// Decode a number without its record
+#[utoipa::path(
+    get,
+    path = "/v1/tracking-numbers/{tn}/check",
+    operation_id = "checkNumber",
+    params(TrackingNumberPath),
+    responses(
+        (status = 200, description = "What the number says about itself", body = Inspection),
+        (status = 400, description = BAD_NUMBER, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn check_number() {}
+
+/// Liveness
+///
+/// 200 for as long as the process is alive.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub fn healthz() {}
+
+/// Liveness, without a body
+#[utoipa::path(
+    head,
+    path = "/healthz",
+    operation_id = "healthzHead",
+    responses((status = 200, description = "Alive"))
+)]
+pub fn healthz_head() {}
+
+/// Readiness
+///
+/// Ready when storage answers and the pool holds serials to issue numbers with.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    responses(
+        (status = 200, description = "Ready to issue numbers", body = Ready),
+        (status = 503, description = "Not ready, and why", body = NotReady),
+    )
+)]
+pub fn readyz() {}
+
+/// Readiness, without a body
+#[utoipa::path(
+    head,
+    path = "/readyz",
+    operation_id = "readyzHead",
+    responses(
+        (status = 200, description = "Ready to issue numbers"),
+        (status = 503, description = "Not ready"),
+    )
+)]
+pub fn readyz_head() {}
+
+/// Metrics, in the Prometheus text format
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    responses(
+        (status = 200, description = "Prometheus metrics, in the OpenMetrics text format", body = String,
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )
+)]
+pub fn metrics() {}
+
+/// This description
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object,
+         content_type = "application/json"),
+    )
+)]
+pub fn openapi_json() {}
+
+const IN_FLIGHT: &str = "The first request with this `Idempotency-Key` is still running and did \
+                         not finish within the wait; retry to get its reply";
+const KEY_REUSED: &str = "This `Idempotency-Key` was used for a request with other inputs; \
+                          nothing was issued";
+const BAD_NUMBER: &str = "The number in the path is not 1 to 16 characters of `A-Z0-9` \
+                          (`tracking_number` in `errors`)";
+const NOT_FOUND: &str = "No live record holds the number (never issued, deleted or expired)";
+const STALE: &str = "The record is no longer the version in `If-Match`; nothing changed";

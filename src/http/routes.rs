@@ -1,0 +1,357 @@
+//! The route table: every endpoint declared once, with its path template (also its metric
+//! label), whether it needs a key, and per method its handler and its OpenAPI operation. The
+//! router, the metric label, the auth decision, the 405 with `Allow` and the API description
+//! all read this table; a new endpoint is one entry here and one handler.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request};
+use percent_encoding::percent_decode_str;
+
+use super::openapi::operations as doc;
+use super::{Call, Problem, Response, SharedState, health, issue, openapi, records};
+use crate::domain::Principal;
+
+/// A handler's future: boxed, so that every handler fits one table.
+pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
+
+pub struct Route {
+    /// The path, with `{name}` for a segment that varies; also the route's metric label.
+    pub path: &'static str,
+    /// Whether a caller needs an API key (when keys are on) and is rate limited.
+    pub guarded: bool,
+    /// The group the API description lists the route under.
+    pub tag: &'static str,
+    pub operations: &'static [Operation],
+}
+
+pub struct Operation {
+    pub method: Method,
+    /// The operation's id in the API description.
+    pub id: &'static str,
+    pub handler: fn(Call) -> Reply,
+    /// The operation's description (its path and method come from the table).
+    pub doc: fn() -> utoipa::openapi::path::Operation,
+}
+
+/// The metric label of a request no route takes.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Every route, the hot one first (routes are tried in order).
+pub static ROUTES: &[Route] = &[
+    Route {
+        path: "/next-tracking-number",
+        guarded: true,
+        tag: "issuing",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "issueNumber",
+            handler: |call| Box::pin(issue::one(call)),
+            doc: <doc::__path_issue_number as utoipa::Path>::operation,
+        }],
+    },
+    Route {
+        path: "/v1/next-tracking-number",
+        guarded: true,
+        tag: "issuing",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "issueNumberV1",
+            handler: |call| Box::pin(issue::one(call)),
+            doc: <doc::__path_issue_number as utoipa::Path>::operation,
+        }],
+    },
+    Route {
+        path: "/v1/tracking-numbers",
+        guarded: true,
+        tag: "issuing",
+        operations: &[Operation {
+            method: Method::POST,
+            id: "issueBatch",
+            handler: |call| Box::pin(issue::batch(call)),
+            doc: <doc::__path_issue_batch as utoipa::Path>::operation,
+        }],
+    },
+    Route {
+        path: "/v1/tracking-numbers/{tn}",
+        guarded: true,
+        tag: "records",
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "getRecord",
+                handler: |call| Box::pin(records::get(call)),
+                doc: <doc::__path_get_record as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::PATCH,
+                id: "updateRecord",
+                handler: |call| Box::pin(records::update(call)),
+                doc: <doc::__path_update_record as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::DELETE,
+                id: "deleteRecord",
+                handler: |call| Box::pin(records::delete(call)),
+                doc: <doc::__path_delete_record as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::PUT,
+                id: "registerNumber",
+                handler: |call| Box::pin(records::register(call)),
+                doc: <doc::__path_register_number as utoipa::Path>::operation,
+            },
+        ],
+    },
+    Route {
+        path: "/v1/tracking-numbers/{tn}/check",
+        guarded: true,
+        tag: "records",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "checkNumber",
+            handler: |call| Box::pin(records::check(call)),
+            doc: <doc::__path_check_number as utoipa::Path>::operation,
+        }],
+    },
+    Route {
+        path: "/healthz",
+        guarded: false,
+        tag: "operations",
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "healthz",
+                handler: |call| Box::pin(health::healthz(call)),
+                doc: <doc::__path_healthz as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::HEAD,
+                id: "healthzHead",
+                handler: |call| Box::pin(health::healthz(call)),
+                doc: <doc::__path_healthz_head as utoipa::Path>::operation,
+            },
+        ],
+    },
+    Route {
+        path: "/readyz",
+        guarded: false,
+        tag: "operations",
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "readyz",
+                handler: |call| Box::pin(health::readyz(call)),
+                doc: <doc::__path_readyz as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::HEAD,
+                id: "readyzHead",
+                handler: |call| Box::pin(health::readyz(call)),
+                doc: <doc::__path_readyz_head as utoipa::Path>::operation,
+            },
+        ],
+    },
+    Route {
+        path: "/metrics",
+        guarded: false,
+        tag: "operations",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "metrics",
+            handler: |call| Box::pin(health::metrics(call)),
+            doc: <doc::__path_metrics as utoipa::Path>::operation,
+        }],
+    },
+    Route {
+        path: "/openapi.json",
+        guarded: false,
+        tag: "operations",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "openapi",
+            handler: |call| Box::pin(openapi::serve(call)),
+            doc: <doc::__path_openapi_json as utoipa::Path>::operation,
+        }],
+    },
+];
+
+impl Route {
+    /// The operation for `method`, if the route takes it.
+    pub fn operation(&self, method: &Method) -> Option<&'static Operation> {
+        self.operations.iter().find(|op| op.method == *method)
+    }
+
+    /// The `Allow` header of a 405: the route's methods.
+    pub fn allow(&self) -> String {
+        let methods: Vec<&str> = self
+            .operations
+            .iter()
+            .map(|op| op.method.as_str())
+            .collect();
+        methods.join(", ")
+    }
+
+    /// The varying segment of `path` (this route's own), if the template has one.
+    pub fn param<'p>(&self, path: &'p str) -> Option<&'p str> {
+        let template = self.path.split('/');
+        template
+            .zip(path.split('/'))
+            .find(|(t, _)| t.starts_with('{'))
+            .map(|(_, segment)| segment)
+    }
+
+    fn matches(&self, path: &str) -> bool {
+        let (mut template, mut given) = (self.path.split('/'), path.split('/'));
+        loop {
+            match (template.next(), given.next()) {
+                (None, None) => return true,
+                (Some(t), Some(g)) if t.starts_with('{') && !g.is_empty() => {}
+                (Some(t), Some(g)) if t == g => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// The route that takes `path`, from `table`.
+pub fn find_in(table: &'static [Route], path: &str) -> Option<&'static Route> {
+    table.iter().find(|route| route.matches(path))
+}
+
+/// The route that takes `path`.
+pub fn find(path: &str) -> Option<&'static Route> {
+    find_in(ROUTES, path)
+}
+
+/// Hands an admitted request to its route's handler: a 404 when no route takes the path, a 405
+/// with `Allow` when the route does not take the method.
+pub async fn dispatch(
+    state: SharedState,
+    request: Request<Incoming>,
+    who: Principal,
+    route: Option<&'static Route>,
+) -> Response {
+    let Some(route) = route else {
+        return Problem::not_found("no such resource").into_response();
+    };
+    let Some(operation) = route.operation(request.method()) else {
+        let mut response = Problem::method_not_allowed().into_response();
+        if let Ok(allow) = HeaderValue::from_str(&route.allow()) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        return response;
+    };
+    let param = route
+        .param(request.uri().path())
+        .map(|raw| percent_decode_str(raw).decode_utf8_lossy().into_owned())
+        .unwrap_or_default();
+    let call = Call {
+        state,
+        who,
+        param,
+        request,
+    };
+    (operation.handler)(call).await
+}
+
+/// A route's metric label: its template, or [`UNMATCHED`].
+pub fn label(route: Option<&Route>) -> &'static str {
+    match route {
+        Some(route) => route.path,
+        None => UNMATCHED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label_of(path: &str) -> &'static str {
+        label(find(path))
+    }
+
+    #[test]
+    fn paths_map_to_a_fixed_set_of_labels() {
+        for (path, route) in [
+            ("/next-tracking-number", "/next-tracking-number"),
+            ("/v1/next-tracking-number", "/v1/next-tracking-number"),
+            ("/v1/tracking-numbers", "/v1/tracking-numbers"),
+            ("/v1/tracking-numbers/MY00ABC", "/v1/tracking-numbers/{tn}"),
+            (
+                "/v1/tracking-numbers/MY00ABC/check",
+                "/v1/tracking-numbers/{tn}/check",
+            ),
+            ("/v1/tracking-numbers/MY00ABC/check/x", UNMATCHED),
+            ("/v1/tracking-numbers/a/b", UNMATCHED),
+            ("/v1/tracking-numbers/", UNMATCHED),
+            ("/healthz", "/healthz"),
+            ("/readyz", "/readyz"),
+            ("/metrics", "/metrics"),
+            ("/openapi.json", "/openapi.json"),
+            ("/", UNMATCHED),
+            ("/wp-admin/login.php", UNMATCHED),
+            ("/healthz/x", UNMATCHED),
+        ] {
+            assert_eq!(label_of(path), route, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_route_missing_from_the_table_cannot_be_served() {
+        static ONLY_PROBES: &[Route] = &[Route {
+            path: "/healthz",
+            guarded: false,
+            tag: "operations",
+            operations: &[],
+        }];
+        assert!(find_in(ONLY_PROBES, "/healthz").is_some());
+        assert!(find_in(ONLY_PROBES, "/next-tracking-number").is_none());
+        assert!(find_in(ONLY_PROBES, "/readyz").is_none());
+    }
+
+    #[test]
+    fn the_varying_segment_is_the_one_the_template_names() {
+        let record = find("/v1/tracking-numbers/AB12/check").unwrap();
+        assert_eq!(
+            record.param("/v1/tracking-numbers/AB12/check"),
+            Some("AB12")
+        );
+        assert_eq!(find("/healthz").unwrap().param("/healthz"), None);
+    }
+
+    #[test]
+    fn only_probes_metrics_and_the_description_are_open() {
+        let open: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| !r.guarded)
+            .map(|r| r.path)
+            .collect();
+        assert_eq!(open, ["/healthz", "/readyz", "/metrics", "/openapi.json"]);
+    }
+
+    #[test]
+    fn allow_lists_the_routes_methods() {
+        let record = find("/v1/tracking-numbers/X").unwrap();
+        assert_eq!(record.allow(), "GET, PATCH, DELETE, PUT");
+        assert_eq!(find("/healthz").unwrap().allow(), "GET, HEAD");
+    }
+
+    #[test]
+    fn paths_and_operation_ids_are_unique() {
+        let mut paths: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+        let mut ids: Vec<&str> = ROUTES
+            .iter()
+            .flat_map(|r| r.operations.iter().map(|op| op.id))
+            .collect();
+        let (p, i) = (paths.len(), ids.len());
+        paths.sort();
+        paths.dedup();
+        ids.sort();
+        ids.dedup();
+        assert_eq!((paths.len(), ids.len()), (p, i));
+    }
+}
