@@ -53,18 +53,19 @@ impl FieldError {
 }
 
 /// Inputs as received (already percent-decoded text), before validation. None = not given.
+/// The text is borrowed from the request where it can be (a query value with no escapes).
 #[derive(Debug, Default, Clone)]
-pub struct OrderInput {
-    pub origin_country_id: Option<String>,
-    pub destination_country_id: Option<String>,
-    pub weight: Option<String>,
-    pub created_at: Option<String>,
-    pub customer_id: Option<String>,
-    pub customer_name: Option<String>,
-    pub customer_slug: Option<String>,
+pub struct OrderInput<'a> {
+    pub origin_country_id: Option<Cow<'a, str>>,
+    pub destination_country_id: Option<Cow<'a, str>>,
+    pub weight: Option<Cow<'a, str>>,
+    pub created_at: Option<Cow<'a, str>>,
+    pub customer_id: Option<Cow<'a, str>>,
+    pub customer_name: Option<Cow<'a, str>>,
+    pub customer_slug: Option<Cow<'a, str>>,
 }
 
-impl OrderInput {
+impl OrderInput<'_> {
     /// Validates every field and returns ALL errors (one FieldError per bad field, in the field
     /// order above), not just the first.
     pub fn parse(self) -> Result<Order, Vec<FieldError>> {
@@ -97,7 +98,7 @@ impl OrderInput {
         let slug_given = self.customer_slug.is_some();
         let customer_name = check(&mut errors, "customer_name", self.customer_name, parse_name);
         let mut customer_slug = check(&mut errors, "customer_slug", self.customer_slug, |s| {
-            check_slug(&s).map(|()| s)
+            check_slug(&s).map(|()| s.into_owned())
         });
         // Only a missing slug is derived; a given but invalid one must stay an error.
         if !slug_given {
@@ -229,7 +230,7 @@ fn parse_hyphenated_uuid(s: &str) -> Option<Uuid> {
 }
 
 /// Trims, then checks the name's content. Reuses the input buffer so a valid name is not copied.
-fn parse_name(mut s: String) -> Result<String, &'static str> {
+fn parse_name(s: Cow<'_, str>) -> Result<String, &'static str> {
     let start = s.len() - s.trim_start().len();
     let end = s.trim_end().len();
     let Some(trimmed) = s.get(start..end).filter(|t| !t.is_empty()) else {
@@ -245,9 +246,14 @@ fn parse_name(mut s: String) -> Result<String, &'static str> {
     if chars > MAX_NAME_CHARS {
         return Err(MSG_NAME_LONG);
     }
-    s.truncate(end);
-    s.drain(..start);
-    Ok(s)
+    Ok(match s {
+        Cow::Borrowed(s) => s[start..end].to_owned(),
+        Cow::Owned(mut s) => {
+            s.truncate(end);
+            s.drain(..start);
+            s
+        }
+    })
 }
 
 /// `^[a-z0-9]+(-[a-z0-9]+)*$`, at most 100 characters, checked by hand (one pass, no regex).
@@ -573,7 +579,7 @@ mod uuid_opt {
 mod tests {
     use super::*;
 
-    fn input() -> OrderInput {
+    fn input() -> OrderInput<'static> {
         OrderInput::default()
     }
 
@@ -756,10 +762,13 @@ mod tests {
     fn name_is_trimmed_and_checked() {
         assert_eq!(parse_name("  RedBox  ".into()).unwrap(), "RedBox");
         assert_eq!(parse_name("\u{3000}名前\u{a0}".into()).unwrap(), "名前");
-        assert_eq!(parse_name("x".repeat(200)).unwrap().len(), 200);
+        assert_eq!(parse_name("x".repeat(200).into()).unwrap().len(), 200);
         // 200 characters but 400 bytes is still fine: the limit counts characters.
-        assert_eq!(parse_name("é".repeat(200)).unwrap().chars().count(), 200);
-        assert_eq!(parse_name("x".repeat(201)), Err(MSG_NAME_LONG));
+        assert_eq!(
+            parse_name("é".repeat(200).into()).unwrap().chars().count(),
+            200
+        );
+        assert_eq!(parse_name("x".repeat(201).into()), Err(MSG_NAME_LONG));
         assert_eq!(parse_name(" \t\n ".into()), Err(MSG_EMPTY));
         assert_eq!(parse_name("a\u{0}b".into()), Err(MSG_NAME_CONTROL));
         assert_eq!(parse_name("a\nb".into()), Err(MSG_NAME_CONTROL));
@@ -924,13 +933,13 @@ mod tests {
             "customer_slug",
         ];
         let errors = OrderInput {
-            origin_country_id: Some(String::new()),
-            destination_country_id: Some(String::new()),
-            weight: Some(String::new()),
-            created_at: Some(String::new()),
-            customer_id: Some(String::new()),
-            customer_name: Some(String::new()),
-            customer_slug: Some(String::new()),
+            origin_country_id: Some("".into()),
+            destination_country_id: Some("".into()),
+            weight: Some("".into()),
+            created_at: Some("".into()),
+            customer_id: Some("".into()),
+            customer_name: Some("".into()),
+            customer_slug: Some("".into()),
         }
         .parse()
         .unwrap_err();
@@ -967,7 +976,7 @@ mod tests {
         });
         assert_eq!(e, FieldError::new("customer_id", MSG_UUID));
         let e = only_error(OrderInput {
-            customer_name: Some("x".repeat(201)),
+            customer_name: Some("x".repeat(201).into()),
             ..input()
         });
         assert_eq!(e, FieldError::new("customer_name", MSG_NAME_LONG));

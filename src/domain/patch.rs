@@ -87,7 +87,7 @@ impl RecordPatch {
                 }
             };
             match text {
-                Some(text) => *slot = Some(text),
+                Some(text) => *slot = Some(text.into()),
                 None => cleared.push(name.as_str()),
             }
         }

@@ -2,6 +2,8 @@
 //! query string (by the HTTP layer) or from JSON, and the batch form of `POST
 //! /v1/tracking-numbers`. Every bad field is reported at once, with its index in a batch.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -19,9 +21,9 @@ const MSG_UNKNOWN: &str = "unknown field";
 
 /// The inputs of one issue, as received.
 #[derive(Debug, Default, Clone)]
-pub struct IssueInput {
-    pub order: OrderInput,
-    pub expires_at: Option<String>,
+pub struct IssueInput<'a> {
+    pub order: OrderInput<'a>,
+    pub expires_at: Option<Cow<'a, str>>,
 }
 
 /// One validated issue: the order, and when its record should expire (None: the default TTL).
@@ -33,9 +35,9 @@ pub struct IssueRequest {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-impl IssueInput {
+impl<'a> IssueInput<'a> {
     /// The slot of the input called `name`, or None when there is no such input.
-    pub fn slot(&mut self, name: &str) -> Option<&mut Option<String>> {
+    pub fn slot(&mut self, name: &str) -> Option<&mut Option<Cow<'a, str>>> {
         let order = &mut self.order;
         Some(match name {
             "origin_country_id" => &mut order.origin_country_id,
@@ -72,7 +74,7 @@ impl IssueInput {
         prefix: &str,
         also: &[&str],
         errors: &mut Vec<FieldError>,
-    ) -> IssueInput {
+    ) -> IssueInput<'static> {
         let mut input = IssueInput::default();
         for (name, value) in object {
             if also.contains(&name.as_str()) {
@@ -83,7 +85,7 @@ impl IssueInput {
                 continue;
             };
             match json_text(value) {
-                Ok(text) => *slot = text,
+                Ok(text) => *slot = text.map(Cow::Owned),
                 Err(message) => errors.push(FieldError::new(format!("{prefix}{name}"), message)),
             }
         }

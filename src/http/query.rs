@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use percent_encoding::percent_decode_str;
+use percent_encoding::percent_decode;
 
 use chrono::{DateTime, Utc};
 
@@ -37,7 +37,7 @@ pub fn parse_issue(raw: &str, now: DateTime<Utc>) -> Result<IssueRequest, Vec<Fi
             continue;
         }
         match decode(value) {
-            Some(value) => *slot = Some(value.into_owned()),
+            Some(value) => *slot = Some(value),
             None => errors.push(FieldError::new(name, "is not valid percent-encoded UTF-8")),
         }
     }
@@ -57,14 +57,15 @@ pub fn parse_issue(raw: &str, now: DateTime<Utc>) -> Result<IssueRequest, Vec<Fi
 }
 
 /// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte, UTF-8 required.
+/// Text with nothing to decode (the common case) is borrowed as it is: the query is UTF-8
+/// already, so it needs neither a copy nor a second check.
 fn decode(text: &str) -> Option<Cow<'_, str>> {
-    if text.contains('+') {
-        let spaced = text.replace('+', " ");
-        let decoded = percent_decode_str(&spaced).decode_utf8().ok()?;
-        Some(Cow::Owned(decoded.into_owned()))
-    } else {
-        percent_decode_str(text).decode_utf8().ok()
+    if !text.bytes().any(|b| b == b'%' || b == b'+') {
+        return Some(Cow::Borrowed(text));
     }
+    let spaced = text.replace('+', " ");
+    let bytes: Cow<'_, [u8]> = percent_decode(spaced.as_bytes()).into();
+    String::from_utf8(bytes.into_owned()).ok().map(Cow::Owned)
 }
 
 /// Unknown names are echoed back, but never at unbounded length.
