@@ -16,7 +16,7 @@ use hyper::header::HeaderValue;
 use super::{Problem, Response, SharedState, request_id};
 use crate::domain::Principal;
 use crate::domain::idempotency::check_key;
-use crate::service::idempotency::{Begin, CLAIM_TTL, IdempotencyError};
+use crate::service::idempotency::{Begin, CLAIM_TTL};
 use crate::store::deadline::with_patience;
 
 pub const HEADER: &str = "Idempotency-Key";
@@ -70,7 +70,7 @@ where
                 .insert("idempotent-replayed", HeaderValue::from_static("true"));
             return response;
         }
-        Err(err) => return refused(err).into_response(),
+        Err(err) => return Problem::from(err).into_response(),
     };
     let work = async move {
         let outcome = run.await;
@@ -104,22 +104,5 @@ fn into_response(outcome: Outcome, reply: fn(StatusCode, Bytes) -> Response) -> 
     match outcome {
         Ok((status, body)) => reply(status, body),
         Err(problem) => problem.into_response(),
-    }
-}
-
-fn refused(err: IdempotencyError) -> Problem {
-    match err {
-        IdempotencyError::Mismatch => Problem::unprocessable(
-            "urn:tracknum:problem:idempotency-key-reused",
-            "Idempotency-Key reused",
-            format!("{err}; use a new key for a new request"),
-        ),
-        IdempotencyError::InFlight => Problem::conflict(
-            "urn:tracknum:problem:idempotency-key-in-flight",
-            "Request in progress",
-            format!("{err}; retry shortly to get its reply"),
-        )
-        .retry_after(1),
-        IdempotencyError::Store(err) => err.into(),
     }
 }

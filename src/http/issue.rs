@@ -9,7 +9,6 @@ use hyper::StatusCode;
 use super::{Call, Problem, Response, body, idempotent, json_reply, query, record_reply};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
-use crate::service::issuer::IssueError;
 
 /// `GET /next-tracking-number`: one number for the order in the query.
 pub async fn one(call: Call) -> Response {
@@ -29,7 +28,7 @@ pub async fn one(call: Call) -> Response {
         async move {
             match state.issuer.issue(&request, owner.as_ref()).await {
                 Ok(json) => Ok((StatusCode::OK, json)),
-                Err(err) => Err(issue_failed(err)),
+                Err(err) => Err(err.into()),
             }
         }
     };
@@ -59,7 +58,7 @@ pub async fn batch(call: Call) -> Response {
         async move {
             match state.issuer.issue_batch(&requests, owner.as_ref()).await {
                 Ok(records) => Ok((StatusCode::CREATED, batch_body(&records))),
-                Err(err) => Err(issue_failed(err)),
+                Err(err) => Err(err.into()),
             }
         }
     };
@@ -84,17 +83,6 @@ fn batch_body(records: &[Bytes]) -> Bytes {
 /// The fingerprint of validated inputs, in their canonical JSON form.
 fn canonical(operation: &str, inputs: &(impl serde::Serialize + ?Sized)) -> String {
     fingerprint(operation, &serde_json::to_vec(inputs).unwrap_or_default())
-}
-
-fn issue_failed(err: IssueError) -> Problem {
-    match err {
-        IssueError::Store(err) => err.into(),
-        IssueError::NoSerials(_) => {
-            let request_id = super::request_id::current();
-            tracing::warn!(request_id, error = %err, "could not issue a number");
-            Problem::unavailable("no tracking number can be issued right now; retry shortly")
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 //! RFC 9457 problem details: every error reply, from validation to a dead Redis, has this shape.
+//! The services' and the stores' errors get their HTTP meaning here, each in one `From`.
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -7,8 +8,10 @@ use hyper::header::{self, HeaderValue};
 use serde::Serialize;
 
 use super::Response;
-
 use crate::domain::{FieldError, Status};
+use crate::service::idempotency::IdempotencyError;
+use crate::service::issuer::IssueError;
+use crate::service::records::RecordError;
 use crate::store::StoreError;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -311,7 +314,9 @@ impl Problem {
     }
 }
 
-/// Storage errors carry their HTTP meaning here, and only here: unreachable or slow storage is a
+// Errors carry their HTTP meaning here, and only here.
+
+/// Storage errors: unreachable or slow storage is a
 /// 503 with `Retry-After`; anything else (corrupt data, a secret mismatch, a bug) is a 500.
 /// Either way the client gets a generic detail and the request id; the log gets the error.
 impl From<StoreError> for Problem {
@@ -324,6 +329,76 @@ impl From<StoreError> for Problem {
             let request_id = super::request_id::current();
             tracing::error!(request_id, error = %err, "storage failed");
             Problem::internal()
+        }
+    }
+}
+
+/// A record operation's failure: its own words for what the caller can act on, the storage
+/// mapping above for the rest.
+impl From<RecordError> for Problem {
+    fn from(err: RecordError) -> Problem {
+        let detail = err.to_string();
+        match err {
+            RecordError::NotFound(_) => Problem::not_found(detail),
+            RecordError::Stale => Problem::precondition_failed(detail),
+            RecordError::Busy => Problem::conflict(
+                "urn:tracknum:problem:concurrent-update",
+                "Concurrent update",
+                detail,
+            )
+            .retry_after(1),
+            RecordError::BadMove(bad) => Problem::conflict(
+                "urn:tracknum:problem:invalid-status-move",
+                "Invalid status move",
+                detail,
+            )
+            .with("from", bad.from.as_str())
+            .with("to", bad.to.as_str()),
+            RecordError::Exists(_) => Problem::conflict(
+                "urn:tracknum:problem:already-exists",
+                "Record exists",
+                detail,
+            ),
+            RecordError::Reserved(_) => Problem::unprocessable(
+                "urn:tracknum:problem:reserved-number",
+                "Number reserved",
+                detail,
+            ),
+            RecordError::Store(err) => err.into(),
+        }
+    }
+}
+
+/// An issue that failed: no serial in time is storage being unavailable, in the caller's eyes.
+impl From<IssueError> for Problem {
+    fn from(err: IssueError) -> Problem {
+        match err {
+            IssueError::Store(err) => err.into(),
+            IssueError::NoSerials(_) => {
+                let request_id = super::request_id::current();
+                tracing::warn!(request_id, error = %err, "could not issue a number");
+                Problem::unavailable("no tracking number can be issued right now; retry shortly")
+            }
+        }
+    }
+}
+
+/// A keyed request the key's state refuses.
+impl From<IdempotencyError> for Problem {
+    fn from(err: IdempotencyError) -> Problem {
+        match err {
+            IdempotencyError::Mismatch => Problem::unprocessable(
+                "urn:tracknum:problem:idempotency-key-reused",
+                "Idempotency-Key reused",
+                format!("{err}; use a new key for a new request"),
+            ),
+            IdempotencyError::InFlight => Problem::conflict(
+                "urn:tracknum:problem:idempotency-key-in-flight",
+                "Request in progress",
+                format!("{err}; retry shortly to get its reply"),
+            )
+            .retry_after(1),
+            IdempotencyError::Store(err) => err.into(),
         }
     }
 }

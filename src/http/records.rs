@@ -12,7 +12,7 @@ use crate::domain::idempotency::fingerprint;
 use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
 use crate::domain::{FieldError, RecordPatch};
-use crate::service::records::{RecordError, Registered};
+use crate::service::records::Registered;
 
 /// A handler's outcome as the reply: its response, or its problem.
 fn reply(outcome: Result<Response, Problem>) -> Response {
@@ -52,12 +52,7 @@ fn number(raw: &str) -> Result<String, Problem> {
 
 async fn get_record(call: Call) -> Result<Response, Problem> {
     let number = number(&call.param)?;
-    let json = call
-        .state
-        .records
-        .get(&number, &call.who)
-        .await
-        .map_err(failed)?;
+    let json = call.state.records.get(&number, &call.who).await?;
     Ok(record_reply(StatusCode::OK, json))
 }
 
@@ -83,8 +78,7 @@ async fn patch_record(call: Call) -> Result<Response, Problem> {
             let json = state
                 .records
                 .update(&number, &patch, if_match.as_deref(), &who)
-                .await
-                .map_err(failed)?;
+                .await?;
             Ok((StatusCode::OK, json))
         }
     };
@@ -107,8 +101,7 @@ async fn delete_record(call: Call) -> Result<Response, Problem> {
             state
                 .records
                 .delete(&number, if_match.as_deref(), &who)
-                .await
-                .map_err(failed)?;
+                .await?;
             Ok((StatusCode::NO_CONTENT, Bytes::new()))
         }
     };
@@ -141,11 +134,7 @@ async fn put_record(call: Call) -> Result<Response, Problem> {
     let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
     let number = number(&param)?;
     let request = issue_from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
-    let (json, registered) = state
-        .records
-        .register(&number, request, &who)
-        .await
-        .map_err(failed)?;
+    let (json, registered) = state.records.register(&number, request, &who).await?;
     let status = match registered {
         Registered::Created => StatusCode::CREATED,
         Registered::Existed => StatusCode::OK,
@@ -162,36 +151,4 @@ async fn check_number(call: Call) -> Result<Response, Problem> {
     let inspection = call.state.records.check(&number, &call.who).await;
     let body = serde_json::to_vec(&inspection).unwrap_or_default();
     Ok(json_reply(StatusCode::OK, body.into()))
-}
-
-fn failed(err: RecordError) -> Problem {
-    let detail = err.to_string();
-    match err {
-        RecordError::NotFound(_) => Problem::not_found(detail),
-        RecordError::Stale => Problem::precondition_failed(detail),
-        RecordError::Busy => Problem::conflict(
-            "urn:tracknum:problem:concurrent-update",
-            "Concurrent update",
-            detail,
-        )
-        .retry_after(1),
-        RecordError::BadMove(bad) => Problem::conflict(
-            "urn:tracknum:problem:invalid-status-move",
-            "Invalid status move",
-            detail,
-        )
-        .with("from", bad.from.as_str())
-        .with("to", bad.to.as_str()),
-        RecordError::Exists(_) => Problem::conflict(
-            "urn:tracknum:problem:already-exists",
-            "Record exists",
-            detail,
-        ),
-        RecordError::Reserved(_) => Problem::unprocessable(
-            "urn:tracknum:problem:reserved-number",
-            "Number reserved",
-            detail,
-        ),
-        RecordError::Store(err) => err.into(),
-    }
 }

@@ -53,6 +53,7 @@ macro_rules! on_each_redis {
 
 mod contract;
 mod embedded;
+mod errors;
 mod faults;
 mod helpers;
 mod hostile;

@@ -1,0 +1,91 @@
+//! How failures reach clients: every storage and service error maps to one problem in one
+//! place. Storage that cannot be reached is a 503 with `Retry-After`; corrupt stored data is a
+//! 500 whose body says nothing internal (no key, address, driver message or stored bytes),
+//! only the request id the log files the details under.
+
+use serde_json::Value;
+
+use crate::helpers::{TestRedis, spawn_on_redis};
+
+on_each_redis!(
+    a_corrupt_record_is_a_500_that_tells_nothing_internal,
+    unreachable_storage_is_a_503_that_tells_nothing_internal,
+);
+
+/// Words that would give away internals: the store, its keys and addresses, driver errors.
+const INTERNAL: [&str; 9] = [
+    "redis",
+    "tracknum:record",
+    "127.0.0.1",
+    "refused",
+    "garbage",
+    "serde",
+    "expected",
+    "EOF",
+    "line",
+];
+
+fn assert_says_nothing_internal(body: &str) {
+    for word in INTERNAL {
+        assert!(
+            !body.to_lowercase().contains(&word.to_lowercase()),
+            "{word:?} in {body}"
+        );
+    }
+}
+
+async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis) {
+    let app = spawn_on_redis(&redis, &[]).await;
+    let number = app.issue("").await["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = format!("tracknum:record:{number}");
+    let _: () = redis.cmd(&["SET", &key, "garbage{not json"]);
+
+    let response = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = response.text().await.unwrap();
+    let problem: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["type"], "urn:tracknum:problem:internal", "{body}");
+    assert_eq!(problem["request_id"], id.as_str(), "{body}");
+    assert_says_nothing_internal(&body);
+
+    // The service goes on: other numbers are issued and read as usual.
+    let fresh = app.issue("").await["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let read = app.get(&format!("/v1/tracking-numbers/{fresh}")).await;
+    assert_eq!(read.status(), 200);
+}
+
+async fn unreachable_storage_is_a_503_that_tells_nothing_internal(mut redis: TestRedis) {
+    let app = spawn_on_redis(&redis, &[]).await;
+    let number = app.issue("").await["tracking_number"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    redis.kill();
+    for path in [
+        "/next-tracking-number?weight=1.5".to_owned(),
+        format!("/v1/tracking-numbers/{number}"),
+    ] {
+        let response = app.get(&path).await;
+        assert_eq!(response.status(), 503, "{path}");
+        assert!(response.headers().contains_key("retry-after"), "{path}");
+        let body = response.text().await.unwrap();
+        let problem: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(problem["status"], 503, "{body}");
+        assert!(problem["request_id"].is_string(), "{body}");
+        assert_says_nothing_internal(&body);
+    }
+}
