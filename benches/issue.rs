@@ -5,9 +5,9 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use tracknum::serials::SerialPool;
 use tracknum::domain::{Codec, Country, Record};
 use tracknum::http::query::parse_issue;
+use tracknum::serials::SerialPool;
 
 const QUERY: &str = "origin_country_id=MY&destination_country_id=ID&weight=1.234\
     &created_at=2018-11-20T19:29:32%2B08:00&customer_id=de619854-b59b-425e-9db4-943979e1bd49\

@@ -14,18 +14,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::keys::KeyRing;
 use crate::access::ratelimit::{LocalLimiter, Quota, RateLimiter, RedisLimiter};
-use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
 use crate::http::cors::Cors;
 use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, GatewayService, Limits};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
+use crate::server::{self, ServerOptions};
 use crate::service::idempotency::Idempotency;
 use crate::service::issuer::Issuer;
-use crate::metrics::Metrics;
 use crate::service::records::Records;
-use crate::server::{self, ServerOptions};
 use crate::store::{
     EmbeddedOptions, EmbeddedStore, MeteredStore, RecordWriter, RedisOptions, RedisStore, Store,
 };

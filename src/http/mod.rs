@@ -8,11 +8,11 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-use crate::serials::{RefillStatus, SerialPool};
 use crate::domain::{Principal, etag};
+use crate::metrics::Metrics;
+use crate::serials::{RefillStatus, SerialPool};
 use crate::service::idempotency::Idempotency;
 use crate::service::issuer::Issuer;
-use crate::metrics::Metrics;
 use crate::service::records::Records;
 use crate::store::Store;
 

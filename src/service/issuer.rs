@@ -7,9 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
 
-use crate::serials::SerialPool;
 use crate::domain::{Codec, IssueRequest, Record, Tenant, TrackingNumber};
 use crate::metrics::Metrics;
+use crate::serials::SerialPool;
 use crate::store::{RecordEntry, RecordWriter, StoreError};
 
 /// A number whose record already exists is skipped; after this many in a row, give up.
