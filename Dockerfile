@@ -13,13 +13,16 @@ FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS builder
 WORKDIR /build
 
 # Dependencies first, in their own layer: a change to the code alone does not rebuild them.
-# Cargo reads every target that Cargo.toml declares, so each one gets an empty stand-in here
-# (tests/api/recipes.rs fails when a declared target is missing from this list).
+# Cargo loads the whole workspace: every member's manifest and every target they declare, so
+# each target gets an empty stand-in here (tests/api/recipes.rs fails when one is missing from
+# this list). The image holds tracknum alone: the load tester's stand-in stays, never built.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
+COPY loadtest/Cargo.toml ./loadtest/
+RUN mkdir -p src benches loadtest/src \
  && echo '' > src/lib.rs \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > benches/issue.rs \
+ && echo 'fn main() {}' > loadtest/src/main.rs \
  && cargo build --release --locked --bin tracknum \
  && rm -rf src benches
 

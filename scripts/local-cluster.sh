@@ -63,7 +63,7 @@ nginx_bin=$(command -v nginx || echo /usr/sbin/nginx)
 
 if [ -z "${TRACKNUM_BIN:-}" ] || [ -z "${LOADTEST_BIN:-}" ]; then
   say "building tracknum and loadtest (release)"
-  cargo build --release --quiet --bin tracknum --bin loadtest
+  cargo build --release --quiet -p tracknum -p loadtest
 fi
 tracknum_bin=$(realpath "${TRACKNUM_BIN:-target/release/tracknum}")
 loadtest_bin=$(realpath "${LOADTEST_BIN:-target/release/loadtest}")

@@ -2,7 +2,7 @@
 # The whole test suite, on a fresh machine too: installs redis-server and the filesystem tools
 # when they are missing (Debian/Ubuntu; the Redis tests start their own private servers on free
 # ports; the disk fault tests mount and freeze filesystems of their own, as root), then runs
-# every test. Extra arguments go to `cargo test`.
+# every test of the workspace. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,5 +26,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   ./scripts/apt-install.sh "${missing[@]}"
 fi
 
-# Unit tests, then the integration suite (doc tests: none; the binary holds no tests).
-cargo test --lib --tests "$@"
+# Both packages of the workspace, tracknum and loadtest: unit tests, then the integration suites
+# (doc tests: none; tracknum's binary holds no tests, loadtest's holds its unit tests).
+cargo test --workspace --lib --tests "$@"

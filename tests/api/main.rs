@@ -58,7 +58,6 @@ mod faults;
 mod helpers;
 mod hostile;
 mod lifecycle;
-mod loadtest;
 mod openapi;
 mod ops;
 mod ratelimit_redis;

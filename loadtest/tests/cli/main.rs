@@ -2,6 +2,8 @@
 //! servers that misbehave in the ways it must catch (a repeated number, a bad check character,
 //! errors).
 
+mod helpers;
+
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
