@@ -140,12 +140,40 @@ impl fmt::Display for Status {
 
 /// The strong entity tag of a stored record: a 128-bit SipHash (fixed keys, so every instance
 /// agrees) of its exact JSON bytes, quoted as HTTP wants it.
-pub fn etag(json: &[u8]) -> String {
+pub fn etag(json: &[u8]) -> ETag {
     use std::hash::Hasher;
     let mut hasher = siphasher::sip128::SipHasher13::new();
     hasher.write(json);
     let hash = siphasher::sip128::Hasher128::finish128(&hasher).as_u128();
-    format!("\"{hash:032x}\"")
+    let mut tag = [b'"'; 34];
+    // 16 bytes make exactly 32 hex digits: this cannot fail.
+    let _ = hex::encode_to_slice(hash.to_be_bytes(), &mut tag[1..33]);
+    ETag(tag)
+}
+
+/// A strong entity tag, `"` and 32 hex digits and `"`, held on the stack.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ETag([u8; 34]);
+
+impl std::ops::Deref for ETag {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Quotes and hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for ETag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
 }
 
 /// Whether an `If-Match` header value lets a change to the version tagged `etag` go ahead:

@@ -822,7 +822,7 @@ impl EmbeddedStore {
             write_records(db, &codec, records.into_iter(), false)
         })
         .await?;
-        memtable.finish_flush(&written);
+        memtable.finish_flush(written);
         // Everything buffered before `started` is on disk now.
         self.disk.flushed(started);
         Ok(())
