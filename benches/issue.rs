@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use chrono::Utc;
 use criterion::{Criterion, criterion_group, criterion_main};
-use tracknum::domain::{Codec, Country, Record};
+use tracknum::domain::{Codec, Country, Record, TrackingNumber};
 use tracknum::http::query::parse_issue;
 use tracknum::serials::SerialPool;
 
@@ -48,7 +48,7 @@ fn request_work(c: &mut Criterion) {
     });
     let order = parse_issue(QUERY, Utc::now()).unwrap().order;
     let record = Record::new(
-        "MY7K0A9Z3Q1B2C4D".into(),
+        TrackingNumber::parse("MY7K0A9Z3Q1B2C4D").unwrap(),
         Utc::now(),
         Utc::now(),
         order,

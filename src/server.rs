@@ -57,6 +57,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.idle_timeout)
+        .writev(false)
         .max_buf_size(MAX_HEAD_BUFFER)
         .max_headers(MAX_HEADERS_PARSED);
     builder

@@ -4,11 +4,11 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher13;
 
 use super::country::Country;
+use super::tracking_number::TrackingNumber;
 
 /// Size of the serial space: 36^11.
 pub const SERIAL_SPACE: u64 = 131_621_703_842_267_136;
@@ -26,30 +26,6 @@ pub const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 const CODEC_PREFIX: &[u8] = b"tracknum/codec/v1\0";
 const FINGERPRINT_PREFIX: &[u8] = b"tracknum/fingerprint/v1\0";
 const CUSTOMER_TAG_PREFIX: &[u8] = b"tracknum/customer-tag/v1\0";
-
-/// A 16-character tracking number (ASCII 0-9A-Z), stored inline — no heap allocation.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct TrackingNumber([u8; 16]);
-
-impl TrackingNumber {
-    #[inline]
-    pub fn as_str(&self) -> &str {
-        // Only ever built from DIGITS, so this is always valid and the fallback never used.
-        std::str::from_utf8(&self.0).unwrap_or("")
-    }
-}
-
-impl fmt::Display for TrackingNumber {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Serialize for TrackingNumber {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
 
 /// A character's digit value (0-9 → 0..9, A-Z → 10..35); None outside `0-9A-Z`.
 #[inline]
@@ -196,7 +172,7 @@ impl Codec {
             x /= 36;
         }
         out[15] = check_char(&out[..15])?;
-        Some(TrackingNumber(out))
+        Some(TrackingNumber::from_digits(out))
     }
 
     /// Inverse of encode's serial part: the serial for a number this codec produced (None if

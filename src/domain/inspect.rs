@@ -5,28 +5,21 @@ use serde::Serialize;
 
 use super::codec::has_valid_check;
 use super::country::Country;
-
-/// A number as the path gives it: 1 to 16 of `A-Z0-9` (lower case is read as upper case).
-pub fn normalize(number: &str) -> Option<String> {
-    let valid =
-        (1..=16).contains(&number.len()) && number.bytes().all(|b| b.is_ascii_alphanumeric());
-    valid.then(|| number.to_ascii_uppercase())
-}
-
-pub const MSG_NUMBER: &str = "must be 1 to 16 characters of A-Z and 0-9";
+use super::tracking_number::{MAX_LEN, TrackingNumber};
 
 /// Whether a number could be one this service issued: 16 characters with a valid check
 /// character. Such a number cannot be registered from elsewhere.
-pub fn could_be_ours(number: &str) -> bool {
-    number.len() == 16 && has_valid_check(number)
+pub fn could_be_ours(number: &TrackingNumber) -> bool {
+    let number = number.as_str();
+    number.len() == MAX_LEN && has_valid_check(number)
 }
 
 /// What `GET /v1/tracking-numbers/{tn}/check` answers: every member is always present.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Inspection {
     /// The number from the path, upper case.
-    #[schema(pattern = "^[A-Z0-9]{1,16}$")]
-    pub tracking_number: String,
+    #[schema(value_type = String, pattern = "^[A-Z0-9]{1,16}$")]
+    pub tracking_number: TrackingNumber,
     /// 16 characters, the layout this service issues.
     pub format_valid: bool,
     /// The 16th character is the check character of the first 15.
@@ -47,9 +40,10 @@ pub struct Inspection {
     pub record_exists: Option<bool>,
 }
 
-/// Decodes a normalized number (see [`normalize`]).
-pub fn inspect(number: &str) -> Inspection {
-    let format_valid = number.len() == 16;
+/// Decodes a number.
+pub fn inspect(tracking_number: &TrackingNumber) -> Inspection {
+    let number = tracking_number.as_str();
+    let format_valid = number.len() == MAX_LEN;
     let check_character_valid = format_valid && has_valid_check(number);
     let (origin, tag) = if format_valid {
         let tag = &number[2..4];
@@ -61,7 +55,7 @@ pub fn inspect(number: &str) -> Inspection {
         (None, None)
     };
     Inspection {
-        tracking_number: number.to_owned(),
+        tracking_number: *tracking_number,
         format_valid,
         check_character_valid,
         origin_country_id: origin,
@@ -81,11 +75,11 @@ mod tests {
         let codec = Codec::new(b"secret");
         let tag = codec.customer_tag(Some("redbox-logistics"));
         let number = codec.encode(Country::parse("MY"), tag, 12345).unwrap();
-        let seen = inspect(number.as_str());
+        let seen = inspect(&number);
         assert!(seen.format_valid && seen.check_character_valid);
         assert_eq!(seen.origin_country_id, Country::parse("MY"));
         assert_eq!(seen.customer_tag_value, Some(tag));
-        assert!(could_be_ours(number.as_str()));
+        assert!(could_be_ours(&number));
     }
 
     #[test]
@@ -94,25 +88,18 @@ mod tests {
         let number = codec.encode(None, 0, 7).unwrap().to_string();
         let mut bytes = number.into_bytes();
         bytes[9] = if bytes[9] == b'A' { b'B' } else { b'A' };
-        let seen = inspect(std::str::from_utf8(&bytes).unwrap());
+        let changed = TrackingNumber::parse(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        let seen = inspect(&changed);
         assert!(seen.format_valid && !seen.check_character_valid);
         assert_eq!(seen.origin_country_id, None, "ZZ is no country");
     }
 
     #[test]
     fn short_numbers_have_no_layout() {
-        let seen = inspect("ABC123");
+        let short = TrackingNumber::parse("ABC123").unwrap();
+        let seen = inspect(&short);
         assert!(!seen.format_valid && !seen.check_character_valid);
         assert_eq!((seen.origin_country_id, seen.customer_tag), (None, None));
-        assert!(!could_be_ours("ABC123"));
-    }
-
-    #[test]
-    fn normalizes_case_and_refuses_other_characters() {
-        assert_eq!(normalize("ab12").as_deref(), Some("AB12"));
-        assert_eq!(normalize(""), None);
-        assert_eq!(normalize("A-1"), None);
-        assert_eq!(normalize(&"A".repeat(17)), None);
-        assert_eq!(normalize("\u{e9}"), None);
+        assert!(!could_be_ours(&short));
     }
 }

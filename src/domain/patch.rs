@@ -161,8 +161,8 @@ impl RecordPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Order;
     use crate::domain::request::json_object;
+    use crate::domain::{Order, TrackingNumber};
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
@@ -185,7 +185,7 @@ mod tests {
         order.destination_country_id = Country::parse("ID");
         let created = now() - chrono::Duration::hours(1);
         Record::new(
-            "MY00ABCDEFGHIJKL".into(),
+            TrackingNumber::parse("MY00ABCDEFGHIJKL").unwrap(),
             created,
             created + chrono::Duration::days(30),
             order,

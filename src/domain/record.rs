@@ -9,12 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use super::order::Order;
 use super::tenant::Tenant;
+use super::tracking_number::TrackingNumber;
 
 /// An issued (or registered) number's record, with the order inputs it was issued for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Record {
-    #[schema(pattern = "^[A-Z0-9]{1,16}$", examples("MYG28DGOKX5I2L45"))]
-    pub tracking_number: String,
+    #[schema(
+        value_type = String,
+        pattern = "^[A-Z0-9]{1,16}$",
+        examples("MYG28DGOKX5I2L45")
+    )]
+    pub tracking_number: TrackingNumber,
     /// Records stored before statuses existed read as `issued`.
     #[serde(default)]
     #[schema(required = true)]
@@ -44,7 +49,7 @@ pub struct Record {
 impl Record {
     /// A fresh record of `tenant`'s: status `issued`, created and updated `now`.
     pub fn new(
-        tracking_number: String,
+        tracking_number: TrackingNumber,
         now: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         order: Order,
@@ -231,7 +236,7 @@ mod tests {
 
     fn sample() -> Record {
         Record::new(
-            "MY0A1B2C3D4E5F6G".into(),
+            TrackingNumber::parse("MY0A1B2C3D4E5F6G").unwrap(),
             Utc.with_ymd_and_hms(2026, 11, 21, 10, 15, 30).unwrap(),
             Utc.with_ymd_and_hms(2026, 12, 21, 10, 15, 30).unwrap(),
             Order {

@@ -9,9 +9,9 @@ use hyper::header::{self, HeaderValue};
 
 use super::{Call, Problem, Response, body, empty_reply, idempotent, json_reply, record_reply};
 use crate::domain::idempotency::fingerprint;
-use crate::domain::inspect::{MSG_NUMBER, normalize};
 use crate::domain::request::issue_from_json;
-use crate::domain::{FieldError, RecordPatch};
+use crate::domain::tracking_number::MSG_NUMBER;
+use crate::domain::{FieldError, RecordPatch, TrackingNumber};
 use crate::service::records::Registered;
 
 /// A handler's outcome as the reply: its response, or its problem.
@@ -44,9 +44,9 @@ pub async fn check(call: Call) -> Response {
     reply(check_number(call).await)
 }
 
-/// The path's number, normalized, or a 400 naming it.
-fn number(raw: &str) -> Result<String, Problem> {
-    normalize(raw)
+/// The path's number, parsed, or a 400 naming it.
+fn number(raw: &str) -> Result<TrackingNumber, Problem> {
+    TrackingNumber::parse(raw)
         .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
 }
 
@@ -112,7 +112,7 @@ async fn delete_record(call: Call) -> Result<Response, Problem> {
 /// patch's members (a JSON object's members come out in one order, whatever order they came in).
 fn change_fingerprint(
     operation: &str,
-    number: &str,
+    number: &TrackingNumber,
     if_match: Option<&str>,
     patch: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> String {

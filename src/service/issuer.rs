@@ -61,8 +61,8 @@ impl Issuer {
         owner: Option<&Tenant>,
     ) -> Result<Bytes, IssueError> {
         for _ in 0..MAX_SKIPS {
-            let (entry, number) = self.next_record(request, owner).await?;
-            let json = entry.json.clone();
+            let entry = self.next_record(request, owner).await?;
+            let (number, json) = (entry.tracking_number, entry.json.clone());
             // One deadline for the whole write, queueing included: a hung store yields a 503
             // in time, never a hung request. The number is burned either way.
             let stored = self.bounded(self.writer.insert(entry)).await?;
@@ -70,7 +70,7 @@ impl Issuer {
                 self.metrics.numbers_issued.inc();
                 return Ok(json);
             }
-            self.skip(number.as_str());
+            self.skip(&number);
         }
         Err(all_skipped())
     }
@@ -87,7 +87,7 @@ impl Issuer {
         for _ in 0..MAX_SKIPS {
             let mut entries = Vec::with_capacity(todo.len());
             for &index in &todo {
-                entries.push(self.next_record(&requests[index], owner).await?.0);
+                entries.push(self.next_record(&requests[index], owner).await?);
             }
             let stored = self.bounded(self.writer.insert_many(&entries)).await?;
             let mut again = Vec::new();
@@ -113,7 +113,7 @@ impl Issuer {
         &self,
         request: &IssueRequest,
         owner: Option<&Tenant>,
-    ) -> Result<(RecordEntry, TrackingNumber), IssueError> {
+    ) -> Result<RecordEntry, IssueError> {
         let order = &request.order;
         let tag = self.codec.customer_tag(order.customer_key().as_deref());
         let serial =
@@ -126,13 +126,7 @@ impl Issuer {
             .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
         let now = Utc::now().trunc_subsecs(6);
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
-        let record = Record::new(
-            number.as_str().to_owned(),
-            now,
-            expires_at,
-            order.clone(),
-            owner.cloned(),
-        );
+        let record = Record::new(number, now, expires_at, order.clone(), owner.cloned());
         let mut json = Vec::with_capacity(512);
         serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
         let entry = RecordEntry {
@@ -141,7 +135,7 @@ impl Issuer {
             expires_at,
             json: Bytes::from(json),
         };
-        Ok((entry, number))
+        Ok(entry)
     }
 
     async fn bounded<T>(
@@ -155,10 +149,10 @@ impl Issuer {
 
     /// The guards make a taken number impossible; should one occur anyway, it is never handed
     /// out, and it is counted.
-    fn skip(&self, number: &str) {
+    fn skip(&self, number: &TrackingNumber) {
         self.metrics.skipped_collisions.inc();
         tracing::error!(
-            number,
+            number = number.as_str(),
             "a record already holds a freshly issued number; skipped it"
         );
     }

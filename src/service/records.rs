@@ -12,7 +12,9 @@ use chrono::{SubsecRound, Utc};
 
 use crate::domain::inspect::{Inspection, could_be_ours, inspect};
 use crate::domain::record::{if_match_allows, owner_of};
-use crate::domain::{BadMove, IssueRequest, Principal, Record, RecordPatch, Tenant, etag};
+use crate::domain::{
+    BadMove, IssueRequest, Principal, Record, RecordPatch, Tenant, TrackingNumber, etag,
+};
 use crate::store::{RecordEntry, Removal, Store, StoreError, Swap};
 
 /// A change that keeps losing races this many times in a row is refused with a conflict.
@@ -23,7 +25,7 @@ const LOCK_STRIPES: usize = 64;
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("no record for tracking number {0}")]
-    NotFound(String),
+    NotFound(TrackingNumber),
     #[error("the record has changed since the version in If-Match")]
     Stale,
     #[error("the record kept changing while this change was applied; try again")]
@@ -31,12 +33,12 @@ pub enum RecordError {
     #[error(transparent)]
     BadMove(#[from] BadMove),
     #[error("a record for tracking number {0} exists already")]
-    Exists(String),
+    Exists(TrackingNumber),
     #[error(
         "{0} has the layout and check character of a number this service issues, so it could \
          collide with one issued later; it cannot be registered"
     )]
-    Reserved(String),
+    Reserved(TrackingNumber),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -57,26 +59,31 @@ impl Records {
     }
 
     /// The lock that changes to `number` queue on in this instance.
-    fn lock_for(&self, number: &str) -> &tokio::sync::Mutex<()> {
+    fn lock_for(&self, number: &TrackingNumber) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault};
-        let hash = BuildHasherDefault::<siphasher::sip::SipHasher13>::default().hash_one(number);
+        let hash =
+            BuildHasherDefault::<siphasher::sip::SipHasher13>::default().hash_one(number.as_str());
         &self.locks[hash as usize % LOCK_STRIPES]
     }
 
     /// The live record's JSON, if `who` may see it; a record of another tenant is not found,
     /// exactly like one that does not exist.
-    pub async fn get(&self, number: &str, who: &Principal) -> Result<Bytes, RecordError> {
+    pub async fn get(
+        &self,
+        number: &TrackingNumber,
+        who: &Principal,
+    ) -> Result<Bytes, RecordError> {
         let json = self.store.get(number).await?;
         match json {
             Some(json) if who.can_see(owner(number, &json)?.as_ref()) => Ok(json),
-            _ => Err(RecordError::NotFound(number.to_owned())),
+            _ => Err(RecordError::NotFound(*number)),
         }
     }
 
     /// Applies `patch` and returns the new record's JSON. With `if_match`, only to that version.
     pub async fn update(
         &self,
-        number: &str,
+        number: &TrackingNumber,
         patch: &RecordPatch,
         if_match: Option<&str>,
         who: &Principal,
@@ -93,7 +100,7 @@ impl Records {
             let next = patch.apply(&record, now)?;
             let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::unavailable)?);
             let entry = RecordEntry {
-                tracking_number: number.to_owned(),
+                tracking_number: *number,
                 serial: None,
                 expires_at: next.expires_at,
                 json: json.clone(),
@@ -113,7 +120,7 @@ impl Records {
     /// The version removed is the one whose owner was checked: a compare-and-delete.
     pub async fn delete(
         &self,
-        number: &str,
+        number: &TrackingNumber,
         if_match: Option<&str>,
         who: &Principal,
     ) -> Result<(), RecordError> {
@@ -126,7 +133,7 @@ impl Records {
             check_precondition(if_match, &current)?;
             match self.store.remove(number, Some(&current)).await? {
                 Removal::Removed => return Ok(()),
-                Removal::Missing => return Err(RecordError::NotFound(number.to_owned())),
+                Removal::Missing => return Err(RecordError::NotFound(*number)),
                 Removal::Changed if if_match.is_some() => return Err(RecordError::Stale),
                 Removal::Changed => continue,
             }
@@ -139,17 +146,17 @@ impl Records {
     /// the live record is exactly the one this PUT would create, it is the answer.
     pub async fn register(
         &self,
-        number: &str,
+        number: &TrackingNumber,
         request: IssueRequest,
         who: &Principal,
     ) -> Result<(Bytes, Registered), RecordError> {
         if could_be_ours(number) {
-            return Err(RecordError::Reserved(number.to_owned()));
+            return Err(RecordError::Reserved(*number));
         }
         let now = Utc::now().trunc_subsecs(6);
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
         let record = Record::new(
-            number.to_owned(),
+            *number,
             now,
             expires_at,
             request.order.clone(),
@@ -157,7 +164,7 @@ impl Records {
         );
         let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
         let entry = RecordEntry {
-            tracking_number: number.to_owned(),
+            tracking_number: *number,
             serial: None,
             expires_at,
             json: json.clone(),
@@ -168,11 +175,11 @@ impl Records {
         // Taken: by this very PUT, if an earlier try of it landed without an answer?
         let existing = match self.store.get(number).await? {
             Some(existing) => existing,
-            None => return Err(RecordError::Exists(number.to_owned())),
+            None => return Err(RecordError::Exists(*number)),
         };
         let live = parse_record(number, &existing)?;
         let same = Record::new(
-            number.to_owned(),
+            *number,
             live.created_at,
             request.expires_at.unwrap_or(live.expires_at),
             request.order,
@@ -181,13 +188,13 @@ impl Records {
         if live == same && who.can_see(live.tenant.as_ref()) {
             Ok((existing, Registered::Existed))
         } else {
-            Err(RecordError::Exists(number.to_owned()))
+            Err(RecordError::Exists(*number))
         }
     }
 
     /// What the number says about itself, and whether it has a record `who` may see (None
     /// when storage cannot say right now: the answer is still useful without it).
-    pub async fn check(&self, number: &str, who: &Principal) -> Inspection {
+    pub async fn check(&self, number: &TrackingNumber, who: &Principal) -> Inspection {
         let mut inspection = inspect(number);
         inspection.record_exists = match self.get(number, who).await {
             Ok(_) => Some(true),
@@ -208,11 +215,11 @@ pub enum Registered {
     Existed,
 }
 
-fn parse_record(number: &str, json: &[u8]) -> Result<Record, StoreError> {
+fn parse_record(number: &TrackingNumber, json: &[u8]) -> Result<Record, StoreError> {
     serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
 }
 
-fn owner(number: &str, json: &[u8]) -> Result<Option<Tenant>, StoreError> {
+fn owner(number: &TrackingNumber, json: &[u8]) -> Result<Option<Tenant>, StoreError> {
     owner_of(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
 }
 

@@ -27,8 +27,8 @@ use super::{
     LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap, clock_serial,
 };
 use crate::config::FsyncPolicy;
-use crate::domain::Codec;
 use crate::domain::codec::{SERIAL_SPACE, fingerprint};
+use crate::domain::{Codec, TrackingNumber};
 
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -855,30 +855,21 @@ impl EmbeddedStore {
     }
 }
 
-#[async_trait]
-impl RecordStore for EmbeddedStore {
-    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+impl EmbeddedStore {
+    /// Stores each row (a record's number, or an idempotency key's name, with its value) unless
+    /// a live one already holds its key; returns, per row, whether it was stored.
+    async fn insert_rows(&self, rows: Vec<(String, Pending)>) -> Result<Vec<bool>, StoreError> {
         let now = Utc::now().timestamp_millis();
         self.admit_at(Access::Grow, now)?;
         if let Some(memtable) = &self.memtable {
             // Write-behind: no await, no thread hop. The disk check reads pages redb caches.
-            let records = entries.iter().map(|e| {
-                let pending = Pending {
-                    serial: e.serial,
-                    expires_ms: e.expires_at.timestamp_millis(),
-                    json: e.json.clone(),
-                };
-                (e.tracking_number.clone(), pending)
-            });
             let outcome = memtable
-                .insert_new(records, now, MEMTABLE_LIMIT, |number, pending| {
-                    match slot_of(&self.codec, number, pending.serial) {
+                .insert_new(rows, now, MEMTABLE_LIMIT, |key, pending| {
+                    match slot_of(&self.codec, key, pending.serial) {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
-                        Slot::Other(_) => {
-                            live_on_disk(&*self.database()?, &self.codec, number, now)
-                        }
+                        Slot::Other(_) => live_on_disk(&*self.database()?, &self.codec, key, now),
                     }
                 })
                 .map_err(|err| match err {
@@ -892,46 +883,60 @@ impl RecordStore for EmbeddedStore {
             }
             return outcome;
         }
-        let entries = entries.to_vec();
         let codec = self.codec.clone();
         self.blocking(Access::Grow, move |db| {
-            let records = entries.iter().map(|e| {
-                (
-                    e.tracking_number.as_str(),
-                    e.serial,
-                    e.expires_at.timestamp_millis(),
-                    e.json.as_ref(),
-                )
-            });
+            let records = rows
+                .iter()
+                .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.json.as_ref()));
             write_records(db, &codec, records, true)
         })
         .await
+    }
+
+    /// The live value under `key` (a record's number, or an idempotency key's name).
+    async fn get_row(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        if let Some(memtable) = &self.memtable {
+            match memtable.get(key, now) {
+                Lookup::Live(json) => return Ok(Some(json)),
+                Lookup::Expired => return Ok(None),
+                Lookup::Unknown => {}
+            }
+        }
+        let key = key.to_owned();
+        let codec = self.codec.clone();
+        self.blocking(Access::Read, move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let tables = read_tables(&tx)?;
+            let json = tables.with_record(slot(&codec, &key), &key, |stored| {
+                (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
+            })?;
+            Ok(json.flatten())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl RecordStore for EmbeddedStore {
+    async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError> {
+        let rows = entries.iter().map(|e| {
+            let pending = Pending {
+                serial: e.serial,
+                expires_ms: e.expires_at.timestamp_millis(),
+                json: e.json.clone(),
+            };
+            (e.tracking_number.as_str().to_owned(), pending)
+        });
+        self.insert_rows(rows.collect()).await
     }
 
     fn wants_group_commit(&self) -> bool {
         self.memtable.is_none()
     }
 
-    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
-        let now = Utc::now().timestamp_millis();
-        if let Some(memtable) = &self.memtable {
-            match memtable.get(tracking_number, now) {
-                Lookup::Live(json) => return Ok(Some(json)),
-                Lookup::Expired => return Ok(None),
-                Lookup::Unknown => {}
-            }
-        }
-        let number = tracking_number.to_owned();
-        let codec = self.codec.clone();
-        self.blocking(Access::Read, move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let tables = read_tables(&tx)?;
-            let json = tables.with_record(slot(&codec, &number), &number, |stored| {
-                (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
-            })?;
-            Ok(json.flatten())
-        })
-        .await
+    async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
+        self.get_row(tracking_number.as_str()).await
     }
 
     /// Ready when the disk takes new records.
@@ -951,9 +956,9 @@ impl RecordStore for EmbeddedStore {
 
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
         let (expected, entry) = (expected.clone(), entry.clone());
-        let number = entry.tracking_number.clone();
-        self.change_on_disk(&number, Access::Grow, move |tx, codec| {
-            if holds_live(tx, codec, &entry.tracking_number, Some(&expected))? != Some(true) {
+        let number = entry.tracking_number;
+        self.change_on_disk(number.as_str(), Access::Grow, move |tx, codec| {
+            if holds_live(tx, codec, number.as_str(), Some(&expected))? != Some(true) {
                 return Ok((Swap::Changed, false));
             }
             let record = (
@@ -970,19 +975,20 @@ impl RecordStore for EmbeddedStore {
 
     async fn remove(
         &self,
-        tracking_number: &str,
+        tracking_number: &TrackingNumber,
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError> {
-        let number = tracking_number.to_owned();
+        let number = *tracking_number;
         let expected = expected.cloned();
-        self.change_on_disk(tracking_number, Access::Change, move |tx, codec| {
-            match holds_live(tx, codec, &number, expected.as_deref())? {
+        self.change_on_disk(number.as_str(), Access::Change, move |tx, codec| {
+            let number = number.as_str();
+            match holds_live(tx, codec, number, expected.as_deref())? {
                 None => return Ok((Removal::Missing, false)),
                 Some(false) => return Ok((Removal::Changed, false)),
                 Some(true) => {}
             }
             let mut tables = write_tables(tx)?;
-            match slot(codec, &number) {
+            match slot(codec, number) {
                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
                 Slot::Other(key) => tables.others.remove(key).map(drop),
             }
@@ -1070,7 +1076,7 @@ impl ReplyStore for EmbeddedStore {
         {
             return Ok(Some(Bytes::copy_from_slice(held)));
         }
-        if let Some(done) = self.get(&reply_key(key)).await? {
+        if let Some(done) = self.get_row(&reply_key(key)).await? {
             return Ok(Some(done));
         }
         claims.insert(key.to_owned(), (claim.to_vec(), now + ttl));
@@ -1087,14 +1093,14 @@ impl ReplyStore for EmbeddedStore {
         if !holds_claim(&*self.claims.lock().await, key, claim) {
             return Ok(false);
         }
-        let entry = RecordEntry {
-            tracking_number: reply_key(key),
+        let expires_at =
+            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        let row = Pending {
             serial: None,
-            expires_at: Utc::now()
-                + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            expires_ms: expires_at.timestamp_millis(),
             json: Bytes::copy_from_slice(reply),
         };
-        self.insert_new(std::slice::from_ref(&entry)).await?;
+        self.insert_rows(vec![(reply_key(key), row)]).await?;
         self.claims.lock().await.remove(key);
         Ok(true)
     }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, Store, StoreError, Swap};
+use crate::domain::TrackingNumber;
 use crate::metrics::Metrics;
 
 pub struct MeteredStore {
@@ -77,7 +78,7 @@ impl RecordStore for MeteredStore {
         self.inner.wants_group_commit()
     }
 
-    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
+    async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
         let result = self.inner.get(tracking_number).await;
         self.count("get", result)
     }
@@ -89,7 +90,7 @@ impl RecordStore for MeteredStore {
 
     async fn remove(
         &self,
-        tracking_number: &str,
+        tracking_number: &TrackingNumber,
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError> {
         let result = self.inner.remove(tracking_number, expected).await;

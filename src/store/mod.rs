@@ -10,6 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+use crate::domain::TrackingNumber;
+
 pub mod deadline;
 pub mod disk;
 pub mod embedded;
@@ -116,7 +118,7 @@ pub trait LeaseSource: Send + Sync + 'static {
 /// A record ready to store: its key, when it expires, and its JSON (also the reply body).
 #[derive(Debug, Clone)]
 pub struct RecordEntry {
-    pub tracking_number: String,
+    pub tracking_number: TrackingNumber,
     /// The serial the number encodes, when the caller knows it is one of ours (it spares the
     /// store from decoding it again).
     pub serial: Option<u64>,
@@ -150,7 +152,7 @@ pub trait RecordStore: Send + Sync + 'static {
         true
     }
     /// The JSON of a live (unexpired) record.
-    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError>;
+    async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError>;
     /// Replaces the live record of `entry.tracking_number` with `entry` (new JSON, new expiry),
     /// but only while its JSON is still exactly `expected`: a compare-and-swap.
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError>;
@@ -158,7 +160,7 @@ pub trait RecordStore: Send + Sync + 'static {
     /// still exactly that.
     async fn remove(
         &self,
-        tracking_number: &str,
+        tracking_number: &TrackingNumber,
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError>;
     /// Succeeds when the store can serve requests now.

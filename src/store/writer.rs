@@ -94,6 +94,7 @@ async fn run(store: Arc<dyn RecordStore>, mut rx: mpsc::Receiver<Pending>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::TrackingNumber;
     use crate::store::{Removal, Swap};
     use async_trait::async_trait;
     use bytes::Bytes;
@@ -104,7 +105,7 @@ mod tests {
     /// A slow store that remembers every number and counts its round trips.
     #[derive(Default)]
     struct SlowStore {
-        numbers: Mutex<HashSet<String>>,
+        numbers: Mutex<HashSet<TrackingNumber>>,
         round_trips: Mutex<usize>,
     }
 
@@ -116,16 +117,20 @@ mod tests {
             let mut numbers = self.numbers.lock().unwrap();
             Ok(entries
                 .iter()
-                .map(|e| numbers.insert(e.tracking_number.clone()))
+                .map(|e| numbers.insert(e.tracking_number))
                 .collect())
         }
-        async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
+        async fn get(&self, _: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
             Ok(None)
         }
         async fn replace(&self, _: &Bytes, _: &RecordEntry) -> Result<Swap, StoreError> {
             Ok(Swap::Changed)
         }
-        async fn remove(&self, _: &str, _: Option<&Bytes>) -> Result<Removal, StoreError> {
+        async fn remove(
+            &self,
+            _: &TrackingNumber,
+            _: Option<&Bytes>,
+        ) -> Result<Removal, StoreError> {
             Ok(Removal::Missing)
         }
         async fn ping(&self) -> Result<(), StoreError> {
@@ -141,7 +146,7 @@ mod tests {
 
     fn entry(number: &str) -> RecordEntry {
         RecordEntry {
-            tracking_number: number.to_owned(),
+            tracking_number: TrackingNumber::parse(number).unwrap(),
             serial: None,
             expires_at: chrono::Utc::now(),
             json: Bytes::from_static(b"{}"),
@@ -190,19 +195,23 @@ mod tests {
         ) -> Result<Vec<Result<bool, StoreError>>, StoreError> {
             Ok(entries
                 .iter()
-                .map(|e| match e.tracking_number.bytes().last() {
+                .map(|e| match e.tracking_number.as_str().bytes().last() {
                     Some(digit) if digit % 2 == 1 => Err(StoreError::Unavailable("down".into())),
                     _ => Ok(true),
                 })
                 .collect())
         }
-        async fn get(&self, _: &str) -> Result<Option<Bytes>, StoreError> {
+        async fn get(&self, _: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
             Ok(None)
         }
         async fn replace(&self, _: &Bytes, _: &RecordEntry) -> Result<Swap, StoreError> {
             Ok(Swap::Changed)
         }
-        async fn remove(&self, _: &str, _: Option<&Bytes>) -> Result<Removal, StoreError> {
+        async fn remove(
+            &self,
+            _: &TrackingNumber,
+            _: Option<&Bytes>,
+        ) -> Result<Removal, StoreError> {
             Ok(Removal::Missing)
         }
         async fn ping(&self) -> Result<(), StoreError> {

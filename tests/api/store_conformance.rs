@@ -6,6 +6,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
+use tracknum::domain::TrackingNumber;
 use tracknum::store::{
     EmbeddedOptions, EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisOptions,
     RedisStore, Removal, Store, StoreError, Swap,
@@ -14,9 +15,13 @@ use tracknum::store::{
 use crate::helpers::{RedisLike, TestRedis};
 use tracknum::store::redis::{HISTORY_KEY, LEAD, SERIAL_KEY};
 
+fn tn(number: &str) -> TrackingNumber {
+    TrackingNumber::parse(number).unwrap()
+}
+
 fn entry(number: &str, ttl: Duration) -> RecordEntry {
     RecordEntry {
-        tracking_number: number.to_owned(),
+        tracking_number: tn(number),
         serial: None,
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
         json: Bytes::from(format!(r#"{{"tracking_number":"{number}"}}"#)),
@@ -54,12 +59,18 @@ async fn changes(store: &dyn Store) {
         let second = with_json(entry(number, long), r#"{"v":2}"#);
         let wrong = Bytes::from_static(b"{\"v\":0}");
         assert_eq!(store.replace(&wrong, &second).await.unwrap(), Swap::Changed);
-        assert_eq!(store.get(number).await.unwrap(), Some(first.json.clone()));
+        assert_eq!(
+            store.get(&tn(number)).await.unwrap(),
+            Some(first.json.clone())
+        );
         assert_eq!(
             store.replace(&first.json, &second).await.unwrap(),
             Swap::Replaced
         );
-        assert_eq!(store.get(number).await.unwrap(), Some(second.json.clone()));
+        assert_eq!(
+            store.get(&tn(number)).await.unwrap(),
+            Some(second.json.clone())
+        );
         assert_eq!(
             store.replace(&first.json, &second).await.unwrap(),
             Swap::Changed,
@@ -76,21 +87,27 @@ async fn changes(store: &dyn Store) {
 
         // Removal: conditional on the version when one is given.
         assert_eq!(
-            store.remove(number, Some(&first.json)).await.unwrap(),
+            store.remove(&tn(number), Some(&first.json)).await.unwrap(),
             Removal::Changed
         );
         assert_eq!(
-            store.remove(number, Some(&second.json)).await.unwrap(),
+            store.remove(&tn(number), Some(&second.json)).await.unwrap(),
             Removal::Removed
         );
-        assert_eq!(store.get(number).await.unwrap(), None);
-        assert_eq!(store.remove(number, None).await.unwrap(), Removal::Missing);
+        assert_eq!(store.get(&tn(number)).await.unwrap(), None);
+        assert_eq!(
+            store.remove(&tn(number), None).await.unwrap(),
+            Removal::Missing
+        );
         assert_eq!(
             store.replace(&second.json, &second).await.unwrap(),
             Swap::Changed
         );
     }
-    assert_eq!(store.remove("NEVER", None).await.unwrap(), Removal::Missing);
+    assert_eq!(
+        store.remove(&tn("NEVER"), None).await.unwrap(),
+        Removal::Missing
+    );
 
     // Expiry moves with a swap: shortened, the record goes; extended, it stays past its first
     // expiry and through a purge.
@@ -113,15 +130,18 @@ async fn changes(store: &dyn Store) {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
     store.purge_expired().await.unwrap();
-    assert_eq!(store.get("SHRT").await.unwrap(), None);
-    assert_eq!(store.get("XTND").await.unwrap(), Some(later.json.clone()));
+    assert_eq!(store.get(&tn("SHRT")).await.unwrap(), None);
+    assert_eq!(
+        store.get(&tn("XTND")).await.unwrap(),
+        Some(later.json.clone())
+    );
     assert_eq!(
         store.replace(&sooner.json, &sooner).await.unwrap(),
         Swap::Changed,
         "an expired record cannot be changed"
     );
     store.sync().await.unwrap();
-    assert_eq!(store.get("XTND").await.unwrap(), Some(later.json));
+    assert_eq!(store.get(&tn("XTND")).await.unwrap(), Some(later.json));
 }
 
 /// Idempotency keys: one claim wins, completes with a reply that later claims see, expires.
@@ -215,9 +235,9 @@ async fn records(store: &dyn Store) {
         [false, true],
         "an existing record is never overwritten"
     );
-    let json = store.get("CONF2").await.unwrap().expect("stored");
+    let json = store.get(&tn("CONF2")).await.unwrap().expect("stored");
     assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF2"}"#));
-    assert_eq!(store.get("MISSING").await.unwrap(), None);
+    assert_eq!(store.get(&tn("MISSING")).await.unwrap(), None);
     assert_eq!(store.insert_new(&[]).await.unwrap(), Vec::<bool>::new());
 
     // Expiry: gone after its time, its space reclaimed, its key free again.
@@ -226,13 +246,13 @@ async fn records(store: &dyn Store) {
         store.insert_new(&[entry("SHORT", short)]).await.unwrap(),
         [true]
     );
-    assert!(store.get("SHORT").await.unwrap().is_some());
+    assert!(store.get(&tn("SHORT")).await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(store.get("SHORT").await.unwrap(), None);
+    assert_eq!(store.get(&tn("SHORT")).await.unwrap(), None);
     store.purge_expired().await.unwrap();
-    assert_eq!(store.get("SHORT").await.unwrap(), None);
+    assert_eq!(store.get(&tn("SHORT")).await.unwrap(), None);
     assert!(
-        store.get("CONF1").await.unwrap().is_some(),
+        store.get(&tn("CONF1")).await.unwrap().is_some(),
         "purge keeps live records"
     );
     assert_eq!(
@@ -244,7 +264,7 @@ async fn records(store: &dyn Store) {
     // Whatever a store buffers, a sync moves to where it lasts; reads see no difference.
     store.sync().await.unwrap();
     let json = store
-        .get("CONF2")
+        .get(&tn("CONF2"))
         .await
         .unwrap()
         .expect("still stored after a sync");

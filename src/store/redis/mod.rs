@@ -35,6 +35,7 @@ use super::{
     FLOOR_EPOCH_UNIX_SECS, LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError,
     Swap,
 };
+use crate::domain::TrackingNumber;
 use crate::domain::codec::SERIAL_SPACE;
 
 pub mod link;
@@ -394,10 +395,11 @@ fn lease_error(err: redis::RedisError, ours: &str) -> StoreError {
     }
 }
 
-fn record_key(tracking_number: &str) -> String {
-    let mut key = String::with_capacity(RECORD_PREFIX.len() + tracking_number.len());
+fn record_key(tracking_number: &TrackingNumber) -> String {
+    let number = tracking_number.as_str();
+    let mut key = String::with_capacity(RECORD_PREFIX.len() + number.len());
     key.push_str(RECORD_PREFIX);
-    key.push_str(tracking_number);
+    key.push_str(number);
     key
 }
 
@@ -475,7 +477,7 @@ impl RecordStore for RedisStore {
         outcome
     }
 
-    async fn get(&self, tracking_number: &str) -> Result<Option<Bytes>, StoreError> {
+    async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
         self.bounded(async {
             let mut conn = self.link.get().await?;
             let value: Option<Vec<u8>> = redis::cmd("GET")
@@ -505,7 +507,7 @@ impl RecordStore for RedisStore {
 
     async fn remove(
         &self,
-        tracking_number: &str,
+        tracking_number: &TrackingNumber,
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError> {
         let mut invocation = self.remove_script.prepare_invoke();
