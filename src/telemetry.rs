@@ -21,8 +21,9 @@ use crate::config::LogFormat;
 
 /// Buffered lines are written out at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// A buffer this full is written out at once.
-const FLUSH_AT: usize = 64 * 1024;
+/// A buffer this full is written out at once (about a tenth of a second of access lines at
+/// full speed, so the flusher thread normally gets there first).
+const FLUSH_AT: usize = 1024 * 1024;
 
 /// Installs the global subscriber. Keep the guard until exit: dropping it writes the last lines.
 pub fn init(format: LogFormat) -> LogGuard {
@@ -65,26 +66,39 @@ impl Drop for LogGuard {
     }
 }
 
-/// Formatted lines waiting to go to stderr.
+/// Formatted lines waiting to go to stderr. Appending takes one short lock; writing out swaps
+/// the lines for an empty buffer and writes them outside that lock, so requests never wait on
+/// stderr. Writers take turns (the second lock), which keeps the lines in order.
 #[derive(Clone, Default)]
-pub struct LineBuffer(Arc<Mutex<Vec<u8>>>);
+pub struct LineBuffer(Arc<Lines>);
+
+#[derive(Default)]
+struct Lines {
+    pending: Mutex<Vec<u8>>,
+    /// The buffer being written out; held while writing.
+    writing: Mutex<Vec<u8>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 impl LineBuffer {
-    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    /// Adds `bytes`; returns how many bytes wait now.
+    fn append(&self, bytes: &[u8]) -> usize {
+        let mut pending = lock(&self.0.pending);
+        pending.extend_from_slice(bytes);
+        pending.len()
     }
 
     pub fn flush(&self) {
-        let mut buffer = self.lock();
-        write_out(&mut buffer);
-    }
-}
-
-fn write_out(buffer: &mut Vec<u8>) {
-    if !buffer.is_empty() {
-        // Nowhere to report a failed write to stderr: the lines are dropped.
-        let _ = std::io::stderr().lock().write_all(buffer);
-        buffer.clear();
+        let mut out = lock(&self.0.writing);
+        std::mem::swap(&mut *lock(&self.0.pending), &mut *out);
+        if !out.is_empty() {
+            // Nowhere to report a failed write to stderr: the lines are dropped.
+            let _ = std::io::stderr().lock().write_all(&out);
+            out.clear();
+        }
     }
 }
 
@@ -96,10 +110,9 @@ pub struct Line {
 
 impl Write for Line {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let mut buffer = self.buffer.lock();
-        buffer.extend_from_slice(bytes);
-        if self.urgent || buffer.len() >= FLUSH_AT {
-            write_out(&mut buffer);
+        let waiting = self.buffer.append(bytes);
+        if self.urgent || waiting >= FLUSH_AT {
+            self.buffer.flush();
         }
         Ok(bytes.len())
     }
@@ -157,7 +170,9 @@ pub fn access(line: &Access<'_>) {
     TEXT.with_borrow_mut(|text| {
         text.clear();
         format_access(text, line, *format, SystemTime::now());
-        out.lock().extend_from_slice(text.as_bytes());
+        if out.append(text.as_bytes()) >= FLUSH_AT {
+            out.flush();
+        }
     });
 }
 
