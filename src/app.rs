@@ -22,6 +22,7 @@ use crate::http::cors::Cors;
 use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, Limits};
 use crate::http::{AppState, routes};
 use crate::metrics::Metrics;
+use crate::periodic;
 use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::server::{self, ServerOptions};
 use crate::service::idempotency::Idempotency;
@@ -113,10 +114,10 @@ impl Application {
                 refill.clone(),
                 stop_background.clone(),
             ),
-            spawn_every(SYNC_EVERY, &store, &stop_background, |s| {
+            spawn_store_chore(SYNC_EVERY, &store, &stop_background, |s| {
                 Box::pin(async move { s.sync().await.map(|_| ()) })
             }),
-            spawn_every(PURGE_EVERY, &store, &stop_background, |s| {
+            spawn_store_chore(PURGE_EVERY, &store, &stop_background, |s| {
                 Box::pin(async move { s.purge_expired().await.map(|_| ()) })
             }),
         ]);
@@ -300,23 +301,17 @@ type StoreJob =
     ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), crate::store::StoreError>> + Send>>;
 
 /// Runs a store chore on a fixed period until `stop`, logging (not stopping on) failures.
-fn spawn_every(
+fn spawn_store_chore(
     period: Duration,
     store: &Arc<dyn Store>,
     stop: &CancellationToken,
     job: StoreJob,
 ) -> JoinHandle<()> {
-    let (store, stop) = (store.clone(), stop.clone());
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                () = stop.cancelled() => return,
-            }
-            if let Err(err) = job(store.clone()).await {
+    let store = store.clone();
+    periodic::spawn_every(period, stop.clone(), move || {
+        let run = job(store.clone());
+        async move {
+            if let Err(err) = run.await {
                 tracing::warn!(error = %err, "background store task failed");
             }
         }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod metrics;
+pub mod periodic;
 pub mod serials;
 pub mod server;
 pub mod service;

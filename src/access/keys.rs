@@ -32,10 +32,10 @@ use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
 use tokio::task::JoinHandle;
-use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{Principal, Tenant};
+use crate::periodic::{Ticker, Wake};
 
 const MAX_NAME_LEN: usize = 64;
 const LINE_FORMAT: &str = "expected `<name>:sha256:<64 hex digits>`";
@@ -193,25 +193,11 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-fn decode_hash(hex: &str) -> Option<Hash> {
-    let hex = hex.as_bytes();
-    if hex.len() != 64 {
-        return None;
-    }
+/// The 32 bytes that 64 hexadecimal digits (either case) spell; `None` for anything else.
+fn decode_hash(digits: &str) -> Option<Hash> {
     let mut hash = [0u8; 32];
-    for (byte, pair) in hash.iter_mut().zip(hex.chunks_exact(2)) {
-        *byte = hex_digit(pair[0])? << 4 | hex_digit(pair[1])?;
-    }
+    hex::decode_to_slice(digits, &mut hash).ok()?;
     Some(hash)
-}
-
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 fn read_file(path: &Path) -> io::Result<Vec<u8>> {
@@ -316,15 +302,9 @@ impl KeyRing {
         let ring = Arc::clone(self);
         tokio::spawn(async move {
             let mut hangups = Hangups::listen();
-            let mut ticks = tokio::time::interval(poll.max(MIN_POLL));
-            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            ticks.tick().await; // the first tick is immediate, and the file was just read
-            loop {
-                let force = tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = hangups.recv() => true,
-                    _ = ticks.tick() => false,
-                };
+            let mut ticker = Ticker::new(poll.max(MIN_POLL), stop);
+            while let Some(wake) = ticker.tick_or(hangups.recv()).await {
+                let force = matches!(wake, Wake::Event(()));
                 let read = tokio::fs::read(&ring.path).await;
                 match ring.apply(read, force) {
                     None => {}
@@ -394,10 +374,7 @@ mod tests {
     use super::*;
 
     fn hash_of(key: &str) -> String {
-        Sha256::digest(key.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hex::encode(Sha256::digest(key.as_bytes()))
     }
 
     fn line(name: &str, key: &str) -> String {

@@ -208,12 +208,7 @@ pub fn fingerprint(secret: &[u8]) -> String {
         .chain_update(FINGERPRINT_PREFIX)
         .chain_update(secret)
         .finalize();
-    let mut hex = String::with_capacity(16);
-    for byte in &digest[..8] {
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        hex.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-    }
-    hex
+    hex::encode(&digest[..8])
 }
 
 #[cfg(test)]

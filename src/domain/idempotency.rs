@@ -27,10 +27,7 @@ pub fn fingerprint(operation: &str, canonical_inputs: &[u8]) -> String {
     hash.update([0]);
     hash.update(canonical_inputs);
     let digest = hash.finalize();
-    digest[..FINGERPRINT_LEN / 2]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&digest[..FINGERPRINT_LEN / 2])
 }
 
 /// The reply a key replays.

@@ -33,13 +33,12 @@ pub fn accept(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
 pub fn generate() -> HeaderValue {
     static PREFIX: LazyLock<u64> = LazyLock::new(rand::random);
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n = NEXT.fetch_add(1, Ordering::Relaxed) as u32;
+    let mut raw = [0u8; 12];
+    raw[..8].copy_from_slice(&PREFIX.to_be_bytes());
+    raw[8..].copy_from_slice(&n.to_be_bytes());
     let mut id = [0u8; 24];
-    let digits = (u128::from(*PREFIX) << 32) | u128::from(n);
-    for (i, byte) in id.iter_mut().enumerate() {
-        *byte = HEX[((digits >> (4 * (23 - i))) & 0xf) as usize];
-    }
+    hex::encode_to_slice(raw, &mut id).expect("24 digits for 12 bytes");
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 

@@ -29,6 +29,7 @@ use super::{
 use crate::config::FsyncPolicy;
 use crate::domain::codec::{SERIAL_SPACE, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
+use crate::periodic::{Ticker, Wake};
 
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -234,13 +235,11 @@ impl EmbeddedStore {
     pub fn spawn_upkeep(self: &Arc<Self>, stop: CancellationToken) -> JoinHandle<()> {
         let store = Arc::clone(self);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => store.check_disk().await,
-                    () = store.flush_soon.notified() => {
+            let mut ticker = Ticker::new(UPKEEP_EVERY, stop);
+            while let Some(wake) = ticker.tick_or(store.flush_soon.notified()).await {
+                match wake {
+                    Wake::Tick => store.check_disk().await,
+                    Wake::Event(()) => {
                         if let Err(err) = store.sync().await {
                             tracing::warn!(error = %err, "early flush failed");
                         }

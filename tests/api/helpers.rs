@@ -507,7 +507,7 @@ pub fn write_keys(path: &std::path::Path, keys: &[(&str, &str)]) {
     let mut text = String::from("# name:sha256:<hex>\n");
     for (name, key) in keys {
         let hash = <sha2::Sha256 as sha2::Digest>::digest(key.as_bytes());
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(hash);
         let (name, attributes) = name.split_once(' ').unwrap_or((name, ""));
         text.push_str(&format!("{name}:sha256:{hex} {attributes}\n"));
     }
