@@ -3,24 +3,22 @@
 //! keeps this instance's buckets in memory; `RedisLimiter` shares one bucket per subject among
 //! all instances through Redis, taking tokens in chunks so most requests never leave the process.
 //!
-//! The local buckets are governor's GCRA: a bucket is kept as the instant it is full again, one
-//! number per subject, and a bucket that is full is the same as no bucket at all, so forgetting
-//! it loses nothing. governor decides; what it has no store for is kept here: a bounded map
-//! that, under a flood of new subjects, forgets the buckets nearest to full (governor's keyed
-//! stores grow without bound between sweeps), and is also shared by the Redis limiter.
+//! A bucket is kept as the instant it is full again (as in GCRA): one `Instant` per subject, exact
+//! integer arithmetic, and a bucket that is full is the same as no bucket at all, so forgetting it
+//! loses nothing.
+//!
+//! Why not `governor`: it was tried (December 2026) and measured slower on the hot path, where
+//! every request with limits on makes one check: a check took 37-41 ns allowed and 46-50 ns
+//! refused with governor against 21 ns here, and asking without spending (every request with
+//! API keys on) 23-47 ns against 13-21 ns (release, one thread, 2M calls, best of 8). Keeping our
+//! bound on subjects, the `RateLimit-Reset` instant and the caller's `now` also took a custom
+//! state store and a per-thread clock around governor: more code than the GCRA step below.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use governor::clock::Clock;
-use governor::middleware::StateInformationMiddleware;
-use governor::nanos::Nanos;
-use governor::state::StateStore;
-use governor::state::keyed::ShrinkableKeyedStateStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,6 +53,8 @@ struct Timing {
     burst: u32,
     /// Time to earn one token.
     interval: Duration,
+    /// Time to fill an empty bucket: `burst` intervals.
+    capacity: Duration,
 }
 
 impl Timing {
@@ -72,7 +72,7 @@ impl Timing {
         if interval.is_zero() {
             return Err("the rate must be at most 10^9 requests per second".into());
         }
-        interval
+        let capacity = interval
             .checked_mul(quota.burst)
             .filter(|capacity| *capacity <= MAX_FILL)
             .ok_or(
@@ -81,7 +81,40 @@ impl Timing {
         Ok(Timing {
             burst: quota.burst,
             interval,
+            capacity,
         })
+    }
+
+    /// Takes one token from the bucket full at `full_at`, if it has one at `now`.
+    fn take(&self, full_at: &mut Instant, now: Instant) -> Decision {
+        // An earlier `now` than the bucket has seen (threads race to the lock) only makes the
+        // bucket look emptier: never more generous.
+        let start = (*full_at).max(now);
+        let debt = start - now;
+        let after = debt + self.interval;
+        if after <= self.capacity {
+            *full_at = start + self.interval;
+            Decision {
+                allowed: true,
+                limit: self.burst,
+                remaining: self.whole_tokens(self.capacity - after),
+                reset: after,
+                retry_after: Duration::ZERO,
+            }
+        } else {
+            Decision {
+                allowed: false,
+                limit: self.burst,
+                remaining: 0,
+                reset: debt,
+                retry_after: after - self.capacity,
+            }
+        }
+    }
+
+    fn whole_tokens(&self, time: Duration) -> u32 {
+        let tokens = time.as_nanos() / self.interval.as_nanos();
+        u32::try_from(tokens).unwrap_or(u32::MAX).min(self.burst)
     }
 }
 
@@ -171,11 +204,11 @@ impl<V> Subjects<V> {
     /// Makes room for one more subject in a full stripe: drops what `forget` says is safe to,
     /// then, if that was not enough, the eighth of the stripe that `rank` puts first (`None`:
     /// in use, keep). Evicting an eighth at a time keeps a flood of new subjects at O(1) each.
-    fn make_room<R: Ord + Copy>(
+    fn make_room(
         &self,
         map: &mut Map<V>,
         forget: impl Fn(&V) -> bool,
-        rank: impl Fn(&V) -> Option<R>,
+        rank: impl Fn(&V) -> Option<Instant>,
     ) {
         if map.len() < self.per_stripe {
             return;
@@ -184,7 +217,7 @@ impl<V> Subjects<V> {
         if map.len() < self.per_stripe {
             return;
         }
-        let mut ranks: Vec<R> = map.values().filter_map(&rank).collect();
+        let mut ranks: Vec<Instant> = map.values().filter_map(&rank).collect();
         if ranks.is_empty() {
             return;
         }
@@ -208,121 +241,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What one call into governor needs from outside it, and what its store tells back. governor
-/// reads the time from its clock and wants its key type by reference, where our callers pass
-/// the instant they decide at (one reading per request in the gateway, exact instants in
-/// tests) and a `&str`; its outcomes say whether a cell conforms and when the next one will,
-/// not when the bucket is full again. `LocalLimiter::call` fills this in for each call, which
-/// runs on the calling thread from start to end.
-struct Call {
-    /// The instant of the call on `CallTime`'s clock: nanoseconds since the limiter's epoch.
-    time: Cell<u64>,
-    /// The subject, in one buffer per thread, which spares a request an allocation.
-    key: RefCell<String>,
-    /// When the subject's bucket is full again after the call, on the same clock: written by
-    /// the spending store.
-    full_at: Cell<u64>,
-}
-
-thread_local! {
-    static CALL: Call = const {
-        Call {
-            time: Cell::new(0),
-            key: RefCell::new(String::new()),
-            full_at: Cell::new(0),
-        }
-    };
-}
-
-/// governor's clock for the local buckets: the instant of the call running on this thread.
-#[derive(Clone, Copy, Debug)]
-struct CallTime;
-
-impl Clock for CallTime {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(CALL.with(|call| call.time.get()))
-    }
-}
-
-/// governor's state store over the local buckets: each subject's GCRA state (the instant its
-/// bucket is full again, on `CallTime`'s clock) behind striped locks, about `max_subjects` at
-/// most. With `SPEND` false it only reads: governor decides as if the cell were spent, and
-/// nothing is kept, which is how `LocalLimiter` asks without spending.
-struct Buckets<const SPEND: bool>(Arc<Subjects<Nanos>>);
-
-impl<const SPEND: bool> StateStore for Buckets<SPEND> {
-    type Key = String;
-
-    fn measure_and_replace<T, F, E>(&self, subject: &String, decide: F) -> Result<T, E>
-    where
-        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
-    {
-        let mut buckets = self.0.lock(subject);
-        let held = buckets.get_mut(subject.as_str());
-        let before = held.as_deref().copied();
-        let decided = decide(before);
-        if !SPEND {
-            return decided.map(|(outcome, _)| outcome);
-        }
-        let after = match &decided {
-            Ok((_, next)) => *next,
-            // Refused: only a subject with a bucket can be, which stays as it is.
-            Err(_) => before.unwrap_or_default(),
-        };
-        CALL.with(|call| call.full_at.set(after.as_u64()));
-        match (held, &decided) {
-            (Some(full_at), _) => *full_at = after,
-            (None, Ok(_)) => {
-                // A full bucket is the same as a new one: those go first.
-                let now = CallTime.now();
-                self.0.make_room(
-                    &mut buckets,
-                    |full_at| *full_at <= now,
-                    |full_at| Some(*full_at),
-                );
-                buckets.insert(subject.as_str().into(), after);
-            }
-            (None, Err(_)) => {}
-        }
-        decided.map(|(outcome, _)| outcome)
-    }
-}
-
-impl ShrinkableKeyedStateStore<String> for Buckets<true> {
-    fn retain_recent(&self, drop_below: Nanos) {
-        self.0
-            .each_stripe(|buckets| buckets.retain(|_, full_at| *full_at > drop_below));
-    }
-
-    fn shrink_to_fit(&self) {
-        self.0.each_stripe(|buckets| buckets.shrink_to_fit());
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.len() == 0
-    }
-}
-
-type Gcra<const SPEND: bool> =
-    governor::RateLimiter<String, Buckets<SPEND>, CallTime, StateInformationMiddleware>;
-
-/// Token buckets of this instance, in memory, decided by governor.
+/// Token buckets of this instance, in memory.
 pub struct LocalLimiter {
     quota: Quota,
-    /// Time zero of `CallTime`'s clock.
-    epoch: Instant,
-    /// Spends a cell when it conforms.
-    spend: Gcra<true>,
-    /// The same buckets, asked without spending.
-    peek: Gcra<false>,
-    /// The same buckets again, for sweeping.
-    buckets: Buckets<true>,
+    timing: Timing,
+    /// Each subject's bucket, as the instant it is full again.
+    buckets: Subjects<Instant>,
 }
 
 impl LocalLimiter {
@@ -339,19 +263,10 @@ impl LocalLimiter {
     /// When the quota is not valid: check it with `Quota::validate` first.
     pub fn with_max_subjects(quota: Quota, max_subjects: usize) -> LocalLimiter {
         let timing = Timing::new(quota).unwrap_or_else(|e| panic!("invalid quota {quota:?}: {e}"));
-        let cells = governor::Quota::with_period(timing.interval)
-            .expect("a valid interval is not zero")
-            .allow_burst(NonZeroU32::new(timing.burst).expect("a valid burst is at least 1"));
-        let buckets = Arc::new(Subjects::new(max_subjects));
-        let epoch = Instant::now();
-        // governor counts from its clock's reading when built: make that the epoch.
-        CALL.with(|call| call.time.set(0));
         LocalLimiter {
             quota,
-            epoch,
-            spend: Gcra::new(cells, Buckets(Arc::clone(&buckets)), CallTime),
-            peek: Gcra::new(cells, Buckets(Arc::clone(&buckets)), CallTime),
-            buckets: Buckets(buckets),
+            timing,
+            buckets: Subjects::new(max_subjects),
         }
     }
 
@@ -359,65 +274,38 @@ impl LocalLimiter {
         self.quota
     }
 
-    /// `now` on `CallTime`'s clock.
-    fn since_epoch(&self, now: Instant) -> Nanos {
-        let since = now.saturating_duration_since(self.epoch).as_nanos();
-        Nanos::from(u64::try_from(since).unwrap_or(u64::MAX))
-    }
-
-    /// Runs `work` (calls into governor) for `subject` at `now`, with `subject` as the key.
-    fn call<R>(&self, subject: &str, now: Instant, work: impl FnOnce(&Call, &String) -> R) -> R {
-        CALL.with(|call| {
-            call.time.set(self.since_epoch(now).as_u64());
-            let mut key = call.key.borrow_mut();
-            key.clear();
-            key.push_str(subject);
-            work(call, &key)
-        })
-    }
-
     /// Spends one of `subject`'s tokens if it has one at `now`. Allocates only for a subject
     /// not tracked yet.
     pub fn check(&self, subject: &str, now: Instant) -> Decision {
-        self.call(subject, now, |call, key| {
-            let outcome = self.spend.check_key(key);
-            let now = call.time.get();
-            let reset = Duration::from_nanos(call.full_at.get().saturating_sub(now));
-            match outcome {
-                Ok(state) => Decision {
-                    allowed: true,
-                    limit: self.quota.burst,
-                    remaining: state.remaining_burst_capacity(),
-                    reset,
-                    retry_after: Duration::ZERO,
-                },
-                Err(refusal) => Decision {
-                    allowed: false,
-                    limit: self.quota.burst,
-                    remaining: 0,
-                    reset,
-                    retry_after: refusal.wait_time_from(Nanos::from(now)),
-                },
-            }
-        })
+        let mut buckets = self.buckets.lock(subject);
+        if let Some(full_at) = buckets.get_mut(subject) {
+            return self.timing.take(full_at, now);
+        }
+        // A full bucket is the same as a new one: those go first.
+        self.buckets.make_room(
+            &mut buckets,
+            |full_at| *full_at <= now,
+            |full_at| Some(*full_at),
+        );
+        let mut full_at = now;
+        let decision = self.timing.take(&mut full_at, now);
+        buckets.insert(subject.into(), full_at);
+        decision
     }
 
     /// How long until `subject` has a token again, when it has none at `now`; spends nothing.
     pub fn exhausted(&self, subject: &str, now: Instant) -> Option<Duration> {
-        self.call(subject, now, |call, key| {
-            let refusal = self.peek.check_key(key).err()?;
-            Some(refusal.wait_time_from(Nanos::from(call.time.get())))
-        })
+        let buckets = self.buckets.lock(subject);
+        let mut full_at = *buckets.get(subject)?;
+        let decision = self.timing.take(&mut full_at, now);
+        (!decision.allowed).then_some(decision.retry_after)
     }
 
-    /// Forgets the buckets that have been full for a while (not at once: a caller may still
-    /// pass an instant a little older than the newest one seen).
+    /// Forgets the buckets that have been full for a while.
     pub fn sweep(&self, now: Instant) {
-        let forget_below = self
-            .since_epoch(now)
-            .saturating_sub(Nanos::from(FORGET_FULL_AFTER));
-        self.buckets.retain_recent(forget_below);
-        self.buckets.shrink_to_fit();
+        self.buckets.each_stripe(|buckets| {
+            buckets.retain(|_, full_at| now.saturating_duration_since(*full_at) < FORGET_FULL_AFTER)
+        });
     }
 
     /// How many subjects have a bucket now.
@@ -633,6 +521,13 @@ mod tests {
     }
 
     #[test]
+    fn asking_keeps_no_bucket() {
+        let limiter = LocalLimiter::new(quota(1.0, 1));
+        assert_eq!(limiter.exhausted("a", Instant::now()), None);
+        assert_eq!(limiter.subjects(), 0);
+    }
+
+    #[test]
     fn sweep_forgets_buckets_full_for_a_while() {
         let limiter = LocalLimiter::new(quota(1.0, 3));
         let t0 = Instant::now();
@@ -695,31 +590,6 @@ mod tests {
             assert!(limiter.check(&format!("s{i}"), now).allowed);
         }
         assert!(limiter.subjects() <= STRIPES);
-    }
-
-    #[test]
-    fn asking_keeps_no_bucket() {
-        let limiter = LocalLimiter::new(quota(1.0, 1));
-        assert_eq!(limiter.exhausted("a", Instant::now()), None);
-        assert_eq!(limiter.subjects(), 0);
-    }
-
-    #[test]
-    fn each_limiter_counts_time_from_its_own_start() {
-        // Calls into governor take their instant from this thread: a limiter built after
-        // another one was asked about a far instant must not start from that one.
-        let first = LocalLimiter::new(quota(1.0, 1));
-        assert!(
-            first
-                .check("s", Instant::now() + Duration::from_secs(3600))
-                .allowed
-        );
-        let second = LocalLimiter::new(quota(1.0, 1));
-        let now = Instant::now();
-        let decision = second.check("s", now);
-        assert!(decision.allowed);
-        assert_eq!(decision.reset, Duration::from_secs(1));
-        assert!(!second.check("s", now).allowed);
     }
 
     #[tokio::test]
