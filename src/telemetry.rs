@@ -177,33 +177,85 @@ pub fn access(line: &Access<'_>) {
 }
 
 fn format_access(text: &mut String, line: &Access<'_>, format: LogFormat, now: SystemTime) {
-    let time = humantime::format_rfc3339_micros(now);
     let micros = line.latency.as_micros();
     let key = line.key.unwrap_or("-");
-    // Writing into a String cannot fail.
-    let _ = match format {
-        LogFormat::Human => writeln!(
-            text,
-            "{time}  INFO tracknum::access: request method={} route={} path={} status={} \
-             latency_us={micros} request_id={} client={} key={key}",
-            line.method,
-            line.route,
-            Escaped(line.path),
-            line.status,
-            Escaped(line.request_id),
-            line.client,
-        ),
-        LogFormat::Json => {
-            let path = serde_json::Value::from(line.path);
-            let id = serde_json::Value::from(line.request_id);
-            let key = serde_json::Value::from(key);
-            writeln!(
+    // Writing into a String cannot fail. Text goes in with `push_str`, numbers and the address
+    // with `write!`: one pass, no allocation.
+    match format {
+        LogFormat::Human => {
+            push_timestamp(text, now);
+            text.push_str("  INFO tracknum::access: request method=");
+            text.push_str(line.method);
+            text.push_str(" route=");
+            text.push_str(line.route);
+            let _ = write!(text, " path={} status={}", Escaped(line.path), line.status);
+            let _ = write!(
                 text,
-                r#"{{"timestamp":"{time}","level":"INFO","message":"request","method":"{}","route":"{}","path":{path},"status":{},"latency_us":{micros},"request_id":{id},"client":"{}","key":{key},"target":"tracknum::access"}}"#,
-                line.method, line.route, line.status, line.client,
-            )
+                " latency_us={micros} request_id={}",
+                Escaped(line.request_id)
+            );
+            let _ = write!(text, " client={} key=", line.client);
+            text.push_str(key);
+            text.push('\n');
         }
-    };
+        LogFormat::Json => {
+            text.push_str(r#"{"timestamp":""#);
+            push_timestamp(text, now);
+            text.push_str(r#"","level":"INFO","message":"request","method":""#);
+            text.push_str(line.method);
+            text.push_str(r#"","route":""#);
+            text.push_str(line.route);
+            text.push_str(r#"","path":"#);
+            push_json_string(text, line.path);
+            let _ = write!(
+                text,
+                r#","status":{},"latency_us":{micros},"request_id":"#,
+                line.status
+            );
+            push_json_string(text, line.request_id);
+            let _ = write!(text, r#","client":"{}","key":"#, line.client);
+            push_json_string(text, key);
+            text.push_str(r#","target":"tracknum::access"}"#);
+            text.push('\n');
+        }
+    }
+}
+
+/// `now` in RFC 3339 with microseconds, UTC. The date and time up to the second are formatted
+/// once a second (per thread); each line adds its microseconds.
+fn push_timestamp(text: &mut String, now: SystemTime) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((u64::MAX, String::new()))
+        };
+    }
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, prefix)| {
+        if *second != since.as_secs() {
+            *second = since.as_secs();
+            prefix.clear();
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(since.as_secs());
+            // `YYYY-MM-DDTHH:MM:SSZ`: keep all but the `Z`.
+            let _ = write!(prefix, "{}", humantime::format_rfc3339_seconds(whole));
+            prefix.pop();
+        }
+        text.push_str(prefix);
+    });
+    let _ = write!(text, ".{:06}Z", since.subsec_micros());
+}
+
+/// `value` as a JSON string: as it is between quotes when nothing in it needs escaping.
+fn push_json_string(text: &mut String, value: &str) {
+    let plain = value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        text.push('"');
+        text.push_str(value);
+        text.push('"');
+    } else {
+        text.push_str(&serde_json::Value::from(value).to_string());
+    }
 }
 
 /// Text for a human log line: as it is when it is plain printable ASCII (nearly always, and
