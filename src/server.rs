@@ -18,7 +18,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::http::{Problem, Response};
+use crate::http::{Problem, Response, routes};
 use crate::metrics::Metrics;
 
 /// Read buffer cap for a request head. Well above `--max-header-bytes` and the URI limit, so
@@ -164,15 +164,15 @@ async fn sniff_version(stream: &tokio::net::TcpStream) -> Option<HttpVersion> {
     }
 }
 
-/// The one request of a connection over the cap: a probe is answered as usual, anything else
-/// gets a 503 problem.
+/// The one request of a connection over the cap: an open route (a probe, say) is answered as
+/// usual, anything else gets a 503 problem.
 async fn probe_or_refuse<S>(service: S, request: Request<Incoming>) -> Result<Response, Infallible>
 where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
 {
-    let probe = matches!(request.uri().path(), "/healthz" | "/readyz")
-        && matches!(*request.method(), Method::GET | Method::HEAD);
-    if probe {
+    // Open routes (probes, metrics, the API description) need no storage write and no key.
+    let open = routes::find(request.uri().path()).is_some_and(|route| !route.guarded);
+    if open && matches!(*request.method(), Method::GET | Method::HEAD) {
         return service.call(request).await;
     }
     let mut response = Problem::too_many_connections().into_response();

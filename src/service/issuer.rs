@@ -128,7 +128,7 @@ impl Issuer {
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
         let record = Record::new(number, now, expires_at, order.clone(), owner.cloned());
         let mut json = Vec::with_capacity(512);
-        serde_json::to_writer(&mut json, &record).map_err(StoreError::unavailable)?;
+        serde_json::to_writer(&mut json, &record).map_err(StoreError::bug)?;
         let entry = RecordEntry {
             tracking_number: record.tracking_number,
             serial: Some(serial),

@@ -98,7 +98,7 @@ impl Records {
             let record = parse_record(number, &current)?;
             let now = Utc::now().trunc_subsecs(6);
             let next = patch.apply(&record, now)?;
-            let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::unavailable)?);
+            let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::bug)?);
             let entry = RecordEntry {
                 tracking_number: *number,
                 serial: None,
@@ -162,7 +162,7 @@ impl Records {
             request.order.clone(),
             who.tenant.clone(),
         );
-        let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::unavailable)?);
+        let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::bug)?);
         let entry = RecordEntry {
             tracking_number: *number,
             serial: None,

@@ -25,7 +25,7 @@ pub use metered::MeteredStore;
 pub use redis::{RedisOptions, RedisStore};
 pub use writer::RecordWriter;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached or did not answer in time; worth retrying later.
     #[error("storage unavailable: {0}")]
@@ -56,6 +56,11 @@ pub enum StoreError {
 impl StoreError {
     pub fn unavailable(err: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(err.to_string())
+    }
+
+    /// What should not happen, such as a record that cannot be serialized: a 500, not a 503.
+    pub fn bug(err: impl std::fmt::Display) -> Self {
+        StoreError::Bug(err.to_string())
     }
 
     /// Whether waiting can cure it (a 503), as opposed to a fault that needs a person (a 500).

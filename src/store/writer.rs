@@ -82,9 +82,8 @@ async fn run(store: Arc<dyn RecordStore>, mut rx: mpsc::Receiver<Pending>) {
             }
             Err(err) => {
                 tracing::warn!(error = %err, records = pending.len(), "record batch failed");
-                let message = err.to_string();
                 for p in pending.drain(..) {
-                    let _ = p.done.send(Err(StoreError::Unavailable(message.clone())));
+                    let _ = p.done.send(Err(err.clone()));
                 }
             }
         }
