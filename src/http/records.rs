@@ -7,11 +7,13 @@ use chrono::Utc;
 use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 
-use super::{Call, Problem, Response, body, empty_reply, idempotent, json_reply, record_reply};
+use super::{
+    Call, Problem, Response, SharedState, body, empty_reply, idempotent, json_reply, record_reply,
+};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::issue_from_json;
 use crate::domain::tracking_number::MSG_NUMBER;
-use crate::domain::{FieldError, RecordPatch, TrackingNumber};
+use crate::domain::{FieldError, Principal, RecordPatch, TrackingNumber};
 use crate::service::records::Registered;
 
 /// A handler's outcome as the reply: its response, or its problem.
@@ -50,6 +52,27 @@ fn number(raw: &str) -> Result<TrackingNumber, Problem> {
         .ok_or_else(|| Problem::invalid(vec![FieldError::new("tracking_number", MSG_NUMBER)]))
 }
 
+/// A change: the caller's state and principal, the number, the body.
+type Change = (
+    SharedState,
+    Principal,
+    TrackingNumber,
+    serde_json::Map<String, serde_json::Value>,
+);
+
+/// A change's parts: the caller, the path's number and the body as a JSON object. The body is
+/// read whatever the number, and a bad number is reported before a bad body.
+async fn number_and_body(call: Call) -> Result<Change, Problem> {
+    let Call {
+        state,
+        who,
+        param,
+        request,
+    } = call;
+    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
+    Ok((state, who, number(&param)?, object?))
+}
+
 async fn get_record(call: Call) -> Result<Response, Problem> {
     let number = number(&call.param)?;
     let json = call.state.records.get(&number, &call.who).await?;
@@ -58,15 +81,7 @@ async fn get_record(call: Call) -> Result<Response, Problem> {
 
 async fn patch_record(call: Call) -> Result<Response, Problem> {
     let (if_match, key) = (call.header("if-match"), call.header(idempotent::HEADER));
-    let Call {
-        state,
-        who,
-        param,
-        request,
-    } = call;
-    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
-    let number = number(&param)?;
-    let object = object?;
+    let (state, who, number, object) = number_and_body(call).await?;
     let patch = RecordPatch::from_json(&object, Utc::now()).map_err(Problem::invalid)?;
     let key = idempotent::key(key)?;
     let fingerprint = key
@@ -125,15 +140,8 @@ fn no_content(status: StatusCode, _: Bytes) -> Response {
 }
 
 async fn put_record(call: Call) -> Result<Response, Problem> {
-    let Call {
-        state,
-        who,
-        param,
-        request,
-    } = call;
-    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
-    let number = number(&param)?;
-    let request = issue_from_json(&object?, Utc::now()).map_err(Problem::invalid)?;
+    let (state, who, number, object) = number_and_body(call).await?;
+    let request = issue_from_json(&object, Utc::now()).map_err(Problem::invalid)?;
     let (json, registered) = state.records.register(&number, request, &who).await?;
     let status = match registered {
         Registered::Created => StatusCode::CREATED,
