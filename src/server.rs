@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::Request;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::{Service, service_fn};
-use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -171,8 +171,11 @@ where
     S: Service<Request<Incoming>, Response = Response, Error = Infallible>,
 {
     // Open routes (probes, metrics, the API description) need no storage write and no key.
-    let open = routes::find(request.uri().path()).is_some_and(|route| !route.guarded);
-    if open && matches!(*request.method(), Method::GET | Method::HEAD) {
+    let open = routes::find(request.uri().path())
+        .filter(|route| !route.guarded)
+        .and_then(|route| route.operation(request.method()))
+        .is_some();
+    if open {
         return service.call(request).await;
     }
     let mut response = Problem::too_many_connections().into_response();

@@ -92,9 +92,10 @@ impl Gateway {
             client: self.client_ip(request.headers(), remote),
         };
         let method = method_label(request.method());
-        let origin = match self.cors.is_on() {
-            true => request.headers().get(header::ORIGIN).cloned(),
-            false => None,
+        let origin = if self.cors.is_on() {
+            request.headers().get(header::ORIGIN).cloned()
+        } else {
+            None
         };
         // A clone of the URI shares its bytes: no copy for the log line.
         let uri = request.uri().clone();
