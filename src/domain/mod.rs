@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod country;
 pub mod idempotency;
+pub mod import;
 pub mod inspect;
 pub mod order;
 pub mod patch;
