@@ -1,15 +1,14 @@
-//! Bulk import files, read a row at a time: the CSV dialect (a detected or given delimiter, an
+//! Reading an import file a row at a time: the CSV dialect (a detected or given delimiter, an
 //! optional UTF-8 byte-order mark), the header row that names the columns, and each row read
-//! into an issue request with its optional `order_id`. Pure: the job that streams a file
-//! through this lives with the services.
+//! into an issue request with its optional `order_id`.
 
 use std::io::Read;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::order::FieldError;
-use super::request::{IssueInput, IssueRequest};
+use crate::domain::order::FieldError;
+use crate::domain::request::{IssueInput, IssueRequest};
 
 /// The columns a file may have, in any order: the seven order inputs, when the record expires,
 /// and the caller's own order id. A column not in this list is refused.
@@ -32,7 +31,7 @@ const MSG_NOT_UTF8: &str = "is not valid UTF-8";
 const MSG_ORDER_ID: &str = "must be at most 200 characters, without control characters";
 
 /// What separates the fields of a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Delimiter {
     Comma,
@@ -114,7 +113,7 @@ pub fn reader<R: Read>(delimiter: Delimiter, input: R) -> csv::Reader<R> {
 }
 
 /// One bad field of one row, as a job reports it. Rows count from 1, the header not included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RowError {
     pub row: u64,
     pub field: String,
