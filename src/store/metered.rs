@@ -7,8 +7,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 
-use super::{LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, Store, StoreError, Swap};
+use super::{
+    ImportPart, ImportStore, LeaseSource, ListedImport, RecordEntry, RecordStore, Removal,
+    ReplyStore, Store, StoreError, Swap,
+};
 use crate::domain::TrackingNumber;
 use crate::metrics::Metrics;
 
@@ -143,5 +147,51 @@ impl ReplyStore for MeteredStore {
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
         let result = self.inner.release(key, claim).await;
         self.count("release", result)
+    }
+}
+
+#[async_trait]
+impl ImportStore for MeteredStore {
+    async fn put_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        value: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .inner
+            .put_import_part(id, part, value, expires_at)
+            .await;
+        self.count("put_import_part", result)
+    }
+
+    async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
+        let result = self.inner.import_part(id, part).await;
+        self.count("import_part", result)
+    }
+
+    async fn list_import(
+        &self,
+        owner: &str,
+        id: &str,
+        created_us: i64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .inner
+            .list_import(owner, id, created_us, expires_at)
+            .await;
+        self.count("list_import", result)
+    }
+
+    async fn listed_imports(
+        &self,
+        owner: Option<&str>,
+        before_us: i64,
+        limit: usize,
+    ) -> Result<Vec<ListedImport>, StoreError> {
+        let result = self.inner.listed_imports(owner, before_us, limit).await;
+        self.count("listed_imports", result)
     }
 }

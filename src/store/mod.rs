@@ -223,6 +223,71 @@ pub trait ReplyStore: Send + Sync + 'static {
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError>;
 }
 
+/// One part of an import job as stored: its state, a request to cancel it, or a chunk of its
+/// uploaded file or of its results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportPart {
+    Job,
+    Cancel,
+    File(u32),
+    Results(u32),
+}
+
+impl ImportPart {
+    /// The part's name inside its import's keys.
+    pub fn name(self) -> String {
+        match self {
+            ImportPart::Job => "job".into(),
+            ImportPart::Cancel => "cancel".into(),
+            ImportPart::File(chunk) => format!("file:{chunk}"),
+            ImportPart::Results(chunk) => format!("results:{chunk}"),
+        }
+    }
+}
+
+/// An import in a listing: when it was created (µs since the Unix epoch) and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedImport {
+    pub created_us: i64,
+    pub id: String,
+}
+
+/// Where import jobs keep their state and their files, in the store rather than on a local
+/// disk so that any instance can run any job, until they expire (`--import-ttl`). Imports are
+/// listed per owner: a tenant's name, or `""` without API keys.
+#[async_trait]
+pub trait ImportStore: Send + Sync + 'static {
+    /// Stores `value` as `part` of import `id`, replacing what the part held, until
+    /// `expires_at`. Durable once it returns.
+    async fn put_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        value: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// What `part` of import `id` holds, unless it expired.
+    async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError>;
+    /// Lists import `id`, created at `created_us`, under `owner` and among all imports, until
+    /// `expires_at`.
+    async fn list_import(
+        &self,
+        owner: &str,
+        id: &str,
+        created_us: i64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+    /// `owner`'s imports (every owner's with None), newest first: at most `limit` of those
+    /// created before `before_us`. It may still name an import that has expired, whose parts
+    /// are gone.
+    async fn listed_imports(
+        &self,
+        owner: Option<&str>,
+        before_us: i64,
+        limit: usize,
+    ) -> Result<Vec<ListedImport>, StoreError>;
+}
+
 /// Every part of a backend, as the application uses it.
-pub trait Store: LeaseSource + RecordStore + ReplyStore {}
-impl<T: LeaseSource + RecordStore + ReplyStore> Store for T {}
+pub trait Store: LeaseSource + RecordStore + ReplyStore + ImportStore {}
+impl<T: LeaseSource + RecordStore + ReplyStore + ImportStore> Store for T {}

@@ -8,8 +8,8 @@ use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
 use tracknum::domain::TrackingNumber;
 use tracknum::store::{
-    EmbeddedOptions, EmbeddedStore, LeaseSource, RecordEntry, RecordStore, RedisOptions,
-    RedisStore, Removal, Store, StoreError, Swap,
+    EmbeddedOptions, EmbeddedStore, ImportPart, LeaseSource, RecordEntry, RecordStore,
+    RedisOptions, RedisStore, Removal, Store, StoreError, Swap,
 };
 
 use crate::helpers::{RedisLike, TestRedis};
@@ -37,6 +37,98 @@ async fn conformance(store: &dyn Store) {
     records(store).await;
     changes(store).await;
     idempotency_keys(store).await;
+    imports(store).await;
+}
+
+/// Import parts read back whole until they expire, apart from other imports' parts; listings
+/// come newest first, per owner and of all owners, and page by creation time.
+async fn imports(store: &dyn Store) {
+    let hour = Utc::now() + chrono::Duration::hours(1);
+    assert_eq!(
+        store.import_part("I1", ImportPart::Job).await.unwrap(),
+        None
+    );
+    store
+        .put_import_part("I1", ImportPart::Job, b"{\"v\":1}", hour)
+        .await
+        .unwrap();
+    store
+        .put_import_part("I1", ImportPart::Job, b"{\"v\":2}", hour)
+        .await
+        .unwrap();
+    let chunk: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    store
+        .put_import_part("I1", ImportPart::File(3), &chunk, hour)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.import_part("I1", ImportPart::Job).await.unwrap(),
+        Some(Bytes::from_static(b"{\"v\":2}"))
+    );
+    assert_eq!(
+        store.import_part("I1", ImportPart::File(3)).await.unwrap(),
+        Some(Bytes::from(chunk))
+    );
+    for (id, part) in [
+        ("I1", ImportPart::File(4)),
+        ("I1", ImportPart::Results(3)),
+        ("I2", ImportPart::Job),
+        ("I1", ImportPart::Cancel),
+    ] {
+        assert_eq!(store.import_part(id, part).await.unwrap(), None, "{part:?}");
+    }
+
+    let soon = Utc::now() + chrono::Duration::milliseconds(300);
+    store
+        .put_import_part("I3", ImportPart::Cancel, b"1", soon)
+        .await
+        .unwrap();
+    store.list_import("brief", "I3", 5, soon).await.unwrap();
+    assert!(
+        store
+            .import_part("I3", ImportPart::Cancel)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(ids(store, Some("brief"), i64::MAX, 10).await, ["I3"]);
+
+    store.list_import("acme", "A1", 1_000, hour).await.unwrap();
+    store.list_import("acme", "A2", 2_000, hour).await.unwrap();
+    store.list_import("other", "B1", 1_500, hour).await.unwrap();
+    assert_eq!(ids(store, Some("acme"), i64::MAX, 10).await, ["A2", "A1"]);
+    assert_eq!(ids(store, Some("other"), i64::MAX, 10).await, ["B1"]);
+    assert!(ids(store, Some("nobody"), i64::MAX, 10).await.is_empty());
+    let newest = store.listed_imports(None, i64::MAX, 2).await.unwrap();
+    assert_eq!(newest[0].id, "A2");
+    assert_eq!(newest[0].created_us, 2_000);
+    assert_eq!(newest[1].id, "B1");
+    assert_eq!(
+        ids(store, None, 1_500, 10).await[0],
+        "A1",
+        "a page starts below the cursor"
+    );
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        store.import_part("I3", ImportPart::Cancel).await.unwrap(),
+        None
+    );
+    assert!(ids(store, Some("brief"), i64::MAX, 10).await.is_empty());
+    assert_eq!(ids(store, Some("acme"), i64::MAX, 10).await, ["A2", "A1"]);
+    store.purge_expired().await.unwrap();
+    assert!(
+        store
+            .import_part("I1", ImportPart::Job)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
+async fn ids(store: &dyn Store, owner: Option<&str>, before_us: i64, limit: usize) -> Vec<String> {
+    let listed = store.listed_imports(owner, before_us, limit).await.unwrap();
+    listed.into_iter().map(|import| import.id).collect()
 }
 
 /// Compare-and-swap, expiry moves and removal: on a record just written (which a store may

@@ -38,6 +38,7 @@ use super::{
 use crate::domain::TrackingNumber;
 use crate::domain::codec::SERIAL_SPACE;
 
+mod imports;
 pub mod link;
 mod scripts;
 mod slots;
@@ -121,6 +122,29 @@ impl RedisStore {
     fn failed(&self, err: redis::RedisError) -> StoreError {
         self.link.failed(&err);
         StoreError::unavailable(err)
+    }
+
+    /// Runs one command on a connection, bounded.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            cmd.query_async(&mut conn).await.map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    /// Runs a pipeline on a connection, bounded.
+    async fn query_pipeline<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// Runs a prepared script invocation on a connection, bounded.
@@ -478,16 +502,10 @@ impl RecordStore for RedisStore {
     }
 
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
-        self.bounded(async {
-            let mut conn = self.link.get().await?;
-            let value: Option<Vec<u8>> = redis::cmd("GET")
-                .arg(record_key(tracking_number))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(value.map(Bytes::from))
-        })
-        .await
+        let mut get = redis::cmd("GET");
+        get.arg(record_key(tracking_number));
+        let value: Option<Vec<u8>> = self.query(&get).await?;
+        Ok(value.map(Bytes::from))
     }
 
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
@@ -527,16 +545,9 @@ impl RecordStore for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         // A read of the counter's key: on a cluster it reaches the node that leases serials,
         // where a plain PING would go to every node, replicas included.
-        self.bounded(async {
-            let mut conn = self.link.get().await?;
-            redis::cmd("EXISTS")
-                .arg(SERIAL_KEY)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            Ok(())
-        })
-        .await
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(SERIAL_KEY);
+        self.query::<i64>(&exists).await.map(drop)
     }
 
     async fn sync(&self) -> Result<(), StoreError> {

@@ -31,6 +31,8 @@ use crate::domain::codec::{SERIAL_SPACE, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
 use crate::periodic::{Ticker, Wake};
 
+mod imports;
+
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Records of numbers this service issued, keyed by serial. Serials grow, so new records append
@@ -1031,6 +1033,7 @@ impl RecordStore for EmbeddedStore {
                     }
                 }
             }
+            imports::purge(&tx, now)?;
             tx.commit().map_err(db_err)?;
             Ok(removed)
         })

@@ -1,0 +1,200 @@
+//! Import jobs in the embedded store: each part (the job's state, a cancel request, a chunk of
+//! the file or of the results) is one value with its expiry and a checksum, written in a
+//! durable transaction of its own; listings are keyed by owner and creation time.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+
+use super::{EmbeddedStore, begin_durable, db_err};
+use crate::store::disk::Access;
+use crate::store::{ImportPart, ImportStore, ListedImport, StoreError};
+
+/// `{id}/{part}` → expiry (ms, 8 bytes big-endian), CRC-32 of what follows (4 bytes), value.
+const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("import_parts");
+/// (expiry ms, part key): what the purge walks. A part written again with a later expiry
+/// leaves its old row here; the purge checks the part's own expiry before removing it.
+const PART_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("import_expiry");
+/// (owner, created µs, id) → expiry ms. [`ALL`] lists every owner's imports.
+const LISTED: TableDefinition<(&str, i64, &str), i64> = TableDefinition::new("import_list");
+/// The listing of all owners (no tenant name holds a `*`).
+const ALL: &str = "*";
+const HEADER: usize = 8 + 4;
+
+fn part_key(id: &str, part: ImportPart) -> String {
+    format!("{id}/{}", part.name())
+}
+
+fn encode(expires_ms: i64, value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + value.len());
+    out.extend_from_slice(&expires_ms.to_be_bytes());
+    out.extend_from_slice(&crc32fast::hash(value).to_be_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
+/// The part's expiry and value; an error when its checksum does not match.
+fn decode(stored: &[u8]) -> Result<(i64, &[u8]), StoreError> {
+    let corrupt = || StoreError::Corrupt("a stored import part fails its checksum".into());
+    let (header, value) = stored.split_at_checked(HEADER).ok_or_else(corrupt)?;
+    let (expiry, checksum) = header.split_at(8);
+    let expiry = i64::from_be_bytes(expiry.try_into().map_err(|_| corrupt())?);
+    let checksum = u32::from_be_bytes(checksum.try_into().map_err(|_| corrupt())?);
+    if crc32fast::hash(value) != checksum {
+        return Err(corrupt());
+    }
+    Ok((expiry, value))
+}
+
+/// Removes the import parts and listings that expired by `now_ms`, in `tx`.
+pub(super) fn purge(tx: &WriteTransaction, now_ms: i64) -> Result<(), StoreError> {
+    let mut parts = tx.open_table(PARTS).map_err(db_err)?;
+    let mut expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+    let due: Vec<(i64, String)> = expiry
+        .range((i64::MIN, "")..(now_ms, ""))
+        .map_err(db_err)?
+        .map(|item| item.map(|(key, _)| (key.value().0, key.value().1.to_owned())))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    for (at, key) in &due {
+        expiry.remove((*at, key.as_str())).map_err(db_err)?;
+        let expired = match parts.get(key.as_str()).map_err(db_err)? {
+            // A part that no longer reads is of no use either.
+            Some(stored) => decode(stored.value()).map_or(true, |(exp, _)| exp <= now_ms),
+            None => false,
+        };
+        if expired {
+            parts.remove(key.as_str()).map_err(db_err)?;
+        }
+    }
+    let mut listed = tx.open_table(LISTED).map_err(db_err)?;
+    listed
+        .retain(|_, expires_ms| expires_ms > now_ms)
+        .map_err(db_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl ImportStore for EmbeddedStore {
+    async fn put_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        value: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let key = part_key(id, part);
+        let expires_ms = expires_at.timestamp_millis();
+        let stored = encode(expires_ms, value);
+        self.blocking(Access::Grow, move |db| {
+            let tx = begin_durable(db)?;
+            {
+                let mut parts = tx.open_table(PARTS).map_err(db_err)?;
+                parts
+                    .insert(key.as_str(), stored.as_slice())
+                    .map_err(db_err)?;
+                let mut expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+                expiry
+                    .insert((expires_ms, key.as_str()), ())
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
+        let key = part_key(id, part);
+        let now = Utc::now().timestamp_millis();
+        self.blocking(Access::Read, move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let parts = match tx.open_table(PARTS) {
+                Ok(parts) => parts,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(err) => return Err(db_err(err)),
+            };
+            let Some(stored) = parts.get(key.as_str()).map_err(db_err)? else {
+                return Ok(None);
+            };
+            let (expires_ms, value) = decode(stored.value())?;
+            Ok((expires_ms > now).then(|| Bytes::copy_from_slice(value)))
+        })
+        .await
+    }
+
+    async fn list_import(
+        &self,
+        owner: &str,
+        id: &str,
+        created_us: i64,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let (owner, id) = (owner.to_owned(), id.to_owned());
+        let expires_ms = expires_at.timestamp_millis();
+        self.blocking(Access::Grow, move |db| {
+            let tx = begin_durable(db)?;
+            {
+                let mut listed = tx.open_table(LISTED).map_err(db_err)?;
+                for bucket in [owner.as_str(), ALL] {
+                    listed
+                        .insert((bucket, created_us, id.as_str()), expires_ms)
+                        .map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn listed_imports(
+        &self,
+        owner: Option<&str>,
+        before_us: i64,
+        limit: usize,
+    ) -> Result<Vec<ListedImport>, StoreError> {
+        let bucket = owner.unwrap_or(ALL).to_owned();
+        let now = Utc::now().timestamp_millis();
+        self.blocking(Access::Read, move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let listed = match tx.open_table(LISTED) {
+                Ok(listed) => listed,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(err) => return Err(db_err(err)),
+            };
+            let range = (bucket.as_str(), i64::MIN, "")..(bucket.as_str(), before_us, "");
+            let mut found = Vec::new();
+            for item in listed.range(range).map_err(db_err)?.rev() {
+                let (key, expires_ms) = item.map_err(db_err)?;
+                if expires_ms.value() <= now {
+                    continue;
+                }
+                let (_, created_us, id) = key.value();
+                found.push(ListedImport {
+                    created_us,
+                    id: id.to_owned(),
+                });
+                if found.len() == limit {
+                    break;
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_part_reads_back_and_a_flipped_byte_is_refused() {
+        let stored = encode(42, b"chunk");
+        assert_eq!(decode(&stored).unwrap(), (42, &b"chunk"[..]));
+        let mut flipped = stored.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(matches!(decode(&flipped), Err(StoreError::Corrupt(_))));
+        assert!(decode(&stored[..5]).is_err());
+    }
+}
