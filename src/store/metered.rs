@@ -10,8 +10,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ImportPart, ImportStore, LeaseSource, ListedImport, RecordEntry, RecordStore, Removal,
-    ReplyStore, Store, StoreError, Swap,
+    ImportPart, ImportQueue, ImportStore, LeaseSource, ListedImport, QueuedImport, RecordEntry,
+    RecordStore, Removal, ReplyStore, Store, StoreError, Swap,
 };
 use crate::domain::TrackingNumber;
 use crate::metrics::Metrics;
@@ -193,5 +193,32 @@ impl ImportStore for MeteredStore {
     ) -> Result<Vec<ListedImport>, StoreError> {
         let result = self.inner.listed_imports(owner, before_us, limit).await;
         self.count("listed_imports", result)
+    }
+}
+
+#[async_trait]
+impl ImportQueue for MeteredStore {
+    async fn enqueue_import(&self, id: &str) -> Result<(), StoreError> {
+        let result = self.inner.enqueue_import(id).await;
+        self.count("enqueue_import", result)
+    }
+
+    async fn next_import(
+        &self,
+        worker: &str,
+        stale: Duration,
+    ) -> Result<Option<QueuedImport>, StoreError> {
+        let result = self.inner.next_import(worker, stale).await;
+        self.count("next_import", result)
+    }
+
+    async fn touch_import(&self, worker: &str, job: &QueuedImport) -> Result<(), StoreError> {
+        let result = self.inner.touch_import(worker, job).await;
+        self.count("touch_import", result)
+    }
+
+    async fn ack_import(&self, job: &QueuedImport) -> Result<(), StoreError> {
+        let result = self.inner.ack_import(job).await;
+        self.count("ack_import", result)
     }
 }

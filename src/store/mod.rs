@@ -288,6 +288,33 @@ pub trait ImportStore: Send + Sync + 'static {
     ) -> Result<Vec<ListedImport>, StoreError>;
 }
 
+/// A queued import as a worker holds it: the job's id and the queue's own handle on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedImport {
+    pub id: String,
+    /// What the queue needs to know the entry again (a stream entry's id on Redis).
+    pub handle: String,
+}
+
+/// Where import jobs wait for a worker. Any instance may take any job; a job whose worker
+/// stopped touching it (the instance died) goes to the next worker that asks.
+#[async_trait]
+pub trait ImportQueue: Send + Sync + 'static {
+    /// Queues import `id`.
+    async fn enqueue_import(&self, id: &str) -> Result<(), StoreError>;
+    /// The next job for `worker`: one whose worker has not touched it for `stale`, else a
+    /// new one. None when no job waits.
+    async fn next_import(
+        &self,
+        worker: &str,
+        stale: Duration,
+    ) -> Result<Option<QueuedImport>, StoreError>;
+    /// `worker` still runs the job: it is not stale for another `stale`.
+    async fn touch_import(&self, worker: &str, job: &QueuedImport) -> Result<(), StoreError>;
+    /// The job has ended: no worker gets it again.
+    async fn ack_import(&self, job: &QueuedImport) -> Result<(), StoreError>;
+}
+
 /// Every part of a backend, as the application uses it.
-pub trait Store: LeaseSource + RecordStore + ReplyStore + ImportStore {}
-impl<T: LeaseSource + RecordStore + ReplyStore + ImportStore> Store for T {}
+pub trait Store: LeaseSource + RecordStore + ReplyStore + ImportStore + ImportQueue {}
+impl<T: LeaseSource + RecordStore + ReplyStore + ImportStore + ImportQueue> Store for T {}

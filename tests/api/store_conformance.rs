@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
 use tracknum::domain::TrackingNumber;
 use tracknum::store::{
-    EmbeddedOptions, EmbeddedStore, ImportPart, LeaseSource, RecordEntry, RecordStore,
+    EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, LeaseSource, RecordEntry, RecordStore,
     RedisOptions, RedisStore, Removal, Store, StoreError, Swap,
 };
 
@@ -38,6 +38,45 @@ async fn conformance(store: &dyn Store) {
     changes(store).await;
     idempotency_keys(store).await;
     imports(store).await;
+    import_queue(store).await;
+}
+
+/// Queued imports go to one worker each, in order; a job whose worker goes quiet goes to the
+/// next worker that asks, and an acknowledged one never comes back.
+async fn import_queue(store: &dyn Store) {
+    // What the application's sync chore does every 200 ms (here, after the waits above):
+    // without it, a write-behind store refuses new writes once a second has passed unsynced.
+    store.sync().await.unwrap();
+    let stale = Duration::from_millis(1000);
+    assert_eq!(store.next_import("w1", stale).await.unwrap(), None);
+    store.enqueue_import("Q1").await.unwrap();
+    store.enqueue_import("Q2").await.unwrap();
+    let first = store.next_import("w1", stale).await.unwrap().unwrap();
+    assert_eq!(first.id, "Q1");
+    let second = store.next_import("w2", stale).await.unwrap().unwrap();
+    assert_eq!(second.id, "Q2");
+    assert_eq!(store.next_import("w3", stale).await.unwrap(), None);
+
+    // w1 keeps working on its job; w2 goes quiet.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store.touch_import("w1", &first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let taken_over = store.next_import("w3", stale).await.unwrap().unwrap();
+    assert_eq!(
+        taken_over.id, "Q2",
+        "the quiet worker's job goes to another"
+    );
+    assert_eq!(store.next_import("w4", stale).await.unwrap(), None);
+
+    store.ack_import(&first).await.unwrap();
+    store.ack_import(&taken_over).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(store.next_import("w5", stale).await.unwrap(), None);
+    store.sync().await.unwrap();
+    store.enqueue_import("Q3").await.unwrap();
+    let third = store.next_import("w5", stale).await.unwrap().unwrap();
+    assert_eq!(third.id, "Q3");
+    store.ack_import(&third).await.unwrap();
 }
 
 /// Import parts read back whole until they expire, apart from other imports' parts; listings
@@ -397,6 +436,26 @@ async fn embedded_purge_reclaims_expired_records() {
 }
 
 #[tokio::test]
+async fn embedded_queued_imports_outlive_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let hour = Duration::from_secs(3600);
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
+    store.enqueue_import("R1").await.unwrap();
+    let taken = store.next_import("w1", hour).await.unwrap().unwrap();
+    assert_eq!(taken.id, "R1");
+    assert_eq!(store.next_import("w2", hour).await.unwrap(), None);
+    drop(store);
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
+    let again = store.next_import("w2", hour).await.unwrap().unwrap();
+    assert_eq!(
+        again.id, "R1",
+        "a job taken before the restart is taken again"
+    );
+    store.ack_import(&again).await.unwrap();
+    assert_eq!(store.next_import("w3", hour).await.unwrap(), None);
+}
+
+#[tokio::test]
 async fn embedded_counter_survives_reopening() {
     let dir = TempDir::new().unwrap();
     let (store, secret) =
@@ -420,9 +479,29 @@ fn redis_options() -> RedisOptions {
 
 on_each_redis!(
     redis_store_conforms,
+    redis_import_queue_comes_back_after_data_loss,
     redis_lease_jumps_past_everything_after_data_loss,
     redis_lease_jumps_when_the_counter_moved_back,
 );
+
+async fn redis_import_queue_comes_back_after_data_loss(mut redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    let stale = Duration::from_secs(60);
+    store.enqueue_import("L1").await.unwrap();
+    assert_eq!(
+        store.next_import("w1", stale).await.unwrap().unwrap().id,
+        "L1"
+    );
+    redis.restart_empty();
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    // The stream and its group are gone with the data: the queue starts again.
+    assert_eq!(store.next_import("w1", stale).await.unwrap(), None);
+    store.enqueue_import("L2").await.unwrap();
+    assert_eq!(
+        store.next_import("w2", stale).await.unwrap().unwrap().id,
+        "L2"
+    );
+}
 
 async fn redis_store_conforms(redis: TestRedis) {
     let store = RedisStore::new(&redis.target(), redis_options()).unwrap();

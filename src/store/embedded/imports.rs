@@ -2,6 +2,8 @@
 //! the file or of the results) is one value with its expiry and a checksum, written in a
 //! durable transaction of its own; listings are keyed by owner and creation time.
 
+use std::time::{Duration, Instant};
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -9,7 +11,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{EmbeddedStore, begin_durable, db_err};
 use crate::store::disk::Access;
-use crate::store::{ImportPart, ImportStore, ListedImport, StoreError};
+use crate::store::{ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError};
 
 /// `{id}/{part}` → expiry (ms, 8 bytes big-endian), CRC-32 of what follows (4 bytes), value.
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("import_parts");
@@ -20,6 +22,8 @@ const PART_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("impo
 const LISTED: TableDefinition<(&str, i64, &str), i64> = TableDefinition::new("import_list");
 /// The listing of all owners (no tenant name holds a `*`).
 const ALL: &str = "*";
+/// Queued imports in the order they came: sequence number → import id.
+const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("import_queue");
 const HEADER: usize = 8 + 4;
 
 fn part_key(id: &str, part: ImportPart) -> String {
@@ -182,6 +186,102 @@ impl ImportStore for EmbeddedStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl ImportQueue for EmbeddedStore {
+    async fn enqueue_import(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.blocking(Access::Grow, move |db| {
+            let tx = begin_durable(db)?;
+            {
+                let mut queue = tx.open_table(QUEUE).map_err(db_err)?;
+                let last = queue.last().map_err(db_err)?.map(|(seq, _)| seq.value());
+                let next = last.map_or(0, |seq| seq + 1);
+                queue.insert(next, id.as_str()).map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn next_import(
+        &self,
+        worker: &str,
+        stale: Duration,
+    ) -> Result<Option<QueuedImport>, StoreError> {
+        let queued: Vec<(u64, String)> = self
+            .blocking(Access::Read, |db| {
+                let tx = db.begin_read().map_err(db_err)?;
+                let queue = match tx.open_table(QUEUE) {
+                    Ok(queue) => queue,
+                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                    Err(err) => return Err(db_err(err)),
+                };
+                queue
+                    .iter()
+                    .map_err(db_err)?
+                    .map(|item| {
+                        item.map(|(seq, id)| (seq.value(), id.value().to_owned()))
+                            .map_err(db_err)
+                    })
+                    .collect()
+            })
+            .await?;
+        let now = Instant::now();
+        let mut claims = self.import_claims.lock().unwrap_or_else(|e| e.into_inner());
+        claims.retain(|seq, _| queued.iter().any(|(queued, _)| queued == seq));
+        let free = |seq: &u64| {
+            claims
+                .get(seq)
+                .is_none_or(|(_, touched)| now.duration_since(*touched) >= stale)
+        };
+        // A job whose worker went quiet first, then a new one: both in queue order.
+        let taken = queued
+            .iter()
+            .find(|(seq, _)| claims.contains_key(seq) && free(seq))
+            .or_else(|| queued.iter().find(|(seq, _)| free(seq)));
+        Ok(taken.map(|(seq, id)| {
+            claims.insert(*seq, (worker.to_owned(), now));
+            QueuedImport {
+                id: id.clone(),
+                handle: seq.to_string(),
+            }
+        }))
+    }
+
+    async fn touch_import(&self, worker: &str, job: &QueuedImport) -> Result<(), StoreError> {
+        let seq = sequence(job)?;
+        self.import_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, (worker.to_owned(), Instant::now()));
+        Ok(())
+    }
+
+    async fn ack_import(&self, job: &QueuedImport) -> Result<(), StoreError> {
+        let seq = sequence(job)?;
+        self.blocking(Access::Change, move |db| {
+            let tx = begin_durable(db)?;
+            tx.open_table(QUEUE)
+                .map_err(db_err)?
+                .remove(seq)
+                .map_err(db_err)?;
+            tx.commit().map_err(db_err)
+        })
+        .await?;
+        self.import_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&seq);
+        Ok(())
+    }
+}
+
+fn sequence(job: &QueuedImport) -> Result<u64, StoreError> {
+    job.handle
+        .parse()
+        .map_err(|_| StoreError::bug("not a handle of the embedded import queue"))
 }
 
 #[cfg(test)]

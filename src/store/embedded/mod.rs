@@ -118,6 +118,10 @@ pub struct EmbeddedStore {
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
     /// need not outlive it): each key's claim, and when the claim runs out.
     claims: tokio::sync::Mutex<HashMap<String, (Vec<u8>, std::time::Instant)>>,
+    /// Queued imports taken by workers of this process: the queue's sequence number → the
+    /// worker and when it last touched the job. Not kept on disk: after a restart, every
+    /// queued job is free again, and the job resumes.
+    import_claims: std::sync::Mutex<HashMap<u64, (String, std::time::Instant)>>,
 }
 
 impl EmbeddedStore {
@@ -165,6 +169,7 @@ impl EmbeddedStore {
             flush_soon: tokio::sync::Notify::new(),
             disk,
             claims: tokio::sync::Mutex::default(),
+            import_claims: std::sync::Mutex::default(),
         };
         Ok((store, secret))
     }

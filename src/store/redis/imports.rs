@@ -3,17 +3,24 @@
 //! owner and one of all imports, scored by creation time; entries older than the expiry are
 //! trimmed as new ones arrive, and the set expires with its newest import.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use redis::Value;
 
 use super::RedisStore;
-use crate::store::{ImportPart, ImportStore, ListedImport, StoreError};
+use crate::store::{ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError};
 
 const PART_PREFIX: &str = "tracknum:import:";
 const LIST_PREFIX: &str = "tracknum:imports:";
 /// The listing of all owners (no tenant name holds a `*`).
 const ALL: &str = "*";
+/// The stream of queued imports, and the consumer group of every instance's workers. Its
+/// name is outside `tracknum:imports:`, where any tenant name may follow.
+const QUEUE_KEY: &str = "tracknum:import-queue";
+const GROUP: &str = "workers";
 
 fn part_key(id: &str, part: ImportPart) -> String {
     format!("{PART_PREFIX}{{{id}}}:{}", part.name())
@@ -113,6 +120,128 @@ impl ImportStore for RedisStore {
                 id,
             })
             .collect())
+    }
+}
+
+impl RedisStore {
+    /// Runs a command on the queue's consumer group, making the group first when Redis has
+    /// none (a new Redis, or one that lost its data).
+    async fn on_group<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        match self.query(cmd).await {
+            Err(StoreError::Unavailable(text)) if text.contains("NOGROUP") => {
+                let mut create = redis::cmd("XGROUP");
+                create
+                    .arg("CREATE")
+                    .arg(QUEUE_KEY)
+                    .arg(GROUP)
+                    .arg(0)
+                    .arg("MKSTREAM");
+                match self.query::<()>(&create).await {
+                    Err(StoreError::Unavailable(text)) if text.contains("BUSYGROUP") => {}
+                    other => other?,
+                }
+                self.query(cmd).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The first entry of a list of stream entries (`[[id, [field, value, ...]], ...]`) that
+/// names an import.
+fn first_import(entries: &Value) -> Option<QueuedImport> {
+    let Value::Array(entries) = entries else {
+        return None;
+    };
+    entries.iter().find_map(|entry| {
+        let Value::Array(parts) = entry else {
+            return None;
+        };
+        let [handle, Value::Array(fields)] = parts.as_slice() else {
+            return None;
+        };
+        let handle: String = redis::from_redis_value(handle.clone()).ok()?;
+        let at = fields
+            .iter()
+            .position(|field| matches!(field, Value::BulkString(name) if name == b"id"))?;
+        let id: String = redis::from_redis_value(fields.get(at + 1)?.clone()).ok()?;
+        Some(QueuedImport { id, handle })
+    })
+}
+
+#[async_trait]
+impl ImportQueue for RedisStore {
+    async fn enqueue_import(&self, id: &str) -> Result<(), StoreError> {
+        let mut add = redis::cmd("XADD");
+        add.arg(QUEUE_KEY).arg("*").arg("id").arg(id);
+        self.query::<String>(&add).await.map(drop)
+    }
+
+    async fn next_import(
+        &self,
+        worker: &str,
+        stale: Duration,
+    ) -> Result<Option<QueuedImport>, StoreError> {
+        // A job whose worker went quiet first: [cursor, entries, deleted].
+        let mut claim = redis::cmd("XAUTOCLAIM");
+        claim
+            .arg(QUEUE_KEY)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(10);
+        let claimed: Value = self.on_group(&claim).await?;
+        if let Value::Array(reply) = &claimed
+            && let Some(job) = reply.get(1).and_then(first_import)
+        {
+            return Ok(Some(job));
+        }
+        // Then a new one: [[stream, entries]], or nil.
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg(GROUP)
+            .arg(worker)
+            .arg("COUNT")
+            .arg(1)
+            .arg("STREAMS")
+            .arg(QUEUE_KEY)
+            .arg(">");
+        let read: Value = self.on_group(&read).await?;
+        let Value::Array(streams) = read else {
+            return Ok(None);
+        };
+        Ok(streams.iter().find_map(|stream| match stream {
+            Value::Array(pair) => pair.get(1).and_then(first_import),
+            _ => None,
+        }))
+    }
+
+    async fn touch_import(&self, worker: &str, job: &QueuedImport) -> Result<(), StoreError> {
+        let mut claim = redis::cmd("XCLAIM");
+        claim
+            .arg(QUEUE_KEY)
+            .arg(GROUP)
+            .arg(worker)
+            .arg(0)
+            .arg(&job.handle)
+            .arg("JUSTID");
+        self.on_group::<Value>(&claim).await.map(drop)
+    }
+
+    async fn ack_import(&self, job: &QueuedImport) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(QUEUE_KEY)
+            .arg(GROUP)
+            .arg(&job.handle)
+            .ignore()
+            .cmd("XDEL")
+            .arg(QUEUE_KEY)
+            .arg(&job.handle)
+            .ignore();
+        self.query_pipeline::<()>(&pipe).await
     }
 }
 
