@@ -19,6 +19,18 @@ const MSG_EXPIRES_AT: &str = "must be an RFC 3339 date-time with a UTC offset, i
 const MSG_STRING: &str = "must be a string";
 const MSG_UNKNOWN: &str = "unknown field";
 
+/// The name of every input of an issue: a query parameter, a JSON member, a CSV column.
+pub const INPUT_NAMES: [&str; 8] = [
+    "origin_country_id",
+    "destination_country_id",
+    "weight",
+    "created_at",
+    "customer_id",
+    "customer_name",
+    "customer_slug",
+    "expires_at",
+];
+
 /// The inputs of one issue, as received.
 #[derive(Debug, Default, Clone)]
 pub struct IssueInput<'a> {
@@ -36,7 +48,8 @@ pub struct IssueRequest {
 }
 
 impl<'a> IssueInput<'a> {
-    /// The slot of the input called `name`, or None when there is no such input.
+    /// The slot of the input called `name` (one of [`INPUT_NAMES`]), or None when there is no
+    /// such input.
     pub fn slot(&mut self, name: &str) -> Option<&mut Option<Cow<'a, str>>> {
         let order = &mut self.order;
         Some(match name {
@@ -268,6 +281,17 @@ mod tests {
 
     fn fields(errors: Vec<FieldError>) -> Vec<String> {
         errors.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn every_named_input_has_a_slot_and_no_other_name_does() {
+        let mut input = IssueInput::default();
+        for name in INPUT_NAMES {
+            assert!(input.slot(name).is_some(), "{name}");
+        }
+        for name in ["order_id", "tracking_number", "Weight", ""] {
+            assert!(input.slot(name).is_none(), "{name}");
+        }
     }
 
     #[test]

@@ -8,22 +8,21 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::order::FieldError;
-use crate::domain::request::{IssueInput, IssueRequest};
+use crate::domain::request::{INPUT_NAMES, IssueInput, IssueRequest};
 
-/// The columns a file may have, in any order: the seven order inputs, when the record expires,
-/// and the caller's own order id. A column not in this list is refused.
-pub const COLUMNS: [&str; 9] = [
-    "origin_country_id",
-    "destination_country_id",
-    "weight",
-    "created_at",
-    "customer_id",
-    "customer_name",
-    "customer_slug",
-    "expires_at",
-    "order_id",
-];
-const ORDER_ID: usize = 8;
+/// The column of the caller's own order id.
+const ORDER_ID: &str = "order_id";
+/// The columns a file may have, in any order: the inputs of an issue (the seven order inputs
+/// and when the record expires), then the caller's own order id. Any other is refused.
+pub const COLUMNS: [&str; INPUT_NAMES.len() + 1] = {
+    let mut columns = [ORDER_ID; INPUT_NAMES.len() + 1];
+    let mut at = 0;
+    while at < INPUT_NAMES.len() {
+        columns[at] = INPUT_NAMES[at];
+        at += 1;
+    }
+    columns
+};
 /// The longest `order_id`, in characters.
 pub const MAX_ORDER_ID: usize = 200;
 
@@ -238,7 +237,7 @@ impl Header {
             if text.is_empty() {
                 continue;
             }
-            if *column == COLUMNS[ORDER_ID] {
+            if *column == ORDER_ID {
                 order_id = Some(text);
             } else if let Some(slot) = input.slot(column) {
                 *slot = Some(text.into());
@@ -246,7 +245,7 @@ impl Header {
         }
         let order_id = match order_id {
             Some(id) if id.chars().count() > MAX_ORDER_ID || id.chars().any(char::is_control) => {
-                errors.push(FieldError::new(COLUMNS[ORDER_ID], MSG_ORDER_ID));
+                errors.push(FieldError::new(ORDER_ID, MSG_ORDER_ID));
                 None
             }
             id => id.map(str::to_owned),
