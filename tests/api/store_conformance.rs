@@ -77,6 +77,23 @@ async fn import_queue(store: &dyn Store) {
     let third = store.next_import("w5", stale).await.unwrap().unwrap();
     assert_eq!(third.id, "Q3");
     store.ack_import(&third).await.unwrap();
+
+    // Two quiet workers: their jobs go to two others, one each.
+    store.enqueue_import("Q4").await.unwrap();
+    store.enqueue_import("Q5").await.unwrap();
+    store.next_import("w6", stale).await.unwrap().unwrap();
+    store.next_import("w7", stale).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut taken: Vec<String> = Vec::new();
+    for worker in ["w8", "w9"] {
+        let job = store.next_import(worker, stale).await.unwrap().unwrap();
+        store.sync().await.unwrap();
+        store.ack_import(&job).await.unwrap();
+        taken.push(job.id);
+    }
+    taken.sort();
+    assert_eq!(taken, ["Q4", "Q5"]);
+    assert_eq!(store.next_import("w10", stale).await.unwrap(), None);
 }
 
 /// Import parts read back whole until they expire, apart from other imports' parts; listings

@@ -182,21 +182,33 @@ impl ImportQueue for RedisStore {
         worker: &str,
         stale: Duration,
     ) -> Result<Option<QueuedImport>, StoreError> {
-        // A job whose worker went quiet first: [cursor, entries, deleted].
-        let mut claim = redis::cmd("XAUTOCLAIM");
-        claim
-            .arg(QUEUE_KEY)
-            .arg(GROUP)
-            .arg(worker)
-            .arg(u64::try_from(stale.as_millis()).unwrap_or(u64::MAX))
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(10);
-        let claimed: Value = self.on_group(&claim).await?;
-        if let Value::Array(reply) = &claimed
-            && let Some(job) = reply.get(1).and_then(first_import)
-        {
-            return Ok(Some(job));
+        // A job whose worker went quiet first: [cursor, entries, deleted], one job at a time
+        // (a claimed entry is this worker's from then on), through the whole pending list.
+        let idle_ms = u64::try_from(stale.as_millis()).unwrap_or(u64::MAX);
+        let mut cursor = "0-0".to_owned();
+        loop {
+            let mut claim = redis::cmd("XAUTOCLAIM");
+            claim
+                .arg(QUEUE_KEY)
+                .arg(GROUP)
+                .arg(worker)
+                .arg(idle_ms)
+                .arg(&cursor)
+                .arg("COUNT")
+                .arg(1);
+            let Value::Array(reply) = self.on_group::<Value>(&claim).await? else {
+                break;
+            };
+            if let Some(job) = reply.get(1).and_then(first_import) {
+                return Ok(Some(job));
+            }
+            cursor = match reply
+                .first()
+                .map(|next| redis::from_redis_value(next.clone()))
+            {
+                Some(Ok(next)) if next != "0-0" => next,
+                _ => break,
+            };
         }
         // Then a new one: [[stream, entries]], or nil.
         let mut read = redis::cmd("XREADGROUP");
