@@ -23,6 +23,8 @@ pub struct Chunk {
 pub struct Upload {
     pub delimiter: Delimiter,
     pub header: Header,
+    /// The header row as it came, for the results' header.
+    pub names: csv::ByteRecord,
     pub rows: u64,
 }
 
@@ -41,6 +43,7 @@ enum Stage {
 struct Rows {
     delimiter: Delimiter,
     header: Header,
+    names: csv::ByteRecord,
     parser: csv_core::Reader,
     /// Bytes not yet handed out: whole rows, then the start of the next one.
     pending: Vec<u8>,
@@ -114,6 +117,7 @@ impl Chunker {
         let upload = Upload {
             delimiter: rows.delimiter,
             header: rows.header,
+            names: rows.names,
             rows: rows.rows,
         };
         Ok((chunks, upload))
@@ -160,6 +164,7 @@ impl Chunker {
         Ok(Some(Box::new(Rows {
             delimiter,
             header,
+            names,
             parser,
             pending,
             read: 0,

@@ -1,0 +1,139 @@
+//! An import's results: each input row as it came, with `tracking_number` and `error` columns
+//! appended, in the file's own delimiter. Written a chunk at a time, the header once.
+
+use super::file::Delimiter;
+use crate::domain::TrackingNumber;
+use crate::domain::order::FieldError;
+
+/// The columns appended to every row of the results.
+pub const APPENDED: [&str; 2] = ["tracking_number", "error"];
+
+/// What became of a row, as the results show it.
+#[derive(Debug, Clone, Copy)]
+pub enum Shown<'a> {
+    /// Issued this number.
+    Issued(TrackingNumber),
+    /// Passed every check (a dry run issues nothing).
+    Valid,
+    /// Skipped, for these reasons.
+    Rejected(&'a [FieldError]),
+}
+
+/// Writes results rows in memory, one chunk at a time.
+pub struct ResultsWriter {
+    writer: csv::Writer<Vec<u8>>,
+}
+
+impl ResultsWriter {
+    pub fn new(delimiter: Delimiter) -> ResultsWriter {
+        ResultsWriter {
+            writer: csv::WriterBuilder::new()
+                .delimiter(delimiter.byte())
+                .flexible(true)
+                .from_writer(Vec::new()),
+        }
+    }
+
+    /// The header row: the file's own names as they were, then the appended columns.
+    pub fn header(&mut self, names: &csv::ByteRecord) {
+        let appended = APPENDED.iter().map(|name| name.as_bytes());
+        self.write(names.iter().chain(appended));
+    }
+
+    /// One row as it came, then its number and its errors (`field: message`, joined by `; `).
+    pub fn row(&mut self, row: &csv::ByteRecord, shown: Shown<'_>) {
+        let (number, error) = match shown {
+            Shown::Issued(number) => (number.as_str().to_owned(), String::new()),
+            Shown::Valid => (String::new(), String::new()),
+            Shown::Rejected(errors) => {
+                let error = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (String::new(), error)
+            }
+        };
+        self.write(row.iter().chain([number.as_bytes(), error.as_bytes()]));
+    }
+
+    /// The rows written so far.
+    pub fn finish(self) -> Vec<u8> {
+        // Writing to a Vec cannot fail, and the writer is flexible about row widths.
+        self.writer.into_inner().unwrap_or_default()
+    }
+
+    fn write<'a>(&mut self, fields: impl Iterator<Item = &'a [u8]>) {
+        // Into a Vec, with rows of any width allowed: this cannot fail.
+        let _ = self.writer.write_record(fields);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::import::file::reader;
+
+    fn record(fields: &[&str]) -> csv::ByteRecord {
+        csv::ByteRecord::from(fields.to_vec())
+    }
+
+    fn read_back(bytes: &[u8], delimiter: Delimiter) -> Vec<Vec<String>> {
+        reader(delimiter, bytes)
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect()
+    }
+
+    #[test]
+    fn rows_come_back_as_they_were_with_their_number_and_errors() {
+        let mut results = ResultsWriter::new(Delimiter::Semicolon);
+        results.header(&record(&["Customer_Name", "weight"]));
+        let number = TrackingNumber::parse("MY123ABC").unwrap();
+        results.row(&record(&["a;b \"quoted\"", "1.5"]), Shown::Issued(number));
+        let errors = [
+            FieldError::new("weight", "must be positive"),
+            FieldError::new("row", "has 1 fields"),
+        ];
+        results.row(&record(&["line\nbreak", "-1"]), Shown::Rejected(&errors));
+        results.row(&record(&["valid", "2"]), Shown::Valid);
+        let bytes = results.finish();
+        assert_eq!(
+            read_back(&bytes, Delimiter::Semicolon),
+            [
+                vec!["Customer_Name", "weight", "tracking_number", "error"],
+                vec!["a;b \"quoted\"", "1.5", "MY123ABC", ""],
+                vec![
+                    "line\nbreak",
+                    "-1",
+                    "",
+                    "weight: must be positive; row: has 1 fields"
+                ],
+                vec!["valid", "2", "", ""],
+            ]
+        );
+    }
+
+    #[test]
+    fn a_short_row_keeps_its_own_width() {
+        let mut results = ResultsWriter::new(Delimiter::Tab);
+        results.row(
+            &record(&["only"]),
+            Shown::Rejected(&[FieldError::new("row", "has 1 fields")]),
+        );
+        let rows = read_back(&results.finish(), Delimiter::Tab);
+        assert_eq!(rows, [vec!["only", "", "row: has 1 fields"]]);
+    }
+
+    #[test]
+    fn chunks_written_apart_join_into_one_file() {
+        let mut first = ResultsWriter::new(Delimiter::Comma);
+        first.header(&record(&["weight"]));
+        first.row(&record(&["1"]), Shown::Valid);
+        let mut second = ResultsWriter::new(Delimiter::Comma);
+        second.row(&record(&["2"]), Shown::Valid);
+        let mut joined = first.finish();
+        joined.extend(second.finish());
+        assert_eq!(read_back(&joined, Delimiter::Comma).len(), 3);
+    }
+}
