@@ -245,6 +245,9 @@ impl ImportPart {
     }
 }
 
+/// The owner under which every import is listed too, for admins (no tenant name holds a `*`).
+pub const ALL_IMPORTS: &str = "*";
+
 /// An import in a listing: when it was created (µs since the Unix epoch) and its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedImport {

@@ -11,17 +11,17 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::{EmbeddedStore, begin_durable, db_err};
 use crate::store::disk::Access;
-use crate::store::{ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError};
+use crate::store::{
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+};
 
 /// `{id}/{part}` → expiry (ms, 8 bytes big-endian), CRC-32 of what follows (4 bytes), value.
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("import_parts");
 /// (expiry ms, part key): what the purge walks. A part written again with a later expiry
 /// leaves its old row here; the purge checks the part's own expiry before removing it.
 const PART_EXPIRY: TableDefinition<(i64, &str), ()> = TableDefinition::new("import_expiry");
-/// (owner, created µs, id) → expiry ms. [`ALL`] lists every owner's imports.
+/// (owner, created µs, id) → expiry ms. [`ALL_IMPORTS`] lists every owner's imports.
 const LISTED: TableDefinition<(&str, i64, &str), i64> = TableDefinition::new("import_list");
-/// The listing of all owners (no tenant name holds a `*`).
-const ALL: &str = "*";
 /// Queued imports in the order they came: sequence number → import id.
 const QUEUE: TableDefinition<u64, &str> = TableDefinition::new("import_queue");
 const HEADER: usize = 8 + 4;
@@ -49,6 +49,15 @@ fn decode(stored: &[u8]) -> Result<(i64, &[u8]), StoreError> {
         return Err(corrupt());
     }
     Ok((expiry, value))
+}
+
+/// Makes the import tables (at open, with the others), so readers never see a missing one.
+pub(super) fn create_tables(tx: &WriteTransaction) -> Result<(), redb::TableError> {
+    tx.open_table(PARTS)?;
+    tx.open_table(PART_EXPIRY)?;
+    tx.open_table(LISTED)?;
+    tx.open_table(QUEUE)?;
+    Ok(())
 }
 
 /// Removes the import parts and listings that expired by `now_ms`, in `tx`.
@@ -113,11 +122,7 @@ impl ImportStore for EmbeddedStore {
         let now = Utc::now().timestamp_millis();
         self.blocking(Access::Read, move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let parts = match tx.open_table(PARTS) {
-                Ok(parts) => parts,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-                Err(err) => return Err(db_err(err)),
-            };
+            let parts = tx.open_table(PARTS).map_err(db_err)?;
             let Some(stored) = parts.get(key.as_str()).map_err(db_err)? else {
                 return Ok(None);
             };
@@ -140,7 +145,7 @@ impl ImportStore for EmbeddedStore {
             let tx = begin_durable(db)?;
             {
                 let mut listed = tx.open_table(LISTED).map_err(db_err)?;
-                for bucket in [owner.as_str(), ALL] {
+                for bucket in [owner.as_str(), ALL_IMPORTS] {
                     listed
                         .insert((bucket, created_us, id.as_str()), expires_ms)
                         .map_err(db_err)?;
@@ -157,15 +162,11 @@ impl ImportStore for EmbeddedStore {
         before_us: i64,
         limit: usize,
     ) -> Result<Vec<ListedImport>, StoreError> {
-        let bucket = owner.unwrap_or(ALL).to_owned();
+        let bucket = owner.unwrap_or(ALL_IMPORTS).to_owned();
         let now = Utc::now().timestamp_millis();
         self.blocking(Access::Read, move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let listed = match tx.open_table(LISTED) {
-                Ok(listed) => listed,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                Err(err) => return Err(db_err(err)),
-            };
+            let listed = tx.open_table(LISTED).map_err(db_err)?;
             let range = (bucket.as_str(), i64::MIN, "")..(bucket.as_str(), before_us, "");
             let mut found = Vec::new();
             for item in listed.range(range).map_err(db_err)?.rev() {
@@ -213,11 +214,7 @@ impl ImportQueue for EmbeddedStore {
         let queued: Vec<(u64, String)> = self
             .blocking(Access::Read, |db| {
                 let tx = db.begin_read().map_err(db_err)?;
-                let queue = match tx.open_table(QUEUE) {
-                    Ok(queue) => queue,
-                    Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-                    Err(err) => return Err(db_err(err)),
-                };
+                let queue = tx.open_table(QUEUE).map_err(db_err)?;
                 queue
                     .iter()
                     .map_err(db_err)?

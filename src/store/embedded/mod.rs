@@ -400,6 +400,7 @@ fn settle_secret(db: &Database, given: Option<&str>) -> anyhow::Result<String> {
         let mut issued = tx.open_table(ISSUED)?;
         let mut others = tx.open_table(OTHERS)?;
         tx.open_table(EXPIRY)?;
+        imports::create_tables(&tx)?;
         if meta.get(RECORD_FORMAT)?.is_none() {
             // A file from before records had checksums: give every record one, once.
             let migrated = add_checksums(&mut issued, &mut others)?;

@@ -11,12 +11,12 @@ use chrono::{DateTime, Utc};
 use redis::Value;
 
 use super::RedisStore;
-use crate::store::{ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError};
+use crate::store::{
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+};
 
 const PART_PREFIX: &str = "tracknum:import:";
 const LIST_PREFIX: &str = "tracknum:imports:";
-/// The listing of all owners (no tenant name holds a `*`).
-const ALL: &str = "*";
 /// The stream of queued imports, and the consumer group of every instance's workers. Its
 /// name is outside `tracknum:imports:`, where any tenant name may follow.
 const QUEUE_KEY: &str = "tracknum:import-queue";
@@ -63,7 +63,7 @@ impl ImportStore for RedisStore {
     ) -> Result<(), StoreError> {
         let expires_ms = expires_at.timestamp_millis().max(1);
         let kept_us = (expires_ms * 1000).saturating_sub(created_us);
-        for bucket in [owner, ALL] {
+        for bucket in [owner, ALL_IMPORTS] {
             // One key per pipeline: on a cluster its commands go to one node.
             let key = list_key(bucket);
             let mut pipe = redis::pipe();
@@ -102,7 +102,7 @@ impl ImportStore for RedisStore {
     ) -> Result<Vec<ListedImport>, StoreError> {
         let mut range = redis::cmd("ZRANGE");
         range
-            .arg(list_key(owner.unwrap_or(ALL)))
+            .arg(list_key(owner.unwrap_or(ALL_IMPORTS)))
             .arg(format!("({before_us}"))
             .arg("-inf")
             .arg("BYSCORE")
