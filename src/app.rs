@@ -26,6 +26,7 @@ use crate::periodic;
 use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
 use crate::server::{self, ServerOptions};
 use crate::service::idempotency::Idempotency;
+use crate::service::imports::Imports;
 use crate::service::issuer::Issuer;
 use crate::service::records::Records;
 use crate::store::{
@@ -123,23 +124,35 @@ impl Application {
         ]);
 
         let (writer, writer_task) = RecordWriter::spawn(store.clone());
-        let issuer = Issuer::new(
+        let issuer = Arc::new(Issuer::new(
             pool.clone(),
             Codec::new(secret.as_bytes()),
             writer,
             config.record_ttl,
             config.storage_timeout,
             metrics.clone(),
-        );
+        ));
+        let idempotency = Arc::new(Idempotency::new(
+            store.clone(),
+            config.idempotency_ttl,
+            config.idempotency_wait,
+            config.storage_timeout,
+        ));
+        let imports = Arc::new(Imports::new(
+            store.clone(),
+            issuer.clone(),
+            idempotency.clone(),
+            metrics.clone(),
+            config.import_ttl,
+            config.import_stale_after,
+        ));
+        background.push(tokio::spawn(imports.clone().work(stop_background.clone())));
         let state = Arc::new(AppState {
             issuer,
             records: Records::new(store.clone(), config.record_ttl),
-            idempotency: Idempotency::new(
-                store.clone(),
-                config.idempotency_ttl,
-                config.idempotency_wait,
-                config.storage_timeout,
-            ),
+            idempotency,
+            imports,
+            import_max_bytes: config.import_max_bytes,
             store: store.clone(),
             pool,
             refill,

@@ -94,6 +94,20 @@ pub struct Config {
     #[arg(long, env = "TRACKNUM_IDEMPOTENCY_WAIT", default_value = "5s", value_parser = parse_timeout)]
     pub idempotency_wait: Duration,
 
+    /// How long an import's uploaded file, results and status are kept (e.g. 7d, 12h).
+    #[arg(long, env = "TRACKNUM_IMPORT_TTL", default_value = "7d", value_parser = parse_ttl)]
+    pub import_ttl: Duration,
+
+    /// The largest import file `POST /v1/imports` takes, in bytes (`50MB`, `1GiB`, …); a
+    /// bigger one is a 413.
+    #[arg(long, env = "TRACKNUM_IMPORT_MAX_BYTES", default_value = "50MB", value_parser = parse_bytes)]
+    pub import_max_bytes: u64,
+
+    /// How long an instance running an import may go silent (killed, say) before another
+    /// instance takes the job over and finishes it.
+    #[arg(long, env = "TRACKNUM_IMPORT_STALE_AFTER", default_value = "30s", value_parser = parse_timeout)]
+    pub import_stale_after: Duration,
+
     /// Log format: `human` (one readable line per event) or `json` (one object per line). The
     /// level comes from RUST_LOG (default `info`; `tracknum::access=off` drops access lines).
     #[arg(long, env = "TRACKNUM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
@@ -388,6 +402,9 @@ mod tests {
         assert_eq!(config.record_ttl, Duration::from_secs(30 * 86_400));
         assert_eq!(config.fsync, FsyncPolicy::Everysec);
         assert_eq!(config.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(config.import_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.import_max_bytes, 50_000_000);
+        assert_eq!(config.import_stale_after, Duration::from_secs(30));
         assert!(config.redis_url.is_none());
         assert_eq!(config.log_format, LogFormat::Human);
         assert!(config.api_keys_file.is_none());

@@ -36,6 +36,16 @@ pub struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -65,6 +75,8 @@ pub struct Metrics {
     pub corrupt_records: Counter,
     pub disk_free_bytes: Gauge,
     pub storage_ready: Gauge,
+    pub import_rows: Family<OutcomeLabel, Counter>,
+    pub import_jobs: Family<StateLabel, Counter>,
 }
 
 impl Metrics {
@@ -176,6 +188,19 @@ impl Metrics {
             "1 when storage takes new records (the disk has room and answers), else 0",
             storage_ready.clone(),
         );
+        let import_rows = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "import_rows",
+            "Import rows processed by this instance: issued, valid (a dry run) or rejected",
+            import_rows.clone(),
+        );
+        let import_jobs = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "import_jobs",
+            "Import jobs that reached each state on this instance (queued, running, done, \
+             failed, cancelled)",
+            import_jobs.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -195,6 +220,8 @@ impl Metrics {
             corrupt_records,
             disk_free_bytes,
             storage_ready,
+            import_rows,
+            import_jobs,
         })
     }
 
@@ -228,6 +255,22 @@ impl Metrics {
         self.unauthorized
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Counts a chunk of import rows: issued, valid in a dry run, rejected.
+    pub fn import_rows(&self, issued: u64, valid: u64, rejected: u64) {
+        for (outcome, rows) in [("issued", issued), ("valid", valid), ("rejected", rejected)] {
+            if rows > 0 {
+                self.import_rows
+                    .get_or_create(&OutcomeLabel { outcome })
+                    .inc_by(rows);
+            }
+        }
+    }
+
+    /// Counts an import job reaching `state`.
+    pub fn import_job(&self, state: &'static str) {
+        self.import_jobs.get_or_create(&StateLabel { state }).inc();
     }
 
     /// The exposition text.

@@ -13,6 +13,7 @@ use crate::domain::{Principal, etag};
 use crate::metrics::Metrics;
 use crate::serials::{RefillStatus, SerialPool};
 use crate::service::idempotency::Idempotency;
+use crate::service::imports::Imports;
 use crate::service::issuer::Issuer;
 use crate::service::records::Records;
 use crate::store::Store;
@@ -37,9 +38,12 @@ pub type Response = hyper::Response<Full<Bytes>>;
 
 /// What the handlers need, shared by every request.
 pub struct AppState {
-    pub issuer: Issuer,
+    pub issuer: Arc<Issuer>,
     pub records: Records,
-    pub idempotency: Idempotency,
+    pub idempotency: Arc<Idempotency>,
+    pub imports: Arc<Imports>,
+    /// The largest import file taken, in bytes.
+    pub import_max_bytes: u64,
     pub store: Arc<dyn Store>,
     pub pool: Arc<SerialPool>,
     pub refill: Arc<RefillStatus>,

@@ -67,14 +67,28 @@ impl Idempotency {
 
     /// Claims `key` for a request with `fingerprint`, or finds the reply to replay.
     pub async fn begin(&self, key: &str, fingerprint: &str) -> Result<Begin, IdempotencyError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.begin_as(key, fingerprint, &token).await
+    }
+
+    /// [`Idempotency::begin`] for a holder named by `token`, which may have claimed the key
+    /// already and lost track of it (an import resumed after its worker died): a claim with the
+    /// same token and inputs is its own.
+    pub async fn begin_as(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        token: &str,
+    ) -> Result<Begin, IdempotencyError> {
         let claim = KeyState::InFlight {
             fingerprint: fingerprint.to_owned(),
-            token: uuid::Uuid::new_v4().simple().to_string(),
+            token: token.to_owned(),
         }
         .encode();
         let deadline = Instant::now() + self.wait;
         loop {
-            let Some(held) = self.store.claim(key, &claim, CLAIM_TTL).await? else {
+            let held = self.store.claim(key, &claim, CLAIM_TTL).await?;
+            let Some(held) = held.filter(|held| held.as_ref() != claim.as_slice()) else {
                 return Ok(Begin::Run(Claim {
                     store: self.store.clone(),
                     key: key.to_owned(),
@@ -288,6 +302,27 @@ mod tests {
         assert!(matches!(
             service.begin("k", &fp("fp3")).await,
             Ok(Begin::Run(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_holder_that_lost_track_of_its_claim_takes_it_back_by_its_token() {
+        let service = service(Duration::from_millis(50));
+        let Ok(Begin::Run(first)) = service.begin_as("k", &fp("fp"), "job-1:7").await else {
+            panic!("first runs")
+        };
+        std::mem::forget(first); // its worker died holding the claim
+        assert!(matches!(
+            service.begin_as("k", &fp("fp"), "job-2:7").await,
+            Err(IdempotencyError::InFlight)
+        ));
+        let Ok(Begin::Run(again)) = service.begin_as("k", &fp("fp"), "job-1:7").await else {
+            panic!("the same holder runs again")
+        };
+        again.finish(200, Bytes::from_static(b"{}")).await;
+        assert!(matches!(
+            service.begin_as("k", &fp("fp"), "job-1:7").await,
+            Ok(Begin::Replay(_))
         ));
     }
 }

@@ -108,6 +108,30 @@ impl Issuer {
         Err(all_skipped())
     }
 
+    /// Fresh numbers and records for `requests`, not stored yet: for a caller that must keep
+    /// the numbers it is about to hand out before they are stored (an import, which another
+    /// worker may resume), then stores them with [`Issuer::store`].
+    pub async fn plan<'r>(
+        &self,
+        requests: impl IntoIterator<Item = &'r IssueRequest>,
+        owner: Option<&Tenant>,
+    ) -> Result<Vec<RecordEntry>, IssueError> {
+        let mut entries = Vec::new();
+        for request in requests {
+            entries.push(self.next_record(request, owner).await?);
+        }
+        Ok(entries)
+    }
+
+    /// Stores planned records in one round trip; per entry, whether it is new (false: a record
+    /// already holds its number).
+    pub async fn store(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, IssueError> {
+        let stored = self.bounded(self.writer.insert_many(entries)).await?;
+        let new = stored.iter().filter(|&&new| new).count();
+        self.metrics.numbers_issued.inc_by(new as u64);
+        Ok(stored)
+    }
+
     /// A fresh number for `request` and its record, ready to store.
     async fn next_record(
         &self,

@@ -223,13 +223,16 @@ pub trait ReplyStore: Send + Sync + 'static {
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError>;
 }
 
-/// One part of an import job as stored: its state, a request to cancel it, or a chunk of its
-/// uploaded file or of its results.
+/// One part of an import job as stored: its state, a request to cancel it, what the upload
+/// held (its header and rows per chunk), a chunk of its file, the numbers planned for a chunk
+/// before they are issued, or a chunk of its results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportPart {
     Job,
     Cancel,
+    Manifest,
     File(u32),
+    Plan(u32),
     Results(u32),
 }
 
@@ -239,6 +242,8 @@ impl ImportPart {
         match self {
             ImportPart::Job => "job".into(),
             ImportPart::Cancel => "cancel".into(),
+            ImportPart::Manifest => "manifest".into(),
+            ImportPart::Plan(chunk) => format!("plan:{chunk}"),
             ImportPart::File(chunk) => format!("file:{chunk}"),
             ImportPart::Results(chunk) => format!("results:{chunk}"),
         }

@@ -3,6 +3,8 @@
 //! file's header. Row ends are found by the same CSV parser that reads the rows later, so a
 //! line break inside a quoted field never splits a row.
 
+use serde::{Deserialize, Serialize};
+
 use super::file::{Delimiter, Header, reader, strip_bom};
 use crate::domain::order::FieldError;
 
@@ -26,6 +28,41 @@ pub struct Upload {
     /// The header row as it came, for the results' header.
     pub names: csv::ByteRecord,
     pub rows: u64,
+}
+
+/// What a job needs of its upload besides the chunks themselves: the header row as it came,
+/// and how many rows each chunk holds. Stored once, when the upload has ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The header row's names (checked to be UTF-8 when the upload was read).
+    pub names: Vec<String>,
+    pub chunk_rows: Vec<u64>,
+}
+
+impl Manifest {
+    pub fn new(upload: &Upload, chunk_rows: Vec<u64>) -> Manifest {
+        let names = upload
+            .names
+            .iter()
+            .map(|name| String::from_utf8_lossy(name).into_owned())
+            .collect();
+        Manifest { names, chunk_rows }
+    }
+
+    /// The header row, as a record.
+    pub fn names(&self) -> csv::ByteRecord {
+        csv::ByteRecord::from(self.names.clone())
+    }
+
+    /// The header, read again (it was checked when the upload arrived).
+    pub fn header(&self) -> Result<Header, Vec<FieldError>> {
+        Header::parse(&self.names())
+    }
+
+    /// The number of the first row of `chunk` (rows count from 1, the header not included).
+    pub fn first_row(&self, chunk: usize) -> u64 {
+        1 + self.chunk_rows.iter().take(chunk).sum::<u64>()
+    }
 }
 
 pub struct Chunker {
@@ -377,5 +414,22 @@ mod tests {
         let mut ended = long.clone();
         ended.extend_from_slice(b"\r\n1\n");
         assert_eq!(chunker.feed(&ended).unwrap_err()[0].field, "header");
+    }
+
+    #[test]
+    fn a_manifest_gives_back_the_header_and_where_each_chunk_starts() {
+        let mut chunker = Chunker::new(None, 16);
+        let mut chunk_rows: Vec<u64> = Vec::new();
+        let file = b" Weight ;origin_country_id\n1;MY\n2;SG\n3;TH\n4;ID\n5;VN\n";
+        chunk_rows.extend(chunker.feed(file).unwrap().iter().map(|c| c.rows));
+        let (rest, upload) = chunker.finish().unwrap();
+        chunk_rows.extend(rest.iter().map(|c| c.rows));
+        let manifest = Manifest::new(&upload, chunk_rows.clone());
+        assert_eq!(manifest.names, [" Weight ", "origin_country_id"]);
+        assert_eq!(manifest.header().unwrap(), upload.header);
+        assert!(chunk_rows.len() > 1, "{chunk_rows:?}");
+        assert_eq!(manifest.first_row(0), 1);
+        assert_eq!(manifest.first_row(1), 1 + chunk_rows[0]);
+        assert_eq!(manifest.first_row(chunk_rows.len()), 6);
     }
 }

@@ -23,6 +23,17 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// The status as the API and the metrics name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
     /// Whether the job has ended, and its results are final.
     pub fn is_finished(self) -> bool {
         matches!(
@@ -53,6 +64,35 @@ pub enum RowOutcome {
     Valid,
     /// It was skipped, for these reasons.
     Rejected(Vec<FieldError>),
+}
+
+/// What became of one chunk's rows. Kept with the chunk's results, so that a job's counts can
+/// always be rebuilt from the chunks that are done.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkTally {
+    pub issued: u64,
+    /// Rows that passed every check, issued or not (a dry run).
+    pub valid: u64,
+    pub rejected: u64,
+    /// The chunk's first [`MAX_REPORTED_ERRORS`] row errors.
+    pub errors: Vec<RowError>,
+}
+
+impl ChunkTally {
+    pub fn record(&mut self, row: u64, outcome: RowOutcome) {
+        match outcome {
+            RowOutcome::Issued => {
+                self.issued += 1;
+                self.valid += 1;
+            }
+            RowOutcome::Valid => self.valid += 1,
+            RowOutcome::Rejected(errors) => {
+                self.rejected += 1;
+                let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
+                self.errors.extend(RowError::all(row, errors).take(room));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,19 +169,29 @@ impl ImportJob {
 
     /// Counts the next row (`row` counts from 1) and keeps its errors while there is room.
     pub fn record(&mut self, row: u64, outcome: RowOutcome) {
-        self.rows.processed += 1;
-        match outcome {
-            RowOutcome::Issued => {
-                self.rows.issued += 1;
-                self.rows.valid += 1;
-            }
-            RowOutcome::Valid => self.rows.valid += 1,
-            RowOutcome::Rejected(errors) => {
-                self.rows.rejected += 1;
-                let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
-                self.errors.extend(RowError::all(row, errors).take(room));
-            }
-        }
+        let mut tally = ChunkTally::default();
+        tally.record(row, outcome);
+        self.add(&tally);
+    }
+
+    /// Counts a chunk's rows (chunks in file order) and keeps their errors while there is room.
+    pub fn add(&mut self, tally: &ChunkTally) {
+        self.rows.processed += tally.valid + tally.rejected;
+        self.rows.issued += tally.issued;
+        self.rows.valid += tally.valid;
+        self.rows.rejected += tally.rejected;
+        let room = MAX_REPORTED_ERRORS.saturating_sub(self.errors.len());
+        self.errors.extend(tally.errors.iter().take(room).cloned());
+    }
+
+    /// Forgets what was counted, to count the chunks that are done again (a job resumed by
+    /// another worker).
+    pub fn recount(&mut self) {
+        self.rows = RowCounts {
+            total: self.rows.total,
+            ..RowCounts::default()
+        };
+        self.errors.clear();
     }
 
     /// Every row was processed.
@@ -329,5 +379,42 @@ mod tests {
         assert!(json.contains("\"delimiter\":\"comma\""), "{json}");
         let back: ImportJob = serde_json::from_str(&json).unwrap();
         assert_eq!(back, job);
+    }
+
+    #[test]
+    fn counts_rebuilt_from_chunk_tallies_match_counting_row_by_row() {
+        let outcomes = [
+            RowOutcome::Issued,
+            bad("weight"),
+            RowOutcome::Issued,
+            bad("row"),
+        ];
+        let mut by_row = job(4);
+        let mut tallies = [ChunkTally::default(), ChunkTally::default()];
+        for (at, outcome) in outcomes.into_iter().enumerate() {
+            let row = at as u64 + 1;
+            by_row.record(row, outcome.clone());
+            tallies[at / 2].record(row, outcome);
+        }
+        let mut by_chunk = job(4);
+        by_chunk.add(&tallies[0]);
+        by_chunk.recount();
+        assert_eq!(by_chunk.rows, job(4).rows, "a recount starts from nothing");
+        for tally in &tallies {
+            by_chunk.add(tally);
+        }
+        assert_eq!(by_chunk.rows, by_row.rows);
+        assert_eq!(by_chunk.errors, by_row.errors);
+        assert_eq!(by_row.rows.processed, 4);
+        assert_eq!((by_row.rows.issued, by_row.rows.rejected), (2, 2));
+    }
+
+    #[test]
+    fn status_names_are_the_api_names() {
+        use JobStatus::*;
+        for status in [Queued, Running, Done, Failed, Cancelled] {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.name()));
+        }
     }
 }

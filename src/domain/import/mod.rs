@@ -1,14 +1,14 @@
 //! Bulk import: reading a file's rows ([`file`]), cutting an upload into chunks of whole rows
 //! as it arrives ([`chunks`]), the state of the job that issues them ([`job`]), and the
-//! results it writes ([`results`]). Pure: the job runner and the import API will be built on
-//! top (not yet).
+//! results it writes ([`results`]). Pure: the job runner (`service::imports`) and the import API
+//! (`http::imports`) are built on top.
 
 pub mod chunks;
 pub mod file;
 pub mod job;
 pub mod results;
 
-pub use chunks::{Chunk, Chunker, Upload};
+pub use chunks::{Chunk, Chunker, Manifest, Upload};
 pub use file::{Delimiter, Header, ImportRow, RowError};
-pub use job::{ImportJob, JobStatus, RowCounts, RowOutcome};
+pub use job::{ChunkTally, ImportJob, JobStatus, RowCounts, RowOutcome};
 pub use results::{ResultsWriter, Shown};

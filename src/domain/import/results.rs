@@ -2,11 +2,35 @@
 //! appended, in the file's own delimiter. Written a chunk at a time, the header once.
 
 use super::file::Delimiter;
+use super::job::ChunkTally;
 use crate::domain::TrackingNumber;
 use crate::domain::order::FieldError;
 
 /// The columns appended to every row of the results.
 pub const APPENDED: [&str; 2] = ["tracking_number", "error"];
+
+/// A chunk's results as stored: the length of its tally's JSON (4 bytes, big-endian), the
+/// tally, then the chunk's rows of CSV. The tally travels with the rows it counts, so a chunk
+/// is either done, counts and all, or not done.
+pub fn encode_part(tally: &ChunkTally, rows: &[u8]) -> Vec<u8> {
+    let tally = serde_json::to_vec(tally).unwrap_or_default();
+    let mut part = Vec::with_capacity(4 + tally.len() + rows.len());
+    part.extend_from_slice(&(tally.len() as u32).to_be_bytes());
+    part.extend_from_slice(&tally);
+    part.extend_from_slice(rows);
+    part
+}
+
+/// A stored chunk of results: its tally and its rows of CSV. None when it is not one.
+pub fn decode_part(part: &[u8]) -> Option<(ChunkTally, &[u8])> {
+    let (len, rest) = part.split_first_chunk::<4>()?;
+    let len = u32::from_be_bytes(*len) as usize;
+    if rest.len() < len {
+        return None;
+    }
+    let (tally, rows) = rest.split_at(len);
+    Some((serde_json::from_slice(tally).ok()?, rows))
+}
 
 /// What became of a row, as the results show it.
 #[derive(Debug, Clone, Copy)]
@@ -135,5 +159,26 @@ mod tests {
         let mut joined = first.finish();
         joined.extend(second.finish());
         assert_eq!(read_back(&joined, Delimiter::Comma).len(), 3);
+    }
+
+    #[test]
+    fn a_stored_chunk_keeps_its_tally_with_its_rows() {
+        let tally = ChunkTally {
+            issued: 2,
+            valid: 2,
+            rejected: 1,
+            errors: vec![crate::domain::import::RowError {
+                row: 3,
+                field: "weight".into(),
+                message: "must be positive".into(),
+            }],
+        };
+        let rows = b"a,b,MY1,\n";
+        let part = encode_part(&tally, rows);
+        let (back, back_rows) = decode_part(&part).unwrap();
+        assert_eq!((back, back_rows), (tally, &rows[..]));
+        assert!(decode_part(&part[..6]).is_none(), "cut inside the tally");
+        assert!(decode_part(b"\0\0").is_none());
+        assert!(decode_part(b"\0\0\0\x02{x").is_none(), "not a tally");
     }
 }
