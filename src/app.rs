@@ -42,7 +42,8 @@ const SYNC_EVERY: Duration = Duration::from_millis(200);
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 /// How often the API keys file is checked for changes (SIGHUP reloads at once).
 const KEYS_POLL: Duration = Duration::from_secs(2);
-/// The largest body any endpoint takes (a batch); a bigger declared length is refused at once.
+/// The largest body an endpoint takes (a batch), but for uploads (`--import-max-bytes`); a
+/// bigger declared length is refused at once.
 const MAX_BODY_BYTES: u64 = 2 * 1024 * 1024;
 /// Longest wait on Redis for a shared rate limit; past it, the local limit decides.
 const RATE_LIMIT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);
@@ -302,6 +303,7 @@ fn build_gateway(
             max_header_bytes: config.max_header_bytes as usize,
             max_headers: MAX_HEADERS,
             max_body_bytes: MAX_BODY_BYTES,
+            max_upload_bytes: config.import_max_bytes,
         },
         client_ip_header: config.client_ip_header.clone(),
         auth_failures: LocalLimiter::new(AUTH_FAILURE_QUOTA),

@@ -115,7 +115,7 @@ impl Cors {
                 format!("not allowed: {}", refused.join(", ")),
             ));
         }
-        let mut response = Response::new(Default::default());
+        let mut response = Response::new(super::full(bytes::Bytes::new()));
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());

@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
+    /// The body limit of a route that takes uploads.
+    pub max_upload_bytes: u64,
 }
 
 pub struct Gateway {
@@ -139,7 +141,7 @@ impl Gateway {
         route: Option<&Route>,
         caller: &mut Caller,
     ) -> Result<(Principal, Option<Decision>), Response> {
-        self.check_size(request)
+        self.check_size(request, route)
             .and_then(|()| check_host(request))
             .map_err(Problem::into_response)?;
         if self.cors.is_preflight(request.method(), request.headers()) {
@@ -190,7 +192,7 @@ impl Gateway {
     }
 
     /// 414, 431 or 413 for a request over the limits, before any route sees it.
-    fn check_size<B>(&self, request: &Request<B>) -> Result<(), Problem> {
+    fn check_size<B>(&self, request: &Request<B>, route: Option<&Route>) -> Result<(), Problem> {
         let limits = &self.limits;
         let target = request
             .uri()
@@ -219,8 +221,12 @@ impl Gateway {
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limits.max_body_bytes) {
-            return Err(Problem::too_large(limits.max_body_bytes as usize));
+        let max_body = match route {
+            Some(route) if route.uploads => limits.max_upload_bytes,
+            _ => limits.max_body_bytes,
+        };
+        if declared.is_some_and(|len| len > max_body) {
+            return Err(Problem::too_large(max_body as usize));
         }
         Ok(())
     }
@@ -326,7 +332,7 @@ pub fn method_label(method: &Method) -> &'static str {
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::BodyExt;
 
     fn gateway() -> Gateway {
         Gateway {
@@ -340,6 +346,7 @@ mod tests {
                 max_header_bytes: 16384,
                 max_headers: 100,
                 max_body_bytes: 1024,
+                max_upload_bytes: 4096,
             },
             client_ip_header: None,
             auth_failures: LocalLimiter::new(AUTH_FAILURE_QUOTA),
@@ -375,7 +382,7 @@ mod tests {
         );
         let next = gateway
             .handle(REMOTE, request(), |_, _, _| async {
-                Response::new(Full::new(Bytes::from_static(b"fine")))
+                Response::new(crate::http::full(Bytes::from_static(b"fine")))
             })
             .await;
         assert_eq!(
@@ -391,7 +398,7 @@ mod tests {
             .handle(REMOTE, request(), |_, who, route| async move {
                 assert_eq!(route.map(|r| r.path), Some("/next-tracking-number"));
                 assert_eq!(who, Principal::OPEN);
-                Response::new(Full::new(Bytes::new()))
+                Response::new(crate::http::full(Bytes::new()))
             })
             .await;
         assert_eq!(response.status(), 200);
@@ -402,7 +409,7 @@ mod tests {
         let response = gateway()
             .handle(REMOTE, request(), |_, _, _| async {
                 tokio::time::sleep(Duration::from_secs(60)).await;
-                Response::new(Full::new(Bytes::new()))
+                Response::new(crate::http::full(Bytes::new()))
             })
             .await;
         assert_eq!(response.status(), 503);

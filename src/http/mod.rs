@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
@@ -23,6 +24,7 @@ pub mod cors;
 pub mod gateway;
 mod health;
 mod idempotent;
+mod imports;
 mod issue;
 pub mod openapi;
 pub mod problem;
@@ -33,8 +35,17 @@ pub mod routes;
 
 pub use problem::Problem;
 
-/// Every reply: a status, headers and a body already in memory.
-pub type Response = hyper::Response<Full<Bytes>>;
+/// Every reply: a status, headers and a body, in memory (nearly all) or streamed (an import's
+/// results).
+pub type Response = hyper::Response<Body>;
+
+/// A reply's body: bytes in memory, or a stream of them.
+pub type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, std::io::Error>>;
+
+/// A body of bytes in memory.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
 
 /// What the handlers need, shared by every request.
 pub struct AppState {
@@ -82,7 +93,7 @@ impl Call {
 
 /// A reply with `body` and no cache allowed.
 pub(crate) fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -107,7 +118,7 @@ fn record_reply(status: StatusCode, json: Bytes) -> Response {
 
 /// A reply with a status and nothing else.
 fn empty_reply(status: StatusCode) -> Response {
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = status;
     response
 }

@@ -1,8 +1,6 @@
 //! RFC 9457 problem details: every error reply, from validation to a dead Redis, has this shape.
 //! The services' and the stores' errors get their HTTP meaning here, each in one `From`.
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 use serde::Serialize;
@@ -302,7 +300,7 @@ impl Problem {
             self.extensions.insert("request_id".into(), id.into());
         }
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut response = Response::new(Full::new(Bytes::from(body)));
+        let mut response = Response::new(super::full(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

@@ -56,6 +56,45 @@ pub fn parse_issue(raw: &str, now: DateTime<Utc>) -> Result<IssueRequest, Vec<Fi
     }
 }
 
+/// Reads a query of the given `names`, each at most once; every unknown, repeated or
+/// undecodable parameter is named.
+pub fn named(
+    raw: &str,
+    names: &[&'static str],
+) -> Result<Vec<(&'static str, String)>, Vec<FieldError>> {
+    let mut given: Vec<(&'static str, String)> = Vec::new();
+    let mut errors: Vec<FieldError> = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(name) = decode(name) else {
+            errors.push(FieldError::new(
+                shorten(name),
+                "is not valid percent-encoded UTF-8",
+            ));
+            continue;
+        };
+        let Some(&name) = names.iter().find(|known| **known == name) else {
+            errors.push(FieldError::new(shorten(&name), "unknown parameter"));
+            continue;
+        };
+        if given.iter().any(|(seen, _)| *seen == name) {
+            if !errors.iter().any(|e| e.field == name) {
+                errors.push(FieldError::new(name, "given more than once"));
+            }
+            continue;
+        }
+        match decode(value) {
+            Some(value) => given.push((name, value.into_owned())),
+            None => errors.push(FieldError::new(name, "is not valid percent-encoded UTF-8")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(given)
+    } else {
+        Err(errors)
+    }
+}
+
 /// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte, UTF-8 required.
 /// Text with nothing to decode (the common case) is borrowed as it is: the query is UTF-8
 /// already, so it needs neither a copy nor a second check.
@@ -139,5 +178,17 @@ mod tests {
     #[test]
     fn invalid_utf8_is_refused() {
         assert_eq!(fields("customer_name=%FF%FE"), vec!["customer_name"]);
+    }
+
+    #[test]
+    fn named_parameters_are_strict_too() {
+        let given = named("limit=5&before=%31", &["limit", "before"]).unwrap();
+        assert_eq!(
+            given,
+            [("limit", "5".to_owned()), ("before", "1".to_owned())]
+        );
+        let errors = named("limit=1&limit=2&x=1&before=%FF", &["limit", "before"]).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["limit", "x", "before"]);
     }
 }

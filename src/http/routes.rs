@@ -12,7 +12,7 @@ use hyper::{Method, Request};
 use percent_encoding::percent_decode_str;
 
 use super::openapi::operations as doc;
-use super::{Call, Problem, Response, SharedState, health, issue, openapi, records};
+use super::{Call, Problem, Response, SharedState, health, imports, issue, openapi, records};
 use crate::domain::Principal;
 
 /// A handler's future: boxed, so that every handler fits one table.
@@ -23,6 +23,9 @@ pub struct Route {
     pub path: &'static str,
     /// Whether a caller needs an API key (when keys are on) and is rate limited.
     pub guarded: bool,
+    /// Whether the route takes uploads: bodies up to `--import-max-bytes`, streamed, rather
+    /// than the small bodies the others take.
+    pub uploads: bool,
     /// The group the API description lists the route under.
     pub tag: &'static str,
     pub operations: &'static [Operation],
@@ -45,6 +48,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/next-tracking-number",
         guarded: true,
+        uploads: false,
         tag: "issuing",
         operations: &[Operation {
             method: Method::GET,
@@ -56,6 +60,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/v1/next-tracking-number",
         guarded: true,
+        uploads: false,
         tag: "issuing",
         operations: &[Operation {
             method: Method::GET,
@@ -67,6 +72,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/v1/tracking-numbers",
         guarded: true,
+        uploads: false,
         tag: "issuing",
         operations: &[Operation {
             method: Method::POST,
@@ -78,6 +84,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/v1/tracking-numbers/{tn}",
         guarded: true,
+        uploads: false,
         tag: "records",
         operations: &[
             Operation {
@@ -109,6 +116,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/v1/tracking-numbers/{tn}/check",
         guarded: true,
+        uploads: false,
         tag: "records",
         operations: &[Operation {
             method: Method::GET,
@@ -118,8 +126,61 @@ pub static ROUTES: &[Route] = &[
         }],
     },
     Route {
+        path: "/v1/imports",
+        guarded: true,
+        uploads: true,
+        tag: "imports",
+        operations: &[
+            Operation {
+                method: Method::POST,
+                id: "createImport",
+                handler: |call| Box::pin(imports::create(call)),
+                doc: <doc::__path_create_import as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::GET,
+                id: "listImports",
+                handler: |call| Box::pin(imports::list(call)),
+                doc: <doc::__path_list_imports as utoipa::Path>::operation,
+            },
+        ],
+    },
+    Route {
+        path: "/v1/imports/{id}",
+        guarded: true,
+        uploads: false,
+        tag: "imports",
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "getImport",
+                handler: |call| Box::pin(imports::get(call)),
+                doc: <doc::__path_get_import as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::DELETE,
+                id: "cancelImport",
+                handler: |call| Box::pin(imports::cancel(call)),
+                doc: <doc::__path_cancel_import as utoipa::Path>::operation,
+            },
+        ],
+    },
+    Route {
+        path: "/v1/imports/{id}/results",
+        guarded: true,
+        uploads: false,
+        tag: "imports",
+        operations: &[Operation {
+            method: Method::GET,
+            id: "getImportResults",
+            handler: |call| Box::pin(imports::results(call)),
+            doc: <doc::__path_import_results as utoipa::Path>::operation,
+        }],
+    },
+    Route {
         path: "/healthz",
         guarded: false,
+        uploads: false,
         tag: "operations",
         operations: &[
             Operation {
@@ -139,6 +200,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/readyz",
         guarded: false,
+        uploads: false,
         tag: "operations",
         operations: &[
             Operation {
@@ -158,6 +220,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/metrics",
         guarded: false,
+        uploads: false,
         tag: "operations",
         operations: &[Operation {
             method: Method::GET,
@@ -169,6 +232,7 @@ pub static ROUTES: &[Route] = &[
     Route {
         path: "/openapi.json",
         guarded: false,
+        uploads: false,
         tag: "operations",
         operations: &[Operation {
             method: Method::GET,
@@ -288,6 +352,10 @@ mod tests {
             ("/v1/tracking-numbers/MY00ABC/check/x", UNMATCHED),
             ("/v1/tracking-numbers/a/b", UNMATCHED),
             ("/v1/tracking-numbers/", UNMATCHED),
+            ("/v1/imports", "/v1/imports"),
+            ("/v1/imports/abc", "/v1/imports/{id}"),
+            ("/v1/imports/abc/results", "/v1/imports/{id}/results"),
+            ("/v1/imports/abc/x", UNMATCHED),
             ("/healthz", "/healthz"),
             ("/readyz", "/readyz"),
             ("/metrics", "/metrics"),
@@ -305,6 +373,7 @@ mod tests {
         static ONLY_PROBES: &[Route] = &[Route {
             path: "/healthz",
             guarded: false,
+            uploads: false,
             tag: "operations",
             operations: &[],
         }];

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -127,7 +127,7 @@ impl Imports {
 
     /// A new upload.
     pub fn draft(&self) -> Draft {
-        let now = Utc::now();
+        let now = Utc::now().trunc_subsecs(6);
         Draft {
             id: uuid::Uuid::new_v4().simple().to_string(),
             created_at: now,

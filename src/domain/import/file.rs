@@ -30,7 +30,7 @@ const MSG_NOT_UTF8: &str = "is not valid UTF-8";
 const MSG_ORDER_ID: &str = "must be at most 200 characters, without control characters";
 
 /// What separates the fields of a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Delimiter {
     Comma,
@@ -112,7 +112,7 @@ pub fn reader<R: Read>(delimiter: Delimiter, input: R) -> csv::Reader<R> {
 }
 
 /// One bad field of one row, as a job reports it. Rows count from 1, the header not included.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RowError {
     pub row: u64,
     pub field: String,

@@ -12,7 +12,7 @@ use crate::domain::{Principal, Tenant};
 /// A job reports at most this many row errors; the counts cover every row.
 pub const MAX_REPORTED_ERRORS: usize = 100;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
@@ -44,7 +44,7 @@ impl JobStatus {
 }
 
 /// How many rows the file holds, and what became of those processed so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RowCounts {
     pub total: u64,
     pub processed: u64,
@@ -95,23 +95,29 @@ impl ChunkTally {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportJob {
+    #[schema(examples("5f0c6b8a9d2e4f1b8c3a7e6d5b4a3c2f"))]
     pub id: String,
     pub status: JobStatus,
     pub dry_run: bool,
     pub delimiter: Delimiter,
     /// The tenant whose key uploaded the file; absent without API keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false, examples("acme"))]
     pub tenant: Option<Tenant>,
     pub rows: RowCounts,
     /// The first [`MAX_REPORTED_ERRORS`] row errors, in row order.
     pub errors: Vec<RowError>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<DateTime<Utc>>,
     /// Why a failed job failed, in words fit for the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub failure: Option<String>,
 }
 

@@ -394,3 +394,73 @@ impl IntoParams for IfMatch {
         ]
     }
 }
+
+/// `{id}` in import paths.
+pub(super) struct ImportIdPath;
+
+impl IntoParams for ImportIdPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            ParameterBuilder::new()
+                .name("id")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .description(Some("The import's id, as `POST /v1/imports` gave it"))
+                .schema(Some(
+                    text(".+").examples(["5f0c6b8a9d2e4f1b8c3a7e6d5b4a3c2f"]),
+                ))
+                .build(),
+        ]
+    }
+}
+
+/// The query of `POST /v1/imports`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct UploadQuery {
+    /// What separates the fields: `,` `;` `|` or a tab, or its name (`comma`, `semicolon`,
+    /// `pipe`, `tab`). Detected from the header row when absent.
+    #[param(pattern = "^(,|;|\\||\t|comma|semicolon|pipe|tab)$")]
+    delimiter: Option<String>,
+    /// `true` checks every row and issues nothing.
+    dry_run: Option<bool>,
+}
+
+/// The query of `GET /v1/imports`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct ListQuery {
+    /// Jobs a page (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<u32>,
+    /// The `next` of the page before.
+    #[param(pattern = "^[1-9][0-9]{0,18}$")]
+    before: Option<String>,
+}
+
+/// The CSV body of `POST /v1/imports`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(examples("order_id,origin_country_id,weight\nA-1,MY,1.5\n"))]
+pub(super) struct ImportFile(String);
+
+/// The multipart form of `POST /v1/imports`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ImportForm {
+    /// The CSV file.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// What `GET /v1/imports` answers.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ImportListing {
+    /// Newest first.
+    imports: Vec<crate::domain::import::ImportJob>,
+    /// Where the next page starts (pass it as `before`); null on the last page.
+    next: Option<String>,
+}

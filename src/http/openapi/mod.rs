@@ -13,9 +13,13 @@ use utoipa::OpenApi;
 
 use super::routes::{ROUTES, Route};
 use super::{Call, Problem, Response, json_reply};
+use crate::domain::import::{Delimiter, ImportJob, JobStatus, RowCounts, RowError};
 use crate::domain::inspect::Inspection;
 use crate::domain::{FieldError, Record, Status};
-use bodies::{BatchReply, BatchRequest, Health, IssueInputs, NotReady, Ready, RecordChanges};
+use bodies::{
+    BatchReply, BatchRequest, Health, ImportFile, ImportForm, ImportListing, IssueInputs, NotReady,
+    Ready, RecordChanges,
+};
 
 mod bodies;
 pub mod operations;
@@ -79,11 +83,20 @@ fn document_of(table: &'static [Route]) -> Value {
         RecordChanges,
         Health,
         Ready,
-        NotReady
+        NotReady,
+        ImportJob,
+        ImportListing,
+        ImportForm,
+        ImportFile,
+        JobStatus,
+        RowCounts,
+        RowError,
+        Delimiter
     )),
     tags(
         (name = "issuing", description = "New tracking numbers, one at a time or in batches"),
         (name = "records", description = "The record every number leaves"),
+        (name = "imports", description = "Bulk import of CSV files of orders, as jobs"),
         (name = "operations", description = "Probes, metrics and this description"),
     )
 )]

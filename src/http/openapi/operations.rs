@@ -5,10 +5,12 @@
 
 use super::super::problem::CONTENT_TYPE as PROBLEM;
 use super::bodies::{
-    BatchReply, BatchRequest, Health, IdempotencyKey, IfMatch, IssueInputs, IssueQuery, NotReady,
-    Ready, RecordChanges, TrackingNumberPath,
+    BatchReply, BatchRequest, Health, IdempotencyKey, IfMatch, ImportFile, ImportForm,
+    ImportIdPath, ImportListing, IssueInputs, IssueQuery, ListQuery, NotReady, Ready,
+    RecordChanges, TrackingNumberPath, UploadQuery,
 };
 use crate::domain::Record;
+use crate::domain::import::ImportJob;
 use crate::domain::inspect::Inspection;
 use crate::http::Problem;
 
@@ -247,6 +249,107 @@ pub fn metrics() {}
 )]
 pub fn openapi_json() {}
 
+/// Import a CSV file of orders
+///
+/// A `text/csv` body, or `multipart/form-data` with a `file` part. A header row is required:
+/// the columns are the order inputs plus optional `order_id` and `expires_at`, in any order and
+/// any case; unknown columns are refused. UTF-8, with or without a BOM. The rows are issued by a
+/// job that any instance may run; follow it at the `Location`.
+#[utoipa::path(
+    post,
+    path = "/v1/imports",
+    operation_id = "createImport",
+    params(UploadQuery, IdempotencyKey),
+    request_body(content(
+        (ImportFile = "text/csv"),
+        (ImportForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 202, description = "The job, queued (or done at once for a file of no rows)",
+         body = ImportJob,
+         headers(
+            ("Location" = String, description = "The job's URL path"),
+            ("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"),
+         )),
+        (status = 400, description = "Not a CSV file, or bad or missing header columns, or bad \
+            parameters: every one named in `errors`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 413, description = "The file is over `--import-max-bytes`", body = Problem,
+         content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn create_import() {}
+
+/// Recent imports
+#[utoipa::path(
+    get,
+    path = "/v1/imports",
+    operation_id = "listImports",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's jobs, newest first", body = ImportListing),
+        (status = 400, description = "Bad parameters, every one named in `errors`",
+         body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn list_imports() {}
+
+/// An import's status
+#[utoipa::path(
+    get,
+    path = "/v1/imports/{id}",
+    operation_id = "getImport",
+    params(ImportIdPath),
+    responses(
+        (status = 200, description = "The job", body = ImportJob),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+    )
+)]
+pub fn get_import() {}
+
+/// Cancel an import
+///
+/// A queued job is cancelled at once, a running one before its next chunk of rows. Rows that
+/// already got numbers keep them.
+#[utoipa::path(
+    delete,
+    path = "/v1/imports/{id}",
+    operation_id = "cancelImport",
+    params(ImportIdPath),
+    responses(
+        (status = 202, description = "Cancelled, or to be cancelled by its worker", body = ImportJob),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has already ended", body = Problem,
+         content_type = PROBLEM),
+    )
+)]
+pub fn cancel_import() {}
+
+/// An import's results
+///
+/// The input rows in input order, as they came, with `tracking_number` and `error` columns
+/// appended, in the file's delimiter. Rows a cancelled or failed job never reached say so in
+/// `error`.
+#[utoipa::path(
+    get,
+    path = "/v1/imports/{id}/results",
+    operation_id = "getImportResults",
+    params(ImportIdPath),
+    responses(
+        (status = 200, description = "The results, streamed", body = String,
+         content_type = "text/csv; charset=utf-8",
+         headers(("Content-Disposition" = String, description = "A file name for the download"))),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has not ended yet", body = Problem,
+         content_type = PROBLEM),
+    )
+)]
+pub fn import_results() {}
+
+const NO_IMPORT: &str = "No such import visible to the caller (never made, another tenant's, or \
+                         expired)";
 const IN_FLIGHT: &str = "The first request with this `Idempotency-Key` is still running and did \
                          not finish within the wait; retry to get its reply";
 const KEY_REUSED: &str = "This `Idempotency-Key` was used for a request with other inputs; \

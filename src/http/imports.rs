@@ -1,0 +1,374 @@
+//! Bulk import: `POST /v1/imports` streams an upload into the store a chunk at a time and
+//! queues its job; `GET /v1/imports/{id}` is the job, `GET /v1/imports/{id}/results` its
+//! results as CSV, `GET /v1/imports` the recent jobs, and `DELETE /v1/imports/{id}` cancels one.
+
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+use http_body_util::{BodyExt, BodyStream, Either, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Call, Problem, Response, SharedState, idempotent, query, reply};
+use crate::domain::FieldError;
+use crate::domain::idempotency::fingerprint;
+use crate::domain::import::chunks::CHUNK_BYTES;
+use crate::domain::import::{Chunker, Delimiter, ImportJob};
+use crate::service::imports::{Draft, Finished, Imports, MAX_PAGE, ResultsStream};
+
+/// A listing shows this many jobs a page unless asked for another number.
+const DEFAULT_PAGE: usize = 20;
+const CSV: &str = "text/csv; charset=utf-8";
+const JSON: &str = "application/json";
+
+/// `POST /v1/imports`: the upload, as a CSV body or the `file` part of a multipart form.
+pub async fn create(call: Call) -> Response {
+    let Call {
+        state,
+        who,
+        request,
+        ..
+    } = call;
+    let params = upload_params(request.uri().query().unwrap_or(""));
+    let key = idempotent::key(
+        request
+            .headers()
+            .get(idempotent::HEADER)
+            .map(|v| v.to_str().unwrap_or("\u{FFFD}").to_owned()),
+    );
+    let (params, key) = match (params, key) {
+        (Ok(params), Ok(key)) => (params, key),
+        (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
+    };
+    let received = match receive(&state, request, &params).await {
+        Ok(received) => received,
+        Err(problem) => return problem.into_response(),
+    };
+    let fingerprint = key.as_ref().map(|_| received.fingerprint.clone());
+    let run = {
+        let (state, tenant) = (state.clone(), who.tenant.clone());
+        async move {
+            let Received { draft, upload, .. } = received;
+            let job = state
+                .imports
+                .submit(draft, upload, tenant, params.dry_run)
+                .await?;
+            Ok((StatusCode::ACCEPTED, job_json(&job)))
+        }
+    };
+    idempotent::respond(&state, &who, key, fingerprint, run, accepted).await
+}
+
+/// `GET /v1/imports/{id}`.
+pub async fn get(call: Call) -> Response {
+    match call.state.imports.job(&call.param, &call.who).await {
+        Ok(Some(job)) => reply(StatusCode::OK, JSON, job_json(&job)),
+        Ok(None) => no_such_import(),
+        Err(err) => Problem::from(err).into_response(),
+    }
+}
+
+/// `GET /v1/imports`: recent jobs, newest first, a page at a time.
+pub async fn list(call: Call) -> Response {
+    let (limit, before) = match page_params(call.query()) {
+        Ok(page) => page,
+        Err(errors) => return Problem::invalid(errors).into_response(),
+    };
+    match call.state.imports.list(&call.who, before, limit).await {
+        Ok(page) => {
+            #[derive(Serialize)]
+            struct Listing<'a> {
+                imports: &'a [ImportJob],
+                /// Where the next page starts (`?before=`); null on the last page.
+                next: Option<String>,
+            }
+            let body = serde_json::to_vec(&Listing {
+                imports: &page.jobs,
+                next: page.next.map(|at| at.to_string()),
+            })
+            .unwrap_or_default();
+            reply(StatusCode::OK, JSON, Bytes::from(body))
+        }
+        Err(err) => Problem::from(err).into_response(),
+    }
+}
+
+/// `GET /v1/imports/{id}/results`: streamed, once the job has ended.
+pub async fn results(call: Call) -> Response {
+    let imports = call.state.imports.clone();
+    match imports.results(&call.param, &call.who).await {
+        Ok(Some(Ok(results))) => {
+            let mut response = reply(StatusCode::OK, CSV, Bytes::new());
+            *response.body_mut() =
+                Either::Right(BodyExt::boxed_unsync(StreamBody::new(frames(results))));
+            let disposition = format!("attachment; filename=\"import-{}-results.csv\"", call.param);
+            if let Ok(value) = HeaderValue::from_str(&disposition) {
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_DISPOSITION, value);
+            }
+            response
+        }
+        Ok(Some(Err(Finished(status)))) => Problem::conflict(
+            "urn:tracknum:problem:import-not-finished",
+            "Import not finished",
+            format!(
+                "the import is {}; its results are ready once it has ended",
+                status.name()
+            ),
+        )
+        .with("import_status", status.name())
+        .into_response(),
+        Ok(None) => no_such_import(),
+        Err(err) => Problem::from(err).into_response(),
+    }
+}
+
+/// `DELETE /v1/imports/{id}`: a queued job is cancelled at once, a running one before its
+/// next chunk; rows already issued keep their numbers.
+pub async fn cancel(call: Call) -> Response {
+    match call.state.imports.cancel(&call.param, &call.who).await {
+        Ok(Some(Ok(job))) => reply(StatusCode::ACCEPTED, JSON, job_json(&job)),
+        Ok(Some(Err(Finished(status)))) => Problem::conflict(
+            "urn:tracknum:problem:import-finished",
+            "Import already ended",
+            format!("the import is {} and cannot be cancelled", status.name()),
+        )
+        .with("import_status", status.name())
+        .into_response(),
+        Ok(None) => no_such_import(),
+        Err(err) => Problem::from(err).into_response(),
+    }
+}
+
+/// What an upload asks for besides its file.
+struct UploadParams {
+    delimiter: Option<Delimiter>,
+    dry_run: bool,
+    /// The parameters as given, for the upload's fingerprint.
+    raw: String,
+}
+
+fn upload_params(raw: &str) -> Result<UploadParams, Problem> {
+    let given = query::named(raw, &["delimiter", "dry_run"]).map_err(Problem::invalid)?;
+    let mut params = UploadParams {
+        delimiter: None,
+        dry_run: false,
+        raw: String::new(),
+    };
+    let mut errors = Vec::new();
+    for (name, value) in given {
+        match name {
+            "delimiter" => match Delimiter::from_param(&value) {
+                Some(delimiter) => params.delimiter = Some(delimiter),
+                None => errors.push(FieldError::new(
+                    "delimiter",
+                    "must be one of `,` `;` `|` or a tab, or comma, semicolon, pipe or tab",
+                )),
+            },
+            _ => match value.as_str() {
+                "true" => params.dry_run = true,
+                "false" => params.dry_run = false,
+                _ => errors.push(FieldError::new("dry_run", "must be true or false")),
+            },
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::invalid(errors));
+    }
+    params.raw = format!(
+        "delimiter={:?}&dry_run={}",
+        params.delimiter, params.dry_run
+    );
+    Ok(params)
+}
+
+fn page_params(raw: &str) -> Result<(usize, i64), Vec<FieldError>> {
+    let mut page = (DEFAULT_PAGE, i64::MAX);
+    let mut errors = Vec::new();
+    for (name, value) in query::named(raw, &["limit", "before"])? {
+        match name {
+            "limit" => match value.parse::<usize>() {
+                Ok(limit) if (1..=MAX_PAGE).contains(&limit) => page.0 = limit,
+                _ => errors.push(FieldError::new(
+                    "limit",
+                    format!("must be a whole number from 1 to {MAX_PAGE}"),
+                )),
+            },
+            _ => match value.parse::<i64>() {
+                Ok(before) if before > 0 => page.1 = before,
+                _ => errors.push(FieldError::new(
+                    "before",
+                    "must be the `next` of an earlier page",
+                )),
+            },
+        }
+    }
+    if errors.is_empty() {
+        Ok(page)
+    } else {
+        Err(errors)
+    }
+}
+
+/// An upload stored in full: its chunks are in the store, its job not yet.
+struct Received {
+    draft: Draft,
+    upload: crate::domain::import::Upload,
+    /// The file and parameters, digested: a retry with the same `Idempotency-Key` must send
+    /// the same.
+    fingerprint: String,
+}
+
+/// Reads the upload as it arrives, storing each chunk of whole rows as soon as it is complete:
+/// the file is never held whole.
+async fn receive(
+    state: &SharedState,
+    request: Request<Incoming>,
+    params: &UploadParams,
+) -> Result<Received, Problem> {
+    let limit = state.import_max_bytes;
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok());
+    let body = BodyStream::new(request.into_body()).filter_map(|frame| async move {
+        match frame {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(err) => Some(Err(err)),
+        }
+    });
+    let mut sink = Sink::new(&state.imports, params, limit);
+    match boundary {
+        None => {
+            let mut body = std::pin::pin!(body);
+            while let Some(piece) = body.next().await {
+                sink.take(&piece.map_err(|_| unreadable())?).await?;
+            }
+        }
+        Some(boundary) => {
+            let mut form = multer::Multipart::new(body, boundary);
+            let mut found = false;
+            while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
+                if field.name() != Some("file") || found {
+                    continue;
+                }
+                found = true;
+                while let Some(piece) = field.chunk().await.map_err(bad_form)? {
+                    sink.take(&piece).await?;
+                }
+            }
+            if !found {
+                return Err(Problem::invalid(vec![FieldError::new(
+                    "file",
+                    "a multipart upload needs a part named `file` holding the CSV",
+                )]));
+            }
+        }
+    }
+    sink.finish().await
+}
+
+/// Where an upload's bytes go: counted against the limit, digested, cut into chunks, stored.
+struct Sink<'a> {
+    imports: &'a Imports,
+    chunker: Chunker,
+    draft: Draft,
+    digest: Sha256,
+    seen: u64,
+    limit: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(imports: &'a Imports, params: &UploadParams, limit: u64) -> Sink<'a> {
+        let mut digest = Sha256::new();
+        digest.update(params.raw.as_bytes());
+        digest.update([0]);
+        Sink {
+            imports,
+            chunker: Chunker::new(params.delimiter, CHUNK_BYTES),
+            draft: imports.draft(),
+            digest,
+            seen: 0,
+            limit,
+        }
+    }
+
+    async fn take(&mut self, piece: &[u8]) -> Result<(), Problem> {
+        self.seen += piece.len() as u64;
+        if self.seen > self.limit {
+            return Err(Problem::too_large(self.limit as usize));
+        }
+        self.digest.update(piece);
+        for chunk in self.chunker.feed(piece).map_err(Problem::invalid)? {
+            self.imports.put_chunk(&mut self.draft, chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<Received, Problem> {
+        let (chunks, upload) = self.chunker.finish().map_err(Problem::invalid)?;
+        for chunk in chunks {
+            self.imports.put_chunk(&mut self.draft, chunk).await?;
+        }
+        let digest = self.digest.finalize();
+        Ok(Received {
+            draft: self.draft,
+            upload,
+            fingerprint: fingerprint("import", &digest),
+        })
+    }
+}
+
+/// The results as body frames; a storage failure mid-way ends the body with an error, so the
+/// client sees a cut reply, never a short file that looks whole.
+fn frames(results: ResultsStream) -> impl Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+    stream::unfold(results, |mut results| async move {
+        let piece = results.next().await?;
+        let frame = piece.map(Frame::data).map_err(|err| {
+            tracing::warn!(error = %err, "an import's results could not be read to the end");
+            std::io::Error::other("the results could not be read")
+        });
+        Some((frame, results))
+    })
+}
+
+fn job_json(job: &ImportJob) -> Bytes {
+    Bytes::from(serde_json::to_vec(job).unwrap_or_default())
+}
+
+/// A 202 with the job, and where to follow it.
+fn accepted(status: StatusCode, body: Bytes) -> Response {
+    let location = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|job| Some(format!("/v1/imports/{}", job.get("id")?.as_str()?)));
+    let mut response = reply(status, JSON, body);
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn no_such_import() -> Response {
+    Problem::not_found("no such import").into_response()
+}
+
+fn unreadable() -> Problem {
+    Problem::invalid(vec![FieldError::new(
+        "body",
+        "could not be read: the connection failed while it was sent",
+    )])
+}
+
+fn bad_form(err: multer::Error) -> Problem {
+    match err {
+        multer::Error::StreamReadFailed(_) => unreadable(),
+        _ => Problem::invalid(vec![FieldError::new(
+            "body",
+            "is not a valid multipart/form-data body",
+        )]),
+    }
+}
