@@ -152,13 +152,12 @@ struct UploadParams {
 }
 
 fn upload_params(raw: &str) -> Result<UploadParams, Problem> {
-    let given = query::named(raw, &["delimiter", "dry_run"]).map_err(Problem::invalid)?;
+    let (given, mut errors) = query::named(raw, &["delimiter", "dry_run"]);
     let mut params = UploadParams {
         delimiter: None,
         dry_run: false,
         raw: String::new(),
     };
-    let mut errors = Vec::new();
     for (name, value) in given {
         match name {
             "delimiter" => match Delimiter::from_param(&value) {
@@ -187,8 +186,8 @@ fn upload_params(raw: &str) -> Result<UploadParams, Problem> {
 
 fn page_params(raw: &str) -> Result<(usize, i64), Vec<FieldError>> {
     let mut page = (DEFAULT_PAGE, i64::MAX);
-    let mut errors = Vec::new();
-    for (name, value) in query::named(raw, &["limit", "before"])? {
+    let (given, mut errors) = query::named(raw, &["limit", "before"]);
+    for (name, value) in given {
         match name {
             "limit" => match value.parse::<usize>() {
                 Ok(limit) if (1..=MAX_PAGE).contains(&limit) => page.0 = limit,

@@ -56,12 +56,9 @@ pub fn parse_issue(raw: &str, now: DateTime<Utc>) -> Result<IssueRequest, Vec<Fi
     }
 }
 
-/// Reads a query of the given `names`, each at most once; every unknown, repeated or
-/// undecodable parameter is named.
-pub fn named(
-    raw: &str,
-    names: &[&'static str],
-) -> Result<Vec<(&'static str, String)>, Vec<FieldError>> {
+/// Reads a query of the given `names`, each at most once: the parameters given, and an error
+/// naming each unknown, repeated or undecodable one.
+pub fn named(raw: &str, names: &[&'static str]) -> (Vec<(&'static str, String)>, Vec<FieldError>) {
     let mut given: Vec<(&'static str, String)> = Vec::new();
     let mut errors: Vec<FieldError> = Vec::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
@@ -88,11 +85,7 @@ pub fn named(
             None => errors.push(FieldError::new(name, "is not valid percent-encoded UTF-8")),
         }
     }
-    if errors.is_empty() {
-        Ok(given)
-    } else {
-        Err(errors)
-    }
+    (given, errors)
 }
 
 /// application/x-www-form-urlencoded decoding: `+` is a space, `%XX` a byte, UTF-8 required.

@@ -395,6 +395,8 @@ impl Imports {
             let (tally, rows) = self
                 .run_chunk(&job, &header, chunk, first_row, &file)
                 .await?;
+            // The chunk's records are durable before its results say they exist.
+            self.store.sync().await?;
             let part = encode_part(&tally, &rows);
             self.store
                 .put_import_part(

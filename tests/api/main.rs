@@ -57,6 +57,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod hostile;
+mod imports;
 mod lifecycle;
 mod openapi;
 mod ops;

@@ -117,7 +117,7 @@ pub struct EmbeddedStore {
     disk: Arc<DiskGuard>,
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
     /// need not outlive it): each key's claim, and when the claim runs out.
-    claims: tokio::sync::Mutex<HashMap<String, (Vec<u8>, std::time::Instant)>>,
+    claims: tokio::sync::Mutex<Claims>,
     /// Queued imports taken by workers of this process: the queue's sequence number → the
     /// worker and when it last touched the job. Not kept on disk: after a restart, every
     /// queued job is free again, and the job resumes.
@@ -1050,6 +1050,14 @@ impl RecordStore for EmbeddedStore {
 /// Past this many claims held at once, claims that ran out are dropped.
 const MAX_LIVE_CLAIMS: usize = 10_000;
 
+/// Idempotency keys claimed by requests of this process, each with when its claim runs out.
+#[derive(Default)]
+struct Claims {
+    held: HashMap<String, (Vec<u8>, std::time::Instant)>,
+    /// The map's size at which claims that ran out are dropped next (0: at the next claim).
+    sweep_at: usize,
+}
+
 fn holds_claim(
     claims: &HashMap<String, (Vec<u8>, std::time::Instant)>,
     key: &str,
@@ -1076,10 +1084,12 @@ impl ReplyStore for EmbeddedStore {
         // the claim: a key is never seen as neither claimed nor done while its reply is written.
         let now = std::time::Instant::now();
         let mut claims = self.claims.lock().await;
-        if claims.len() > MAX_LIVE_CLAIMS {
-            claims.retain(|_, (_, until)| *until > now);
+        if claims.held.len() > claims.sweep_at {
+            claims.held.retain(|_, (_, until)| *until > now);
+            // Swept again only once the map has doubled: never a sweep per claim.
+            claims.sweep_at = MAX_LIVE_CLAIMS.max(claims.held.len() * 2);
         }
-        if let Some((held, until)) = claims.get(key)
+        if let Some((held, until)) = claims.held.get(key)
             && *until > now
         {
             return Ok(Some(Bytes::copy_from_slice(held)));
@@ -1087,7 +1097,9 @@ impl ReplyStore for EmbeddedStore {
         if let Some(done) = self.get_row(&reply_key(key)).await? {
             return Ok(Some(done));
         }
-        claims.insert(key.to_owned(), (claim.to_vec(), now + ttl));
+        claims
+            .held
+            .insert(key.to_owned(), (claim.to_vec(), now + ttl));
         Ok(None)
     }
 
@@ -1098,7 +1110,7 @@ impl ReplyStore for EmbeddedStore {
         reply: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        if !holds_claim(&*self.claims.lock().await, key, claim) {
+        if !holds_claim(&self.claims.lock().await.held, key, claim) {
             return Ok(false);
         }
         let expires_at =
@@ -1109,14 +1121,14 @@ impl ReplyStore for EmbeddedStore {
             json: Bytes::copy_from_slice(reply),
         };
         self.insert_rows(vec![(reply_key(key), row)]).await?;
-        self.claims.lock().await.remove(key);
+        self.claims.lock().await.held.remove(key);
         Ok(true)
     }
 
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
         let mut claims = self.claims.lock().await;
-        if holds_claim(&claims, key, claim) {
-            claims.remove(key);
+        if holds_claim(&claims.held, key, claim) {
+            claims.held.remove(key);
         }
         Ok(())
     }

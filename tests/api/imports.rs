@@ -1,0 +1,788 @@
+//! Bulk import over HTTP: uploads (CSV bodies and multipart forms, every delimiter, a BOM),
+//! bad rows and bad files, duplicate order ids, dry runs, cancelling, idempotent uploads,
+//! listings, tenants, a large file, and jobs finished by another process after a kill.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::helpers::{
+    BinaryApp, RedisServer, SECRET, TestApp, keys_file, spawn_embedded, spawn_on_redis,
+};
+
+const HEADER: &str = "order_id,origin_country_id,destination_country_id,weight,customer_name";
+
+/// Uploads `body` as a CSV body to `base` (`http://host:port`) with the query `query`.
+async fn upload_to(
+    client: &reqwest::Client,
+    base: &str,
+    query: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let response = client
+        .post(format!("{base}/v1/imports{query}"))
+        .header("content-type", "text/csv")
+        .body(body)
+        .send()
+        .await
+        .expect("the server answers");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body, headers)
+}
+
+async fn upload(app: &TestApp, query: &str, body: &str) -> (StatusCode, Value) {
+    let (status, body, _) = upload_to(&app.client, &base(app), query, body.to_owned()).await;
+    (status, body)
+}
+
+fn base(app: &TestApp) -> String {
+    app.url("")
+}
+
+/// Uploads and asserts a 202; returns the job.
+async fn accepted(app: &TestApp, query: &str, body: &str) -> Value {
+    let (status, job) = upload(app, query, body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    job
+}
+
+/// Polls the job until it has ended.
+async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = client
+            .get(format!("{base}/v1/imports/{id}"))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let job: Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{job}");
+        if ["done", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "the import never ended: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn finished(app: &TestApp, job: &Value) -> Value {
+    finished_on(&app.client, &base(app), job["id"].as_str().unwrap()).await
+}
+
+/// The results, read as CSV with the given delimiter: the header row, then the rows.
+async fn results_on(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    delimiter: u8,
+) -> Vec<Vec<String>> {
+    let response = client
+        .get(format!("{base}/v1/imports/{id}/results"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    let bytes = response.bytes().await.unwrap();
+    csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(&bytes[..])
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect()
+}
+
+async fn results(app: &TestApp, job: &Value) -> Vec<Vec<String>> {
+    results_on(&app.client, &base(app), job["id"].as_str().unwrap(), b',').await
+}
+
+fn is_number(text: &str) -> bool {
+    text.len() == 16
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+}
+
+/// A file of `rows` good rows, each with its own order id.
+fn big_file(rows: usize) -> String {
+    let mut file = String::with_capacity(rows * 40 + 64);
+    file.push_str("order_id,origin_country_id,weight\n");
+    for row in 0..rows {
+        file.push_str(&format!("ord-{row},MY,{}.5\n", row % 90 + 1));
+    }
+    file
+}
+
+/// Every row of the results got a number, each row its own: none missing, none twice.
+fn assert_each_row_numbered_once(rows: &[Vec<String>], expected: usize) {
+    assert_eq!(rows.len(), expected + 1, "the header and every row");
+    let numbers: Vec<&str> = rows[1..].iter().map(|r| r[r.len() - 2].as_str()).collect();
+    assert!(numbers.iter().all(|n| is_number(n)), "every row numbered");
+    let unique: HashSet<&&str> = numbers.iter().collect();
+    assert_eq!(unique.len(), numbers.len(), "no number given to two rows");
+    for (at, row) in rows[1..].iter().enumerate() {
+        assert_eq!(row[0], format!("ord-{at}"), "rows keep their input order");
+    }
+}
+
+// The bodies below run on the embedded store, one Redis and a Redis Cluster.
+on_both_backends!(
+    good_rows_are_issued_and_bad_ones_reported,
+    rows_sharing_an_order_id_share_a_number_across_imports,
+    a_dry_run_checks_every_row_and_issues_nothing,
+    every_delimiter_and_a_bom_are_read,
+    a_multipart_upload_is_read_from_its_file_part,
+    a_file_of_no_rows_is_done_at_once,
+    bad_files_and_parameters_are_refused_naming_each_fault,
+    an_idempotency_key_returns_the_same_job,
+    cancelling_stops_a_job_and_rows_keep_their_numbers,
+    recent_jobs_are_listed_newest_first_a_page_at_a_time,
+);
+
+async fn good_rows_are_issued_and_bad_ones_reported(app: &TestApp) {
+    let file = format!(
+        "{HEADER}\n\
+         a-1,MY,SG,1.5,Acme\n\
+         a-2,XX,SG,0,Acme\n\
+         a-3,TH,,2,\"Quoted, Name\"\n\
+         a-4,MY,SG\n\
+         ,ID,,3,\n"
+    );
+    let job = accepted(app, "", &file).await;
+    assert_eq!(job["rows"]["total"], 5);
+    assert_eq!(job["delimiter"], "comma");
+    let job = finished(app, &job).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["rows"]["processed"], 5);
+    assert_eq!(job["rows"]["issued"], 3);
+    assert_eq!(job["rows"]["rejected"], 2);
+    let errors: Vec<(u64, &str)> = job["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["row"].as_u64().unwrap(), e["field"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(2, "origin_country_id"), (2, "weight"), (4, "row")],
+        "every bad field of every bad row, by row"
+    );
+    for time in ["created_at", "started_at", "finished_at"] {
+        assert!(job[time].is_string(), "{time}: {job}");
+    }
+
+    let rows = results(app, &job).await;
+    assert_eq!(rows[0].last().unwrap(), "error");
+    assert_eq!(rows[0][rows[0].len() - 2], "tracking_number");
+    assert_eq!(rows[3][4], "Quoted, Name", "fields come back as they were");
+    for (at, good) in [(1, true), (2, false), (3, true), (4, false), (5, true)] {
+        let row = &rows[at];
+        let (number, error) = (&row[row.len() - 2], &row[row.len() - 1]);
+        assert_eq!(is_number(number), good, "row {at}: {row:?}");
+        assert_eq!(error.is_empty(), good, "row {at}: {row:?}");
+    }
+    assert!(rows[2].last().unwrap().contains("weight: "));
+    // Each number has its record, with the row's inputs.
+    let record: Value = app
+        .get(&format!("/v1/tracking-numbers/{}", rows[3][5]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["origin_country_id"], "TH");
+    assert_eq!(record["customer_name"], "Quoted, Name");
+    assert!(rows[3][5].starts_with("TH"));
+}
+
+async fn rows_sharing_an_order_id_share_a_number_across_imports(app: &TestApp) {
+    let first = accepted(
+        app,
+        "",
+        "order_id,origin_country_id,weight\nsame,MY,1\nother,MY,1\nsame,MY,1\nsame,SG,1\n",
+    )
+    .await;
+    let first = finished(app, &first).await;
+    let rows = results(app, &first).await;
+    assert!(is_number(&rows[1][3]));
+    assert_eq!(rows[1][3], rows[3][3], "the same order id, the same number");
+    assert_ne!(rows[1][3], rows[2][3]);
+    assert_eq!(rows[4][3], "", "other inputs under the same order id");
+    assert!(rows[4][4].starts_with("order_id: "), "{:?}", rows[4]);
+
+    // Another import, later: the same order gets its number again; other inputs are refused.
+    let again = accepted(
+        app,
+        "",
+        "weight;origin_country_id;order_id\n1;MY;same\n2;MY;other\n",
+    )
+    .await;
+    let again = finished(app, &again).await;
+    let again_rows = results_on(&app.client, &base(app), again["id"].as_str().unwrap(), b';').await;
+    assert_eq!(again_rows[1][3], rows[1][3]);
+    assert_eq!(again_rows[2][3], "");
+    assert!(again_rows[2][4].contains("order_id"), "{:?}", again_rows[2]);
+    assert_eq!(again["rows"]["issued"], 1);
+}
+
+async fn a_dry_run_checks_every_row_and_issues_nothing(app: &TestApp) {
+    let metrics_before = app.get("/metrics").await.text().await.unwrap();
+    let job = accepted(
+        app,
+        "?dry_run=true",
+        "origin_country_id,weight\nMY,1\nZZ,1\nSG,2\n",
+    )
+    .await;
+    assert_eq!(job["dry_run"], true);
+    let job = finished(app, &job).await;
+    assert_eq!(job["rows"]["valid"], 2);
+    assert_eq!(job["rows"]["issued"], 0);
+    assert_eq!(job["rows"]["rejected"], 1);
+    let rows = results(app, &job).await;
+    assert!(
+        rows[1..].iter().all(|r| r[2].is_empty()),
+        "no numbers: {rows:?}"
+    );
+    assert!(rows[2][3].starts_with("origin_country_id"));
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        issued_total(&metrics_before),
+        issued_total(&metrics),
+        "a dry run issues no number"
+    );
+    assert!(metrics.contains("tracknum_import_rows_total{outcome=\"valid\"} 2"));
+}
+
+fn issued_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("tracknum_numbers_issued_total "))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn every_delimiter_and_a_bom_are_read(app: &TestApp) {
+    for (delimiter, byte, name, param) in [
+        (",", b',', "comma", "comma"),
+        (";", b';', "semicolon", "%3B"),
+        ("\t", b'\t', "tab", "tab"),
+        ("|", b'|', "pipe", "%7C"),
+    ] {
+        // A quoted field holding the delimiter (a tab is a control character, not a name's).
+        let inside = if delimiter == "\t" { " " } else { delimiter };
+        let file = format!(
+            "\u{FEFF}Customer_Name{delimiter}ORIGIN_COUNTRY_ID\r\n\"a{inside}b\"{delimiter}my\r\n"
+        );
+        for query in [String::new(), format!("?delimiter={param}")] {
+            let job = accepted(app, &query, &file).await;
+            assert_eq!(job["delimiter"], name, "{query}");
+            let job = finished(app, &job).await;
+            assert_eq!(job["rows"]["issued"], 1, "{name} {query}: {job}");
+            let id = job["id"].as_str().unwrap();
+            let rows = results_on(&app.client, &base(app), id, byte).await;
+            assert_eq!(
+                rows[0],
+                [
+                    "Customer_Name",
+                    "ORIGIN_COUNTRY_ID",
+                    "tracking_number",
+                    "error"
+                ]
+            );
+            assert_eq!(rows[1][0], format!("a{inside}b"));
+            assert!(rows[1][2].starts_with("MY"), "{rows:?}");
+        }
+    }
+}
+
+async fn a_multipart_upload_is_read_from_its_file_part(app: &TestApp) {
+    let form = reqwest::multipart::Form::new()
+        .text("note", "ignored")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(big_file(3).into_bytes())
+                .file_name("orders.csv")
+                .mime_str("text/csv")
+                .unwrap(),
+        );
+    let response = app
+        .client
+        .post(app.url("/v1/imports"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let job = finished(app, &job).await;
+    assert_each_row_numbered_once(&results(app, &job).await, 3);
+
+    let no_file = reqwest::multipart::Form::new().text("other", "x");
+    let response = app
+        .client
+        .post(app.url("/v1/imports"))
+        .multipart(no_file)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "file");
+}
+
+async fn a_file_of_no_rows_is_done_at_once(app: &TestApp) {
+    let job = accepted(app, "", "weight,origin_country_id\n").await;
+    assert_eq!(job["status"], "done");
+    assert_eq!(job["rows"]["total"], 0);
+    let rows = results(app, &job).await;
+    assert_eq!(
+        rows,
+        [["weight", "origin_country_id", "tracking_number", "error"]]
+    );
+}
+
+async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &TestApp) {
+    for (query, body, fields) in [
+        (
+            "",
+            "weight,colour,Weight,\n1,red,2,\n",
+            &["colour", "weight", "column 4"][..],
+        ),
+        ("", "", &["header"]),
+        (
+            "?delimiter=x&dry_run=yes",
+            "weight\n1\n",
+            &["delimiter", "dry_run"],
+        ),
+        ("?color=red", "weight\n1\n", &["color"]),
+        ("", "{\"orders\": [1, 2]}", &["{\"orders\": [1", "2]}"]),
+    ] {
+        let (status, problem) = upload(app, query, body).await;
+        assert_eq!(status, 400, "{query} {body:?}: {problem}");
+        assert_eq!(
+            problem["type"], "urn:tracknum:problem:invalid-input",
+            "{problem}"
+        );
+        let named: Vec<&str> = problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(named, fields, "{query} {body:?}");
+    }
+    // Bytes that are not text at all: refused, naming the header.
+    let response = app
+        .client
+        .post(app.url("/v1/imports"))
+        .body(vec![0xFF, 0xFE, 0x00, 0x81, b'\n', 0x01])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert!(
+        !problem["errors"].as_array().unwrap().is_empty(),
+        "{problem}"
+    );
+
+    for path in [
+        "/v1/imports/0123456789abcdef0123456789abcdef",
+        "/v1/imports/not-an-id/results",
+    ] {
+        assert_eq!(app.get(path).await.status(), 404, "{path}");
+    }
+    let response = app
+        .client
+        .delete(app.url("/v1/imports/0123456789abcdef0123456789abcdef"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+async fn an_idempotency_key_returns_the_same_job(app: &TestApp) {
+    let send = |body: &'static str| {
+        app.client
+            .post(app.url("/v1/imports"))
+            .header("Idempotency-Key", "upload-2026-12-02")
+            .body(body)
+            .send()
+    };
+    let first = send("weight\n1\n2\n").await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    let retry = send("weight\n1\n2\n").await.unwrap();
+    assert_eq!(retry.status(), 202);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(retry["id"], first["id"]);
+    let other = send("weight\n3\n").await.unwrap();
+    assert_eq!(other.status(), 422, "the key was used for another file");
+    let job = finished(app, &first).await;
+    assert_eq!(job["rows"]["issued"], 2, "the rows were issued once");
+}
+
+async fn cancelling_stops_a_job_and_rows_keep_their_numbers(app: &TestApp) {
+    // Big enough for many chunks, so the job is still running when the cancel comes.
+    let rows = 60_000;
+    let job = accepted(app, "", &big_file(rows)).await;
+    let id = job["id"].as_str().unwrap();
+    let early = app.get(&format!("/v1/imports/{id}/results")).await;
+    assert_eq!(early.status(), 409, "no results before the job ends");
+    let problem: Value = early.json().await.unwrap();
+    assert!(["queued", "running"].contains(&problem["import_status"].as_str().unwrap()));
+
+    let cancel = app
+        .client
+        .delete(app.url(&format!("/v1/imports/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let job = finished(app, &job).await;
+    assert_eq!(job["status"], "cancelled", "{job}");
+    let processed = job["rows"]["processed"].as_u64().unwrap() as usize;
+    assert!(processed < rows, "{job}");
+
+    let results = results(app, &job).await;
+    assert_eq!(results.len(), rows + 1, "every row is in the results");
+    let numbered: Vec<&Vec<String>> = results[1..].iter().filter(|r| is_number(&r[3])).collect();
+    assert_eq!(
+        numbered.len(),
+        processed,
+        "the rows processed keep their numbers"
+    );
+    assert!(
+        results[rows][4].contains("not processed: the import was cancelled"),
+        "{:?}",
+        results[rows]
+    );
+    let again = app
+        .client
+        .delete(app.url(&format!("/v1/imports/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409, "an ended job cannot be cancelled");
+}
+
+async fn recent_jobs_are_listed_newest_first_a_page_at_a_time(app: &TestApp) {
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = accepted(app, "", "weight\n1\n").await;
+        ids.push(job["id"].as_str().unwrap().to_owned());
+    }
+    ids.reverse();
+    let mut listed: Vec<String> = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    loop {
+        let page: Value = app
+            .get(&format!("/v1/imports{query}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let jobs = page["imports"].as_array().unwrap();
+        assert!(jobs.len() <= 2);
+        listed.extend(jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => query = format!("?limit=2&before={next}"),
+            None => break,
+        }
+    }
+    // Other tests' jobs may be listed too (on a shared cluster): ours come first, in order.
+    assert_eq!(listed[..3], ids[..], "newest first");
+    let bad = app.get("/v1/imports?limit=0&before=x&page=2").await;
+    assert_eq!(bad.status(), 400);
+    let problem: Value = bad.json().await.unwrap();
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_file_over_the_limit_is_refused_whether_declared_or_not() {
+    let (app, _dir) = spawn_embedded(&["--import-max-bytes", "2KiB"]).await;
+    let file = big_file(500);
+    let (status, problem) = upload(&app, "", &file).await;
+    assert_eq!(status, 413, "declared: {problem}");
+    // Streamed without a length, the limit still holds.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = file
+        .as_bytes()
+        .chunks(512)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let (status, problem, _) = upload_to(&app.client, &base(&app), "", body).await;
+    assert_eq!(status, 413, "streamed: {problem}");
+    let (status, _) = upload(&app, "", &big_file(10)).await;
+    assert_eq!(status, 202, "a file under the limit is taken");
+}
+
+#[tokio::test]
+async fn a_large_file_is_streamed_and_every_row_numbered_once() {
+    let (app, _dir) = spawn_embedded(&[]).await;
+    let rows = 60_000;
+    let chunks: Vec<Result<String, std::io::Error>> = big_file(rows)
+        .into_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let (status, job, headers) = upload_to(&app.client, &base(&app), "", body).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(
+        headers["location"],
+        format!("/v1/imports/{}", job["id"].as_str().unwrap())
+    );
+    let job = finished(&app, &job).await;
+    assert_eq!(job["rows"]["issued"], rows as u64, "{job}");
+    assert_each_row_numbered_once(&results(&app, &job).await, rows);
+}
+
+#[tokio::test]
+async fn tenants_see_only_their_own_imports() {
+    let dir = TempDir::new().unwrap();
+    let keys = keys_file(
+        &dir,
+        &[
+            ("shop-a", "key-of-shop-a-0123456789"),
+            ("shop-b", "key-of-shop-b-0123456789"),
+            ("ops role=admin", "key-of-ops-admin-0123456"),
+        ],
+    );
+    let (app, _data) = spawn_embedded(&["--api-keys-file", keys.to_str().unwrap()]).await;
+    let as_key = |key: &'static str, request: reqwest::RequestBuilder| request.bearer_auth(key);
+    let a = "key-of-shop-a-0123456789";
+    let b = "key-of-shop-b-0123456789";
+    let response = as_key(a, app.client.post(app.url("/v1/imports")))
+        .body("order_id,weight\nshared-id,1\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let job: Value = response.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["tenant"], "shop-a");
+
+    for path in [
+        format!("/v1/imports/{id}"),
+        format!("/v1/imports/{id}/results"),
+    ] {
+        let response = as_key(b, app.client.get(app.url(&path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{path}: another tenant's import");
+    }
+    let response = as_key(b, app.client.delete(app.url(&format!("/v1/imports/{id}"))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let listing = |key: &'static str| {
+        let request = as_key(key, app.client.get(app.url("/v1/imports")));
+        async move {
+            let page: Value = request.send().await.unwrap().json().await.unwrap();
+            page["imports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(listing(b).await.is_empty());
+    assert_eq!(listing(a).await, [id.clone()]);
+    assert_eq!(listing("key-of-ops-admin-0123456").await, [id.clone()]);
+    let anonymous = app.client.get(app.url("/v1/imports")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Order ids belong to the tenant too: B's `shared-id` is B's own order.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let number_of = |key: &'static str, id: String| {
+        let request = as_key(
+            key,
+            app.client
+                .get(app.url(&format!("/v1/imports/{id}/results"))),
+        );
+        async move { request.send().await.unwrap() }
+    };
+    let a_rows = loop {
+        let response = number_of(a, id.clone()).await;
+        if response.status() == 200 {
+            break response.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let response = as_key(b, app.client.post(app.url("/v1/imports")))
+        .body("order_id,weight\nshared-id,1\n")
+        .send()
+        .await
+        .unwrap();
+    let b_job: Value = response.json().await.unwrap();
+    let b_id = b_job["id"].as_str().unwrap().to_owned();
+    let b_rows = loop {
+        let response = number_of(b, b_id.clone()).await;
+        if response.status() == 200 {
+            break response.text().await.unwrap();
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let number = |text: &str| {
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .split(',')
+            .nth(2)
+            .unwrap()
+            .to_owned()
+    };
+    assert!(is_number(&number(&a_rows)) && is_number(&number(&b_rows)));
+    assert_ne!(
+        number(&a_rows),
+        number(&b_rows),
+        "two tenants' orders never share a number"
+    );
+}
+
+/// Two instances on one Redis: the one running a job is killed mid-way; the other takes the
+/// job over and finishes it, and no row gets a second number.
+#[tokio::test]
+async fn on_redis_a_job_whose_worker_is_killed_is_finished_by_another_instance() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dirs = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let flags = [
+        "--redis-url",
+        &url,
+        "--secret",
+        SECRET,
+        "--import-stale-after",
+        "2s",
+    ];
+    let mut first = BinaryApp::start(dirs.0.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let first_base = first.url("");
+    let rows = 80_000;
+    let (status, job, _) = upload_to(&client, &first_base, "", big_file(rows)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    // Kill it once it is well into the job, but before it is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Value = client
+            .get(format!("{first_base}/v1/imports/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let processed = job["rows"]["processed"].as_u64().unwrap();
+        assert_ne!(
+            job["status"], "done",
+            "the job ended before the kill: make the file larger"
+        );
+        if processed > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill();
+
+    let second = BinaryApp::start(dirs.1.path(), &flags).await;
+    let job = finished_on(&client, &second.url(""), &id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    assert_eq!(job["rows"]["issued"], rows as u64, "{job}");
+    let results = results_on(&client, &second.url(""), &id, b',').await;
+    assert_each_row_numbered_once(&results, rows);
+
+    // No number was issued twice: Redis holds one record per row, and no other.
+    let records: HashMap<String, ()> = redis
+        .cmd::<Vec<String>>(&["KEYS", "tracknum:record:*"])
+        .into_iter()
+        .map(|key| (key, ()))
+        .collect();
+    assert_eq!(
+        records.len(),
+        rows,
+        "one record per row, none from a second try"
+    );
+}
+
+/// On the embedded store, a job cut short by a kill resumes when the process comes back.
+#[tokio::test]
+async fn on_the_embedded_store_a_job_resumes_after_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let flags = ["--secret", SECRET];
+    let mut app = BinaryApp::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let rows = 80_000;
+    let (status, job, _) = upload_to(&client, &app.url(""), "", big_file(rows)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Value = client
+            .get(app.url(&format!("/v1/imports/{id}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_ne!(job["status"], "done", "the job ended before the kill");
+        if job["rows"]["processed"].as_u64().unwrap() > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.kill();
+    let app = BinaryApp::start(dir.path(), &flags).await;
+    let job = finished_on(&client, &app.url(""), &id).await;
+    assert_eq!(job["status"], "done", "{job}");
+    let results = results_on(&client, &app.url(""), &id, b',').await;
+    assert_each_row_numbered_once(&results, rows);
+    // Every number in the results has its record.
+    for row in results.iter().skip(1).step_by(997) {
+        let number = &row[3];
+        let response = client
+            .get(app.url(&format!("/v1/tracking-numbers/{number}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{number}");
+    }
+}
+
+#[tokio::test]
+async fn a_redis_app_serves_imports_with_its_own_metrics() {
+    let redis = RedisServer::start();
+    let app = spawn_on_redis(&redis, &[]).await;
+    let job = accepted(&app, "", "weight\n1\n0\n").await;
+    finished(&app, &job).await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        "tracknum_import_rows_total{outcome=\"issued\"} 1",
+        "tracknum_import_rows_total{outcome=\"rejected\"} 1",
+        "tracknum_import_jobs_total{state=\"queued\"} 1",
+        "tracknum_import_jobs_total{state=\"done\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
