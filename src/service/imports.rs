@@ -194,8 +194,11 @@ impl Imports {
         Ok(job)
     }
 
-    /// Job `id`, if `who` may see it.
+    /// Job `id`, if `who` may see it. An id this service never makes is not looked up.
     pub async fn job(&self, id: &str, who: &Principal) -> Result<Option<ImportJob>, StoreError> {
+        if !is_import_id(id) {
+            return Ok(None);
+        }
         Ok(self.load(id).await?.filter(|job| job.visible_to(who)))
     }
 
@@ -737,6 +740,11 @@ enum Outcome {
     Rejected(Vec<FieldError>),
 }
 
+/// Whether `id` has the form of the ids [`Imports::draft`] makes: 32 lowercase hex digits.
+fn is_import_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// The number in a replayed record.
 fn replayed_number(body: &[u8]) -> Option<TrackingNumber> {
     #[derive(Deserialize)]
@@ -813,5 +821,36 @@ impl ResultsStream {
             results.row(&record, Shown::Rejected(&why));
         }
         Ok(Bytes::from(results.finish()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ids_of_the_form_we_make_are_looked_up() {
+        let made = uuid::Uuid::new_v4().simple().to_string();
+        assert!(is_import_id(&made));
+        for bad in [
+            "",
+            "abc",
+            &made.to_uppercase(),
+            &format!("{made}0"),
+            "{x}:job",
+        ] {
+            assert!(!is_import_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_replayed_record_gives_back_its_number() {
+        let body = br#"{"tracking_number":"MY004RJ37VY0JTIN","status":"issued"}"#;
+        assert_eq!(
+            replayed_number(body).map(|n| n.as_str().to_owned()),
+            Some("MY004RJ37VY0JTIN".to_owned())
+        );
+        assert!(replayed_number(b"{}").is_none());
+        assert!(replayed_number(br#"{"tracking_number":"not one!"}"#).is_none());
     }
 }

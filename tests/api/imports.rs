@@ -603,7 +603,10 @@ async fn tenants_see_only_their_own_imports() {
     };
     assert!(listing(b).await.is_empty());
     assert_eq!(listing(a).await, std::slice::from_ref(&id));
-    assert_eq!(listing("key-of-ops-admin-0123456").await, std::slice::from_ref(&id));
+    assert_eq!(
+        listing("key-of-ops-admin-0123456").await,
+        std::slice::from_ref(&id)
+    );
     let anonymous = app.client.get(app.url("/v1/imports")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 
