@@ -239,7 +239,10 @@ mod tests {
     /// name in `aria-describedby`; and every input has a label.
     #[test]
     fn every_input_has_a_label_and_an_error_slot_it_is_described_by() {
-        for input in between(html(), "<input", ">") {
+        let inputs = between(html(), "<input", ">");
+        let selects = between(html(), "<select", ">");
+        assert!(inputs.len() > 10 && !selects.is_empty());
+        for input in inputs.into_iter().chain(selects) {
             let id = attribute(input, "id");
             assert_eq!(id.len(), 1, "{input}");
             let described = attribute(input, "aria-describedby");
@@ -255,11 +258,14 @@ mod tests {
     }
 
     #[test]
-    fn the_issue_form_has_every_input_of_an_issue() {
+    fn each_form_has_an_input_for_each_parameter_of_its_call() {
         let names = attribute(the_form(html(), "issue-form"), "name");
         assert_eq!(names, INPUT_NAMES);
         let names = attribute(the_form(html(), "lookup-form"), "name");
         assert_eq!(names, ["tracking_number"]);
+        // The upload's parameters: a 400 naming one is shown beside it.
+        let names = attribute(the_form(html(), "import-form"), "name");
+        assert_eq!(names, ["file", "delimiter", "dry_run"]);
     }
 
     #[test]

@@ -226,7 +226,19 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
     page.goto(&app.url("/")).await.unwrap();
     text_when(page, "#recent-empty", |t| t.contains("No imports")).await;
 
+    // A header the server refuses: its message is shown next to the file input.
     let files = TempDir::new().unwrap();
+    let bad = files.path().join("bad.csv");
+    std::fs::write(&bad, "order_id,colour\nA-1,red\n").unwrap();
+    type_into(page, "#import-file", bad.to_str().unwrap()).await;
+    click(page, "#import-form button[type=submit]").await;
+    let error = text_when(page, "#import-file-error", |t| !t.is_empty()).await;
+    assert!(error.starts_with("colour: unknown column"), "{error}");
+    assert_eq!(
+        attribute(page, "#job", "hidden").await.as_deref(),
+        Some("true")
+    );
+
     let csv = files.path().join("orders.csv");
     std::fs::write(
         &csv,
@@ -237,7 +249,7 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
     )
     .unwrap();
     // A file input takes the path of the file to choose as its keys.
-    type_into(page, "#import-file", csv.to_str().unwrap()).await;
+    set_value(page, "#import-file", csv.to_str().unwrap()).await;
     click(page, "#import-form button[type=submit]").await;
 
     wait_for(
@@ -252,12 +264,14 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
         attribute(page, "#job", "data-status").await.as_deref(),
         Some("done")
     );
-    let bar = page.find(Locator::Css("#job-progress")).await.unwrap();
-    let (value, max) = (
-        bar.prop("value").await.unwrap(),
-        bar.prop("max").await.unwrap(),
-    );
-    assert_eq!((value.as_deref(), max.as_deref()), (Some("3"), Some("3")));
+    let bar = page
+        .execute(
+            "var bar = document.getElementById('job-progress'); return [bar.value, bar.max]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bar, json!([3, 3]), "the bar is full");
     let summary = text(page, "#job-summary").await;
     assert_eq!(summary, "3 of 3 rows processed: 2 issued, 1 rejected.");
     let errors = text(page, "#job-error-list").await;
@@ -268,10 +282,15 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
     click(page, "#job-download").await;
     let name = format!("tracknum-import-{id}.csv");
     let results = downloaded(browser.downloads.path(), &name).await;
-    let rows: Vec<Vec<&str>> = results.lines().map(|l| l.split(',').collect()).collect();
+    let rows: Vec<csv::StringRecord> = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(results.as_bytes())
+        .records()
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(rows.len(), 4, "{results}");
     assert_eq!(
-        rows[0],
+        rows[0].iter().collect::<Vec<_>>(),
         [
             "order_id",
             "origin_country_id",
@@ -282,17 +301,55 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
         ]
     );
     for (row, order) in rows[1..3].iter().zip(["A-1", "A-2"]) {
-        assert_eq!(row[0], order, "{results}");
-        assert!(is_tracking_number(row[4]) && row[5].is_empty(), "{results}");
-        let record = app.get(&format!("/v1/tracking-numbers/{}", row[4])).await;
+        assert_eq!(&row[0], order, "{results}");
+        assert!(
+            is_tracking_number(&row[4]) && row[5].is_empty(),
+            "{results}"
+        );
+        let record = app.get(&format!("/v1/tracking-numbers/{}", &row[4])).await;
         assert_eq!(
             record.status(),
             200,
             "the results name a number that was issued"
         );
     }
-    assert_eq!((rows[3][0], rows[3][4]), ("A-3", ""));
+    assert_eq!((&rows[3][0], &rows[3][4]), ("A-3", ""));
     assert!(rows[3][5].starts_with("origin_country_id: "), "{results}");
+
+    // Recent imports come a page of 20 at a time, newest first; older ones on request.
+    for n in 0..20 {
+        let made = app
+            .client
+            .post(app.url("/v1/imports?dry_run=true"))
+            .header("Content-Type", "text/csv")
+            .body(format!("order_id\nB-{n}\n"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(made.status(), 202);
+    }
+    click(page, "#recent-refresh").await;
+    let listed = "return document.querySelectorAll('#recent-list li').length";
+    wait_for(page, "a page of 20", &format!("{listed} === 20")).await;
+    assert!(
+        !text(page, "#recent-list").await.contains(&id),
+        "the oldest is not on page one"
+    );
+    assert!(displayed(page, "#recent-older").await);
+    click(page, "#recent-older").await;
+    wait_for(page, "the oldest import too", &format!("{listed} === 21")).await;
+    let last = text(page, "#recent-list li:last-child").await;
+    assert!(last.contains(&id) && last.contains("done"), "{last}");
+    assert!(
+        !displayed(page, "#recent-older").await,
+        "there is nothing older"
+    );
+    // A listed import shows its progress and results when chosen.
+    click(page, "#recent-list li:first-child button").await;
+    text_when(page, "#job-status", |t| t.contains("dry run")).await;
+    click(page, "#recent-list li:last-child button").await;
+    text_when(page, "#job-id", |t| t == id).await;
+    assert_eq!(text(page, "#job-summary").await, summary);
 
     browser.stop().await;
 }

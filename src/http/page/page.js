@@ -126,7 +126,7 @@
   }
 
   function clearForm(form) {
-    Array.prototype.forEach.call(form.querySelectorAll('input[id]'), clearField);
+    Array.prototype.forEach.call(form.querySelectorAll('input[id], select[id]'), clearField);
     setText(form.querySelector('.message'), '');
   }
 
@@ -149,7 +149,7 @@
     var unplaced = [];
     (problem.errors || []).forEach(function (error) {
       var input = form ? form.elements.namedItem(error.field) : null;
-      if (!(input instanceof HTMLInputElement)) {
+      if (!(input instanceof HTMLInputElement || input instanceof HTMLSelectElement)) {
         input = fallback || null;
       }
       if (input) {
@@ -336,7 +336,15 @@
       fileInput.focus();
       return;
     }
-    var path = '/v1/imports' + ($('import-dry_run').checked ? '?dry_run=true' : '');
+    var params = new URLSearchParams();
+    if ($('import-delimiter').value) {
+      params.append('delimiter', $('import-delimiter').value);
+    }
+    if ($('import-dry_run').checked) {
+      params.append('dry_run', 'true');
+    }
+    var query = params.toString();
+    var path = '/v1/imports' + (query ? '?' + query : '');
     busy(form, true);
     var result = await call(path, {
       method: 'POST',
@@ -441,17 +449,17 @@
       item.textContent = 'Row ' + error.row + ', ' + error.field + ': ' + error.message;
       return item;
     });
-    var more = Math.max(count(rows.rejected), errors.length) - items.length;
-    if (more > 0) {
+    if (errors.length > items.length) {
       var rest = document.createElement('li');
-      rest.textContent = 'and ' + more + ' more (see the results file)';
+      rest.textContent = 'and more: the results file has every row\'s errors.';
       items.push(rest);
     }
     list.replaceChildren.apply(list, items);
     $('job-errors').hidden = items.length === 0;
 
     var download = $('job-download');
-    download.hidden = job.status !== 'done';
+    // A cancelled or failed job's results hold the rows it got to.
+    download.hidden = !isFinished(job);
     download.setAttribute('data-job', job.id);
   }
 
@@ -486,12 +494,15 @@
 
   // ---- Recent imports
 
-  // Only the latest listing asked for is shown, whatever order the replies come in.
+  // Only the latest listing asked for is shown, whatever order the replies come in. `older`
+  // is where the next page starts (`next` of the last one), null on the last page.
   var recentAsked = 0;
+  var older = null;
 
-  async function loadRecent() {
+  async function loadRecent(more) {
     var asked = ++recentAsked;
-    var result = await call('/v1/imports?limit=20');
+    var query = 'limit=20' + (more && older ? '&before=' + encodeURIComponent(older) : '');
+    var result = await call('/v1/imports?' + query);
     if (asked !== recentAsked) {
       return;
     }
@@ -502,8 +513,15 @@
     }
     setText($('recent-message'), '');
     var jobs = (result.body && result.body.imports) || [];
-    $('recent-empty').hidden = jobs.length > 0;
-    list.replaceChildren.apply(list, jobs.map(recentItem));
+    var items = jobs.map(recentItem);
+    if (more) {
+      list.append.apply(list, items);
+    } else {
+      list.replaceChildren.apply(list, items);
+    }
+    older = (result.body && result.body.next) || null;
+    $('recent-older').hidden = !older;
+    $('recent-empty').hidden = list.children.length > 0;
   }
 
   function recentItem(job) {
@@ -534,7 +552,12 @@
     return item;
   }
 
-  $('recent-refresh').addEventListener('click', loadRecent);
+  $('recent-refresh').addEventListener('click', function () {
+    loadRecent(false);
+  });
+  $('recent-older').addEventListener('click', function () {
+    loadRecent(true);
+  });
 
   // ---- The key form
 
