@@ -220,7 +220,7 @@ async fn the_page_issues_looks_up_and_shows_field_errors_in_a_real_browser() {
 
 #[tokio::test]
 async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results() {
-    let (app, _dir) = spawn_embedded(&["--secret", SECRET]).await;
+    let (app, _dir) = spawn_embedded(&["--secret", SECRET, "--import-max-bytes", "4KiB"]).await;
     let browser = Browser::start().await;
     let page = &browser.client;
     page.goto(&app.url("/")).await.unwrap();
@@ -238,6 +238,13 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
         attribute(page, "#job", "hidden").await.as_deref(),
         Some("true")
     );
+    // Over --import-max-bytes: said next to the file input too.
+    let big = files.path().join("big.csv");
+    std::fs::write(&big, format!("order_id\n{}", "A-1\n".repeat(2000))).unwrap();
+    set_value(page, "#import-file", big.to_str().unwrap()).await;
+    click(page, "#import-form button[type=submit]").await;
+    let error = text_when(page, "#import-file-error", |t| t.starts_with("Too large")).await;
+    assert!(error.contains("4096 bytes"), "{error}");
 
     let csv = files.path().join("orders.csv");
     std::fs::write(

@@ -169,7 +169,11 @@
       first = first || $('key-input');
     }
     if (result.status === 413) {
-      detail = 'The file is too large. ' + (problem.detail || '');
+      detail = 'Too large: ' + (problem.detail || 'the server refused a body this big.');
+      if (fallback) {
+        markField(fallback, detail);
+        first = first || fallback;
+      }
     }
     if ((result.status === 429 || result.status === 503) && result.retryAfter) {
       detail += ' Try again in ' + result.retryAfter + ' s.';
