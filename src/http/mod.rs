@@ -27,6 +27,7 @@ mod idempotent;
 mod imports;
 mod issue;
 pub mod openapi;
+mod page;
 pub mod problem;
 pub mod query;
 mod records;

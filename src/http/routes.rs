@@ -12,7 +12,7 @@ use hyper::{Method, Request};
 use percent_encoding::percent_decode_str;
 
 use super::openapi::operations as doc;
-use super::{Call, Problem, Response, SharedState, health, imports, issue, openapi, records};
+use super::{Call, Problem, Response, SharedState, health, imports, issue, openapi, page, records};
 use crate::domain::Principal;
 
 /// A handler's future: boxed, so that every handler fits one table.
@@ -241,6 +241,26 @@ pub static ROUTES: &[Route] = &[
             doc: <doc::__path_openapi_json as utoipa::Path>::operation,
         }],
     },
+    Route {
+        path: "/",
+        guarded: false,
+        uploads: false,
+        tag: "operations",
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "page",
+                handler: |call| Box::pin(page::serve(call)),
+                doc: <doc::__path_page as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::HEAD,
+                id: "pageHead",
+                handler: |call| Box::pin(page::serve(call)),
+                doc: <doc::__path_page_head as utoipa::Path>::operation,
+            },
+        ],
+    },
 ];
 
 impl Route {
@@ -360,7 +380,9 @@ mod tests {
             ("/readyz", "/readyz"),
             ("/metrics", "/metrics"),
             ("/openapi.json", "/openapi.json"),
-            ("/", UNMATCHED),
+            ("/", "/"),
+            ("//", UNMATCHED),
+            ("/index.html", UNMATCHED),
             ("/wp-admin/login.php", UNMATCHED),
             ("/healthz/x", UNMATCHED),
         ] {
@@ -393,13 +415,16 @@ mod tests {
     }
 
     #[test]
-    fn only_probes_metrics_and_the_description_are_open() {
+    fn only_probes_metrics_the_description_and_the_page_are_open() {
         let open: Vec<&str> = ROUTES
             .iter()
             .filter(|r| !r.guarded)
             .map(|r| r.path)
             .collect();
-        assert_eq!(open, ["/healthz", "/readyz", "/metrics", "/openapi.json"]);
+        assert_eq!(
+            open,
+            ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"]
+        );
     }
 
     #[test]
@@ -407,6 +432,7 @@ mod tests {
         let record = find("/v1/tracking-numbers/X").unwrap();
         assert_eq!(record.allow(), "GET, PATCH, DELETE, PUT");
         assert_eq!(find("/healthz").unwrap().allow(), "GET, HEAD");
+        assert_eq!(find("/").unwrap().allow(), "GET, HEAD");
     }
 
     #[test]

@@ -51,6 +51,7 @@ macro_rules! on_each_redis {
     };
 }
 
+mod browser;
 mod contract;
 mod embedded;
 mod errors;

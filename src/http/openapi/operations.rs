@@ -350,6 +350,49 @@ pub fn import_results() {}
 
 const NO_IMPORT: &str = "No such import visible to the caller (never made, another tenant's, or \
                          expired)";
+
+/// The web page
+///
+/// One HTML page for people: issue a number, look one up or check it, upload a CSV import and
+/// follow it to its results, see recent imports. Its style and script are inline, and it calls
+/// this API from the browser. The page needs no API key; the calls it makes do when keys are on.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "page",
+    params(("If-None-Match" = Option<String>, Header,
+            description = "The `ETag` of a copy the caller holds")),
+    responses(
+        (status = 200, description = "The page", body = String,
+         content_type = "text/html; charset=utf-8",
+         headers(
+            ("ETag" = String, description = "The strong tag of this build's page"),
+            ("Content-Security-Policy" = String, description = "Only the page's own inline style \
+                and script run, and it calls this origin only"),
+         )),
+        (status = 304, description = PAGE_HELD,
+         headers(("ETag" = String, description = "The strong tag of this build's page"))),
+    )
+)]
+pub fn page() {}
+
+/// The web page's headers
+#[utoipa::path(
+    head,
+    path = "/",
+    operation_id = "pageHead",
+    params(("If-None-Match" = Option<String>, Header,
+            description = "The `ETag` of a copy the caller holds")),
+    responses(
+        (status = 200, description = "The page's headers, without the page",
+         headers(("ETag" = String, description = "The strong tag of this build's page"))),
+        (status = 304, description = PAGE_HELD),
+    )
+)]
+pub fn page_head() {}
+
+const PAGE_HELD: &str = "The caller's copy (`If-None-Match`) is this build's page";
+
 const IN_FLIGHT: &str = "The first request with this `Idempotency-Key` is still running and did \
                          not finish within the wait; retry to get its reply";
 const KEY_REUSED: &str = "This `Idempotency-Key` was used for a request with other inputs; \
