@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::helpers::{TestApp, spawn_embedded};
 
 /// Every route the router serves. `{tn}` stands for a number with a record.
-const SERVED: [(&str, &str); 14] = [
+const SERVED: [(&str, &str); 21] = [
     ("GET", "/next-tracking-number"),
     ("GET", "/v1/next-tracking-number"),
     ("POST", "/v1/tracking-numbers"),
@@ -16,12 +16,19 @@ const SERVED: [(&str, &str); 14] = [
     ("PUT", "/v1/tracking-numbers/{tn}"),
     ("DELETE", "/v1/tracking-numbers/{tn}"),
     ("GET", "/v1/tracking-numbers/{tn}/check"),
+    ("POST", "/v1/imports"),
+    ("GET", "/v1/imports"),
+    ("GET", "/v1/imports/{id}"),
+    ("DELETE", "/v1/imports/{id}"),
+    ("GET", "/v1/imports/{id}/results"),
     ("GET", "/healthz"),
     ("HEAD", "/healthz"),
     ("GET", "/readyz"),
     ("HEAD", "/readyz"),
     ("GET", "/metrics"),
     ("GET", "/openapi.json"),
+    ("GET", "/"),
+    ("HEAD", "/"),
 ];
 
 #[tokio::test]
@@ -45,7 +52,14 @@ async fn openapi_document_is_served_and_lists_every_route() {
             "{method} {path} is served but missing from /openapi.json"
         );
         // The list above is the router's: each route reaches a handler.
-        let (status, detail) = send(&app, method, &path.replace("{tn}", &number)).await;
+        let (status, detail) = send(
+            &app,
+            method,
+            &path
+                .replace("{tn}", &number)
+                .replace("{id}", "no-such-import"),
+        )
+        .await;
         assert!(
             !(status == 405 || (status == 404 && detail == "no such resource")),
             "{method} {path} is not routed: {status} {detail}"

@@ -302,7 +302,7 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
         status_with_key(&app, "/v1/tracking-numbers/X", None).await,
         401
     );
-    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"] {
         assert_eq!(status_with_key(&app, open, None).await, 200, "{open}");
     }
     let text = metrics_text(&app).await;
