@@ -249,14 +249,18 @@ async fn receive(
             }
         }
         Some(boundary) => {
-            let mut form = multer::Multipart::new(body, boundary);
+            // Every part counts against the limit, the ones skipped too.
+            let whole = multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10));
+            let constraints = multer::Constraints::new().size_limit(whole);
+            let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
             let mut found = false;
-            while let Some(mut field) = form.next_field().await.map_err(bad_form)? {
+            let too_large = |err| bad_form(err, limit);
+            while let Some(mut field) = form.next_field().await.map_err(too_large)? {
                 if field.name() != Some("file") || found {
                     continue;
                 }
                 found = true;
-                while let Some(piece) = field.chunk().await.map_err(bad_form)? {
+                while let Some(piece) = field.chunk().await.map_err(too_large)? {
                     sink.take(&piece).await?;
                 }
             }
@@ -362,9 +366,10 @@ fn unreadable() -> Problem {
     )])
 }
 
-fn bad_form(err: multer::Error) -> Problem {
+fn bad_form(err: multer::Error, limit: u64) -> Problem {
     match err {
         multer::Error::StreamReadFailed(_) => unreadable(),
+        multer::Error::StreamSizeExceeded { .. } => Problem::too_large(limit as usize),
         _ => Problem::invalid(vec![FieldError::new(
             "body",
             "is not a valid multipart/form-data body",

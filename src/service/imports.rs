@@ -275,7 +275,10 @@ impl Imports {
         if !job.status.is_finished() {
             return Ok(Some(Err(Finished(job.status))));
         }
-        let manifest = self.manifest(id).await?;
+        // Parts expire together; one gone (Redis lost its data, say) is an import gone.
+        let Some(manifest) = self.manifest(id).await? else {
+            return Ok(None);
+        };
         Ok(Some(Ok(ResultsStream::new(self.clone(), job, manifest))))
     }
 
@@ -765,13 +768,13 @@ fn corrupt(id: &str, part: &str) -> StoreError {
 pub struct ResultsStream {
     imports: Arc<Imports>,
     job: ImportJob,
-    manifest: Option<Manifest>,
+    manifest: Manifest,
     next: usize,
     started: bool,
 }
 
 impl ResultsStream {
-    fn new(imports: Arc<Imports>, job: ImportJob, manifest: Option<Manifest>) -> ResultsStream {
+    fn new(imports: Arc<Imports>, job: ImportJob, manifest: Manifest) -> ResultsStream {
         ResultsStream {
             imports,
             job,
@@ -783,7 +786,7 @@ impl ResultsStream {
 
     /// The results' next piece; None at the end.
     pub async fn next(&mut self) -> Option<Result<Bytes, StoreError>> {
-        let manifest = self.manifest.as_ref()?;
+        let manifest = &self.manifest;
         if !self.started {
             self.started = true;
             let mut header = ResultsWriter::new(self.job.delimiter);

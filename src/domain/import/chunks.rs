@@ -14,6 +14,9 @@ use crate::domain::order::FieldError;
 pub const CHUNK_BYTES: usize = 256 << 10;
 /// The header row must end within this many bytes.
 pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// Nor may any other row be longer: a row with every input at its longest is under 2 KiB, and
+/// a file that never ends its row must not be held whole.
+pub const MAX_ROW_BYTES: usize = 64 << 10;
 
 /// Whole rows of the file, and how many.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +131,14 @@ impl Chunker {
                 rows.pending.extend_from_slice(bytes);
                 self.scan(&mut chunks);
             }
+        }
+        if let Stage::Rows(rows) = &self.stage
+            && rows.pending.len() - rows.whole > MAX_ROW_BYTES
+        {
+            return Err(vec![FieldError::new(
+                "body",
+                format!("row {} does not end within 64 KiB", rows.rows + 1),
+            )]);
         }
         Ok(chunks)
     }
@@ -433,5 +444,22 @@ mod tests {
         assert_eq!(manifest.first_row(0), 1);
         assert_eq!(manifest.first_row(1), 1 + chunk_rows[0]);
         assert_eq!(manifest.first_row(chunk_rows.len()), 6);
+    }
+
+    #[test]
+    fn a_row_that_never_ends_is_refused_before_it_is_held_whole() {
+        let mut chunker = Chunker::new(None, CHUNK_BYTES);
+        chunker.feed(b"customer_name\nshort\n\"open quote").unwrap();
+        let endless = vec![b'x'; 8 << 10];
+        let mut refused = None;
+        for _ in 0..16 {
+            if let Err(errors) = chunker.feed(&endless) {
+                refused = Some(errors);
+                break;
+            }
+        }
+        let errors = refused.expect("refused within 128 KiB");
+        assert_eq!(errors[0].field, "body");
+        assert!(errors[0].message.starts_with("row 2 "), "{errors:?}");
     }
 }
