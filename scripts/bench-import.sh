@@ -33,7 +33,7 @@ run() {
   local label=$1; shift
   local port; port=$(free_port)
   RUST_LOG=warn "$bin" --listen "127.0.0.1:$port" --data-dir "$work/data-$label" \
-    --secret bench-secret-0123456789 --import-max-bytes 1GB "$@" &
+    --secret bench-secret-0123456789 --import-max-bytes 1GB "$@" 2>>"$work/server.log" &
   local pid=$!
   pids+=("$pid")
   until curl -sf "127.0.0.1:$port/readyz" >/dev/null; do sleep 0.1; done
@@ -54,7 +54,7 @@ run() {
   [ "$issued" = "$rows" ] || { echo "bench-import.sh: $issued of $rows rows issued" >&2; exit 1; }
   curl -sf "127.0.0.1:$port/v1/imports/$id/results" -o "$work/results.csv"
   local numbered
-  numbered=$(tail -n +2 "$work/results.csv" | awk -F, '$(NF-1) ~ /^[A-Z0-9]{16}$/' | cut -d, -f9 | sort -u | wc -l)
+  numbered=$(awk -F, 'NR > 1 && length($(NF-1)) == 16 { print $(NF-1) }' "$work/results.csv" | sort -u | wc -l)
   [ "$numbered" = "$rows" ] || { echo "bench-import.sh: $numbered distinct numbers for $rows rows" >&2; exit 1; }
   local rss; rss=$(awk '/VmHWM/ {print int($2 / 1024)}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" 2>/dev/null || true

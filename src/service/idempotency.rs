@@ -89,14 +89,11 @@ impl Idempotency {
         loop {
             let held = self.store.claim(key, &claim, CLAIM_TTL).await?;
             let Some(held) = held.filter(|held| held.as_ref() != claim.as_slice()) else {
-                return Ok(Begin::Run(Claim {
-                    store: self.store.clone(),
-                    key: key.to_owned(),
-                    fingerprint: fingerprint.to_owned(),
+                return Ok(Begin::Run(self.claim_of(
+                    key.to_owned(),
+                    fingerprint.to_owned(),
                     claim,
-                    ttl: self.ttl,
-                    settled: false,
-                }));
+                )));
             };
             let state = KeyState::decode(&held).ok_or_else(|| {
                 StoreError::Corrupt(format!("idempotency key {key:?} holds an unknown state"))
@@ -111,6 +108,107 @@ impl Idempotency {
                 }
                 KeyState::InFlight { .. } => tokio::time::sleep(POLL_EVERY).await,
             }
+        }
+    }
+}
+
+/// One key of [`Idempotency::begin_many`]: the key, the inputs' fingerprint, the holder's
+/// token.
+pub struct Wanted {
+    pub key: String,
+    pub fingerprint: String,
+    pub token: String,
+}
+
+impl Idempotency {
+    /// [`Idempotency::begin_as`] for many keys, claimed in one go (an import's order ids).
+    /// Only a key another holder still has in flight is waited for, on its own.
+    pub async fn begin_many(
+        &self,
+        wanted: Vec<Wanted>,
+    ) -> Result<Vec<Result<Begin, IdempotencyError>>, StoreError> {
+        let claims: Vec<(String, Vec<u8>)> = wanted
+            .iter()
+            .map(|w| {
+                let claim = KeyState::InFlight {
+                    fingerprint: w.fingerprint.clone(),
+                    token: w.token.clone(),
+                }
+                .encode();
+                (w.key.clone(), claim)
+            })
+            .collect();
+        let held = self.store.claim_many(&claims, CLAIM_TTL).await?;
+        let mut begun = Vec::with_capacity(wanted.len());
+        for ((w, (_, claim)), held) in wanted.into_iter().zip(claims).zip(held) {
+            let Some(held) = held.filter(|held| held.as_ref() != claim.as_slice()) else {
+                begun.push(Ok(Begin::Run(self.claim_of(w.key, w.fingerprint, claim))));
+                continue;
+            };
+            begun.push(match KeyState::decode(&held) {
+                None => Err(StoreError::Corrupt(format!(
+                    "idempotency key {:?} holds an unknown state",
+                    w.key
+                ))
+                .into()),
+                Some(state) if state.fingerprint() != w.fingerprint => {
+                    Err(IdempotencyError::Mismatch)
+                }
+                Some(KeyState::Done(reply)) => Ok(Begin::Replay(reply)),
+                Some(KeyState::InFlight { .. }) => {
+                    self.begin_as(&w.key, &w.fingerprint, &w.token).await
+                }
+            });
+        }
+        Ok(begun)
+    }
+
+    /// [`Claim::finish`] for many claims, each with its reply (status 200), in one go.
+    pub async fn finish_many(&self, finished: Vec<(Claim, Bytes)>) {
+        let done: Vec<(String, Vec<u8>, Vec<u8>)> = finished
+            .iter()
+            .map(|(claim, body)| {
+                let reply = KeyState::Done(SavedReply {
+                    fingerprint: claim.fingerprint.clone(),
+                    status: 200,
+                    body: body.clone(),
+                })
+                .encode();
+                (claim.key.clone(), claim.claim.clone(), reply)
+            })
+            .collect();
+        let deadline = Instant::now() + FINISH_PATIENCE;
+        loop {
+            match self.store.complete_many(&done, self.ttl).await {
+                Ok(ours) => {
+                    if ours.iter().any(|ours| !ours) {
+                        tracing::warn!("idempotency claims ran out before their work finished");
+                    }
+                    break;
+                }
+                Err(err) if err.is_transient() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL_EVERY * 10).await;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not store idempotent replies");
+                    break;
+                }
+            }
+        }
+        // As in `Claim::finish`: settled either way, never released after the work was done.
+        for (claim, _) in finished {
+            claim.settle();
+        }
+    }
+
+    fn claim_of(&self, key: String, fingerprint: String, claim: Vec<u8>) -> Claim {
+        Claim {
+            store: self.store.clone(),
+            key,
+            fingerprint,
+            claim,
+            ttl: self.ttl,
+            settled: false,
         }
     }
 }
@@ -160,6 +258,11 @@ impl Claim {
             }
         }
         // Only now: should this future be dropped mid-way, `Drop` releases the claim.
+        self.settled = true;
+    }
+
+    /// Lets the claim go without touching its key (it has been dealt with).
+    fn settle(mut self) {
         self.settled = true;
     }
 

@@ -15,11 +15,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
-use futures_util::stream::{self, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::idempotency::{Begin, Claim, Idempotency, IdempotencyError};
+use super::idempotency::{Begin, Claim, Idempotency, IdempotencyError, Wanted};
 use super::issuer::{IssueError, Issuer};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::import::file::reader;
@@ -38,8 +37,6 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Records stored in one round trip.
 const STORE_SLICE: usize = 1000;
-/// Order ids claimed at once.
-const CLAIMS_IN_FLIGHT: usize = 32;
 /// A listing shows at most this many jobs a page.
 pub const MAX_PAGE: usize = 100;
 
@@ -94,16 +91,10 @@ pub struct Page {
     pub next: Option<i64>,
 }
 
-/// One planned number: kept before it is stored, so a resumed chunk hands out the same one.
-#[derive(Serialize, Deserialize)]
-struct Planned {
-    /// The row's index in its chunk.
-    at: usize,
-    tracking_number: String,
-    serial: Option<u64>,
-    expires_at: DateTime<Utc>,
-    record: String,
-}
+/// One planned number, kept before it is stored so that a resumed chunk hands out the same
+/// one: the row's index in its chunk, the serial, and when its record was made (µs since the
+/// Unix epoch). The row's inputs make the rest of the record again.
+type Planned = (usize, u64, i64);
 
 impl Imports {
     pub fn new(
@@ -514,29 +505,24 @@ impl Imports {
             tenant: job.tenant.clone(),
             admin: false,
         };
-        // Futures collected first: a stream over a closure that borrows is not `Send` enough.
-        let begins: Vec<_> = claims_wanted
-            .iter()
-            .filter_map(|&at| {
-                let row = rows[at].as_ref().ok()?;
-                let order_id = row.order_id.as_deref()?;
-                let key = owner.scope_key(&format!("import-order:{order_id}"));
-                let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
-                let fingerprint = fingerprint("import-order", &inputs);
-                let token = format!("{}:{}", job.id, first_row + at as u64);
-                let idempotency = self.idempotency.clone();
-                Some(async move {
-                    let begun = idempotency.begin_as(&key, &fingerprint, &token).await;
-                    (at, begun)
-                })
-            })
-            .collect();
-        let begun: Vec<(usize, Result<Begin, IdempotencyError>)> = stream::iter(begins)
-            .buffered(CLAIMS_IN_FLIGHT)
-            .collect()
-            .await;
+        let mut claimed_rows = Vec::with_capacity(claims_wanted.len());
+        let mut wanted_keys = Vec::with_capacity(claims_wanted.len());
+        for &at in &claims_wanted {
+            let Ok(row) = &rows[at] else { continue };
+            let Some(order_id) = row.order_id.as_deref() else {
+                continue;
+            };
+            let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
+            claimed_rows.push(at);
+            wanted_keys.push(Wanted {
+                key: owner.scope_key(&format!("import-order:{order_id}")),
+                fingerprint: fingerprint("import-order", &inputs),
+                token: format!("{}:{}", job.id, first_row + at as u64),
+            });
+        }
+        let begun = self.idempotency.begin_many(wanted_keys).await?;
         let mut claims: HashMap<usize, Claim> = HashMap::new();
-        for (at, begun) in begun {
+        for (at, begun) in claimed_rows.into_iter().zip(begun) {
             match begun {
                 Ok(Begin::Run(claim)) => {
                     claims.insert(at, claim);
@@ -572,7 +558,7 @@ impl Imports {
                         || matches!(&rows[at], Ok(r) if r.order_id.is_none()))
             })
             .collect();
-        let mut planned = self.plan_of(&job.id, chunk).await?;
+        let mut planned = self.plan_of(job, chunk, &rows).await?;
         let fresh: Vec<usize> = wanted
             .iter()
             .copied()
@@ -583,11 +569,15 @@ impl Imports {
                 .iter()
                 .filter_map(|&at| rows[at].as_ref().ok().map(|row| &row.request))
                 .collect();
-            let entries = self.issuer.plan(requests, job.tenant.as_ref()).await?;
-            planned.extend(fresh.into_iter().zip(entries));
+            let now = Utc::now().trunc_subsecs(6);
+            let entries = self.issuer.plan(requests, job.tenant.as_ref(), now).await?;
+            planned.extend(fresh.into_iter().zip(entries).map(|(at, entry)| {
+                let serial = entry.serial.unwrap_or_default();
+                (at, ((at, serial, now.timestamp_micros()), entry))
+            }));
             self.keep_plan(job, chunk, &planned).await?;
         }
-        let entries: Vec<RecordEntry> = wanted.iter().map(|at| planned[at].clone()).collect();
+        let entries: Vec<RecordEntry> = wanted.iter().map(|at| planned[at].1.clone()).collect();
         for slice in entries.chunks(STORE_SLICE) {
             // A record that already holds a planned number is this chunk's own, stored by the
             // worker that planned it before it died.
@@ -596,71 +586,62 @@ impl Imports {
         for (&at, entry) in wanted.iter().zip(&entries) {
             outcomes[at] = Outcome::Issued(entry.tracking_number);
         }
-        let finishing: Vec<_> = claims
-            .into_iter()
-            .map(|(at, claim)| {
-                let body = planned.get(&at).map(|entry| entry.json.clone());
-                async move {
-                    match body {
-                        Some(body) => claim.finish(200, body).await,
-                        None => claim.release().await,
-                    }
-                }
-            })
-            .collect();
-        stream::iter(finishing)
-            .buffer_unordered(CLAIMS_IN_FLIGHT)
-            .collect::<Vec<()>>()
-            .await;
+        let mut finished = Vec::with_capacity(claims.len());
+        for (at, claim) in claims {
+            match planned.get(&at) {
+                // An order id keeps only its number: a replay needs no more.
+                Some((_, entry)) => finished.push((claim, order_reply(entry.tracking_number))),
+                None => claim.release().await,
+            }
+        }
+        self.idempotency.finish_many(finished).await;
         for (at, leader) in follows {
             outcomes[at] = outcomes[leader].clone();
         }
         Ok(outcomes)
     }
 
-    /// The numbers planned for a chunk by an earlier attempt, by row.
+    /// The numbers planned for a chunk by an earlier attempt, by row, with their records made
+    /// again from the rows.
     async fn plan_of(
         &self,
-        id: &str,
+        job: &ImportJob,
         chunk: u32,
-    ) -> Result<HashMap<usize, RecordEntry>, StoreError> {
-        let Some(bytes) = self.store.import_part(id, ImportPart::Plan(chunk)).await? else {
+        rows: &[Result<ImportRow, Vec<FieldError>>],
+    ) -> Result<HashMap<usize, (Planned, RecordEntry)>, ImportError> {
+        let Some(bytes) = self
+            .store
+            .import_part(&job.id, ImportPart::Plan(chunk))
+            .await?
+        else {
             return Ok(HashMap::new());
         };
         let planned: Vec<Planned> =
-            serde_json::from_slice(&bytes).map_err(|_| corrupt(id, "plan"))?;
-        planned
-            .into_iter()
-            .map(|p| {
-                let number =
-                    TrackingNumber::parse(&p.tracking_number).ok_or_else(|| corrupt(id, "plan"))?;
-                let entry = RecordEntry {
-                    tracking_number: number,
-                    serial: p.serial,
-                    expires_at: p.expires_at,
-                    json: Bytes::from(p.record),
-                };
-                Ok((p.at, entry))
-            })
-            .collect()
+            serde_json::from_slice(&bytes).map_err(|_| corrupt(&job.id, "plan"))?;
+        let mut again = HashMap::with_capacity(planned.len());
+        for plan in planned {
+            let (at, serial, made_us) = plan;
+            // A row that is no longer valid (its expiry has passed since) is not issued.
+            let Some(Ok(row)) = rows.get(at) else {
+                continue;
+            };
+            let made =
+                DateTime::from_timestamp_micros(made_us).ok_or_else(|| corrupt(&job.id, "plan"))?;
+            let entry = self
+                .issuer
+                .record_for(&row.request, job.tenant.as_ref(), serial, made)?;
+            again.insert(at, (plan, entry));
+        }
+        Ok(again)
     }
 
     async fn keep_plan(
         &self,
         job: &ImportJob,
         chunk: u32,
-        planned: &HashMap<usize, RecordEntry>,
+        planned: &HashMap<usize, (Planned, RecordEntry)>,
     ) -> Result<(), StoreError> {
-        let planned: Vec<Planned> = planned
-            .iter()
-            .map(|(&at, entry)| Planned {
-                at,
-                tracking_number: entry.tracking_number.as_str().to_owned(),
-                serial: entry.serial,
-                expires_at: entry.expires_at,
-                record: String::from_utf8_lossy(&entry.json).into_owned(),
-            })
-            .collect();
+        let planned: Vec<Planned> = planned.values().map(|(plan, _)| *plan).collect();
         let bytes = serde_json::to_vec(&planned).map_err(StoreError::bug)?;
         self.store
             .put_import_part(
@@ -748,7 +729,12 @@ fn is_import_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// The number in a replayed record.
+/// What an order id's key keeps: its number.
+fn order_reply(number: TrackingNumber) -> Bytes {
+    Bytes::from(format!("{{\"tracking_number\":\"{}\"}}", number.as_str()))
+}
+
+/// The number an order id's key kept.
 fn replayed_number(body: &[u8]) -> Option<TrackingNumber> {
     #[derive(Deserialize)]
     struct Numbered<'a> {
@@ -844,6 +830,12 @@ mod tests {
         ] {
             assert!(!is_import_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_order_reply_gives_back_its_number() {
+        let number = TrackingNumber::parse("MY004RJ37VY0JTIN").unwrap();
+        assert_eq!(replayed_number(&order_reply(number)), Some(number));
     }
 
     #[test]

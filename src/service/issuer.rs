@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use crate::domain::{Codec, IssueRequest, Record, Tenant, TrackingNumber};
 use crate::metrics::Metrics;
@@ -108,17 +108,20 @@ impl Issuer {
         Err(all_skipped())
     }
 
-    /// Fresh numbers and records for `requests`, not stored yet: for a caller that must keep
-    /// the numbers it is about to hand out before they are stored (an import, which another
-    /// worker may resume), then stores them with [`Issuer::store`].
+    /// Fresh numbers for `requests` and their records as made at `now`, not stored yet: for a
+    /// caller that must keep the numbers it is about to hand out before they are stored (an
+    /// import, which another worker may resume: [`Issuer::record_for`] makes the same records
+    /// again from the serials and `now`), then stores them with [`Issuer::store`].
     pub async fn plan<'r>(
         &self,
         requests: impl IntoIterator<Item = &'r IssueRequest>,
         owner: Option<&Tenant>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<RecordEntry>, IssueError> {
         let mut entries = Vec::new();
         for request in requests {
-            entries.push(self.next_record(request, owner).await?);
+            let serial = self.take_serial().await?;
+            entries.push(self.record_for(request, owner, serial, now)?);
         }
         Ok(entries)
     }
@@ -138,17 +141,33 @@ impl Issuer {
         request: &IssueRequest,
         owner: Option<&Tenant>,
     ) -> Result<RecordEntry, IssueError> {
+        let serial = self.take_serial().await?;
+        self.record_for(request, owner, serial, Utc::now().trunc_subsecs(6))
+    }
+
+    async fn take_serial(&self) -> Result<u64, IssueError> {
+        self.pool
+            .take(self.serial_wait)
+            .await
+            .ok_or_else(|| IssueError::NoSerials("the serial counter cannot be reached".into()))
+    }
+
+    /// The number `serial` encodes for `request`, and its record as made at `now`: the same
+    /// entry every time for the same inputs, so a plan of serials and times is enough to make
+    /// a planned record again.
+    pub fn record_for(
+        &self,
+        request: &IssueRequest,
+        owner: Option<&Tenant>,
+        serial: u64,
+        now: DateTime<Utc>,
+    ) -> Result<RecordEntry, IssueError> {
         let order = &request.order;
         let tag = self.codec.customer_tag(order.customer_key().as_deref());
-        let serial =
-            self.pool.take(self.serial_wait).await.ok_or_else(|| {
-                IssueError::NoSerials("the serial counter cannot be reached".into())
-            })?;
         let number = self
             .codec
             .encode(order.origin_country_id, tag, serial)
             .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
-        let now = Utc::now().trunc_subsecs(6);
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
         let record = Record::new(number, now, expires_at, order.clone(), owner.cloned());
         let mut json = Vec::with_capacity(512);

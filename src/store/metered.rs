@@ -148,6 +148,24 @@ impl ReplyStore for MeteredStore {
         let result = self.inner.release(key, claim).await;
         self.count("release", result)
     }
+
+    async fn claim_many(
+        &self,
+        claims: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let result = self.inner.claim_many(claims, ttl).await;
+        self.count("claim_many", result)
+    }
+
+    async fn complete_many(
+        &self,
+        done: &[(String, Vec<u8>, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let result = self.inner.complete_many(done, ttl).await;
+        self.count("complete_many", result)
+    }
 }
 
 #[async_trait]

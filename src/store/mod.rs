@@ -221,6 +221,32 @@ pub trait ReplyStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Drops our `claim` (the request failed), so a retry may run.
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError>;
+    /// [`ReplyStore::claim`] for many `(key, claim)`s at once (an import's order ids), each
+    /// with what it held instead. A backend that can do them in one go does; this one does
+    /// them one after another.
+    async fn claim_many(
+        &self,
+        claims: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let mut held = Vec::with_capacity(claims.len());
+        for (key, claim) in claims {
+            held.push(self.claim(key, claim, ttl).await?);
+        }
+        Ok(held)
+    }
+    /// [`ReplyStore::complete`] for many `(key, claim, reply)`s at once.
+    async fn complete_many(
+        &self,
+        done: &[(String, Vec<u8>, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut ours = Vec::with_capacity(done.len());
+        for (key, claim, reply) in done {
+            ours.push(self.complete(key, claim, reply, ttl).await?);
+        }
+        Ok(ours)
+    }
 }
 
 /// One part of an import job as stored: its state, a request to cancel it, what the upload

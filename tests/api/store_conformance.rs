@@ -337,6 +337,50 @@ async fn idempotency_keys(store: &dyn Store) {
     store.release("key-2", b"claim-a").await.unwrap();
     assert_eq!(store.claim("key-2", b"claim-b", ttl).await.unwrap(), None);
 
+    // Many keys at once: each answers as it would alone.
+    let pair = |key: &str, claim: &str| (key.to_owned(), claim.as_bytes().to_vec());
+    let held = store
+        .claim_many(
+            &[
+                pair("key-1", "claim-m"),
+                pair("many-a", "claim-m"),
+                pair("key-2", "claim-m"),
+                pair("many-b", "claim-m"),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        held,
+        [
+            Some(Bytes::from_static(b"reply-a")),
+            None,
+            Some(Bytes::from_static(b"claim-b")),
+            None
+        ]
+    );
+    let triple = |key: &str, claim: &str, reply: &str| {
+        (key.to_owned(), claim.as_bytes().to_vec(), reply.as_bytes().to_vec())
+    };
+    let ours = store
+        .complete_many(
+            &[
+                triple("many-a", "claim-m", "reply-m"),
+                triple("key-2", "claim-m", "reply-x"),
+                triple("many-b", "claim-m", "reply-n"),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ours, [true, false, true], "only our own claims complete");
+    assert_eq!(
+        store.claim("many-b", b"claim-z", ttl).await.unwrap(),
+        Some(Bytes::from_static(b"reply-n"))
+    );
+    assert_eq!(store.claim_many(&[], ttl).await.unwrap(), []);
+
     // Long keys and keys with spaces work; replies expire.
     let long_key = "k ".repeat(127);
     assert_eq!(store.claim(&long_key, b"c", ttl).await.unwrap(), None);

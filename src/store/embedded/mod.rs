@@ -901,6 +901,46 @@ impl EmbeddedStore {
     }
 
     /// The live value under `key` (a record's number, or an idempotency key's name).
+    /// [`EmbeddedStore::get_row`] for many keys: those the buffer does not know, in one read.
+    async fn get_rows(&self, keys: Vec<String>) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let now = Utc::now().timestamp_millis();
+        let mut found: Vec<Option<Bytes>> = vec![None; keys.len()];
+        let mut unknown: Vec<(usize, String)> = Vec::new();
+        for (i, key) in keys.into_iter().enumerate() {
+            match self
+                .memtable
+                .as_ref()
+                .map(|memtable| memtable.get(&key, now))
+            {
+                Some(Lookup::Live(json)) => found[i] = Some(json),
+                Some(Lookup::Expired) => {}
+                Some(Lookup::Unknown) | None => unknown.push((i, key)),
+            }
+        }
+        if unknown.is_empty() {
+            return Ok(found);
+        }
+        let codec = self.codec.clone();
+        let read = self
+            .blocking(Access::Read, move |db| {
+                let tx = db.begin_read().map_err(db_err)?;
+                let tables = read_tables(&tx)?;
+                let mut read = Vec::with_capacity(unknown.len());
+                for (i, key) in unknown {
+                    let json = tables.with_record(slot(&codec, &key), &key, |stored| {
+                        (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
+                    })?;
+                    read.push((i, json.flatten()));
+                }
+                Ok(read)
+            })
+            .await?;
+        for (i, json) in read {
+            found[i] = json;
+        }
+        Ok(found)
+    }
+
     async fn get_row(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
         let now = Utc::now().timestamp_millis();
         if let Some(memtable) = &self.memtable {
@@ -1080,27 +1120,8 @@ impl ReplyStore for EmbeddedStore {
         claim: &[u8],
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
-        // Checked in this order under the lock, and `complete` stores the reply before it drops
-        // the claim: a key is never seen as neither claimed nor done while its reply is written.
-        let now = std::time::Instant::now();
-        let mut claims = self.claims.lock().await;
-        if claims.held.len() > claims.sweep_at {
-            claims.held.retain(|_, (_, until)| *until > now);
-            // Swept again only once the map has doubled: never a sweep per claim.
-            claims.sweep_at = MAX_LIVE_CLAIMS.max(claims.held.len() * 2);
-        }
-        if let Some((held, until)) = claims.held.get(key)
-            && *until > now
-        {
-            return Ok(Some(Bytes::copy_from_slice(held)));
-        }
-        if let Some(done) = self.get_row(&reply_key(key)).await? {
-            return Ok(Some(done));
-        }
-        claims
-            .held
-            .insert(key.to_owned(), (claim.to_vec(), now + ttl));
-        Ok(None)
+        let claims = [(key.to_owned(), claim.to_vec())];
+        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
     }
 
     async fn complete(
@@ -1110,19 +1131,82 @@ impl ReplyStore for EmbeddedStore {
         reply: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        if !holds_claim(&self.claims.lock().await.held, key, claim) {
-            return Ok(false);
+        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
+        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
+    }
+
+    async fn claim_many(
+        &self,
+        wanted: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        // Checked in this order under the lock, and `complete` stores the reply before it drops
+        // the claim: a key is never seen as neither claimed nor done while its reply is written.
+        let now = std::time::Instant::now();
+        let mut claims = self.claims.lock().await;
+        if claims.held.len() > claims.sweep_at {
+            claims.held.retain(|_, (_, until)| *until > now);
+            // Swept again only once the map has doubled: never a sweep per claim.
+            claims.sweep_at = MAX_LIVE_CLAIMS.max(claims.held.len() * 2);
         }
+        let mut held: Vec<Option<Bytes>> = wanted
+            .iter()
+            .map(|(key, _)| match claims.held.get(key) {
+                Some((held, until)) if *until > now => Some(Bytes::copy_from_slice(held)),
+                _ => None,
+            })
+            .collect();
+        // The replies of the keys not claimed here, in one read.
+        let unclaimed: Vec<usize> = (0..wanted.len()).filter(|&i| held[i].is_none()).collect();
+        let replies = unclaimed.iter().map(|&i| reply_key(&wanted[i].0)).collect();
+        for (i, done) in unclaimed.into_iter().zip(self.get_rows(replies).await?) {
+            match done {
+                Some(done) => held[i] = Some(done),
+                None => {
+                    let (key, claim) = &wanted[i];
+                    claims.held.insert(key.clone(), (claim.clone(), now + ttl));
+                }
+            }
+        }
+        Ok(held)
+    }
+
+    async fn complete_many(
+        &self,
+        done: &[(String, Vec<u8>, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let ours: Vec<bool> = {
+            let claims = self.claims.lock().await;
+            done.iter()
+                .map(|(key, claim, _)| holds_claim(&claims.held, key, claim))
+                .collect()
+        };
         let expires_at =
             Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let row = Pending {
-            serial: None,
-            expires_ms: expires_at.timestamp_millis(),
-            json: Bytes::copy_from_slice(reply),
-        };
-        self.insert_rows(vec![(reply_key(key), row)]).await?;
-        self.claims.lock().await.held.remove(key);
-        Ok(true)
+        let rows = done
+            .iter()
+            .zip(&ours)
+            .filter(|(_, ours)| **ours)
+            .map(|((key, _, reply), _)| {
+                let row = Pending {
+                    serial: None,
+                    expires_ms: expires_at.timestamp_millis(),
+                    json: Bytes::copy_from_slice(reply),
+                };
+                (reply_key(key), row)
+            })
+            .collect::<Vec<_>>();
+        if !rows.is_empty() {
+            self.insert_rows(rows).await?;
+        }
+        let mut claims = self.claims.lock().await;
+        for ((key, _, _), ours) in done.iter().zip(&ours) {
+            if *ours {
+                claims.held.remove(key);
+            }
+        }
+        Ok(ours)
     }
 
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {

@@ -26,6 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::Utc;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
@@ -598,4 +599,39 @@ impl ReplyStore for RedisStore {
         let _: i64 = self.run(invocation).await?;
         Ok(())
     }
+
+    // Keys spread over a cluster's nodes: each is its own script call, many in flight.
+    async fn claim_many(
+        &self,
+        claims: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        // Collected first: a stream over a borrowing closure is not `Send` enough.
+        let calls: Vec<_> = claims
+            .iter()
+            .map(|(key, claim)| self.claim(key, claim, ttl))
+            .collect();
+        stream::iter(calls)
+            .buffered(SCRIPTS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
+
+    async fn complete_many(
+        &self,
+        done: &[(String, Vec<u8>, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<bool>, StoreError> {
+        let calls: Vec<_> = done
+            .iter()
+            .map(|(key, claim, reply)| self.complete(key, claim, reply, ttl))
+            .collect();
+        stream::iter(calls)
+            .buffered(SCRIPTS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
 }
+
+/// Script calls of one batch ([`ReplyStore::claim_many`]) in flight at once.
+const SCRIPTS_IN_FLIGHT: usize = 32;
