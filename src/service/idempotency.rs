@@ -112,6 +112,34 @@ impl Idempotency {
     }
 }
 
+/// Stores finished replies. Storage that just failed the request's own work may be busy
+/// recovering: a reply is worth a few tries, since without it a retry finds the key claimed
+/// until the claim runs out. Failures are logged: the caller has its outcome either way.
+async fn complete_patiently(
+    store: &dyn ReplyStore,
+    done: &[(String, Vec<u8>, Vec<u8>)],
+    ttl: Duration,
+) {
+    let deadline = Instant::now() + FINISH_PATIENCE;
+    loop {
+        match store.complete_many(done, ttl).await {
+            Ok(ours) => {
+                if ours.iter().any(|ours| !ours) {
+                    tracing::warn!("an idempotency claim ran out before its request finished");
+                }
+                return;
+            }
+            Err(err) if err.is_transient() && Instant::now() < deadline => {
+                tokio::time::sleep(POLL_EVERY * 10).await;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not store an idempotent reply");
+                return;
+            }
+        }
+    }
+}
+
 /// One key of [`Idempotency::begin_many`]: the key, the inputs' fingerprint, the holder's
 /// token.
 pub struct Wanted {
@@ -165,36 +193,11 @@ impl Idempotency {
 
     /// [`Claim::finish`] for many claims, each with its reply (status 200), in one go.
     pub async fn finish_many(&self, finished: Vec<(Claim, Bytes)>) {
-        let done: Vec<(String, Vec<u8>, Vec<u8>)> = finished
+        let done: Vec<_> = finished
             .iter()
-            .map(|(claim, body)| {
-                let reply = KeyState::Done(SavedReply {
-                    fingerprint: claim.fingerprint.clone(),
-                    status: 200,
-                    body: body.clone(),
-                })
-                .encode();
-                (claim.key.clone(), claim.claim.clone(), reply)
-            })
+            .map(|(claim, body)| claim.done(200, body.clone()))
             .collect();
-        let deadline = Instant::now() + FINISH_PATIENCE;
-        loop {
-            match self.store.complete_many(&done, self.ttl).await {
-                Ok(ours) => {
-                    if ours.iter().any(|ours| !ours) {
-                        tracing::warn!("idempotency claims ran out before their work finished");
-                    }
-                    break;
-                }
-                Err(err) if err.is_transient() && Instant::now() < deadline => {
-                    tokio::time::sleep(POLL_EVERY * 10).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not store idempotent replies");
-                    break;
-                }
-            }
-        }
+        complete_patiently(self.store.as_ref(), &done, self.ttl).await;
         // As in `Claim::finish`: settled either way, never released after the work was done.
         for (claim, _) in finished {
             claim.settle();
@@ -228,37 +231,21 @@ impl Claim {
     /// Stores the reply for replays. A failure is logged, not returned: the caller has a good
     /// reply to send, and a retry will find the key claimed until the claim runs out.
     pub async fn finish(mut self, status: u16, body: Bytes) {
+        let done = [self.done(status, body)];
+        complete_patiently(self.store.as_ref(), &done, self.ttl).await;
+        // Only now: should this future be dropped mid-way, `Drop` releases the claim.
+        self.settled = true;
+    }
+
+    /// The key, our claim, and the reply that replaces it.
+    fn done(&self, status: u16, body: Bytes) -> (String, Vec<u8>, Vec<u8>) {
         let reply = KeyState::Done(SavedReply {
             fingerprint: self.fingerprint.clone(),
             status,
             body,
         })
         .encode();
-        // Storage that just failed the request's own work may be busy recovering: the reply
-        // is worth a few tries, since without it a retry finds the key claimed until it runs out.
-        let deadline = Instant::now() + FINISH_PATIENCE;
-        loop {
-            match self
-                .store
-                .complete(&self.key, &self.claim, &reply, self.ttl)
-                .await
-            {
-                Ok(true) => break,
-                Ok(false) => {
-                    tracing::warn!("an idempotency claim ran out before its request finished");
-                    break;
-                }
-                Err(err) if err.is_transient() && Instant::now() < deadline => {
-                    tokio::time::sleep(POLL_EVERY * 10).await;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not store an idempotent reply");
-                    break;
-                }
-            }
-        }
-        // Only now: should this future be dropped mid-way, `Drop` releases the claim.
-        self.settled = true;
+        (self.key.clone(), self.claim.clone(), reply)
     }
 
     /// Lets the claim go without touching its key (it has been dealt with).

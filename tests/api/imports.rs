@@ -71,6 +71,31 @@ async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
     }
 }
 
+/// Waits until the job has issued its first chunk, and asserts it has not ended: the moment to
+/// kill the process running it.
+async fn under_way(client: &reqwest::Client, base: &str, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let job: Value = client
+            .get(format!("{base}/v1/imports/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_ne!(
+            job["status"], "done",
+            "the job ended before the kill: use a larger file"
+        );
+        if job["rows"]["processed"].as_u64().unwrap() > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn finished(app: &TestApp, job: &Value) -> Value {
     finished_on(&app.client, &base(app), job["id"].as_str().unwrap()).await
 }
@@ -683,28 +708,7 @@ async fn on_redis_a_job_whose_worker_is_killed_is_finished_by_another_instance()
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
 
-    // Kill it once it is well into the job, but before it is done.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job: Value = client
-            .get(format!("{first_base}/v1/imports/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let processed = job["rows"]["processed"].as_u64().unwrap();
-        assert_ne!(
-            job["status"], "done",
-            "the job ended before the kill: make the file larger"
-        );
-        if processed > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job never started: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    under_way(&client, &first_base, &id).await;
     first.kill();
 
     let second = BinaryApp::start(dirs.1.path(), &flags).await;
@@ -738,23 +742,7 @@ async fn on_the_embedded_store_a_job_resumes_after_a_restart() {
     let (status, job, _) = upload_to(&client, &app.url(""), "", big_file(rows)).await;
     assert_eq!(status, 202, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let job: Value = client
-            .get(app.url(&format!("/v1/imports/{id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_ne!(job["status"], "done", "the job ended before the kill");
-        if job["rows"]["processed"].as_u64().unwrap() > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the job never started: {job}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    under_way(&client, &app.url(""), &id).await;
     app.kill();
     let app = BinaryApp::start(dir.path(), &flags).await;
     let job = finished_on(&client, &app.url(""), &id).await;

@@ -361,7 +361,11 @@ async fn idempotency_keys(store: &dyn Store) {
         ]
     );
     let triple = |key: &str, claim: &str, reply: &str| {
-        (key.to_owned(), claim.as_bytes().to_vec(), reply.as_bytes().to_vec())
+        (
+            key.to_owned(),
+            claim.as_bytes().to_vec(),
+            reply.as_bytes().to_vec(),
+        )
     };
     let ours = store
         .complete_many(
