@@ -2,6 +2,8 @@
 //! queues its job; `GET /v1/imports/{id}` is the job, `GET /v1/imports/{id}/results` its
 //! results as CSV, `GET /v1/imports` the recent jobs, and `DELETE /v1/imports/{id}` cancels one.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyExt, BodyStream, Either, StreamBody};
@@ -50,7 +52,10 @@ pub async fn create(call: Call) -> Response {
     let run = {
         let (state, tenant) = (state.clone(), who.tenant.clone());
         async move {
-            let Received { draft, upload, .. } = received;
+            let Received {
+                mut draft, upload, ..
+            } = received;
+            let draft = draft.take();
             let job = state
                 .imports
                 .submit(draft, upload, tenant, params.dry_run)
@@ -214,7 +219,7 @@ fn page_params(raw: &str) -> Result<(usize, i64), Vec<FieldError>> {
 
 /// An upload stored in full: its chunks are in the store, its job not yet.
 struct Received {
-    draft: Draft,
+    draft: Unsubmitted,
     upload: crate::domain::import::Upload,
     /// The file and parameters, digested: a retry with the same `Idempotency-Key` must send
     /// the same.
@@ -240,44 +245,83 @@ async fn receive(
             Err(err) => Some(Err(err)),
         }
     });
-    let mut sink = Sink::new(&state.imports, params, limit);
-    match boundary {
-        None => {
-            let mut body = std::pin::pin!(body);
-            while let Some(piece) = body.next().await {
-                sink.take(&piece.map_err(|_| unreadable())?).await?;
-            }
-        }
-        Some(boundary) => {
-            // Every part counts against the limit, the ones skipped too.
-            let whole = multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10));
-            let constraints = multer::Constraints::new().size_limit(whole);
-            let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
-            let mut found = false;
-            let too_large = |err| bad_form(err, limit);
-            while let Some(mut field) = form.next_field().await.map_err(too_large)? {
-                if field.name() != Some("file") || found {
-                    continue;
-                }
-                found = true;
-                while let Some(piece) = field.chunk().await.map_err(too_large)? {
-                    sink.take(&piece).await?;
-                }
-            }
-            if !found {
-                return Err(Problem::invalid(vec![FieldError::new(
-                    "file",
-                    "a multipart upload needs a part named `file` holding the CSV",
-                )]));
-            }
+    let body = Box::pin(body);
+    let mut sink = Sink::new(state.imports.clone(), params, limit);
+    match feed(&mut sink, body, boundary, limit).await {
+        Ok(()) => sink.finish().await,
+        Err(problem) => {
+            sink.imports.abandon(sink.draft).await;
+            Err(problem)
         }
     }
-    sink.finish().await
+}
+
+/// Hands the upload's bytes to `sink`: the body as it is, or the `file` part of a form.
+async fn feed(
+    sink: &mut Sink,
+    body: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin,
+    boundary: Option<String>,
+    limit: u64,
+) -> Result<(), Problem> {
+    let Some(boundary) = boundary else {
+        let mut body = body;
+        while let Some(piece) = body.next().await {
+            sink.take(&piece.map_err(|_| unreadable())?).await?;
+        }
+        return Ok(());
+    };
+    // Every part counts against the limit, the ones skipped too.
+    let whole = multer::SizeLimit::new().whole_stream(limit.saturating_add(64 << 10));
+    let constraints = multer::Constraints::new().size_limit(whole);
+    let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
+    let mut found = false;
+    let too_large = |err| bad_form(err, limit);
+    while let Some(mut field) = form.next_field().await.map_err(too_large)? {
+        if field.name() != Some("file") || found {
+            continue;
+        }
+        found = true;
+        while let Some(piece) = field.chunk().await.map_err(too_large)? {
+            sink.take(&piece).await?;
+        }
+    }
+    if found {
+        Ok(())
+    } else {
+        Err(Problem::invalid(vec![FieldError::new(
+            "file",
+            "a multipart upload needs a part named `file` holding the CSV",
+        )]))
+    }
+}
+
+/// An upload stored in full whose job is not made yet: dropped before it is (its request
+/// refused, replayed or gone), what it stored is removed.
+struct Unsubmitted {
+    imports: Arc<Imports>,
+    draft: Option<Draft>,
+}
+
+impl Unsubmitted {
+    fn take(&mut self) -> Draft {
+        self.draft.take().expect("a draft is submitted once")
+    }
+}
+
+impl Drop for Unsubmitted {
+    fn drop(&mut self) {
+        let (Some(draft), Ok(runtime)) = (self.draft.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let imports = self.imports.clone();
+        runtime.spawn(async move { imports.abandon(draft).await });
+    }
 }
 
 /// Where an upload's bytes go: counted against the limit, digested, cut into chunks, stored.
-struct Sink<'a> {
-    imports: &'a Imports,
+struct Sink {
+    imports: Arc<Imports>,
     chunker: Chunker,
     draft: Draft,
     digest: Sha256,
@@ -285,15 +329,15 @@ struct Sink<'a> {
     limit: u64,
 }
 
-impl<'a> Sink<'a> {
-    fn new(imports: &'a Imports, params: &UploadParams, limit: u64) -> Sink<'a> {
+impl Sink {
+    fn new(imports: Arc<Imports>, params: &UploadParams, limit: u64) -> Sink {
         let mut digest = Sha256::new();
         digest.update(params.raw.as_bytes());
         digest.update([0]);
         Sink {
+            draft: imports.draft(),
             imports,
             chunker: Chunker::new(params.delimiter, CHUNK_BYTES),
-            draft: imports.draft(),
             digest,
             seen: 0,
             limit,
@@ -312,17 +356,36 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    async fn finish(mut self) -> Result<Received, Problem> {
-        let (chunks, upload) = self.chunker.finish().map_err(Problem::invalid)?;
-        for chunk in chunks {
-            self.imports.put_chunk(&mut self.draft, chunk).await?;
+    async fn finish(self) -> Result<Received, Problem> {
+        let Sink {
+            imports,
+            chunker,
+            mut draft,
+            digest,
+            ..
+        } = self;
+        let stored = async {
+            let (chunks, upload) = chunker.finish().map_err(Problem::invalid)?;
+            for chunk in chunks {
+                imports.put_chunk(&mut draft, chunk).await?;
+            }
+            Ok::<_, Problem>(upload)
         }
-        let digest = self.digest.finalize();
-        Ok(Received {
-            draft: self.draft,
-            upload,
-            fingerprint: fingerprint("import", &digest),
-        })
+        .await;
+        match stored {
+            Ok(upload) => Ok(Received {
+                draft: Unsubmitted {
+                    imports,
+                    draft: Some(draft),
+                },
+                upload,
+                fingerprint: fingerprint("import", &digest.finalize()),
+            }),
+            Err(problem) => {
+                imports.abandon(draft).await;
+                Err(problem)
+            }
+        }
     }
 }
 

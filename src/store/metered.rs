@@ -189,6 +189,11 @@ impl ImportStore for MeteredStore {
         self.count("import_part", result)
     }
 
+    async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError> {
+        let result = self.inner.drop_import_parts(id, parts).await;
+        self.count("drop_import_parts", result)
+    }
+
     async fn list_import(
         &self,
         owner: &str,

@@ -302,6 +302,9 @@ pub trait ImportStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// What `part` of import `id` holds, unless it expired.
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError>;
+    /// Removes these parts of import `id` (those it holds), freeing their space at once: an
+    /// upload that failed half-way. Allowed on a disk that is low on space.
+    async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError>;
     /// Lists import `id`, created at `created_us`, under `owner` and among all imports, until
     /// `expires_at`.
     async fn list_import(

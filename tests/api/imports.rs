@@ -777,3 +777,59 @@ async fn a_redis_app_serves_imports_with_its_own_metrics() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
 }
+
+/// An upload that never becomes a job leaves nothing behind: refused half-way, or replayed
+/// under its `Idempotency-Key`.
+#[tokio::test]
+async fn on_redis_an_upload_that_is_not_a_job_leaves_nothing_stored() {
+    let redis = RedisServer::start();
+    let app = spawn_on_redis(&redis, &["--import-max-bytes", "1MiB"]).await;
+    let parts = || redis.cmd::<Vec<String>>(&["KEYS", "tracknum:import:*"]);
+
+    // Past the limit, streamed: several chunks were stored before the 413.
+    let file = big_file(100_000);
+    let pieces: Vec<Result<Vec<u8>, std::io::Error>> = file
+        .as_bytes()
+        .chunks(64 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
+    let (status, problem, _) = upload_to(&app.client, &base(&app), "", body).await;
+    assert_eq!(status, 413, "{problem}");
+    // A row that never ends, after whole chunks.
+    let endless = format!("{}\"{}", big_file(20_000), "x".repeat(100_000));
+    let (status, problem) = upload(&app, "", &endless).await;
+    assert_eq!(status, 400, "{problem}");
+    // Removal runs as the request ends: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !parts().is_empty() {
+        assert!(Instant::now() < deadline, "left behind: {:?}", parts());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A replayed upload: only the first one's parts stay.
+    let send = || {
+        app.client
+            .post(app.url("/v1/imports"))
+            .header("Idempotency-Key", "replayed-upload")
+            .body(big_file(20_000))
+            .send()
+    };
+    let first: Value = send().await.unwrap().json().await.unwrap();
+    let first_id = first["id"].as_str().unwrap().to_owned();
+    finished(&app, &first).await;
+    let replay = send().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let others: Vec<String> = parts()
+            .into_iter()
+            .filter(|key| !key.contains(&first_id))
+            .collect();
+        if others.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {others:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

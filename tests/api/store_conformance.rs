@@ -100,6 +100,46 @@ async fn import_queue(store: &dyn Store) {
 /// come newest first, per owner and of all owners, and page by creation time.
 async fn imports(store: &dyn Store) {
     let hour = Utc::now() + chrono::Duration::hours(1);
+    // Dropped parts are gone at once; parts not named, and other imports, stay.
+    for part in [ImportPart::File(0), ImportPart::File(1), ImportPart::Job] {
+        store.put_import_part("D1", part, b"x", hour).await.unwrap();
+    }
+    store
+        .put_import_part("D2", ImportPart::File(0), b"y", hour)
+        .await
+        .unwrap();
+    store
+        .drop_import_parts(
+            "D1",
+            &[ImportPart::File(0), ImportPart::File(1), ImportPart::Cancel],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.import_part("D1", ImportPart::File(0)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.import_part("D1", ImportPart::File(1)).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .import_part("D1", ImportPart::Job)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .import_part("D2", ImportPart::File(0))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store.drop_import_parts("D1", &[]).await.unwrap();
+    store.purge_expired().await.unwrap();
+
     assert_eq!(
         store.import_part("I1", ImportPart::Job).await.unwrap(),
         None

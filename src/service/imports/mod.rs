@@ -131,36 +131,54 @@ impl Imports {
         tenant: Option<Tenant>,
         dry_run: bool,
     ) -> Result<ImportJob, StoreError> {
-        let Draft {
-            id,
-            created_at,
-            expires_at,
-            chunk_rows,
-        } = draft;
-        let manifest = Manifest::new(&upload, chunk_rows);
-        let manifest = serde_json::to_vec(&manifest).map_err(StoreError::bug)?;
-        self.store
-            .put_import_part(&id, ImportPart::Manifest, &manifest, expires_at)
-            .await?;
+        let manifest = Manifest::new(&upload, draft.chunk_rows.clone());
         let job = ImportJob::new(
-            id,
+            draft.id.clone(),
             tenant,
             upload.rows,
             dry_run,
             upload.delimiter,
-            created_at,
+            draft.created_at,
         );
-        self.save(&job).await?;
-        let owner = job.tenant.as_ref().map_or("", Tenant::as_str);
-        let created_us = created_at.timestamp_micros();
-        self.store
-            .list_import(owner, &job.id, created_us, expires_at)
-            .await?;
-        if job.status == JobStatus::Queued {
-            self.store.enqueue_import(&job.id).await?;
+        let submitted = async {
+            let manifest = serde_json::to_vec(&manifest).map_err(StoreError::bug)?;
+            self.store
+                .put_import_part(&job.id, ImportPart::Manifest, &manifest, draft.expires_at)
+                .await?;
+            self.save(&job).await?;
+            let owner = job.tenant.as_ref().map_or("", Tenant::as_str);
+            let created_us = draft.created_at.timestamp_micros();
+            self.store
+                .list_import(owner, &job.id, created_us, draft.expires_at)
+                .await?;
+            if job.status == JobStatus::Queued {
+                self.store.enqueue_import(&job.id).await?;
+            }
+            Ok(())
+        };
+        match submitted.await {
+            Ok(()) => {
+                self.count_job(job.status);
+                Ok(job)
+            }
+            Err(err) => {
+                // Never queued: what was stored of it would only take space until it expired.
+                self.abandon(draft).await;
+                Err(err)
+            }
         }
-        self.count_job(job.status);
-        Ok(job)
+    }
+
+    /// Removes what an upload that will never be a job has stored: its chunks (and its job and
+    /// manifest, if a submit got that far). Failures are logged; the parts expire anyway.
+    pub async fn abandon(&self, draft: Draft) {
+        let mut parts: Vec<ImportPart> = (0..draft.chunk_rows.len() as u32)
+            .map(ImportPart::File)
+            .collect();
+        parts.extend([ImportPart::Manifest, ImportPart::Job]);
+        if let Err(err) = self.store.drop_import_parts(&draft.id, &parts).await {
+            tracing::warn!(import = draft.id, error = %err, "could not remove an abandoned upload");
+        }
     }
 
     /// Job `id`, if `who` may see it. An id this service never makes is not looked up.

@@ -117,6 +117,28 @@ impl ImportStore for EmbeddedStore {
         .await
     }
 
+    async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError> {
+        let keys: Vec<String> = parts.iter().map(|&part| part_key(id, part)).collect();
+        self.blocking(Access::Change, move |db| {
+            let tx = begin_durable(db)?;
+            {
+                let mut parts = tx.open_table(PARTS).map_err(db_err)?;
+                let mut expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+                for key in &keys {
+                    let expires_ms = match parts.remove(key.as_str()).map_err(db_err)? {
+                        Some(stored) => decode(stored.value()).map(|(at, _)| at).ok(),
+                        None => continue,
+                    };
+                    if let Some(at) = expires_ms {
+                        expiry.remove((at, key.as_str())).map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
         let key = part_key(id, part);
         let now = Utc::now().timestamp_millis();

@@ -54,6 +54,18 @@ impl ImportStore for RedisStore {
         Ok(value.map(Bytes::from))
     }
 
+    async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        // One hash tag per import: every part is on one node, and one DEL takes them all.
+        let mut del = redis::cmd("DEL");
+        for &part in parts {
+            del.arg(part_key(id, part));
+        }
+        self.query::<()>(&del).await
+    }
+
     async fn list_import(
         &self,
         owner: &str,
