@@ -55,11 +55,7 @@ async fn accepted(app: &TestApp, query: &str, body: &str) -> Value {
 async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let response = client
-            .get(format!("{base}/v1/imports/{id}"))
-            .send()
-            .await
-            .unwrap();
+        let response = get_ok(client, &format!("{base}/v1/imports/{id}")).await;
         let status = response.status();
         let job: Value = response.json().await.unwrap();
         assert_eq!(status, 200, "{job}");
@@ -71,19 +67,27 @@ async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
     }
 }
 
+/// GET `url`, again while storage is busy (a 503, say for a slow fsync on a loaded machine), as
+/// a client that polls does; any other reply is returned.
+async fn get_ok(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = client.get(url).send().await.expect("the server answers");
+        if response.status() != 503 || Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until the job has issued its first chunk, and asserts it has not ended: the moment to
 /// kill the process running it.
 async fn under_way(client: &reqwest::Client, base: &str, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let job: Value = client
-            .get(format!("{base}/v1/imports/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let response = get_ok(client, &format!("{base}/v1/imports/{id}")).await;
+        assert_eq!(response.status(), 200);
+        let job: Value = response.json().await.unwrap();
         assert_ne!(
             job["status"], "done",
             "the job ended before the kill: use a larger file"
@@ -107,11 +111,7 @@ async fn results_on(
     id: &str,
     delimiter: u8,
 ) -> Vec<Vec<String>> {
-    let response = client
-        .get(format!("{base}/v1/imports/{id}/results"))
-        .send()
-        .await
-        .unwrap();
+    let response = get_ok(client, &format!("{base}/v1/imports/{id}/results")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -512,8 +512,7 @@ async fn recent_jobs_are_listed_newest_first_a_page_at_a_time(app: &TestApp) {
     let mut listed: Vec<String> = Vec::new();
     let mut query = "?limit=2".to_owned();
     loop {
-        let page: Value = app
-            .get(&format!("/v1/imports{query}"))
+        let page: Value = get_ok(&app.client, &app.url(&format!("/v1/imports{query}")))
             .await
             .json()
             .await
