@@ -22,12 +22,17 @@ pub async fn read(body: Incoming, limit: usize) -> Result<Bytes, Problem> {
         Err(err) if err.is::<LengthLimitError>() => Err(Problem::too_large(limit)),
         Err(err) => {
             tracing::debug!(error = %err, "a request body could not be read");
-            Err(Problem::invalid(vec![FieldError::new(
-                "body",
-                "could not be read: the connection failed while it was sent",
-            )]))
+            Err(unreadable())
         }
     }
+}
+
+/// A body whose connection failed while it was sent.
+pub fn unreadable() -> Problem {
+    Problem::invalid(vec![FieldError::new(
+        "body",
+        "could not be read: the connection failed while it was sent",
+    )])
 }
 
 /// Reads the body as a JSON object (an empty body is an empty object).

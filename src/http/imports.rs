@@ -13,7 +13,7 @@ use hyper::{Request, StatusCode};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Call, Problem, Response, SharedState, idempotent, query, reply};
+use super::{Call, Problem, Response, SharedState, body, idempotent, json_reply, query, reply};
 use crate::domain::FieldError;
 use crate::domain::idempotency::fingerprint;
 use crate::domain::import::chunks::CHUNK_BYTES;
@@ -23,23 +23,17 @@ use crate::service::imports::{Draft, Finished, Imports, MAX_PAGE, ResultsStream}
 /// A listing shows this many jobs a page unless asked for another number.
 const DEFAULT_PAGE: usize = 20;
 const CSV: &str = "text/csv; charset=utf-8";
-const JSON: &str = "application/json";
 
 /// `POST /v1/imports`: the upload, as a CSV body or the `file` part of a multipart form.
 pub async fn create(call: Call) -> Response {
+    let params = upload_params(call.query());
+    let key = idempotent::key(call.header(idempotent::HEADER));
     let Call {
         state,
         who,
         request,
         ..
     } = call;
-    let params = upload_params(request.uri().query().unwrap_or(""));
-    let key = idempotent::key(
-        request
-            .headers()
-            .get(idempotent::HEADER)
-            .map(|v| v.to_str().unwrap_or("\u{FFFD}").to_owned()),
-    );
     let (params, key) = match (params, key) {
         (Ok(params), Ok(key)) => (params, key),
         (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
@@ -69,7 +63,7 @@ pub async fn create(call: Call) -> Response {
 /// `GET /v1/imports/{id}`.
 pub async fn get(call: Call) -> Response {
     match call.state.imports.job(&call.param, &call.who).await {
-        Ok(Some(job)) => reply(StatusCode::OK, JSON, job_json(&job)),
+        Ok(Some(job)) => json_reply(StatusCode::OK, job_json(&job)),
         Ok(None) => no_such_import(),
         Err(err) => Problem::from(err).into_response(),
     }
@@ -94,7 +88,7 @@ pub async fn list(call: Call) -> Response {
                 next: page.next.map(|at| at.to_string()),
             })
             .unwrap_or_default();
-            reply(StatusCode::OK, JSON, Bytes::from(body))
+            json_reply(StatusCode::OK, Bytes::from(body))
         }
         Err(err) => Problem::from(err).into_response(),
     }
@@ -135,7 +129,7 @@ pub async fn results(call: Call) -> Response {
 /// next chunk; rows already issued keep their numbers.
 pub async fn cancel(call: Call) -> Response {
     match call.state.imports.cancel(&call.param, &call.who).await {
-        Ok(Some(Ok(job))) => reply(StatusCode::ACCEPTED, JSON, job_json(&job)),
+        Ok(Some(Ok(job))) => json_reply(StatusCode::ACCEPTED, job_json(&job)),
         Ok(Some(Err(Finished(status)))) => Problem::conflict(
             "urn:tracknum:problem:import-finished",
             "Import already ended",
@@ -266,7 +260,7 @@ async fn feed(
     let Some(boundary) = boundary else {
         let mut body = body;
         while let Some(piece) = body.next().await {
-            sink.take(&piece.map_err(|_| unreadable())?).await?;
+            sink.take(&piece.map_err(|_| body::unreadable())?).await?;
         }
         return Ok(());
     };
@@ -411,7 +405,7 @@ fn accepted(status: StatusCode, body: Bytes) -> Response {
     let location = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|job| Some(format!("/v1/imports/{}", job.get("id")?.as_str()?)));
-    let mut response = reply(status, JSON, body);
+    let mut response = json_reply(status, body);
     if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -422,16 +416,9 @@ fn no_such_import() -> Response {
     Problem::not_found("no such import").into_response()
 }
 
-fn unreadable() -> Problem {
-    Problem::invalid(vec![FieldError::new(
-        "body",
-        "could not be read: the connection failed while it was sent",
-    )])
-}
-
 fn bad_form(err: multer::Error, limit: u64) -> Problem {
     match err {
-        multer::Error::StreamReadFailed(_) => unreadable(),
+        multer::Error::StreamReadFailed(_) => body::unreadable(),
         multer::Error::StreamSizeExceeded { .. } => Problem::too_large(limit as usize),
         _ => Problem::invalid(vec![FieldError::new(
             "body",

@@ -10,7 +10,7 @@ use hyper::StatusCode;
 use hyper::header::{self, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use super::{Call, Response, empty_reply, full};
+use super::{Call, Response, empty_reply, reply};
 use crate::domain::etag;
 
 const TEMPLATE: &str = include_str!("page/index.html");
@@ -68,12 +68,11 @@ pub async fn serve(call: Call) -> Response {
     let mut response = if held {
         empty_reply(StatusCode::NOT_MODIFIED)
     } else {
-        let mut response = Response::new(full(page.html.clone()));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/html; charset=utf-8"),
-        );
-        response
+        reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page.html.clone(),
+        )
     };
     let headers = response.headers_mut();
     headers.insert(header::ETAG, page.etag.clone());
