@@ -23,8 +23,8 @@ const MSG_EMPTY: &str = "must not be empty";
 const MSG_COUNTRY: &str = "must be an assigned ISO 3166-1 alpha-2 country code (e.g. \"MY\")";
 const MSG_WEIGHT: &str = "must be a positive weight in kilograms with at most 6 integer digits \
                           and at most 3 decimal places (e.g. \"1.234\")";
-const MSG_CREATED_AT: &str =
-    "must be an RFC 3339 date-time with a UTC offset (e.g. \"2018-11-20T19:29:32+08:00\")";
+const MSG_CREATED_AT: &str = "must be an RFC 3339 date-time with a UTC offset, between years \
+                              0000 and 9999 in UTC (e.g. \"2018-11-20T19:29:32+08:00\")";
 const MSG_UUID: &str = "must be a UUID in hyphenated 8-4-4-4-12 form \
                         (e.g. \"de619854-b59b-425e-9db4-943979e1bd49\")";
 const MSG_NAME_CONTROL: &str = "must not contain control characters";
@@ -148,9 +148,20 @@ where
 }
 
 /// Parses an RFC 3339 timestamp. A `+` sent unencoded in a query string decodes to a space, so
-/// a trailing ` HH:MM` is read as `+HH:MM`.
+/// a trailing ` HH:MM` is read as `+HH:MM`. Every time taken in (an order's time, an expiry)
+/// comes through here.
 pub(crate) fn parse_created_at(s: &str) -> Option<DateTime<FixedOffset>> {
-    parse_rfc3339_lenient(s).filter(real_leap_second_if_any)
+    parse_rfc3339_lenient(s)
+        .filter(real_leap_second_if_any)
+        .filter(writable_in_utc)
+}
+
+/// RFC 3339 years have four digits. `9999-12-31T23:59:59-23:59` is valid RFC 3339, but in UTC
+/// it falls in year 10000, which no RFC 3339 text can hold: a record keeping it could never be
+/// written back (it once made every PATCH of such a record fail). The same goes for year -1.
+fn writable_in_utc(at: &DateTime<FixedOffset>) -> bool {
+    use chrono::Datelike;
+    (0..=9999).contains(&at.naive_utc().year())
 }
 
 /// chrono takes a `:60` second on any minute of any day; only the 27 leap seconds that were
@@ -701,6 +712,25 @@ mod tests {
             "2026-06-30T23:59:60Z",
         ] {
             assert_eq!(parse_created_at(invented), None, "{invented}");
+        }
+    }
+
+    #[test]
+    fn times_outside_four_digit_utc_years_are_refused() {
+        for bad in [
+            "9999-12-31T23:59:59-23:59",
+            "9999-12-31T23:00:00-01:00",
+            "0000-01-01T00:00:00+00:01",
+        ] {
+            assert_eq!(parse_created_at(bad), None, "{bad}");
+        }
+        for good in [
+            "9999-12-31T23:59:59Z",
+            "9999-12-31T22:00:00-01:00",
+            "0000-01-01T00:00:00Z",
+            "0000-01-01T23:00:00+01:00",
+        ] {
+            assert!(parse_created_at(good).is_some(), "{good}");
         }
     }
 

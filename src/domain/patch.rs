@@ -8,13 +8,12 @@ use serde_json::{Map, Value};
 use super::country::Country;
 use super::order::{FieldError, OrderInput, Weight};
 use super::record::{Record, Status};
-use super::request::{json_text, parse_expiry};
+use super::request::{MSG_EXPIRES_AT, json_text, parse_expiry};
 
 const MSG_FIXED: &str = "cannot be changed";
 const MSG_UNKNOWN: &str = "unknown field";
 const MSG_NOT_NULL: &str = "must not be null";
 const MSG_STATUS: &str = "must be one of issued, label_printed, in_transit, delivered, cancelled";
-const MSG_EXPIRES_AT: &str = "must be an RFC 3339 date-time with a UTC offset, in the future";
 
 /// A validated change. `Some(None)` clears a field.
 #[derive(Debug, Default, Clone, PartialEq)]

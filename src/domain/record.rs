@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::order::Order;
@@ -196,12 +196,12 @@ mod utc_micros {
     use serde::{Deserializer, Serializer};
 
     /// `YYYY-MM-DDTHH:MM:SS.ffffffZ`, formatted on the stack: this runs twice per issued number.
+    /// A time outside RFC 3339's four-digit years (only records stored before such times were
+    /// refused can hold one) is written as the nearest time that fits.
     pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         use chrono::{Datelike, Timelike};
+        let t = &clamp_to_rfc3339(*t);
         let year = t.year();
-        if !(0..=9999).contains(&year) {
-            return s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true));
-        }
         let mut out = *b"0000-00-00T00:00:00.000000Z";
         let mut put = |at: usize, width: usize, mut value: u32| {
             for i in (at..at + width).rev() {
@@ -220,11 +220,22 @@ mod utc_micros {
         s.serialize_str(std::str::from_utf8(&out).map_err(serde::ser::Error::custom)?)
     }
 
+    /// Also reads the signed five-digit years (`+10000-01-01T…Z`) that versions before
+    /// December 2026 stored for a far-future `expires_at`, so those records can still change.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         DateTime::parse_from_rfc3339(&text)
+            .or_else(|_| text.parse::<DateTime<chrono::FixedOffset>>())
             .map(|t| t.with_timezone(&Utc))
             .map_err(serde::de::Error::custom)
+    }
+
+    fn clamp_to_rfc3339(t: DateTime<Utc>) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        let earliest = Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap();
+        let latest = Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap()
+            + chrono::Duration::microseconds(999_999);
+        t.clamp(earliest, latest)
     }
 }
 
@@ -266,6 +277,21 @@ mod tests {
     }
 
     #[test]
+    fn a_far_future_expiry_stored_by_an_older_version_reads_and_writes_back_as_rfc3339() {
+        // What versions before December 2026 stored for `9999-12-31T23:59:59-23:59`.
+        let json = serde_json::to_string(&sample())
+            .unwrap()
+            .replace("2026-12-21T10:15:30.000000Z", "+10000-01-01T23:58:59.000000Z");
+        assert!(json.contains("+10000-"), "{json}");
+        let record: Record = serde_json::from_str(&json).unwrap();
+        let again = serde_json::to_string(&record).unwrap();
+        assert!(
+            again.contains(r#""expires_at":"9999-12-31T23:59:59.999999Z""#),
+            "{again}"
+        );
+    }
+
+    #[test]
     fn serializes_flat_with_microsecond_utc_times() {
         let json = serde_json::to_string(&sample()).unwrap();
         assert_eq!(
@@ -290,7 +316,7 @@ mod tests {
             let json: serde_json::Value = serde_json::to_value(&record).unwrap();
             assert_eq!(
                 json["created_at"],
-                t.to_rfc3339_opts(SecondsFormat::Micros, true)
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
             );
         }
     }

@@ -14,8 +14,9 @@ use super::strict_json::{self, ParseError};
 /// At most this many numbers per batch.
 pub const MAX_BATCH: usize = 1000;
 
-const MSG_EXPIRES_AT: &str = "must be an RFC 3339 date-time with a UTC offset, in the future \
-                              (e.g. \"2030-01-31T00:00:00Z\")";
+pub(crate) const MSG_EXPIRES_AT: &str = "must be an RFC 3339 date-time with a UTC offset, in \
+                                         the future and before year 10000 in UTC \
+                                         (e.g. \"2030-01-31T00:00:00Z\")";
 const MSG_STRING: &str = "must be a string";
 const MSG_UNKNOWN: &str = "unknown field";
 

@@ -26,6 +26,7 @@ on_both_backends!(
     concurrent_retries_get_one_number,
     check_decodes_without_a_record,
     issuing_accepts_an_expiry,
+    times_past_year_9999_in_utc_are_refused_everywhere,
 );
 
 /// A reply: status, headers and JSON body.
@@ -794,6 +795,94 @@ async fn issuing_accepts_an_expiry(app: &TestApp) {
         batch.body["records"][1]["expires_at"],
         "2031-05-01T00:00:00.000000Z"
     );
+}
+
+/// `9999-12-31T23:59:59-23:59` is valid RFC 3339, but in UTC it is in year 10000, which RFC
+/// 3339 cannot write: it was once stored as `+10000-…` and made the record unchangeable.
+async fn times_past_year_9999_in_utc_are_refused_everywhere(app: &TestApp) {
+    let far = "9999-12-31T23:59:59-23:59";
+    let encoded = "9999-12-31T23:59:59-23%3A59";
+    for query in [
+        format!("expires_at={encoded}"),
+        format!("created_at={encoded}"),
+    ] {
+        let reply = call(
+            app,
+            Method::GET,
+            &format!("/next-tracking-number?{query}"),
+            None,
+            &[],
+        )
+        .await
+        .expect(400);
+        let field = query.split('=').next().unwrap();
+        assert_eq!(error_fields(&reply.body), [field]);
+    }
+    let batch = call(
+        app,
+        Method::POST,
+        "/v1/tracking-numbers",
+        Some(json!({"orders": [{"expires_at": far}, {"created_at": far}]})),
+        &[],
+    )
+    .await
+    .expect(400);
+    assert_eq!(
+        error_fields(&batch.body),
+        ["orders[0].expires_at", "orders[1].created_at"]
+    );
+    let put = call(
+        app,
+        Method::PUT,
+        &record_path("LEGACY9999"),
+        Some(json!({"expires_at": far})),
+        &[],
+    )
+    .await
+    .expect(400);
+    assert_eq!(error_fields(&put.body), ["expires_at"]);
+    let number = issue(app, "").await;
+    let patched = patch(app, &number, json!({"expires_at": far}), &[])
+        .await
+        .expect(400);
+    assert_eq!(error_fields(&patched.body), ["expires_at"]);
+    // The latest time that fits is taken, and the record can still change.
+    let latest = patch(app, &number, json!({"expires_at": "9999-12-31T23:59:59Z"}), &[])
+        .await
+        .expect(200);
+    assert_eq!(latest.body["expires_at"], "9999-12-31T23:59:59.000000Z");
+    patch(app, &number, json!({"status": "in_transit"}), &[])
+        .await
+        .expect(200);
+}
+
+/// A record that an older version stored with a far-future expiry in a five-digit year
+/// (`+10000-…`) reads, changes and deletes after the upgrade; its first change writes the
+/// expiry back as RFC 3339.
+#[tokio::test]
+async fn a_record_stored_with_a_five_digit_year_can_still_change() {
+    let redis = RedisServer::start();
+    let app = spawn_on_redis(&redis, &[]).await;
+    let number = issue(&app, "origin_country_id=MY").await;
+    let key = format!("tracknum:record:{number}");
+    let stored: String = redis.cmd(&["GET", &key]);
+    let old = regex::Regex::new(r#""expires_at":"[^"]*""#)
+        .unwrap()
+        .replace(&stored, r#""expires_at":"+10000-01-01T23:58:59.000000Z""#)
+        .into_owned();
+    let _: () = redis.cmd(&["SET", &key, &old]);
+    let read = call(&app, Method::GET, &record_path(&number), None, &[])
+        .await
+        .expect(200);
+    assert_eq!(read.body["expires_at"], "+10000-01-01T23:58:59.000000Z");
+    let patched = patch(&app, &number, json!({"status": "in_transit"}), &[])
+        .await
+        .expect(200);
+    assert_eq!(patched.body["expires_at"], "9999-12-31T23:59:59.999999Z");
+    assert_eq!(patched.body["status"], "in_transit");
+    call(&app, Method::DELETE, &record_path(&number), None, &[])
+        .await
+        .expect(204);
 }
 
 /// Two instances on one Redis get the same key at the same moment: one number, one reply; and
