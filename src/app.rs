@@ -67,7 +67,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let metrics = Metrics::new();
         let mut upkeep = None;
-        let (store, secret): (Arc<dyn Store>, String) = match config.redis() {
+        let (store, codec): (Arc<dyn Store>, Codec) = match config.redis() {
             Some(target) => {
                 let secret = config
                     .secret
@@ -78,7 +78,8 @@ impl Application {
                     timeout: config.storage_timeout,
                     wait_replicas: config.redis_wait_replicas,
                 };
-                (Arc::new(RedisStore::new(&target, options)?), secret)
+                let codec = Codec::new(secret.as_bytes());
+                (Arc::new(RedisStore::new(&target, options)?), codec)
             }
             None => {
                 let options = EmbeddedOptions {
@@ -86,12 +87,15 @@ impl Application {
                     cache_size: config.cache_size,
                     min_free_disk: config.min_free_disk,
                     timeout: config.storage_timeout,
+                    node_id: config.node_id,
                 };
-                let (store, secret) =
+                let (store, _secret) =
                     EmbeddedStore::open(&config.data_dir, config.secret.as_deref(), options)?;
+                tracing::info!(node_id = store.node_id(), "embedded store open");
+                let codec = store.codec().clone();
                 let store = Arc::new(store);
                 upkeep = Some(store.clone());
-                (store, secret)
+                (store, codec)
             }
         };
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
@@ -127,7 +131,7 @@ impl Application {
         let (writer, writer_task) = RecordWriter::spawn(store.clone());
         let issuer = Arc::new(Issuer::new(
             pool.clone(),
-            Codec::new(secret.as_bytes()),
+            codec,
             writer,
             config.record_ttl,
             config.storage_timeout,

@@ -41,6 +41,21 @@ pub struct Config {
     #[arg(long, env = "TRACKNUM_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
+    /// Embedded store: this instance's node id, 0 to 31, kept in --data-dir the first time (0
+    /// when absent). Each node issues from its own part of the serial space (130 years of it),
+    /// so several embedded instances with distinct node ids never issue the same number,
+    /// whatever their secrets. Several instances with one node id DO. For one counter shared by
+    /// every instance, use Redis instead.
+    #[arg(long, env = "TRACKNUM_NODE_ID",
+          value_parser = clap::value_parser!(u8).range(0..crate::domain::codec::NODE_COUNT as i64))]
+    pub node_id: Option<u8>,
+
+    /// Refuse to start without --redis-url or --redis-cluster-urls. Deployment recipes that
+    /// run several instances set it: without a shared Redis, each instance would run its own
+    /// embedded store, and instances with one node id issue the same numbers.
+    #[arg(long, env = "TRACKNUM_REQUIRE_REDIS")]
+    pub require_redis: bool,
+
     /// Serials leased from the shared counter at a time, at least: a busy instance leases
     /// bigger blocks, up to --block-size-max, so that a block lasts a few seconds.
     #[arg(long, env = "TRACKNUM_BLOCK_SIZE", default_value_t = 1000,
@@ -251,6 +266,22 @@ impl Config {
             return Err(
                 "--redis-wait-replicas (TRACKNUM_REDIS_WAIT_REPLICAS) needs --redis-url or \
                  --redis-cluster-urls: it waits for Redis replicas"
+                    .into(),
+            );
+        }
+        if self.require_redis && self.redis().is_none() {
+            return Err(
+                "--require-redis (TRACKNUM_REQUIRE_REDIS) is set, but neither REDIS_URL nor \
+                 REDIS_CLUSTER_URLS is: this deployment runs several instances, which must share \
+                 one counter in Redis. Without it each instance would run its own embedded store \
+                 and they would issue the same numbers. Set REDIS_URL (or REDIS_CLUSTER_URLS)"
+                    .into(),
+            );
+        }
+        if self.node_id.is_some() && self.redis().is_some() {
+            return Err(
+                "--node-id (TRACKNUM_NODE_ID) is for the embedded store: instances on Redis share \
+                 one counter and need none. Leave it out with --redis-url or --redis-cluster-urls"
                     .into(),
             );
         }

@@ -1,6 +1,12 @@
 //! The tracking-number layout: 16 chars of `0-9A-Z`, `[origin country, 2][customer tag, 2]
 //! [serial, 11][check, 1]`. The serial is scrambled by a secret-keyed bijection so issued numbers
 //! do not reveal volumes or let anyone guess a neighbour's number.
+//!
+//! Embedded instances each count their own serials, so the space is split into [`NODE_COUNT`]
+//! partitions, one per node id, and the permutation runs *inside* a partition: a number's
+//! partition is visible in its serial digits. Two nodes can then never write the same digits,
+//! whatever their secrets. Instances on Redis share one counter and keep the permutation over
+//! the whole space ([`Layout::Shared`]).
 
 use std::fmt;
 
@@ -18,12 +24,21 @@ const A: u64 = 60_466_176;
 const B: u64 = 2_176_782_336;
 /// Rounds come in pairs (one per radix) so the halves end up back in their original radix.
 const ROUND_PAIRS: u8 = 5;
+/// Node ids of embedded instances: 0 to 31.
+pub const NODE_COUNT: u64 = 32;
+/// Serials of one node: 36^11 / 32 = 4,113,178,245,070,848. Serials count microseconds since
+/// 2025 (the clock floor: at most 10^6 a second), so each node's last one falls in 2155, 130
+/// years on. 64 nodes would end in 2090; embedded fleets bigger than a few nodes belong on Redis.
+pub const NODE_SERIALS: u64 = SERIAL_SPACE / NODE_COUNT;
+/// The right half's radix inside a node's partition: A * NODE_B == NODE_SERIALS.
+const NODE_B: u64 = NODE_SERIALS / A;
 const TAG_SPACE: u16 = 36 * 36;
 /// The 36 characters of a number, in digit order.
 pub const DIGITS: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 // Frozen forever: changing any of these would re-map every number already issued.
 const CODEC_PREFIX: &[u8] = b"tracknum/codec/v1\0";
+const NODE_CODEC_PREFIX: &[u8] = b"tracknum/codec/nodes/v1\0";
 const FINGERPRINT_PREFIX: &[u8] = b"tracknum/fingerprint/v1\0";
 const CUSTOMER_TAG_PREFIX: &[u8] = b"tracknum/customer-tag/v1\0";
 
@@ -67,6 +82,19 @@ pub fn has_valid_check(s: &str) -> bool {
     }
 }
 
+/// How serials map to the 11 serial digits of a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One counter shared by every instance (Redis): one permutation over the whole space.
+    Shared,
+    /// Embedded instances, each a node with a partition of its own: serial
+    /// `n * NODE_SERIALS + l` is written as `n * NODE_SERIALS + π(l)`, with π a keyed
+    /// permutation of the partition. Serials below `legacy_below` were issued before node ids
+    /// existed, under the whole-space permutation, and keep it; a serial whose digits would
+    /// match those of such a serial is never used (about 1 in 2,000 in a data dir from 2026).
+    Nodes { legacy_below: u64 },
+}
+
 /// Keyed, secret-dependent bijection over [0, SERIAL_SPACE), the customer tag, and the number
 /// encoder.
 #[derive(Clone)]
@@ -74,8 +102,11 @@ pub struct Codec {
     /// SipHash-1-3 keyed from the secret; the round index is part of each hashed message, so
     /// one key serves every round.
     round_hasher: SipHasher13,
+    /// The same, under its own key, for the permutation inside a node's partition.
+    node_hasher: SipHasher13,
     /// SipHash-1-3 under its own key from the secret, for customer tags.
     tag_hasher: SipHasher13,
+    layout: Layout,
 }
 
 /// Never prints the key material.
@@ -88,11 +119,22 @@ impl fmt::Debug for Codec {
 impl Codec {
     /// Derives the round keys from the secret: SHA-256 of a fixed domain-separation prefix
     /// followed by the secret bytes; the first 16 bytes of the digest are a SipHash-1-3 key.
+    /// The codec of instances sharing one counter ([`Layout::Shared`]).
     pub fn new(secret: &[u8]) -> Codec {
+        Codec::with_layout(secret, Layout::Shared)
+    }
+
+    pub fn with_layout(secret: &[u8], layout: Layout) -> Codec {
         Codec {
             round_hasher: keyed_hasher(CODEC_PREFIX, secret),
+            node_hasher: keyed_hasher(NODE_CODEC_PREFIX, secret),
             tag_hasher: keyed_hasher(CUSTOMER_TAG_PREFIX, secret),
+            layout,
         }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The customer tag of a customer key (its id, else its slug): SipHash-1-3 of the key's
@@ -107,66 +149,92 @@ impl Codec {
         (self.tag_hasher.hash(key.as_bytes()) % u64::from(TAG_SPACE)) as u16
     }
 
-    /// Round function F_i(R): SipHash13 over the round index and R's little-endian bytes.
-    #[inline]
-    fn round(&self, index: u8, r: u64) -> u64 {
-        let mut msg = [0u8; 9];
-        msg[0] = index;
-        msg[1..].copy_from_slice(&r.to_le_bytes());
-        self.round_hasher.hash(&msg)
-    }
-
     /// Mixed-radix Feistel network over 36^5 x 36^6 (x = L*B + R with L < A, R < B). A round
     /// maps (L, R) to (R, (L + F_i(R)) mod radix(L)), so the halves swap radix every round;
     /// an even number of rounds (10) brings them back so the result is again L*B + R.
     #[inline]
     pub fn permute(&self, serial: u64) -> u64 {
         debug_assert!(serial < SERIAL_SPACE);
-        let (mut l, mut r) = (serial / B, serial % B);
-        for pair in 0..ROUND_PAIRS {
-            // l < A, r < B
-            let next = (l + self.round(2 * pair, r) % A) % A;
-            (l, r) = (r, next);
-            // l < B, r < A
-            let next = (l + self.round(2 * pair + 1, r) % B) % B;
-            (l, r) = (r, next);
-        }
-        l * B + r
+        feistel(&self.round_hasher, B, serial)
     }
 
     /// Inverse of [`Codec::permute`]: runs the rounds backwards, subtracting each F_i.
     #[inline]
     pub fn unpermute(&self, x: u64) -> u64 {
         debug_assert!(x < SERIAL_SPACE);
-        let (mut l, mut r) = (x / B, x % B);
-        for pair in (0..ROUND_PAIRS).rev() {
-            // l < A, r < B: undo the odd round, whose sum was taken mod B.
-            let prev = (r + B - self.round(2 * pair + 1, l) % B) % B;
-            (l, r) = (prev, l);
-            // l < B, r < A: undo the even round, whose sum was taken mod A.
-            let prev = (r + A - self.round(2 * pair, l) % A) % A;
-            (l, r) = (prev, l);
+        feistel_inverse(&self.round_hasher, B, x)
+    }
+
+    /// The node layout: the partition stays, the serial within it is permuted (over
+    /// 36^5 x NODE_B, under its own key).
+    #[inline]
+    fn node_permute(&self, serial: u64) -> u64 {
+        let (base, within) = (serial - serial % NODE_SERIALS, serial % NODE_SERIALS);
+        base + feistel(&self.node_hasher, NODE_B, within)
+    }
+
+    #[inline]
+    fn node_unpermute(&self, x: u64) -> u64 {
+        let (base, within) = (x - x % NODE_SERIALS, x % NODE_SERIALS);
+        base + feistel_inverse(&self.node_hasher, NODE_B, within)
+    }
+
+    /// The serial digits' value for `serial`, under this codec's layout.
+    #[inline]
+    pub fn scramble(&self, serial: u64) -> u64 {
+        match self.layout {
+            Layout::Nodes { legacy_below } if serial >= legacy_below => self.node_permute(serial),
+            _ => self.permute(serial),
         }
-        l * B + r
+    }
+
+    /// Inverse of [`Codec::scramble`] on the serials it may be given ([`Codec::usable`]).
+    #[inline]
+    pub fn unscramble(&self, x: u64) -> u64 {
+        match self.layout {
+            Layout::Shared => self.unpermute(x),
+            Layout::Nodes { legacy_below } => {
+                if legacy_below > 0 {
+                    let legacy = self.unpermute(x);
+                    if legacy < legacy_below {
+                        return legacy;
+                    }
+                }
+                self.node_unpermute(x)
+            }
+        }
+    }
+
+    /// Whether `serial` may be issued: always, but for a node serial whose digits are those of
+    /// a serial issued before node ids (which [`Codec::unscramble`] reads as that one).
+    #[inline]
+    pub fn usable(&self, serial: u64) -> bool {
+        match self.layout {
+            Layout::Nodes { legacy_below } if legacy_below > 0 && serial >= legacy_below => {
+                self.unpermute(self.node_permute(serial)) >= legacy_below
+            }
+            _ => true,
+        }
     }
 
     /// Origin country ("ZZ" when None), customer tag as 2 base36 digits (0-9A-Z, tag < 1296),
-    /// permute(serial) as 11 base36 digits (zero-padded), then the check char.
-    /// Returns None when serial >= SERIAL_SPACE or customer_tag >= 1296.
+    /// scramble(serial) as 11 base36 digits (zero-padded), then the check char.
+    /// Returns None when serial >= SERIAL_SPACE, the serial is not [`Codec::usable`], or
+    /// customer_tag >= 1296.
     pub fn encode(
         &self,
         origin: Option<Country>,
         customer_tag: u16,
         serial: u64,
     ) -> Option<TrackingNumber> {
-        if serial >= SERIAL_SPACE || customer_tag >= TAG_SPACE {
+        if serial >= SERIAL_SPACE || customer_tag >= TAG_SPACE || !self.usable(serial) {
             return None;
         }
         let mut out = [0u8; 16];
         out[..2].copy_from_slice(&origin.map_or(*b"ZZ", Country::bytes));
         out[2] = DIGITS[usize::from(customer_tag / 36)];
         out[3] = DIGITS[usize::from(customer_tag % 36)];
-        let mut x = self.permute(serial);
+        let mut x = self.scramble(serial);
         for slot in out[4..15].iter_mut().rev() {
             *slot = DIGITS[(x % 36) as usize];
             x /= 36;
@@ -185,8 +253,49 @@ impl Codec {
         let x = tn.as_bytes()[4..15]
             .iter()
             .try_fold(0u64, |acc, &c| Some(acc * 36 + u64::from(digit_value(c)?)))?;
-        Some(self.unpermute(x))
+        Some(self.unscramble(x))
     }
+}
+
+/// Round function F_i(R): SipHash13 over the round index and R's little-endian bytes.
+#[inline]
+fn round(hasher: &SipHasher13, index: u8, r: u64) -> u64 {
+    let mut msg = [0u8; 9];
+    msg[0] = index;
+    msg[1..].copy_from_slice(&r.to_le_bytes());
+    hasher.hash(&msg)
+}
+
+/// Mixed-radix Feistel network over A x `b` (x = L*b + R with L < A, R < b). A round maps
+/// (L, R) to (R, (L + F_i(R)) mod radix(L)), so the halves swap radix every round; an even
+/// number of rounds (10) brings them back so the result is again L*b + R.
+#[inline]
+fn feistel(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
+    let (mut l, mut r) = (x / b, x % b);
+    for pair in 0..ROUND_PAIRS {
+        // l < A, r < b
+        let next = (l + round(hasher, 2 * pair, r) % A) % A;
+        (l, r) = (r, next);
+        // l < b, r < A
+        let next = (l + round(hasher, 2 * pair + 1, r) % b) % b;
+        (l, r) = (r, next);
+    }
+    l * b + r
+}
+
+/// Inverse of [`feistel`]: runs the rounds backwards, subtracting each F_i.
+#[inline]
+fn feistel_inverse(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
+    let (mut l, mut r) = (x / b, x % b);
+    for pair in (0..ROUND_PAIRS).rev() {
+        // l < A, r < b: undo the odd round, whose sum was taken mod b.
+        let prev = (r + b - round(hasher, 2 * pair + 1, l) % b) % b;
+        (l, r) = (prev, l);
+        // l < b, r < A: undo the even round, whose sum was taken mod A.
+        let prev = (r + A - round(hasher, 2 * pair, l) % A) % A;
+        (l, r) = (prev, l);
+    }
+    l * b + r
 }
 
 /// A SipHash-1-3 keyed with the first 16 bytes of SHA-256(`prefix` ‖ `secret`): one secret,
@@ -242,6 +351,112 @@ mod tests {
         assert_eq!(A, 36u64.pow(5));
         assert_eq!(B, 36u64.pow(6));
         assert_eq!(A * B, SERIAL_SPACE);
+    }
+
+    #[test]
+    fn node_constants_agree() {
+        assert_eq!(NODE_SERIALS * NODE_COUNT, SERIAL_SPACE);
+        assert_eq!(A * NODE_B, NODE_SERIALS);
+        // The runway: each node's serials last 130 years at the clock floor's 10^6 a second.
+        let years = NODE_SERIALS / 1_000_000 / (365 * 86_400 + 86_400 / 4);
+        assert_eq!(years, 130);
+    }
+
+    /// The whole-space permutation is frozen: numbers issued by every version decode alike
+    /// (values of the code before node ids; tests/api/embedded.rs reads a data dir it made).
+    #[test]
+    fn the_shared_permutation_never_changes() {
+        let c = codec();
+        let known: Vec<u64> = [0, 1, 2, 1_000_000, SERIAL_SPACE - 1]
+            .iter()
+            .map(|&s| c.permute(s))
+            .collect();
+        assert_eq!(
+            known,
+            [
+                35_345_086_925_052_761,
+                95_112_354_019_580_726,
+                90_895_718_187_719_233,
+                52_686_434_093_908_718,
+                98_675_516_832_520_978
+            ]
+        );
+    }
+
+    fn node_codec(secret: &[u8], legacy_below: u64) -> Codec {
+        Codec::with_layout(secret, Layout::Nodes { legacy_below })
+    }
+
+    #[test]
+    fn a_node_serial_keeps_its_partition_and_round_trips() {
+        let c = node_codec(b"test secret", 0);
+        let mut rng = 11u64;
+        for node in 0..NODE_COUNT {
+            for _ in 0..2_000 {
+                let serial = node * NODE_SERIALS + splitmix(&mut rng) % NODE_SERIALS;
+                let x = c.scramble(serial);
+                assert_eq!(x / NODE_SERIALS, node, "serial {serial}");
+                assert_eq!(c.unscramble(x), serial);
+                assert!(c.usable(serial));
+            }
+        }
+        // Injective, and not the identity.
+        let base = 5 * NODE_SERIALS;
+        let xs: HashSet<u64> = (base..base + 100_000).map(|s| c.scramble(s)).collect();
+        assert_eq!(xs.len(), 100_000);
+        assert!((base..base + 100).filter(|&s| c.scramble(s) == s).count() < 2);
+    }
+
+    /// The promise behind --node-id: whatever their secrets, nodes never write the same digits.
+    #[test]
+    fn two_nodes_never_collide_whatever_their_secrets() {
+        for (a, b) in [
+            (b"one secret".as_slice(), b"one secret".as_slice()),
+            (b"first", b"second"),
+        ] {
+            let (one, two) = (node_codec(a, 0), node_codec(b, 0));
+            let start = 60_000_000_000_000; // the clock floor, early 2027
+            let firsts: HashSet<u64> = (0..50_000)
+                .map(|i| one.scramble(NODE_SERIALS + start + i))
+                .collect();
+            for i in 0..50_000 {
+                assert!(!firsts.contains(&two.scramble(2 * NODE_SERIALS + start + i)));
+            }
+        }
+    }
+
+    /// A data dir from before node ids keeps its numbers: their serials keep the whole-space
+    /// permutation, and no new serial is written with their digits.
+    #[test]
+    fn serials_from_before_node_ids_keep_their_numbers() {
+        let legacy_below = 2_000_000;
+        let shared = codec();
+        let c = node_codec(b"test secret", legacy_below);
+        for serial in (0..legacy_below).step_by(997) {
+            let number = c.encode(None, 0, serial).unwrap();
+            assert_eq!(Some(number), shared.encode(None, 0, serial));
+            assert_eq!(c.decode_serial(number.as_str()), Some(serial));
+        }
+        // New serials, in node 0 right above the old ones and in node 3: a few are skipped
+        // (about legacy_below / 36^11 of them), the rest round trip.
+        let olds: HashSet<u64> = (0..legacy_below).map(|s| shared.permute(s)).collect();
+        let mut skipped = 0;
+        for serial in (legacy_below..legacy_below + 200_000)
+            .chain(3 * NODE_SERIALS..3 * NODE_SERIALS + 200_000)
+        {
+            match c.encode(None, 0, serial) {
+                Some(number) => {
+                    assert!(!olds.contains(&c.scramble(serial)));
+                    assert_eq!(c.decode_serial(number.as_str()), Some(serial));
+                }
+                None => {
+                    assert!(!c.usable(serial));
+                    assert!(olds.contains(&c.scramble(serial)));
+                    skipped += 1;
+                }
+            }
+        }
+        assert!(skipped < 20, "{skipped}");
     }
 
     #[test]

@@ -279,9 +279,10 @@ mod tests {
     #[test]
     fn a_far_future_expiry_stored_by_an_older_version_reads_and_writes_back_as_rfc3339() {
         // What versions before December 2026 stored for `9999-12-31T23:59:59-23:59`.
-        let json = serde_json::to_string(&sample())
-            .unwrap()
-            .replace("2026-12-21T10:15:30.000000Z", "+10000-01-01T23:58:59.000000Z");
+        let json = serde_json::to_string(&sample()).unwrap().replace(
+            "2026-12-21T10:15:30.000000Z",
+            "+10000-01-01T23:58:59.000000Z",
+        );
         assert!(json.contains("+10000-"), "{json}");
         let record: Record = serde_json::from_str(&json).unwrap();
         let again = serde_json::to_string(&record).unwrap();

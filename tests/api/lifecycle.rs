@@ -847,9 +847,14 @@ async fn times_past_year_9999_in_utc_are_refused_everywhere(app: &TestApp) {
         .expect(400);
     assert_eq!(error_fields(&patched.body), ["expires_at"]);
     // The latest time that fits is taken, and the record can still change.
-    let latest = patch(app, &number, json!({"expires_at": "9999-12-31T23:59:59Z"}), &[])
-        .await
-        .expect(200);
+    let latest = patch(
+        app,
+        &number,
+        json!({"expires_at": "9999-12-31T23:59:59Z"}),
+        &[],
+    )
+    .await
+    .expect(200);
     assert_eq!(latest.body["expires_at"], "9999-12-31T23:59:59.000000Z");
     patch(app, &number, json!({"status": "in_transit"}), &[])
         .await

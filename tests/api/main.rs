@@ -60,6 +60,7 @@ mod helpers;
 mod hostile;
 mod imports;
 mod lifecycle;
+mod nodes;
 mod openapi;
 mod ops;
 mod ratelimit_redis;

@@ -175,6 +175,41 @@ fn compose_runs_the_instances_nginx_balances() {
     }
 }
 
+/// Recipes that run several instances (Compose's three, Fly's two machines, the Deployment's
+/// replicas) must share one counter: each refuses to start without Redis rather than run an
+/// embedded store of its own, which would issue the numbers the others issue.
+#[test]
+fn recipes_of_several_instances_refuse_to_start_without_redis() {
+    let several = [
+        ("docker-compose.yml", r#"TRACKNUM_REQUIRE_REDIS: "true""#),
+        ("fly.toml", r#"TRACKNUM_REQUIRE_REDIS = "true""#),
+        (
+            "deploy/k8s/deployment.yaml",
+            "- name: TRACKNUM_REQUIRE_REDIS\n              value: \"true\"",
+        ),
+    ];
+    for (path, setting) in several {
+        assert!(
+            read(path).contains(setting),
+            "{path} does not set {setting}"
+        );
+    }
+    assert!(read("fly.toml").contains("min_machines_running = 2"));
+    // And the setting does what the recipes rely on: no Redis, no start, and the reason.
+    let refused = Command::new(env!("CARGO_BIN_EXE_tracknum"))
+        .env("TRACKNUM_REQUIRE_REDIS", "true")
+        .env_remove("REDIS_URL")
+        .env_remove("REDIS_CLUSTER_URLS")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("REDIS_URL") && said.contains("issue the same numbers"),
+        "{said}"
+    );
+}
+
 #[test]
 fn the_dockerfile_stubs_every_target_in_the_workspace() {
     let dockerfile = read("Dockerfile");

@@ -27,7 +27,7 @@ use super::{
     LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap, clock_serial,
 };
 use crate::config::FsyncPolicy;
-use crate::domain::codec::{SERIAL_SPACE, fingerprint};
+use crate::domain::codec::{Layout, NODE_COUNT, NODE_SERIALS, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
 use crate::periodic::{Ticker, Wake};
 
@@ -46,6 +46,11 @@ const OTHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("others");
 const EXPIRY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("expiry");
 
 const SERIAL_NEXT: &str = "serial_next";
+/// The node id the data dir was first started with (one byte).
+const NODE_ID: &str = "node_id";
+/// Serials below this were issued before node ids, under the whole-space permutation
+/// ([`Layout::Nodes`]); 0 in a data dir that started with node ids.
+const LEGACY_BELOW: &str = "legacy_serials_below";
 const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
 /// The layout of stored records (see [`encode_value`]); absent in files from before checksums.
@@ -81,6 +86,9 @@ pub struct EmbeddedOptions {
     pub min_free_disk: u64,
     /// Longest wait for the disk before a call fails (a 503).
     pub timeout: Duration,
+    /// `--node-id`: the partition of the serial space this instance issues from. None: the one
+    /// the data dir keeps, or 0 for a new one.
+    pub node_id: Option<u8>,
 }
 
 impl Default for EmbeddedOptions {
@@ -90,6 +98,7 @@ impl Default for EmbeddedOptions {
             cache_size: 64 << 20,
             min_free_disk: 0,
             timeout: Duration::from_secs(2),
+            node_id: None,
         }
     }
 }
@@ -105,8 +114,10 @@ pub struct EmbeddedStore {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     /// Which file the database has open (device, inode), to notice it being swapped.
     identity: std::sync::Mutex<Option<(u64, u64)>>,
-    /// Maps a number of ours back to its serial, the key of its record.
+    /// Maps a number of ours back to its serial, the key of its record; in this node's layout.
     codec: Codec,
+    /// The node whose partition of the serial space this data dir issues from.
+    node: u8,
     /// Present under `--fsync everysec`: the write-behind buffer.
     memtable: Option<Arc<Memtable>>,
     /// Held while the buffer is flushed, and while a record is changed in place: a change
@@ -125,9 +136,10 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir` and settles the secret: the given one, which must match
-    /// the one this data dir was first used with, or else the one generated on first use.
-    /// Returns the store and the secret to use.
+    /// Opens (or creates) the store in `dir` and settles the secret (the given one, which must
+    /// match the one this data dir was first used with, or else the one generated on first use)
+    /// and the node id (the one the data dir keeps; a new data dir keeps the given one, or 0).
+    /// Returns the store and the secret to use; [`EmbeddedStore::codec`] numbers its serials.
     pub fn open(
         dir: &Path,
         secret: Option<&str>,
@@ -139,14 +151,17 @@ impl EmbeddedStore {
         let path = dir.join(FILE_NAME);
         let db = open_when_free(&path, options.cache_size).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
-                "{} is in use by another tracknum process; give each instance its own --data-dir, \
-                 or share a Redis with --redis-url",
-                path.display()
+                "{} is in use by another tracknum process. Several embedded instances each need \
+                 their own --data-dir and a distinct --node-id (0 to {}), or they issue the same \
+                 numbers; for one counter shared by every instance, use Redis (--redis-url)",
+                path.display(),
+                NODE_COUNT - 1
             ),
             e => anyhow::anyhow!("cannot open {}: {e}", path.display()),
         })?;
         let given_secret = secret.is_some();
         let secret = settle_secret(&db, secret)?;
+        let (node, legacy_below) = settle_node(&db, options.node_id, None)?;
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
             FsyncPolicy::Always => None,
@@ -159,7 +174,8 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             identity: std::sync::Mutex::new(file_identity(&path)),
             path,
-            codec: Codec::new(secret.as_bytes()),
+            codec: Codec::with_layout(secret.as_bytes(), Layout::Nodes { legacy_below }),
+            node,
             secret: secret.clone(),
             secret_given: given_secret,
             memtable: window.map(|_| Arc::default()),
@@ -172,6 +188,15 @@ impl EmbeddedStore {
             import_claims: std::sync::Mutex::default(),
         };
         Ok((store, secret))
+    }
+
+    /// The codec of this data dir's node: what the issuer must number its serials with.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    pub fn node_id(&self) -> u8 {
+        self.node
     }
 
     /// The open database, or why there is none right now.
@@ -291,6 +316,11 @@ impl EmbeddedStore {
             self.secret.clone(),
         );
         let given = self.secret_given;
+        let legacy_below = match self.codec.layout() {
+            Layout::Nodes { legacy_below } => legacy_below,
+            Layout::Shared => 0,
+        };
+        let node = (self.node, legacy_below);
         let reopened = tokio::task::spawn_blocking(move || {
             // redb locks its file: the old handle must be gone before the new one opens. Calls
             // still using it end within the storage timeout.
@@ -317,6 +347,11 @@ impl EmbeddedStore {
                 // A new file at the path must keep the secret this process generated.
                 keep_generated_secret(&db, &secret).and_then(|()| settle_secret(&db, None))
             };
+            // A new file at the path keeps this process' node too.
+            let settled = settled.and_then(|secret| {
+                settle_node(&db, None, Some(node))?;
+                Ok(secret)
+            });
             match settled {
                 Ok(same) if same == secret => Ok(db),
                 Ok(_) => Err(StoreError::Bug(
@@ -415,6 +450,69 @@ fn settle_secret(db: &Database, given: Option<&str>) -> anyhow::Result<String> {
     Ok(secret)
 }
 
+/// Settles which node the data dir belongs to: the node id it keeps, or (first start with node
+/// ids) `known`, else `given`, else 0, kept now. A data dir started before node ids existed
+/// also keeps where its serials end: below it, numbers keep the whole-space permutation.
+/// Returns the node id and that serial.
+fn settle_node(
+    db: &Database,
+    given: Option<u8>,
+    known: Option<(u8, u64)>,
+) -> anyhow::Result<(u8, u64)> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let settled = {
+        let mut meta = tx.open_table(META)?;
+        let stored = meta.get(NODE_ID)?.map(|v| v.value().first().copied());
+        let legacy = meta
+            .get(LEGACY_BELOW)?
+            .map(|v| v.value().try_into().map(u64::from_be_bytes));
+        match (stored, legacy) {
+            (Some(Some(stored)), Some(Ok(legacy_below))) => {
+                if let Some(given) = given.filter(|&given| given != stored) {
+                    anyhow::bail!(
+                        "this data dir belongs to node id {stored}; it cannot start with \
+                         --node-id {given} (TRACKNUM_NODE_ID). A data dir keeps the node id it was \
+                         first started with, since two instances with one node id issue the same \
+                         numbers. Start it with --node-id {stored} (or none), or give node {given} \
+                         a data dir of its own"
+                    );
+                }
+                if let Some((known, _)) = known.filter(|&(known, _)| known != stored) {
+                    anyhow::bail!(
+                        "the data file now at the path belongs to node id {stored}, not {known}"
+                    );
+                }
+                (stored, legacy_below)
+            }
+            (None, None) => {
+                let node = known.map(|(node, _)| node).or(given).unwrap_or(0);
+                let legacy_below = match known {
+                    Some((_, legacy_below)) => legacy_below,
+                    None => {
+                        let next = match meta.get(SERIAL_NEXT)? {
+                            Some(v) => u64::from_be_bytes(v.value().try_into()?),
+                            None => 0,
+                        };
+                        // Past every record of ours it holds too (0 in a new data dir).
+                        let past_records = tx
+                            .open_table(ISSUED)?
+                            .last()?
+                            .map_or(0, |(serial, _)| serial.value() + 1);
+                        next.max(past_records)
+                    }
+                };
+                meta.insert(NODE_ID, [node].as_slice())?;
+                meta.insert(LEGACY_BELOW, legacy_below.to_be_bytes().as_slice())?;
+                (node, legacy_below)
+            }
+            _ => anyhow::bail!("the data dir's node id is damaged"),
+        }
+    };
+    tx.commit()?;
+    Ok(settled)
+}
+
 /// Gives every record of a file from before checksums the current layout; returns how many.
 fn add_checksums(
     issued: &mut redb::Table<'_, u64, &'static [u8]>,
@@ -505,8 +603,13 @@ impl LeaseSource for EmbeddedStore {
     /// clock: serials count microseconds since 2025, and none is handed out before the clock
     /// has passed it. So no state of the file (truncated, deleted, restored from a backup) can
     /// bring back a serial that was issued: a restart always starts at the clock, past them.
+    ///
+    /// Each node counts in its own partition of the serial space ([`NODE_SERIALS`] from
+    /// `node * NODE_SERIALS`), so instances with distinct node ids never meet.
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
-        let clock = clock_serial(SystemTime::now());
+        let base = u64::from(self.node) * NODE_SERIALS;
+        let top = base + NODE_SERIALS;
+        let clock = base + clock_serial(SystemTime::now());
         let range = self
             .blocking(Access::Change, move |db| {
                 // The block is on disk before any serial of it is handed out.
@@ -517,18 +620,24 @@ impl LeaseSource for EmbeddedStore {
                         Some(v) => u64::from_be_bytes(v.value().try_into().map_err(corrupt)?),
                         None => 0,
                     };
-                    // Past every record of ours on disk too, should the counter ever have gone back.
+                    // Past every record of this node on disk too, should the counter ever have
+                    // gone back.
                     let past_records = tx
                         .open_table(ISSUED)
                         .map_err(db_err)?
-                        .last()
+                        .range(base..top)
+                        .map_err(db_err)?
+                        .next_back()
+                        .transpose()
                         .map_err(db_err)?
                         .map_or(0, |(serial, _)| serial.value() + 1);
                     let start = next.max(floor).max(past_records).max(clock);
                     let end = start
                         .checked_add(size)
-                        .filter(|&end| end <= SERIAL_SPACE)
-                        .ok_or_else(|| StoreError::Bug("the serial space is exhausted".into()))?;
+                        .filter(|&end| end <= top)
+                        .ok_or_else(|| {
+                            StoreError::Bug("this node's serial space is exhausted".into())
+                        })?;
                     meta.insert(SERIAL_NEXT, end.to_be_bytes().as_slice())
                         .map_err(db_err)?;
                     start..end
@@ -537,7 +646,7 @@ impl LeaseSource for EmbeddedStore {
                 Ok(range)
             })
             .await?;
-        wait_for_clock(range.end).await;
+        wait_for_clock(range.end - base).await;
         Ok(range)
     }
 }
