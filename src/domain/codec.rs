@@ -227,14 +227,21 @@ impl Codec {
         customer_tag: u16,
         serial: u64,
     ) -> Option<TrackingNumber> {
-        if serial >= SERIAL_SPACE || customer_tag >= TAG_SPACE || !self.usable(serial) {
+        if serial >= SERIAL_SPACE || customer_tag >= TAG_SPACE {
             return None;
+        }
+        let mut x = self.scramble(serial);
+        if let Layout::Nodes { legacy_below } = self.layout
+            && legacy_below > 0
+            && serial >= legacy_below
+            && self.unpermute(x) < legacy_below
+        {
+            return None; // the digits of a serial from before node ids: see `usable`
         }
         let mut out = [0u8; 16];
         out[..2].copy_from_slice(&origin.map_or(*b"ZZ", Country::bytes));
         out[2] = DIGITS[usize::from(customer_tag / 36)];
         out[3] = DIGITS[usize::from(customer_tag % 36)];
-        let mut x = self.scramble(serial);
         for slot in out[4..15].iter_mut().rev() {
             *slot = DIGITS[(x % 36) as usize];
             x /= 36;

@@ -120,8 +120,7 @@ impl Issuer {
     ) -> Result<Vec<RecordEntry>, IssueError> {
         let mut entries = Vec::new();
         for request in requests {
-            let serial = self.take_serial().await?;
-            entries.push(self.record_for(request, owner, serial, now)?);
+            entries.push(self.fresh_record(request, owner, now).await?);
         }
         Ok(entries)
     }
@@ -141,19 +140,30 @@ impl Issuer {
         request: &IssueRequest,
         owner: Option<&Tenant>,
     ) -> Result<RecordEntry, IssueError> {
-        let serial = self.take_serial().await?;
-        self.record_for(request, owner, serial, Utc::now().trunc_subsecs(6))
+        self.fresh_record(request, owner, Utc::now().trunc_subsecs(6))
+            .await
     }
 
-    /// The next serial the codec can number: in a data dir from before node ids, about one in
-    /// 2,000 would write the digits of an older number, and is passed over.
     async fn take_serial(&self) -> Result<u64, IssueError> {
+        self.pool
+            .take(self.serial_wait)
+            .await
+            .ok_or_else(|| IssueError::NoSerials("the serial counter cannot be reached".into()))
+    }
+
+    /// A record for `request` under a fresh serial. A serial the codec will not number is
+    /// passed over: in a data dir from before node ids, about one in 2,000 would write the
+    /// digits of an older number.
+    async fn fresh_record(
+        &self,
+        request: &IssueRequest,
+        owner: Option<&Tenant>,
+        now: DateTime<Utc>,
+    ) -> Result<RecordEntry, IssueError> {
         loop {
-            let serial = self.pool.take(self.serial_wait).await.ok_or_else(|| {
-                IssueError::NoSerials("the serial counter cannot be reached".into())
-            })?;
-            if self.codec.usable(serial) {
-                return Ok(serial);
+            let serial = self.take_serial().await?;
+            if let Some(entry) = self.try_record_for(request, owner, serial, now)? {
+                return Ok(entry);
             }
         }
     }
@@ -168,12 +178,23 @@ impl Issuer {
         serial: u64,
         now: DateTime<Utc>,
     ) -> Result<RecordEntry, IssueError> {
+        self.try_record_for(request, owner, serial, now)?
+            .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))
+    }
+
+    /// [`Issuer::record_for`], or None for a serial the codec does not number.
+    fn try_record_for(
+        &self,
+        request: &IssueRequest,
+        owner: Option<&Tenant>,
+        serial: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RecordEntry>, IssueError> {
         let order = &request.order;
         let tag = self.codec.customer_tag(order.customer_key().as_deref());
-        let number = self
-            .codec
-            .encode(order.origin_country_id, tag, serial)
-            .ok_or_else(|| IssueError::NoSerials("the serial space is exhausted".into()))?;
+        let Some(number) = self.codec.encode(order.origin_country_id, tag, serial) else {
+            return Ok(None);
+        };
         let expires_at = request.expires_at.unwrap_or(now + self.record_ttl);
         let record = Record::new(number, now, expires_at, order.clone(), owner.cloned());
         let mut json = Vec::with_capacity(512);
@@ -184,7 +205,7 @@ impl Issuer {
             expires_at,
             json: Bytes::from(json),
         };
-        Ok(entry)
+        Ok(Some(entry))
     }
 
     async fn bounded<T>(
