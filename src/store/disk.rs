@@ -24,8 +24,13 @@ pub struct DiskGuard {
     has_failed_write: AtomicBool,
     /// The data file at the path is not the one open (removed, or replaced by a restore).
     replaced: AtomicBool,
-    /// Disk calls that outlived the storage timeout and have not returned yet.
-    stalled: AtomicUsize,
+    /// Writes that outlived the storage timeout and have not returned yet (a slow or frozen
+    /// fsync): every write waits behind them, so writes are refused meanwhile.
+    stalled_writes: AtomicUsize,
+    /// Reads that did the same: the disk does not even read, and every call is refused. Reads
+    /// do not wait behind a stalled write (redb reads the last commit), so a status poll during
+    /// a slow fsync is still answered.
+    stalled_reads: AtomicUsize,
     /// With write-behind: the longest records may wait in memory, and when they last reached
     /// the disk (Unix ms).
     window: Option<Duration>,
@@ -35,7 +40,7 @@ pub struct DiskGuard {
 /// Which guards a call must pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
-    /// Reads: refused only while the disk hangs (a read would hang too).
+    /// Reads: refused only while reads hang (a stalled write does not hold them up).
     Read,
     /// Changes that free space or barely use it (a delete, a lease): refused while the disk
     /// fails or hangs, not when it is low.
@@ -60,10 +65,17 @@ impl DiskGuard {
 
     /// Why a call of this kind is refused now, if it is.
     pub fn refusal(&self, access: Access, now_ms: i64) -> Option<String> {
-        if self.stalled.load(Ordering::Relaxed) > 0 {
-            return Some("the disk is not answering (frozen or far too slow)".into());
+        const HUNG: &str = "the disk is not answering (frozen or far too slow)";
+        if self.stalled_reads.load(Ordering::Relaxed) > 0 {
+            return Some(HUNG.into());
         }
-        if matches!(access, Access::Read | Access::Repair) {
+        if access == Access::Read {
+            return None;
+        }
+        if self.stalled_writes.load(Ordering::Relaxed) > 0 {
+            return Some(HUNG.into());
+        }
+        if access == Access::Repair {
             return None;
         }
         if self.has_failed_write.load(Ordering::Acquire)
@@ -121,15 +133,27 @@ impl DiskGuard {
         self.last_flush_ms.store(now_ms, Ordering::Relaxed);
     }
 
-    pub fn stall_began(&self) {
-        if self.stalled.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::error!("a disk call outlived the storage timeout; refusing disk calls");
+    /// A call of this kind outlived the storage timeout: until it returns, calls it would hold
+    /// up are refused at once, so hung threads do not pile up.
+    pub fn stall_began(&self, access: Access) {
+        if self.stalled(access).fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::error!(
+                ?access,
+                "a disk call outlived the storage timeout; refusing the calls it holds up"
+            );
         }
     }
 
-    pub fn stall_ended(&self) {
-        if self.stalled.fetch_sub(1, Ordering::Relaxed) == 1 {
-            tracing::info!("the disk answers again");
+    pub fn stall_ended(&self, access: Access) {
+        if self.stalled(access).fetch_sub(1, Ordering::Relaxed) == 1 {
+            tracing::info!(?access, "the disk answers again");
+        }
+    }
+
+    fn stalled(&self, access: Access) -> &AtomicUsize {
+        match access {
+            Access::Read => &self.stalled_reads,
+            _ => &self.stalled_writes,
         }
     }
 
@@ -191,6 +215,15 @@ pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
 }
 
+/// Room the file at `path` has claimed but not written yet: redb grows its file with
+/// `set_len`, which makes a hole, not used blocks (one step once took a 67 MB file on a 60 MB
+/// disk), and then fills the hole as it goes. Free space that ignores it runs out under the
+/// floor without the floor ever showing it.
+pub fn unwritten_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).map_or(0, |meta| meta.size().saturating_sub(meta.blocks() * 512))
+}
+
 /// Which file `path` is (device and inode), and whether it is still linked; None if it is gone.
 pub fn file_identity(path: &Path) -> Option<(u64, u64)> {
     use std::os::unix::fs::MetadataExt;
@@ -243,15 +276,29 @@ mod tests {
     }
 
     #[test]
-    fn a_hung_disk_refuses_everything_while_any_call_hangs() {
+    fn a_hung_read_refuses_everything_while_it_hangs() {
         let disk = guard();
-        disk.stall_began();
-        disk.stall_began();
+        disk.stall_began(Access::Read);
+        disk.stall_began(Access::Read);
         assert!(disk.refusal(Access::Read, 0).is_some());
-        disk.stall_ended();
-        assert!(disk.refusal(Access::Read, 0).is_some());
-        disk.stall_ended();
+        assert!(disk.refusal(Access::Repair, 0).is_some());
+        disk.stall_ended(Access::Read);
+        assert!(disk.refusal(Access::Grow, 0).is_some());
+        disk.stall_ended(Access::Read);
         assert_eq!(disk.refusal(Access::Read, 0), None);
+        assert_eq!(disk.refusal(Access::Grow, 0), None);
+    }
+
+    #[test]
+    fn a_hung_write_refuses_writes_but_not_reads() {
+        let disk = guard();
+        disk.stall_began(Access::Change);
+        for access in [Access::Change, Access::Grow, Access::Repair] {
+            assert!(disk.refusal(access, 0).unwrap().contains("not answering"));
+        }
+        assert_eq!(disk.refusal(Access::Read, 0), None, "a status poll goes on");
+        disk.stall_ended(Access::Change);
+        assert_eq!(disk.refusal(Access::Grow, 0), None);
     }
 
     #[test]
@@ -292,6 +339,10 @@ mod tests {
         assert!(free_bytes(dir.path()).unwrap() > 0);
         let file = dir.path().join("f");
         assert_eq!(file_identity(&file), None);
+        assert_eq!(unwritten_bytes(&file), 0);
+        let sparse = std::fs::File::create(dir.path().join("sparse")).unwrap();
+        sparse.set_len(64 << 20).unwrap();
+        assert!(unwritten_bytes(&dir.path().join("sparse")) >= 60 << 20);
         std::fs::write(&file, b"x").unwrap();
         let first = file_identity(&file).unwrap();
         std::fs::remove_file(&file).unwrap();

@@ -421,6 +421,66 @@ async fn new_numbers_stop_before_the_disk_is_full_and_resume_when_it_has_room() 
     );
 }
 
+/// redb grows its data file in big steps, as holes it fills later: one step once took a 67 MB
+/// file on a 60 MB disk, and writes went on until the disk was full, far under the floor. The
+/// holes count as used now, so new records stop while the floor still holds.
+#[tokio::test]
+async fn the_free_space_floor_holds_against_the_data_files_own_growth() {
+    let disk = Tmpfs::mount("60m");
+    let data = disk.path().join("data");
+    let app = BinaryApp::start(&data, &["--min-free-disk", "8MiB"]).await;
+    let watched = disk.path().to_owned();
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lowest = tokio::task::spawn_blocking({
+        let watching = watching.clone();
+        move || {
+            let mut lowest = u64::MAX;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                let stats = rustix::fs::statvfs(&watched).unwrap();
+                lowest = lowest.min(stats.f_bavail * stats.f_frsize);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            lowest
+        }
+    });
+    let client = client();
+    let body = json!({"count": 1000, "origin_country_id": "MY", "weight": 1.5,
+                      "customer_name": "A Customer With A Longish Name Ltd"});
+    let (mut issued, mut refused_in_a_row) = (0, 0);
+    for _ in 0..400 {
+        let reply = client
+            .post(app.url("/v1/tracking-numbers"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status().as_u16();
+        let _ = reply.bytes().await;
+        match status {
+            201 => {
+                issued += 1000;
+                refused_in_a_row = 0;
+            }
+            503 => refused_in_a_row += 1,
+            other => panic!("{other}"),
+        }
+        if refused_in_a_row == 20 {
+            break;
+        }
+    }
+    assert_eq!(refused_in_a_row, 20, "the floor never refused a batch");
+    assert!(issued >= 10_000, "{issued}");
+    // Every answered record reaches the disk (the flush is allowed under the floor)...
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    let lowest = lowest.await.unwrap();
+    // ...and the disk never went under the floor.
+    assert!(lowest >= 8 << 20, "{} MiB free at the lowest", lowest >> 20);
+    let (status, text) = get(&client, &app, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("--min-free-disk"), "{text}");
+}
+
 /// Where `pattern` occurs in `bytes`.
 fn find_all(bytes: &[u8], pattern: &[u8]) -> Vec<usize> {
     bytes
@@ -571,6 +631,18 @@ async fn a_frozen_disk_gives_503s_in_time_and_keyed_retries_get_the_real_outcome
             .unwrap();
         timed(started, "issuing");
         assert_eq!(next.status(), 503);
+    }
+    // Reads do not wait for the stalled write: the record as last committed, in time.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let (status, text) = get(&client, &app, &record).await;
+        timed(started, "GET");
+        assert_eq!(status, 200, "{text}");
+        assert!(text.contains(r#""status":"issued""#), "{text}");
+        assert_eq!(
+            get_status(&client, &app, "/v1/tracking-numbers/NEVERISSUED1").await,
+            404
+        );
     }
     let (status, text) = get(&client, &app, "/readyz").await;
     assert_eq!(status, 503);

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::deadline;
-use super::disk::{Access, DiskGuard, file_identity, free_bytes};
+use super::disk::{Access, DiskGuard, file_identity, free_bytes, unwritten_bytes};
 use super::memtable::{InsertError, Lookup, Memtable, Pending};
 use super::{
     LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap, clock_serial,
@@ -169,7 +169,7 @@ impl EmbeddedStore {
         };
         let disk = Arc::new(DiskGuard::new(options.min_free_disk, window, now));
         if let Ok(free) = free_bytes(dir) {
-            disk.measured(free);
+            disk.measured(free.saturating_sub(unwritten_bytes(&path)));
         }
         let store = EmbeddedStore {
             identity: std::sync::Mutex::new(file_identity(&path)),
@@ -222,7 +222,8 @@ impl EmbeddedStore {
 
     /// Runs blocking redb work off the async workers, within the storage timeout. A call that
     /// outlives it keeps its thread (a frozen disk cannot be interrupted); until it returns,
-    /// the disk counts as hung and further calls are refused at once, so they do not pile up.
+    /// the calls it holds up are refused at once, so they do not pile up: a stalled write
+    /// refuses writes (reads read the last commit and go on), a stalled read refuses all.
     /// An I/O failure marks the disk failed; a panic inside redb is caught and becomes a 500.
     async fn blocking<T: Send + 'static>(
         &self,
@@ -244,10 +245,10 @@ impl EmbeddedStore {
             Ok(joined) => joined.unwrap_or_else(|e| Err(StoreError::Bug(e.to_string()))),
             Err(_) => {
                 let disk = self.disk.clone();
-                disk.stall_began();
+                disk.stall_began(access);
                 tokio::spawn(async move {
                     let _ = task.await;
-                    disk.stall_ended();
+                    disk.stall_ended(access);
                 });
                 return Err(StoreError::Unavailable(
                     "the disk did not answer in time".into(),
@@ -285,7 +286,9 @@ impl EmbeddedStore {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         match free_bytes(dir) {
             Ok(free) => {
-                self.disk.measured(free);
+                // The data file's holes count as used: redb fills them before it grows again.
+                self.disk
+                    .measured(free.saturating_sub(unwritten_bytes(&self.path)));
             }
             Err(err) => tracing::warn!(error = %err, "cannot measure the free disk space"),
         }
