@@ -1,6 +1,7 @@
 //! A store wrapper that counts: every failed storage call by operation, and every block lease
 //! with its latency. The application wraps whichever backend it runs on in it.
 
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -184,9 +185,29 @@ impl ImportStore for MeteredStore {
         self.count("put_import_part", result)
     }
 
+    async fn swap_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .inner
+            .swap_import_part(id, part, expected, new, expires_at)
+            .await;
+        self.count("swap_import_part", result)
+    }
+
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
         let result = self.inner.import_part(id, part).await;
         self.count("import_part", result)
+    }
+
+    async fn drop_abandoned_uploads(&self, live: &HashSet<String>) -> Result<u64, StoreError> {
+        let result = self.inner.drop_abandoned_uploads(live).await;
+        self.count("drop_abandoned_uploads", result)
     }
 
     async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError> {

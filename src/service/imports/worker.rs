@@ -3,9 +3,10 @@
 //! A chunk is done when its results are stored (its tally travels with them). Before any of a
 //! chunk's numbers is stored, the numbers planned for its rows are stored: a worker that resumes
 //! a chunk another worker died in hands out the planned numbers, never second ones. Rows that
-//! carry an `order_id` go through the tenant's idempotency keys (`import-order:<id>`), claimed
-//! under a token named for the job and row, so rows that share an order id share a number
-//! across imports for as long as the key is kept, and a resumed row takes its own claim back.
+//! carry an `order_id` go through the tenant's idempotency keys (a space of their own, apart
+//! from callers' `Idempotency-Key`s: [`Principal::order_key`]), claimed under a token named for
+//! the job and row, so rows that share an order id share a number across imports for as long
+//! as the key is kept, and a resumed row takes its own claim back.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -282,7 +283,7 @@ impl Imports {
             let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
             claimed_rows.push(at);
             wanted_keys.push(Wanted {
-                key: owner.scope_key(&format!("import-order:{order_id}")),
+                key: owner.order_key(order_id),
                 fingerprint: fingerprint("import-order", &inputs),
                 token: format!("{}:{}", job.id, first_row + at as u64),
             });
