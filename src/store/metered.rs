@@ -1,7 +1,6 @@
 //! A store wrapper that counts: every failed storage call by operation, and every block lease
 //! with its latency. The application wraps whichever backend it runs on in it.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +10,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ImportPart, ImportQueue, ImportStore, LeaseSource, ListedImport, QueuedImport, RecordEntry,
-    RecordStore, Removal, ReplyStore, Store, StoreError, Swap,
+    ImportPart, ImportQueue, ImportStore, IsLive, LeaseSource, ListedImport, QueuedImport,
+    RecordEntry, RecordStore, Removal, ReplyStore, Store, StoreError, Swap,
 };
 use crate::domain::TrackingNumber;
 use crate::metrics::Metrics;
@@ -205,8 +204,8 @@ impl ImportStore for MeteredStore {
         self.count("import_part", result)
     }
 
-    async fn drop_abandoned_uploads(&self, live: &HashSet<String>) -> Result<u64, StoreError> {
-        let result = self.inner.drop_abandoned_uploads(live).await;
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError> {
+        let result = self.inner.drop_abandoned_uploads(is_live).await;
         self.count("drop_abandoned_uploads", result)
     }
 

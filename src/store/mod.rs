@@ -3,7 +3,6 @@
 //! idempotency keys. `redis` and `embedded` implement all three; `writer` batches concurrent
 //! record writes into one storage round trip.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -319,12 +318,13 @@ pub trait ImportStore: Send + Sync + 'static {
     /// Removes these parts of import `id` (those it holds), freeing their space at once: an
     /// upload that failed half-way. Allowed on a disk that is low on space.
     async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError>;
-    /// Removes every part of each import that holds parts but no job, except the uploads named
-    /// in `live` (still being received): uploads whose removal failed, or whose process died
-    /// before it could remove them. Returns how many imports it removed. Allowed on a disk
-    /// that is low on space. Redis looks for none: there the parts of an import can be on any
-    /// node, and they expire by themselves at `--import-ttl`.
-    async fn drop_abandoned_uploads(&self, live: &HashSet<String>) -> Result<u64, StoreError>;
+    /// Removes every part of each import that holds parts but no job, except the uploads that
+    /// `is_live` names (still being received; asked once the parts are found, so an upload
+    /// begun meanwhile is spared): uploads whose removal failed, or whose process died before
+    /// it could remove them. Returns how many imports it removed. Allowed on a disk that is low
+    /// on space. Redis looks for none: there an import's parts can be on any node, and they
+    /// expire by themselves at `--import-ttl`.
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError>;
     /// Lists import `id`, created at `created_us`, under `owner` and among all imports, until
     /// `expires_at`.
     async fn list_import(
@@ -344,6 +344,9 @@ pub trait ImportStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ListedImport>, StoreError>;
 }
+
+/// Whether an import id names an upload still being received.
+pub type IsLive = dyn Fn(&str) -> bool + Send + Sync;
 
 /// A queued import as a worker holds it: the job's id and the queue's own handle on it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! keyed by owner and creation time. Uploads that never became a job are found through the
 //! expiry index, which names every part without reading its value.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,7 +15,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use super::{EmbeddedStore, begin_durable, db_err};
 use crate::store::disk::Access;
 use crate::store::{
-    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, IsLive, ListedImport, QueuedImport,
+    StoreError,
 };
 
 /// `{id}/{part}` → expiry (ms, 8 bytes big-endian), CRC-32 of what follows (4 bytes), value.
@@ -92,24 +93,21 @@ pub(super) fn purge(tx: &WriteTransaction, now_ms: i64) -> Result<(), StoreError
 }
 
 /// The expiry index's rows (expiry, part key), grouped by import, of the imports that have no
-/// job part and are not in `live`.
-fn jobless(rows: Vec<(i64, String)>, live: &HashSet<String>) -> HashMap<String, Vec<(i64, String)>> {
+/// job part and are not live.
+fn jobless(rows: Vec<(i64, String)>, is_live: &IsLive) -> HashMap<String, Vec<(i64, String)>> {
     let mut by_import: HashMap<String, (bool, Vec<(i64, String)>)> = HashMap::new();
     let job = ImportPart::Job.name();
     for (at, key) in rows {
         let Some((id, part)) = key.split_once('/') else {
             continue;
         };
-        if live.contains(id) {
-            continue;
-        }
         let entry = by_import.entry(id.to_owned()).or_default();
         entry.0 |= part == job;
         entry.1.push((at, key));
     }
     by_import
         .into_iter()
-        .filter(|(_, (has_job, _))| !has_job)
+        .filter(|(id, (has_job, _))| !has_job && !is_live(id))
         .map(|(id, (_, rows))| (id, rows))
         .collect()
 }
@@ -187,7 +185,7 @@ impl ImportStore for EmbeddedStore {
         .await
     }
 
-    async fn drop_abandoned_uploads(&self, live: &HashSet<String>) -> Result<u64, StoreError> {
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError> {
         // Every part has a row in the expiry index (a part written again may have old rows
         // too): read there, the parts' values (chunks of up to 256 KiB) stay on the disk.
         let rows: Vec<(i64, String)> = self
@@ -204,7 +202,7 @@ impl ImportStore for EmbeddedStore {
                     .collect()
             })
             .await?;
-        let abandoned = jobless(rows, live);
+        let abandoned = jobless(rows, is_live);
         if abandoned.is_empty() {
             return Ok(0);
         }
@@ -437,8 +435,7 @@ mod tests {
             row(5, "c/file:0"),
             row(5, "no-slash"),
         ];
-        let live = HashSet::from(["c".to_owned()]);
-        let found = jobless(rows, &live);
+        let found = jobless(rows, &|id: &str| id == "c");
         assert_eq!(found.len(), 1, "{found:?}");
         let mut b = found["b"].clone();
         b.sort();

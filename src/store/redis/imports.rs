@@ -3,7 +3,6 @@
 //! owner and one of all imports, scored by creation time; entries older than the expiry are
 //! trimmed as new ones arrive, and the set expires with its newest import.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -14,7 +13,8 @@ use redis::Value;
 
 use super::RedisStore;
 use crate::store::{
-    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, IsLive, ListedImport, QueuedImport,
+    StoreError,
 };
 
 const PART_PREFIX: &str = "tracknum:import:";
@@ -89,7 +89,7 @@ impl ImportStore for RedisStore {
         Ok(swapped == 1)
     }
 
-    async fn drop_abandoned_uploads(&self, _live: &HashSet<String>) -> Result<u64, StoreError> {
+    async fn drop_abandoned_uploads(&self, _is_live: &IsLive) -> Result<u64, StoreError> {
         // Finding them would take a SCAN of every node; they expire by themselves instead.
         Ok(0)
     }
