@@ -7,6 +7,9 @@
 //! from callers' `Idempotency-Key`s: [`Principal::order_key`]), claimed under a token named for
 //! the job and row, so rows that share an order id share a number across imports for as long
 //! as the key is kept, and a resumed row takes its own claim back.
+//!
+//! The job is written only over the state the worker last read or wrote (see the parent
+//! module): when that fails, someone else changed it, and the worker reloads it and lets it be.
 
 use std::collections::HashMap;
 use std::sync::Arc;
