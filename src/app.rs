@@ -152,6 +152,7 @@ impl Application {
             config.import_stale_after,
         ));
         background.push(tokio::spawn(imports.clone().work(stop_background.clone())));
+        background.push(tokio::spawn(imports.clone().sweep(stop_background.clone())));
         let state = Arc::new(AppState {
             issuer,
             records: Records::new(store.clone(), config.record_ttl),

@@ -98,6 +98,15 @@ impl Principal {
         scoped.push_str(key);
         scoped
     }
+
+    /// The name an import row's `order_id` is stored under: the tenant, `:order:`, the order
+    /// id. A caller's key ([`Principal::scope_key`]) has a `/` right after the tenant, and no
+    /// tenant name holds a `/` or a `:`, so no `Idempotency-Key` ever names an order id's key,
+    /// nor an order id a caller's.
+    pub fn order_key(&self, order_id: &str) -> String {
+        let tenant = self.tenant.as_ref().map_or("", Tenant::as_str);
+        format!("{tenant}:order:{order_id}")
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +151,33 @@ mod tests {
         assert_eq!(Principal::OPEN.scope_key("a/k"), "/a/k");
         // A key may hold `/`, a tenant may not: the first `/` always ends the tenant.
         assert_ne!(a.scope_key("x/k"), Principal::OPEN.scope_key("a/x/k"));
+    }
+
+    #[test]
+    fn order_ids_and_callers_keys_never_share_a_stored_name() {
+        let a = Principal::member(tenant("a"));
+        for principal in [&a, &Principal::OPEN] {
+            for order_id in ["Z9", "x/y", ":order:Z9", ""] {
+                let order = principal.order_key(order_id);
+                // What an older version stored order ids under is a caller's key now.
+                for key in [
+                    format!("import-order:{order_id}"),
+                    order_id.to_owned(),
+                    order.clone(),
+                    format!(":order:{order_id}"),
+                ] {
+                    for caller in [&a, &Principal::OPEN] {
+                        assert_ne!(caller.scope_key(&key), order, "{key:?}");
+                    }
+                }
+            }
+        }
+        assert_eq!(a.order_key("Z9"), "a:order:Z9");
+        assert_ne!(a.order_key("Z9"), Principal::OPEN.order_key("Z9"));
+        assert_ne!(
+            Principal::OPEN.order_key("a:order:Z9"),
+            a.order_key("Z9"),
+            "the first `:` ends the tenant"
+        );
     }
 }

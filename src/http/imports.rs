@@ -125,8 +125,9 @@ pub async fn results(call: Call) -> Response {
     }
 }
 
-/// `DELETE /v1/imports/{id}`: a queued job is cancelled at once, a running one before its
-/// next chunk; rows already issued keep their numbers.
+/// `DELETE /v1/imports/{id}`: a queued job is cancelled at once; a running one by its worker
+/// once the chunk in flight is done, which the reply waits for (a few seconds at most). Rows
+/// already issued keep their numbers, and the job's counts and results say which.
 pub async fn cancel(call: Call) -> Response {
     match call.state.imports.cancel(&call.param, &call.who).await {
         Ok(Some(Ok(job))) => json_reply(StatusCode::ACCEPTED, job_json(&job)),

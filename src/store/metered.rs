@@ -10,8 +10,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use super::{
-    ImportPart, ImportQueue, ImportStore, LeaseSource, ListedImport, QueuedImport, RecordEntry,
-    RecordStore, Removal, ReplyStore, Store, StoreError, Swap,
+    ImportPart, ImportQueue, ImportStore, IsLive, LeaseSource, ListedImport, QueuedImport,
+    RecordEntry, RecordStore, Removal, ReplyStore, Store, StoreError, Swap,
 };
 use crate::domain::TrackingNumber;
 use crate::metrics::Metrics;
@@ -184,9 +184,29 @@ impl ImportStore for MeteredStore {
         self.count("put_import_part", result)
     }
 
+    async fn swap_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let result = self
+            .inner
+            .swap_import_part(id, part, expected, new, expires_at)
+            .await;
+        self.count("swap_import_part", result)
+    }
+
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
         let result = self.inner.import_part(id, part).await;
         self.count("import_part", result)
+    }
+
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError> {
+        let result = self.inner.drop_abandoned_uploads(is_live).await;
+        self.count("drop_abandoned_uploads", result)
     }
 
     async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError> {

@@ -300,11 +300,31 @@ pub trait ImportStore: Send + Sync + 'static {
         value: &[u8],
         expires_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+    /// Stores `new` as `part` of import `id` until `expires_at`, but only while the part still
+    /// holds exactly `expected` (with `None`: while it holds nothing, or has expired): a
+    /// compare-and-swap, so that a job's state is never written over by a writer that has not
+    /// seen the latest one. True when the part holds `new` afterwards, also when it already
+    /// did (a call sent again after its first try landed). Durable once it returns.
+    async fn swap_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     /// What `part` of import `id` holds, unless it expired.
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError>;
     /// Removes these parts of import `id` (those it holds), freeing their space at once: an
     /// upload that failed half-way. Allowed on a disk that is low on space.
     async fn drop_import_parts(&self, id: &str, parts: &[ImportPart]) -> Result<(), StoreError>;
+    /// Removes every part of each import that holds parts but no job, except the uploads that
+    /// `is_live` names (still being received; asked once the parts are found, so an upload
+    /// begun meanwhile is spared): uploads whose removal failed, or whose process died before
+    /// it could remove them. Returns how many imports it removed. Allowed on a disk that is low
+    /// on space. Redis looks for none: there an import's parts can be on any node, and they
+    /// expire by themselves at `--import-ttl`.
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError>;
     /// Lists import `id`, created at `created_us`, under `owner` and among all imports, until
     /// `expires_at`.
     async fn list_import(
@@ -324,6 +344,9 @@ pub trait ImportStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<ListedImport>, StoreError>;
 }
+
+/// Whether an import id names an upload still being received.
+pub type IsLive = dyn Fn(&str) -> bool + Send + Sync;
 
 /// A queued import as a worker holds it: the job's id and the queue's own handle on it.
 #[derive(Debug, Clone, PartialEq, Eq)]

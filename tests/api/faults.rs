@@ -93,14 +93,14 @@ fn free_bytes(path: &Path) -> u64 {
 
 /// An ext4 filesystem in a file, on a loop device, mounted on a fresh directory; it can be
 /// frozen. Unfrozen, unmounted and detached on drop.
-struct LoopDisk {
+pub(crate) struct LoopDisk {
     image: TempDir,
     mount: TempDir,
     device: String,
 }
 
 impl LoopDisk {
-    fn mount(megabytes: u32) -> LoopDisk {
+    pub(crate) fn mount(megabytes: u32) -> LoopDisk {
         let image = TempDir::new().unwrap();
         let file = image.path().join("disk.img");
         std::fs::File::create(&file)
@@ -124,11 +124,11 @@ impl LoopDisk {
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.mount.path()
     }
 
-    fn freeze(&self) -> Frozen<'_> {
+    pub(crate) fn freeze(&self) -> Frozen<'_> {
         run("fsfreeze", &["--freeze", self.path().to_str().unwrap()]);
         Frozen(self)
     }
@@ -146,10 +146,10 @@ impl Drop for LoopDisk {
 }
 
 /// A frozen filesystem; thawed on drop, so a failing test never leaves it frozen.
-struct Frozen<'a>(&'a LoopDisk);
+pub(crate) struct Frozen<'a>(&'a LoopDisk);
 
 impl Frozen<'_> {
-    fn thaw(self) {}
+    pub(crate) fn thaw(self) {}
 }
 
 impl Drop for Frozen<'_> {

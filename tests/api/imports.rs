@@ -139,12 +139,17 @@ fn is_number(text: &str) -> bool {
             .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
 }
 
-/// A file of `rows` good rows, each with its own order id.
+/// A file of `rows` good rows, each with its own order id (`ord-<row>`).
 fn big_file(rows: usize) -> String {
+    orders_file("ord-", rows)
+}
+
+/// A file of `rows` good rows, each with its own order id: `prefix` and the row's index.
+fn orders_file(prefix: &str, rows: usize) -> String {
     let mut file = String::with_capacity(rows * 40 + 64);
     file.push_str("order_id,origin_country_id,weight\n");
     for row in 0..rows {
-        file.push_str(&format!("ord-{row},MY,{}.5\n", row % 90 + 1));
+        file.push_str(&format!("{prefix}{row},MY,{}.5\n", row % 90 + 1));
     }
     file
 }
@@ -171,6 +176,7 @@ on_both_backends!(
     a_file_of_no_rows_is_done_at_once,
     bad_files_and_parameters_are_refused_naming_each_fault,
     an_idempotency_key_returns_the_same_job,
+    a_callers_key_never_meets_an_import_order_id,
     cancelling_stops_a_job_and_rows_keep_their_numbers,
     recent_jobs_are_listed_newest_first_a_page_at_a_time,
 );
@@ -456,6 +462,39 @@ async fn an_idempotency_key_returns_the_same_job(app: &TestApp) {
     assert_eq!(other.status(), 422, "the key was used for another file");
     let job = finished(app, &first).await;
     assert_eq!(job["rows"]["issued"], 2, "the rows were issued once");
+}
+
+/// A caller's `Idempotency-Key` that spells an import's old name for an order id
+/// (`import-order:<id>`) is the caller's own key, and an import's order ids are the import's:
+/// neither makes the other a duplicate.
+async fn a_callers_key_never_meets_an_import_order_id(app: &TestApp) {
+    let keyed = |key: &'static str| {
+        app.client
+            .get(app.url("/next-tracking-number?weight=2"))
+            .header("Idempotency-Key", key)
+            .send()
+    };
+    // The caller's key first, then an import row with that order id.
+    assert_eq!(keyed("import-order:Z9").await.unwrap().status(), 200);
+    let z9 = accepted(app, "", "order_id,weight\nZ9,1\n").await;
+    let z9 = finished(app, &z9).await;
+    assert_eq!(z9["rows"]["issued"], 1, "{z9}");
+    let z9_number = results(app, &z9).await[1][2].clone();
+    // An import's order id first, then a caller's key of that name.
+    let z8 = accepted(app, "", "order_id,weight\nZ8,1\n").await;
+    let z8 = finished(app, &z8).await;
+    assert_eq!(z8["rows"]["issued"], 1, "{z8}");
+    let z8_number = results(app, &z8).await[1][2].clone();
+    let reply = keyed("import-order:Z8").await.unwrap();
+    assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
+    // Each space still keeps its own: the caller's key replays, the order ids keep their numbers.
+    let again = keyed("import-order:Z9").await.unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let both = accepted(app, "", "order_id,weight\nZ9,1\nZ8,1\n").await;
+    let both = finished(app, &both).await;
+    assert_eq!(both["rows"]["issued"], 2, "{both}");
+    let rows = results(app, &both).await;
+    assert_eq!((&rows[1][2], &rows[2][2]), (&z9_number, &z8_number));
 }
 
 async fn cancelling_stops_a_job_and_rows_keep_their_numbers(app: &TestApp) {
@@ -831,4 +870,352 @@ async fn on_redis_an_upload_that_is_not_a_job_leaves_nothing_stored() {
         assert!(Instant::now() < deadline, "left behind: {others:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// What a client sees of a job once it has ended, read again and again: the job, and its
+/// results byte for byte.
+async fn job_and_results(client: &reqwest::Client, base: &str, id: &str) -> (Value, Vec<u8>) {
+    let job: Value = get_ok(client, &format!("{base}/v1/imports/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let response = get_ok(client, &format!("{base}/v1/imports/{id}/results")).await;
+    assert_eq!(response.status(), 200, "{job}");
+    (job, response.bytes().await.unwrap().to_vec())
+}
+
+/// Uploads 40,000 rows to the first of `bases` and cancels them there `after` the upload
+/// (while queued, or in the job's first chunk), whichever instance's worker takes the job. Once
+/// the job has ended it never changes again: status, counts and results stay byte for byte what
+/// they were through 2 s of reads from every base, and the results name as many numbers as the
+/// job says it issued, each with its record. Returns the numbers.
+async fn cancel_early(client: &reqwest::Client, bases: &[String], after: Duration) -> Vec<String> {
+    let rows = 40_000;
+    // Order ids of their own: a row of an earlier run's file would get that run's number back.
+    let file = orders_file(&format!("after-{}-", after.as_millis()), rows);
+    let (status, job, _) = upload_to(client, &bases[0], "", file).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(after).await;
+    let cancel = client
+        .delete(format!("{}/v1/imports/{id}", bases[0]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 202);
+    let answered: Value = cancel.json().await.unwrap();
+    assert!(
+        ["cancelled", "running"].contains(&answered["status"].as_str().unwrap()),
+        "{answered}"
+    );
+
+    let ended = finished_on(client, &bases[0], &id).await;
+    assert_eq!(ended["status"], "cancelled", "{ended}");
+    if answered["status"] == "cancelled" {
+        assert_eq!(answered, ended, "the cancel answered the job as it ended");
+    }
+    let (job, results) = job_and_results(client, &bases[0], &id).await;
+    let watch_until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < watch_until {
+        for base in bases {
+            let (again, again_results) = job_and_results(client, base, &id).await;
+            assert_eq!(again, job, "an ended job never changes");
+            assert!(again_results == results, "nor do its results");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let rows_read: Vec<Vec<String>> = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .from_reader(&results[..])
+        .records()
+        .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+        .collect();
+    assert_eq!(rows_read.len(), rows, "every row is in the results");
+    let numbers: Vec<String> = rows_read
+        .iter()
+        .filter(|row| is_number(&row[3]))
+        .map(|row| row[3].clone())
+        .collect();
+    let not_processed = rows_read
+        .iter()
+        .filter(|row| row[4] == "row: not processed: the import was cancelled")
+        .count();
+    assert_eq!(job["rows"]["issued"], numbers.len() as u64, "{job}");
+    assert_eq!(
+        job["rows"]["processed"].as_u64().unwrap() as usize,
+        rows - not_processed,
+        "{job}"
+    );
+    assert!(numbers.len() < rows, "cancelled before the end: {job}");
+    // Each number in the results has its record.
+    for number in numbers.iter().step_by(211).chain(numbers.last()) {
+        let url = format!("{}/v1/tracking-numbers/{number}", bases[bases.len() - 1]);
+        assert_eq!(get_ok(client, &url).await.status(), 200, "{number}");
+    }
+    numbers
+}
+
+/// A cancel in the first moments of an import (it used to find the job still `queued`, answer
+/// `cancelled` with nothing processed, and be overwritten by the worker, which went on issuing).
+#[tokio::test]
+async fn on_the_embedded_store_a_cancelled_import_never_changes_after_it_ended() {
+    let (app, _dir) = spawn_embedded(&["--secret", SECRET]).await;
+    let mut issued = 0;
+    for after in [0, 150, 300, 450, 600] {
+        issued += cancel_early(&app.client, &[base(&app)], Duration::from_millis(after))
+            .await
+            .len();
+        // No record was stored that the results do not name.
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        assert_eq!(
+            issued_total(&metrics),
+            issued as u64,
+            "cancelled after {after} ms"
+        );
+    }
+}
+
+/// The same with two instances on one Redis: the upload and the cancel go to one, the worker may
+/// be either.
+#[tokio::test]
+async fn on_redis_a_cancelled_import_never_changes_after_it_ended() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let dirs = (TempDir::new().unwrap(), TempDir::new().unwrap());
+    let flags = ["--redis-url", &url, "--secret", SECRET];
+    let first = BinaryApp::start(dirs.0.path(), &flags).await;
+    let second = BinaryApp::start(dirs.1.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let bases = [first.url(""), second.url("")];
+    for after in [0, 200, 400, 600] {
+        let _: String = redis.cmd(&["FLUSHALL"]);
+        let numbers = cancel_early(&client, &bases, Duration::from_millis(after)).await;
+        let records = redis.cmd::<Vec<String>>(&["KEYS", "tracknum:record:*"]);
+        assert_eq!(
+            records.len(),
+            numbers.len(),
+            "every record stored is named in the results (cancelled after {after} ms)"
+        );
+    }
+}
+
+/// Redis loses its data in the middle of an import: the job is gone everywhere (404 for it and
+/// its results, absent from the listing), and stays gone: its worker does not write it back.
+#[tokio::test]
+async fn on_redis_an_import_lost_with_its_data_is_gone_everywhere() {
+    let redis = RedisServer::start();
+    let app = spawn_on_redis(&redis, &[]).await;
+    let (status, job, _) = upload_to(&app.client, &base(&app), "", big_file(80_000)).await;
+    assert_eq!(status, 202, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    under_way(&app.client, &base(&app), &id).await;
+    let _: String = redis.cmd(&["FLUSHALL"]);
+
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        let job = get_ok(&app.client, &app.url(&format!("/v1/imports/{id}"))).await;
+        let status = job.status();
+        assert_eq!(status, 404, "{}", job.text().await.unwrap());
+        let results = get_ok(&app.client, &app.url(&format!("/v1/imports/{id}/results"))).await;
+        assert_eq!(results.status(), 404);
+        let listing: Value = get_ok(&app.client, &app.url("/v1/imports"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(!listing.to_string().contains(&id), "{listing}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What the worker wrote after the flush (a chunk's plan and results) is removed too.
+    let pattern = format!("tracknum:import:{{{id}}}:*");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = redis.cmd::<Vec<String>>(&["KEYS", &pattern]);
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: {left:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // And the service goes on: a new import runs to its end.
+    let job = accepted(&app, "", "weight\n1\n").await;
+    assert_eq!(finished(&app, &job).await["status"], "done");
+}
+
+/// Cells that a spreadsheet would run as formulas come back with a `'` before them; the records
+/// hold what was imported.
+#[tokio::test]
+async fn results_cells_that_could_be_formulas_are_escaped() {
+    let (app, _dir) = spawn_embedded(&[]).await;
+    let file = "customer_name,weight,origin_country_id\n\
+                \"=HYPERLINK(\"\"http://evil.example\"\",\"\"click\"\")\",1,MY\n\
+                @SUM(1),2,MY\n\
+                \"+cmd|' /C calc'!A0\",3,MY\n\
+                \"\tlead\",4,MY\n\
+                plain,-5,MY\n\
+                \"\r=1\",6,@X\n";
+    let job = accepted(&app, "", file).await;
+    let job = finished(&app, &job).await;
+    let rows = results(&app, &job).await;
+    assert_eq!(
+        rows[1..]
+            .iter()
+            .map(|row| row[0].as_str())
+            .collect::<Vec<_>>(),
+        [
+            "'=HYPERLINK(\"http://evil.example\",\"click\")",
+            "'@SUM(1)",
+            "'+cmd|' /C calc'!A0",
+            "'\tlead",
+            "plain",
+            "'\r=1",
+        ]
+    );
+    assert_eq!(rows[5][1], "'-5", "a negative number is escaped too");
+    assert_eq!(rows[6][2], "'@X");
+    for row in &rows[1..] {
+        for cell in row {
+            assert!(
+                !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+                "{cell:?} in {row:?}"
+            );
+        }
+    }
+    // The record keeps the value as it was imported.
+    let record: Value = app
+        .get(&format!("/v1/tracking-numbers/{}", rows[1][3]))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        record["customer_name"],
+        "=HYPERLINK(\"http://evil.example\",\"click\")"
+    );
+}
+
+/// The import part keys (`<id>/<part>`) in the data file of a stopped embedded store.
+fn stored_parts(data_dir: &std::path::Path) -> Vec<String> {
+    use redb::{ReadableDatabase, ReadableTable};
+    const PARTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("import_parts");
+    let db = redb::Database::open(data_dir.join("tracknum.redb")).unwrap();
+    let tx = db.begin_read().unwrap();
+    let parts = tx.open_table(PARTS).unwrap();
+    parts
+        .iter()
+        .unwrap()
+        .map(|item| item.unwrap().0.value().to_owned())
+        .collect()
+}
+
+/// An upload held open after it sent `bytes` of `rows`: its request runs until the returned
+/// task is aborted, which cuts the connection.
+fn held_upload(base: String, rows: usize, bytes: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let head = big_file(rows).into_bytes()[..bytes].to_vec();
+        use futures_util::StreamExt;
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
+            .chain(futures_util::stream::pending());
+        let _ = reqwest::Client::new()
+            .post(format!("{base}/v1/imports"))
+            .header("content-type", "text/csv")
+            .body(reqwest::Body::wrap_stream(body))
+            .send()
+            .await;
+    })
+}
+
+/// Uploads cut off by a killed process leave their chunks in the data file; the next start
+/// finds and removes them, and leaves the imports that are jobs alone.
+#[tokio::test]
+async fn on_the_embedded_store_uploads_cut_by_a_kill_are_removed_at_the_next_start() {
+    let dir = TempDir::new().unwrap();
+    let flags = ["--secret", SECRET];
+    let mut app = BinaryApp::start(dir.path(), &flags).await;
+    let client = reqwest::Client::new();
+    let (status, kept, _) = upload_to(&client, &app.url(""), "", big_file(10)).await;
+    assert_eq!(status, 202);
+    let kept = kept["id"].as_str().unwrap().to_owned();
+    finished_on(&client, &app.url(""), &kept).await;
+    let uploads: Vec<_> = (0..3)
+        .map(|_| held_upload(app.url(""), 60_000, 700 << 10))
+        .collect();
+    // Two chunks of each are stored long before this.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.kill();
+    uploads.iter().for_each(|upload| upload.abort());
+    let cut: Vec<String> = stored_parts(dir.path())
+        .into_iter()
+        .filter(|key| !key.starts_with(&kept))
+        .collect();
+    assert_eq!(cut.len(), 6, "two chunks of each cut upload: {cut:?}");
+
+    let mut app = BinaryApp::start(dir.path(), &flags).await;
+    let job = get_ok(&client, &app.url(&format!("/v1/imports/{kept}"))).await;
+    assert_eq!(job.status(), 200);
+    // The sweep runs as the process starts; give it a moment before stopping it to look.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.kill();
+    let left = stored_parts(dir.path());
+    assert!(
+        left.iter().all(|key| key.starts_with(&kept)),
+        "left behind: {left:?}"
+    );
+    assert!(left.contains(&format!("{kept}/job")));
+}
+
+/// Uploads cut while the disk does not answer cannot have their chunks removed at once: the
+/// removal is tried again, and succeeds once the disk is back, without a restart.
+#[tokio::test]
+async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
+    let disk = crate::faults::LoopDisk::mount(64);
+    let data = disk.path().join("data");
+    let log = TempDir::new().unwrap();
+    let log_file = log.path().join("tracknum.log");
+    let flags = [
+        "--secret",
+        SECRET,
+        "--storage-timeout",
+        "300ms",
+        "--min-free-disk",
+        "1MiB",
+    ];
+    let mut app = BinaryApp::start_logging(&data, &flags, "info", Some(&log_file)).await;
+    let uploads: Vec<_> = (0..20)
+        .map(|_| held_upload(app.url(""), 60_000, 600 << 10))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let frozen = disk.freeze();
+    uploads.iter().for_each(|upload| upload.abort());
+    let lines = |text: &str| {
+        std::fs::read_to_string(&log_file)
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains(text))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines("could not remove an abandoned upload") < 20 {
+        assert!(Instant::now() < deadline, "the removals did not fail");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    frozen.thaw();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lines("removed an abandoned upload") < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20 removed",
+            lines("removed an abandoned upload")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.kill();
+    let left = stored_parts(&data);
+    assert!(left.is_empty(), "left behind: {left:?}");
 }

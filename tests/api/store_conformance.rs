@@ -8,8 +8,8 @@ use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
 use tracknum::domain::TrackingNumber;
 use tracknum::store::{
-    EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, LeaseSource, RecordEntry, RecordStore,
-    RedisOptions, RedisStore, Removal, Store, StoreError, Swap,
+    EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, ImportStore, LeaseSource, RecordEntry,
+    RecordStore, RedisOptions, RedisStore, Removal, Store, StoreError, Swap,
 };
 
 use crate::helpers::{RedisLike, TestRedis};
@@ -38,7 +38,58 @@ async fn conformance(store: &dyn Store) {
     changes(store).await;
     idempotency_keys(store).await;
     imports(store).await;
+    import_swaps(store).await;
     import_queue(store).await;
+}
+
+/// An import part changes only from what its writer read (a job's state: never written over by
+/// a writer that missed a change); a call sent again after it landed is told it did.
+async fn import_swaps(store: &dyn Store) {
+    store.sync().await.unwrap();
+    let hour = Utc::now() + chrono::Duration::hours(1);
+    let swap = |expected: Option<&'static [u8]>, new: &'static [u8]| {
+        store.swap_import_part("S1", ImportPart::Job, expected, new, hour)
+    };
+    let read = || store.import_part("S1", ImportPart::Job);
+    assert!(swap(None, b"v1").await.unwrap(), "made where there is none");
+    assert!(!swap(None, b"v2").await.unwrap(), "not made twice");
+    assert!(
+        !swap(Some(b"v0"), b"v2").await.unwrap(),
+        "not from another value"
+    );
+    assert_eq!(read().await.unwrap(), Some(Bytes::from_static(b"v1")));
+    assert!(swap(Some(b"v1"), b"v2").await.unwrap());
+    assert!(
+        swap(Some(b"v1"), b"v2").await.unwrap(),
+        "sent again after it landed"
+    );
+    assert!(
+        !swap(Some(b"v1"), b"v3").await.unwrap(),
+        "a writer that missed v2 loses"
+    );
+    assert_eq!(read().await.unwrap(), Some(Bytes::from_static(b"v2")));
+    // Gone (a store that lost its data): nothing is written back from what was read.
+    store
+        .drop_import_parts("S1", &[ImportPart::Job])
+        .await
+        .unwrap();
+    assert!(!swap(Some(b"v2"), b"v3").await.unwrap());
+    assert_eq!(read().await.unwrap(), None);
+
+    // An expired part is no part.
+    let soon = Utc::now() + chrono::Duration::milliseconds(300);
+    let brief = |expected: Option<&'static [u8]>, new: &'static [u8], until| {
+        store.swap_import_part("S2", ImportPart::Job, expected, new, until)
+    };
+    assert!(brief(None, b"brief", soon).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.sync().await.unwrap();
+    assert!(!brief(Some(b"brief"), b"late", hour).await.unwrap());
+    assert!(brief(None, b"again", hour).await.unwrap());
+    assert_eq!(
+        store.import_part("S2", ImportPart::Job).await.unwrap(),
+        Some(Bytes::from_static(b"again"))
+    );
 }
 
 /// Queued imports go to one worker each, in order; a job whose worker goes quiet goes to the
@@ -538,6 +589,58 @@ async fn embedded_purge_reclaims_expired_records() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(store.purge_expired().await.unwrap(), 50);
     assert_eq!(store.purge_expired().await.unwrap(), 0);
+}
+
+/// Uploads that never became a job (no `job` part) are found and removed, all their parts, apart
+/// from the live ones; imports that are jobs stay whole.
+#[tokio::test]
+async fn embedded_abandoned_uploads_are_removed_and_jobs_kept() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Always)).unwrap();
+    let hour = Utc::now() + chrono::Duration::hours(1);
+    let later = hour + chrono::Duration::hours(1);
+    let put = |id: &'static str, part, until| store.put_import_part(id, part, b"x", until);
+    for id in ["U1", "U2", "U3"] {
+        put(id, ImportPart::File(0), hour).await.unwrap();
+        put(id, ImportPart::File(1), hour).await.unwrap();
+    }
+    // Written again with another expiry: the part is found by its newer entry as well.
+    put("U1", ImportPart::File(1), later).await.unwrap();
+    assert!(
+        store
+            .swap_import_part("U2", ImportPart::Job, None, b"{}", hour)
+            .await
+            .unwrap()
+    );
+    let removed = store
+        .drop_abandoned_uploads(&|id| id == "U3")
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "U1 only");
+    for part in [ImportPart::File(0), ImportPart::File(1)] {
+        assert_eq!(store.import_part("U1", part).await.unwrap(), None);
+        assert!(store.import_part("U2", part).await.unwrap().is_some());
+        assert!(store.import_part("U3", part).await.unwrap().is_some());
+    }
+    assert_eq!(store.drop_abandoned_uploads(&|_| false).await.unwrap(), 1);
+    assert_eq!(
+        store.import_part("U3", ImportPart::File(0)).await.unwrap(),
+        None
+    );
+    assert_eq!(store.drop_abandoned_uploads(&|_| false).await.unwrap(), 0);
+    assert!(
+        store
+            .import_part("U2", ImportPart::Job)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // Nothing of U1 comes back when its old expiry entries come due.
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        store.import_part("U1", ImportPart::File(1)).await.unwrap(),
+        None
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,13 @@
 //! An import's results: each input row as it came, with `tracking_number` and `error` columns
 //! appended, in the file's own delimiter. Written a chunk at a time, the header once.
+//!
+//! A spreadsheet runs a cell that begins with `=`, `+`, `-` or `@` as a formula (a tab or a
+//! carriage return first can hide one), and the file's cells are whatever the uploader typed:
+//! `=HYPERLINK(…)` would become a live link in the admin's sheet. So, as OWASP advises against
+//! CSV injection, every such cell is written with a `'` before it; what was imported and
+//! issued is the value in the file. A number such as `-5` gets its `'` too.
+
+use std::borrow::Cow;
 
 use super::file::Delimiter;
 use super::job::ChunkTally;
@@ -89,7 +97,24 @@ impl ResultsWriter {
 
     fn write<'a>(&mut self, fields: impl Iterator<Item = &'a [u8]>) {
         // Into a Vec, with rows of any width allowed: this cannot fail.
-        let _ = self.writer.write_record(fields);
+        let _ = self.writer.write_record(fields.map(defused));
+    }
+}
+
+/// The bytes a cell may begin with that make a spreadsheet read it as a formula.
+const FORMULA_STARTS: [u8; 6] = [b'=', b'+', b'-', b'@', b'\t', b'\r'];
+
+/// `cell` as a spreadsheet shows it as text: with a `'` before it when it could start a
+/// formula.
+fn defused(cell: &[u8]) -> Cow<'_, [u8]> {
+    match cell.first() {
+        Some(first) if FORMULA_STARTS.contains(first) => {
+            let mut quoted = Vec::with_capacity(cell.len() + 1);
+            quoted.push(b'\'');
+            quoted.extend_from_slice(cell);
+            Cow::Owned(quoted)
+        }
+        _ => Cow::Borrowed(cell),
     }
 }
 
@@ -129,13 +154,50 @@ mod tests {
                 vec!["a;b \"quoted\"", "1.5", "MY123ABC", ""],
                 vec![
                     "line\nbreak",
-                    "-1",
+                    "'-1",
                     "",
                     "weight: must be positive; row: has 1 fields"
                 ],
                 vec!["valid", "2", "", ""],
             ]
         );
+    }
+
+    #[test]
+    fn cells_that_could_start_a_formula_get_a_quote_before_them() {
+        let mut results = ResultsWriter::new(Delimiter::Comma);
+        let cells = [
+            "=HYPERLINK(\"http://x\",\"y\")",
+            "@SUM(1)",
+            "+cmd|' /C calc'!A0",
+            "-5",
+            "\t=1",
+            "\r=1",
+            "plain = fine",
+            "'already",
+            "",
+        ];
+        results.row(&record(&cells), Shown::Valid);
+        let errors = [FieldError::new("=x", "is wrong")];
+        results.row(&record(&["ok"]), Shown::Rejected(&errors));
+        let rows = read_back(&results.finish(), Delimiter::Comma);
+        assert_eq!(
+            rows[0],
+            [
+                "'=HYPERLINK(\"http://x\",\"y\")",
+                "'@SUM(1)",
+                "'+cmd|' /C calc'!A0",
+                "'-5",
+                "'\t=1",
+                "'\r=1",
+                "plain = fine",
+                "'already",
+                "",
+                "",
+                "",
+            ]
+        );
+        assert_eq!(rows[1], ["ok", "", "'=x: is wrong"], "the error column too");
     }
 
     #[test]

@@ -311,15 +311,18 @@ pub fn get_import() {}
 
 /// Cancel an import
 ///
-/// A queued job is cancelled at once, a running one before its next chunk of rows. Rows that
-/// already got numbers keep them.
+/// A queued job is cancelled at once. A running one is cancelled by its worker once the chunk
+/// of rows in flight is done, which the reply waits for (up to 5 s): the job then says
+/// `cancelled` and counts what was issued, or still `running` when the chunk takes longer (it
+/// ends `cancelled` right after). Rows that already got numbers keep them; an ended job never
+/// changes again.
 #[utoipa::path(
     delete,
     path = "/v1/imports/{id}",
     operation_id = "cancelImport",
     params(ImportIdPath),
     responses(
-        (status = 202, description = "Cancelled, or to be cancelled by its worker", body = ImportJob),
+        (status = 202, description = "The job as it is after the cancel: cancelled, or still running the chunk in flight", body = ImportJob),
         (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
         (status = 409, description = "The job has already ended", body = Problem,
          content_type = PROBLEM),
@@ -331,7 +334,8 @@ pub fn cancel_import() {}
 ///
 /// The input rows in input order, as they came, with `tracking_number` and `error` columns
 /// appended, in the file's delimiter. Rows a cancelled or failed job never reached say so in
-/// `error`.
+/// `error`. A cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is written
+/// with a `'` before it, so that a spreadsheet does not run it as a formula.
 #[utoipa::path(
     get,
     path = "/v1/imports/{id}/results",

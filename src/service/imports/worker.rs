@@ -3,9 +3,13 @@
 //! A chunk is done when its results are stored (its tally travels with them). Before any of a
 //! chunk's numbers is stored, the numbers planned for its rows are stored: a worker that resumes
 //! a chunk another worker died in hands out the planned numbers, never second ones. Rows that
-//! carry an `order_id` go through the tenant's idempotency keys (`import-order:<id>`), claimed
-//! under a token named for the job and row, so rows that share an order id share a number
-//! across imports for as long as the key is kept, and a resumed row takes its own claim back.
+//! carry an `order_id` go through the tenant's idempotency keys (a space of their own, apart
+//! from callers' `Idempotency-Key`s: [`Principal::order_key`]), claimed under a token named for
+//! the job and row, so rows that share an order id share a number across imports for as long
+//! as the key is kept, and a resumed row takes its own claim back.
+//!
+//! The job is written only over the state the worker last read or wrote (see the parent
+//! module): when that fails, someone else changed it, and the worker reloads it and lets it be.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +20,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::{ImportError, Imports, corrupt};
+use super::{Held, ImportError, Imports, corrupt};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::import::file::reader;
 use crate::domain::import::results::{decode_part, encode_part};
@@ -38,6 +42,22 @@ const STORE_SLICE: usize = 1000;
 /// one: the row's index in its chunk, the serial, and when its record was made (µs since the
 /// Unix epoch). The row's inputs make the rest of the record again.
 type Planned = (usize, u64, i64);
+
+/// A chunk's plan as stored: its bytes (what a compare-and-swap that extends it expects), and
+/// its numbers.
+#[derive(Default)]
+struct Kept {
+    bytes: Option<Bytes>,
+    planned: Vec<Planned>,
+}
+
+impl Kept {
+    /// When its first numbers were planned.
+    fn planned_at(&self) -> Option<DateTime<Utc>> {
+        let first = self.planned.iter().map(|&(_, _, made_us)| made_us).min()?;
+        DateTime::from_timestamp_micros(first)
+    }
+}
 
 impl Imports {
     /// Runs queued jobs, one at a time, until `stop`; a job it is running when told to stop is
@@ -83,9 +103,8 @@ impl Imports {
                 }
                 Err(err) => {
                     tracing::error!(import = queued.id, error = %err, "an import failed");
-                    if let Ok(Some(mut job)) = self.load(&queued.id).await {
-                        job.fail("the import could not be completed", Utc::now());
-                        self.finish(queued, &job).await;
+                    if let Err(err) = self.fail(queued).await {
+                        tracing::warn!(import = queued.id, error = %err, "could not end an import");
                     }
                     return;
                 }
@@ -98,43 +117,21 @@ impl Imports {
         queued: &QueuedImport,
         stop: &CancellationToken,
     ) -> Result<(), ImportError> {
-        let Some(mut job) = self.load(&queued.id).await? else {
-            // Expired with its parts: nothing is left to run.
-            self.store.ack_import(queued).await?;
+        let Some(mut held) = self.take(queued).await? else {
             return Ok(());
         };
-        let now = Utc::now();
-        let was_queued = job.status == JobStatus::Queued;
-        if !job.start(now) {
-            self.store.ack_import(queued).await?;
-            return Ok(());
-        }
-        if was_queued {
-            self.count_job(job.status);
-        }
-        let Some(manifest) = self.manifest(&job.id).await? else {
-            job.fail("the uploaded file has expired", now);
-            self.finish(queued, &job).await;
-            return Ok(());
+        let Some(manifest) = self.manifest(&queued.id).await? else {
+            return self.forget(queued, 0).await;
         };
+        let chunks = manifest.chunk_rows.len();
         let header = manifest
             .header()
-            .map_err(|_| StoreError::Corrupt(format!("import {} holds a bad header", job.id)))?;
+            .map_err(|_| corrupt(&queued.id, "header"))?;
+        let mut job = held.job.clone();
         job.recount();
-        for index in 0..manifest.chunk_rows.len() {
+        for index in 0..chunks {
             let chunk = index as u32;
             if stop.is_cancelled() {
-                return Ok(());
-            }
-            if self
-                .store
-                .import_part(&job.id, ImportPart::Cancel)
-                .await?
-                .is_some()
-            {
-                if job.cancel(Utc::now()).is_ok() {
-                    self.finish(queued, &job).await;
-                }
                 return Ok(());
             }
             if let Some(done) = self
@@ -146,14 +143,19 @@ impl Imports {
                 job.add(&tally);
                 continue;
             }
+            if self.cancel_before(&job.id, chunk).await? {
+                // The counts say what the done chunks issued, and nothing runs after this.
+                if job.cancel(Utc::now()).is_ok() {
+                    self.end(queued, &held, job, chunks).await?;
+                }
+                return Ok(());
+            }
             let Some(file) = self
                 .store
                 .import_part(&job.id, ImportPart::File(chunk))
                 .await?
             else {
-                job.fail("the uploaded file has expired", Utc::now());
-                self.finish(queued, &job).await;
-                return Ok(());
+                return self.forget(queued, chunks).await;
             };
             let first_row = manifest.first_row(index);
             let (tally, rows) = self
@@ -172,12 +174,155 @@ impl Imports {
                 .await?;
             self.count_rows(&tally);
             job.add(&tally);
-            self.save(&job).await?;
+            let Some(saved) = self.advance(queued, &held, job.clone(), chunks).await? else {
+                return Ok(());
+            };
+            held = saved;
             self.store.touch_import(&self.worker, queued).await?;
         }
         job.finish(Utc::now());
-        self.finish(queued, &job).await;
+        self.end(queued, &held, job, chunks).await
+    }
+
+    /// The job to run, marked running (queued → running, a compare-and-swap) before any of its
+    /// chunks, so that a cancel from then on leaves the job to its worker. None when there is
+    /// nothing to run: it has ended (a cancel came first) or is gone; the queue lets it go.
+    async fn take(&self, queued: &QueuedImport) -> Result<Option<Held>, ImportError> {
+        loop {
+            let Some(held) = self.held(&queued.id).await? else {
+                self.store.ack_import(queued).await?;
+                return Ok(None);
+            };
+            let mut job = held.job.clone();
+            match job.status {
+                JobStatus::Running => return Ok(Some(held)),
+                JobStatus::Queued => {
+                    job.start(Utc::now());
+                    if let Some(running) = self.replace_job(&held, job).await? {
+                        self.count_job(JobStatus::Running);
+                        return Ok(Some(running));
+                    }
+                    // Cancelled meanwhile: look again.
+                }
+                _ => {
+                    self.store.ack_import(queued).await?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Whether the job is to stop before `chunk`: a cancel was asked for, and the chunk has no
+    /// plan. A chunk with a plan may have stored records already (its worker died, or storage
+    /// failed it, mid-way): it is finished first, so that every record issued is in the
+    /// results.
+    async fn cancel_before(&self, id: &str, chunk: u32) -> Result<bool, StoreError> {
+        if self
+            .store
+            .import_part(id, ImportPart::Cancel)
+            .await?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .import_part(id, ImportPart::Plan(chunk))
+            .await?
+            .is_none())
+    }
+
+    /// Writes the job's progress over `held`. None when the stored job is no longer `held`:
+    /// the worker then lets it be ([`Imports::let_go`]).
+    async fn advance(
+        &self,
+        queued: &QueuedImport,
+        held: &Held,
+        job: ImportJob,
+        chunks: usize,
+    ) -> Result<Option<Held>, ImportError> {
+        let saved = self.replace_job(held, job).await?;
+        if saved.is_none() {
+            self.let_go(queued, chunks).await?;
+        }
+        Ok(saved)
+    }
+
+    /// Writes the job's end (done or cancelled) over `held`, and takes it off the queue.
+    async fn end(
+        &self,
+        queued: &QueuedImport,
+        held: &Held,
+        job: ImportJob,
+        chunks: usize,
+    ) -> Result<(), ImportError> {
+        let status = job.status;
+        if self.advance(queued, held, job, chunks).await?.is_some() {
+            self.count_job(status);
+            self.store.ack_import(queued).await?;
+        }
         Ok(())
+    }
+
+    /// The stored job changed under the worker. Ended (cancelled while it was queued, or by
+    /// another worker), it is left as it is and taken off the queue; gone, what is left of it is
+    /// removed ([`Imports::forget`]); still running, another worker took it over (this one went
+    /// quiet for `--import-stale-after`) and goes on with it.
+    async fn let_go(&self, queued: &QueuedImport, chunks: usize) -> Result<(), ImportError> {
+        match self.held(&queued.id).await? {
+            None => self.forget(queued, chunks).await,
+            Some(held) if held.job.status.is_finished() => {
+                self.store.ack_import(queued).await?;
+                Ok(())
+            }
+            Some(_) => {
+                tracing::info!(
+                    import = queued.id,
+                    "another worker has taken the import over"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The store lost the import: its job, its manifest or a chunk of its file is gone (Redis
+    /// lost its data, say), while its parts expire together. Whatever is left could never have
+    /// results, so it is removed, and the queue lets it go: the job answers 404 everywhere, as
+    /// its listing and its results do, rather than `failed` without either.
+    async fn forget(&self, queued: &QueuedImport, chunks: usize) -> Result<(), ImportError> {
+        tracing::warn!(
+            import = queued.id,
+            "an import's stored parts are gone (the store lost data); removing what is left"
+        );
+        let mut parts = vec![ImportPart::Job, ImportPart::Cancel, ImportPart::Manifest];
+        for chunk in 0..chunks as u32 {
+            parts.extend([
+                ImportPart::File(chunk),
+                ImportPart::Plan(chunk),
+                ImportPart::Results(chunk),
+            ]);
+        }
+        self.store.drop_import_parts(&queued.id, &parts).await?;
+        self.store.ack_import(queued).await?;
+        Ok(())
+    }
+
+    /// Ends a job that cannot go on (a fault that waiting cannot cure), unless it has ended.
+    async fn fail(&self, queued: &QueuedImport) -> Result<(), StoreError> {
+        loop {
+            let Some(held) = self.held(&queued.id).await? else {
+                return self.store.ack_import(queued).await;
+            };
+            let mut job = held.job.clone();
+            if job.status.is_finished() {
+                return self.store.ack_import(queued).await;
+            }
+            job.fail("the import could not be completed", Utc::now());
+            if self.replace_job(&held, job).await?.is_some() {
+                self.count_job(JobStatus::Failed);
+                return self.store.ack_import(queued).await;
+            }
+        }
     }
 
     /// Issues one chunk's rows; returns its tally and its rows of results.
@@ -189,7 +334,10 @@ impl Imports {
         first_row: u64,
         file: &[u8],
     ) -> Result<(ChunkTally, Vec<u8>), ImportError> {
-        let now = Utc::now();
+        let kept = self.kept_plan(job, chunk).await?;
+        // A resumed chunk judges its rows as when their numbers were planned: a row whose
+        // `expires_at` has passed since still gets the number (and record) it was planned.
+        let now = kept.planned_at().unwrap_or_else(Utc::now);
         let records: Vec<csv::ByteRecord> = reader(job.delimiter, file)
             .byte_records()
             .collect::<Result<_, _>>()
@@ -206,7 +354,7 @@ impl Imports {
                 })
                 .collect()
         } else {
-            self.issue_rows(job, chunk, first_row, rows).await?
+            self.issue_rows(job, chunk, first_row, rows, kept).await?
         };
         let mut tally = ChunkTally::default();
         let mut results = ResultsWriter::new(job.delimiter);
@@ -234,6 +382,7 @@ impl Imports {
         chunk: u32,
         first_row: u64,
         rows: Vec<Result<ImportRow, Vec<FieldError>>>,
+        kept: Kept,
     ) -> Result<Vec<Outcome>, ImportError> {
         let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
         // Rows that share an order id within the chunk follow the first of them.
@@ -282,7 +431,7 @@ impl Imports {
             let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
             claimed_rows.push(at);
             wanted_keys.push(Wanted {
-                key: owner.scope_key(&format!("import-order:{order_id}")),
+                key: owner.order_key(order_id),
                 fingerprint: fingerprint("import-order", &inputs),
                 token: format!("{}:{}", job.id, first_row + at as u64),
             });
@@ -325,7 +474,7 @@ impl Imports {
                         || matches!(&rows[at], Ok(r) if r.order_id.is_none()))
             })
             .collect();
-        let mut planned = self.plan_of(job, chunk, &rows).await?;
+        let mut planned = self.plan_again(job, &kept, &rows)?;
         let fresh: Vec<usize> = wanted
             .iter()
             .copied()
@@ -338,11 +487,20 @@ impl Imports {
                 .collect();
             let now = Utc::now().trunc_subsecs(6);
             let entries = self.issuer.plan(requests, job.tenant.as_ref(), now).await?;
-            planned.extend(fresh.into_iter().zip(entries).map(|(at, entry)| {
-                let serial = entry.serial.unwrap_or_default();
-                (at, ((at, serial, now.timestamp_micros()), entry))
-            }));
-            self.keep_plan(job, chunk, &planned).await?;
+            let fresh: Vec<(Planned, RecordEntry)> = fresh
+                .into_iter()
+                .zip(entries)
+                .map(|(at, entry)| {
+                    let serial = entry.serial.unwrap_or_default();
+                    ((at, serial, now.timestamp_micros()), entry)
+                })
+                .collect();
+            self.keep_plan(job, chunk, &kept, &fresh).await?;
+            planned.extend(
+                fresh
+                    .into_iter()
+                    .map(|(plan, entry)| (plan.0, (plan, entry))),
+            );
         }
         let entries: Vec<RecordEntry> = wanted.iter().map(|at| planned[at].1.clone()).collect();
         for slice in entries.chunks(STORE_SLICE) {
@@ -368,27 +526,33 @@ impl Imports {
         Ok(outcomes)
     }
 
-    /// The numbers planned for a chunk by an earlier attempt, by row, with their records made
-    /// again from the rows.
-    async fn plan_of(
-        &self,
-        job: &ImportJob,
-        chunk: u32,
-        rows: &[Result<ImportRow, Vec<FieldError>>],
-    ) -> Result<HashMap<usize, (Planned, RecordEntry)>, ImportError> {
+    /// The numbers an earlier attempt planned for a chunk.
+    async fn kept_plan(&self, job: &ImportJob, chunk: u32) -> Result<Kept, ImportError> {
         let Some(bytes) = self
             .store
             .import_part(&job.id, ImportPart::Plan(chunk))
             .await?
         else {
-            return Ok(HashMap::new());
+            return Ok(Kept::default());
         };
-        let planned: Vec<Planned> =
-            serde_json::from_slice(&bytes).map_err(|_| corrupt(&job.id, "plan"))?;
-        let mut again = HashMap::with_capacity(planned.len());
-        for plan in planned {
+        let planned = serde_json::from_slice(&bytes).map_err(|_| corrupt(&job.id, "plan"))?;
+        Ok(Kept {
+            bytes: Some(bytes),
+            planned,
+        })
+    }
+
+    /// The numbers planned for a chunk by an earlier attempt, by row, with their records made
+    /// again from the rows.
+    fn plan_again(
+        &self,
+        job: &ImportJob,
+        kept: &Kept,
+        rows: &[Result<ImportRow, Vec<FieldError>>],
+    ) -> Result<HashMap<usize, (Planned, RecordEntry)>, ImportError> {
+        let mut again = HashMap::with_capacity(kept.planned.len());
+        for &plan in &kept.planned {
             let (at, serial, made_us) = plan;
-            // A row that is no longer valid (its expiry has passed since) is not issued.
             let Some(Ok(row)) = rows.get(at) else {
                 continue;
             };
@@ -402,34 +566,36 @@ impl Imports {
         Ok(again)
     }
 
+    /// Keeps the chunk's plan with `fresh` numbers added, unless another worker changed the plan
+    /// since it was read: then none of these is stored, and the chunk runs again with that plan.
     async fn keep_plan(
         &self,
         job: &ImportJob,
         chunk: u32,
-        planned: &HashMap<usize, (Planned, RecordEntry)>,
-    ) -> Result<(), StoreError> {
-        let planned: Vec<Planned> = planned.values().map(|(plan, _)| *plan).collect();
+        kept: &Kept,
+        fresh: &[(Planned, RecordEntry)],
+    ) -> Result<(), ImportError> {
+        let planned: Vec<Planned> = kept
+            .planned
+            .iter()
+            .copied()
+            .chain(fresh.iter().map(|(plan, _)| *plan))
+            .collect();
         let bytes = serde_json::to_vec(&planned).map_err(StoreError::bug)?;
-        self.store
-            .put_import_part(
+        let kept_now = self
+            .store
+            .swap_import_part(
                 &job.id,
                 ImportPart::Plan(chunk),
+                kept.bytes.as_deref(),
                 &bytes,
                 self.expiry_of(job),
             )
-            .await
-    }
-
-    /// Saves a job that has ended and takes it off the queue. Failures are logged: the job
-    /// stays queued, and the next worker to take it finds its chunks done.
-    async fn finish(&self, queued: &QueuedImport, job: &ImportJob) {
-        let saved = async {
-            self.save(job).await?;
-            self.store.ack_import(queued).await
-        };
-        match saved.await {
-            Ok(()) => self.count_job(job.status),
-            Err(err) => tracing::warn!(import = job.id, error = %err, "could not end an import"),
+            .await?;
+        if kept_now {
+            Ok(())
+        } else {
+            Err(ImportError::PlanChanged)
         }
     }
 

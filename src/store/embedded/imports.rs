@@ -1,7 +1,10 @@
 //! Import jobs in the embedded store: each part (the job's state, a cancel request, a chunk of
 //! the file or of the results) is one value with its expiry and a checksum, written in a
-//! durable transaction of its own; listings are keyed by owner and creation time.
+//! durable transaction of its own (a compare-and-swap reads and writes in one); listings are
+//! keyed by owner and creation time. Uploads that never became a job are found through the
+//! expiry index, which names every part without reading its value.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -12,7 +15,8 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use super::{EmbeddedStore, begin_durable, db_err};
 use crate::store::disk::Access;
 use crate::store::{
-    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, IsLive, ListedImport, QueuedImport,
+    StoreError,
 };
 
 /// `{id}/{part}` → expiry (ms, 8 bytes big-endian), CRC-32 of what follows (4 bytes), value.
@@ -88,6 +92,26 @@ pub(super) fn purge(tx: &WriteTransaction, now_ms: i64) -> Result<(), StoreError
     Ok(())
 }
 
+/// The expiry index's rows (expiry, part key), grouped by import, of the imports that have no
+/// job part and are not live.
+fn jobless(rows: Vec<(i64, String)>, is_live: &IsLive) -> HashMap<String, Vec<(i64, String)>> {
+    let mut by_import: HashMap<String, (bool, Vec<(i64, String)>)> = HashMap::new();
+    let job = ImportPart::Job.name();
+    for (at, key) in rows {
+        let Some((id, part)) = key.split_once('/') else {
+            continue;
+        };
+        let entry = by_import.entry(id.to_owned()).or_default();
+        entry.0 |= part == job;
+        entry.1.push((at, key));
+    }
+    by_import
+        .into_iter()
+        .filter(|(id, (has_job, _))| !has_job && !is_live(id))
+        .map(|(id, (_, rows))| (id, rows))
+        .collect()
+}
+
 #[async_trait]
 impl ImportStore for EmbeddedStore {
     async fn put_import_part(
@@ -113,6 +137,97 @@ impl ImportStore for EmbeddedStore {
                     .map_err(db_err)?;
             }
             tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn swap_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let key = part_key(id, part);
+        let expected = expected.map(<[u8]>::to_vec);
+        let new = new.to_vec();
+        let expires_ms = expires_at.timestamp_millis();
+        let now = Utc::now().timestamp_millis();
+        self.blocking(Access::Grow, move |db| {
+            let tx = begin_durable(db)?;
+            {
+                let mut parts = tx.open_table(PARTS).map_err(db_err)?;
+                let current = match parts.get(key.as_str()).map_err(db_err)? {
+                    Some(stored) => {
+                        let (at, value) = decode(stored.value())?;
+                        (at > now).then(|| value.to_vec())
+                    }
+                    None => None,
+                };
+                if current.as_deref() == Some(new.as_slice()) {
+                    return Ok(true);
+                }
+                if current != expected {
+                    return Ok(false);
+                }
+                parts
+                    .insert(key.as_str(), encode(expires_ms, &new).as_slice())
+                    .map_err(db_err)?;
+                let mut expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+                expiry
+                    .insert((expires_ms, key.as_str()), ())
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn drop_abandoned_uploads(&self, is_live: &IsLive) -> Result<u64, StoreError> {
+        // Every part has a row in the expiry index (a part written again may have old rows
+        // too): read there, the parts' values (chunks of up to 256 KiB) stay on the disk.
+        let rows: Vec<(i64, String)> = self
+            .blocking(Access::Read, |db| {
+                let tx = db.begin_read().map_err(db_err)?;
+                let expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+                expiry
+                    .iter()
+                    .map_err(db_err)?
+                    .map(|item| {
+                        item.map(|(key, _)| (key.value().0, key.value().1.to_owned()))
+                            .map_err(db_err)
+                    })
+                    .collect()
+            })
+            .await?;
+        let abandoned = jobless(rows, is_live);
+        if abandoned.is_empty() {
+            return Ok(0);
+        }
+        self.blocking(Access::Change, move |db| {
+            let tx = begin_durable(db)?;
+            let mut removed = 0;
+            {
+                let mut parts = tx.open_table(PARTS).map_err(db_err)?;
+                let mut expiry = tx.open_table(PART_EXPIRY).map_err(db_err)?;
+                for (id, rows) in &abandoned {
+                    // Submitted since it was read: a job now, and not ours to remove.
+                    let job = part_key(id, ImportPart::Job);
+                    if parts.get(job.as_str()).map_err(db_err)?.is_some() {
+                        continue;
+                    }
+                    let mut any = false;
+                    for (at, key) in rows {
+                        expiry.remove((*at, key.as_str())).map_err(db_err)?;
+                        any |= parts.remove(key.as_str()).map_err(db_err)?.is_some();
+                    }
+                    removed += u64::from(any);
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(removed)
         })
         .await
     }
@@ -306,6 +421,30 @@ fn sequence(job: &QueuedImport) -> Result<u64, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imports_without_a_job_are_found_unless_live() {
+        let row = |at: i64, key: &str| (at, key.to_owned());
+        let rows = vec![
+            row(5, "a/file:0"),
+            row(5, "a/job"),
+            row(5, "a/results:0"),
+            row(7, "b/file:0"),
+            row(9, "b/file:1"),
+            row(5, "b/file:0"),
+            row(5, "c/file:0"),
+            row(5, "no-slash"),
+        ];
+        let found = jobless(rows, &|id: &str| id == "c");
+        assert_eq!(found.len(), 1, "{found:?}");
+        let mut b = found["b"].clone();
+        b.sort();
+        assert_eq!(
+            b,
+            [row(5, "b/file:0"), row(7, "b/file:0"), row(9, "b/file:1")],
+            "every row of the import, old ones too"
+        );
+    }
 
     #[test]
     fn a_part_reads_back_and_a_flipped_byte_is_refused() {

@@ -3,6 +3,7 @@
 //! owner and one of all imports, scored by creation time; entries older than the expiry are
 //! trimmed as new ones arrive, and the set expires with its newest import.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -12,7 +13,8 @@ use redis::Value;
 
 use super::RedisStore;
 use crate::store::{
-    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, ListedImport, QueuedImport, StoreError,
+    ALL_IMPORTS, ImportPart, ImportQueue, ImportStore, IsLive, ListedImport, QueuedImport,
+    StoreError,
 };
 
 const PART_PREFIX: &str = "tracknum:import:";
@@ -21,6 +23,25 @@ const LIST_PREFIX: &str = "tracknum:imports:";
 /// name is outside `tracknum:imports:`, where any tenant name may follow.
 const QUEUE_KEY: &str = "tracknum:import-queue";
 const GROUP: &str = "workers";
+
+/// Compare-and-swap of an import part: KEYS = the part; ARGV = '1' and the expected value (or
+/// '0' and '' for none), the new value, its expiry (Unix ms). Returns 1 when the part holds the
+/// new value afterwards: a script sent again after its first run landed finds its own value.
+static SWAP: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[3] then return 1 end
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[4])
+return 1
+"#,
+    )
+});
 
 fn part_key(id: &str, part: ImportPart) -> String {
     format!("{PART_PREFIX}{{{id}}}:{}", part.name())
@@ -45,6 +66,32 @@ impl ImportStore for RedisStore {
             .arg("PXAT")
             .arg(expires_at.timestamp_millis().max(1));
         self.query::<()>(&set).await
+    }
+
+    async fn swap_import_part(
+        &self,
+        id: &str,
+        part: ImportPart,
+        expected: Option<&[u8]>,
+        new: &[u8],
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut invocation = SWAP.prepare_invoke();
+        invocation.key(part_key(id, part));
+        match expected {
+            Some(expected) => invocation.arg("1").arg(expected),
+            None => invocation.arg("0").arg(""),
+        };
+        invocation
+            .arg(new)
+            .arg(expires_at.timestamp_millis().max(1));
+        let swapped: i64 = self.run(invocation).await?;
+        Ok(swapped == 1)
+    }
+
+    async fn drop_abandoned_uploads(&self, _is_live: &IsLive) -> Result<u64, StoreError> {
+        // Finding them would take a SCAN of every node; they expire by themselves instead.
+        Ok(0)
     }
 
     async fn import_part(&self, id: &str, part: ImportPart) -> Result<Option<Bytes>, StoreError> {
