@@ -275,4 +275,16 @@ async fn the_proxy_forwards_and_resets_after_a_matching_command() {
         .await
         .unwrap();
     assert_eq!(value, 2);
+
+    proxy.set_latency(Duration::from_millis(100));
+    let start = std::time::Instant::now();
+    let _: i64 = redis::cmd("GET")
+        .arg("a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(200),
+        "both ways delayed"
+    );
 }

@@ -738,3 +738,20 @@ impl ReplyStore for RedisStore {
 
 /// Script calls of one batch ([`ReplyStore::claim_many`]) in flight at once.
 const SCRIPTS_IN_FLIGHT: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_mark_lives_in_its_records_slot() {
+        // A script may only touch keys of one slot on a cluster.
+        for number in ["MY004RJ37VY0JTIN", "LEGACY00042", "A"] {
+            let number = TrackingNumber::parse(number).unwrap();
+            assert_eq!(
+                slots::slot_of(removal_key(&number).as_bytes()),
+                slots::slot_of(record_key(&number).as_bytes())
+            );
+        }
+    }
+}
