@@ -2,10 +2,11 @@
 //! (one cluster connection that discovers the nodes and follows `MOVED`/`ASK` redirects). Both
 //! give a [`Conn`] that runs commands, scripts and pipelines the same way.
 //!
-//! Both send a call again once when its connection broke before the reply came: the cluster
-//! client by itself (`retries`), the store on one server ([`Link::sends_again`]). A write may
-//! thus run twice; the store's scripts and record pipeline recognise their own first run
-//! (`scripts.rs`), so both paths answer what happened.
+//! A call whose connection broke before its reply came may have run. The cluster client sends
+//! every such call again by itself (`retries`); on one server the store sends again those that
+//! may run twice ([`Link::sends_again`]): a record read, its scripts and the record pipeline,
+//! whose writes recognise their own first run (`scripts.rs`). So both paths answer what
+//! happened. Other calls (the import queue's, say) get a 503 on one server.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -99,10 +100,9 @@ impl Link {
         }
     }
 
-    /// Whether a call that failed with `err`, on try `tries` (0 for the first), goes once more on
-    /// a fresh connection: on one server, when the connection broke (the call may or may not
-    /// have run; the store's writes recognise a second run). The cluster client retries such
-    /// calls itself.
+    /// Whether a call that may run twice, failed with `err` on try `tries` (0 for the first),
+    /// goes once more on a fresh connection: on one server, when the connection broke. The
+    /// cluster client retries such calls itself.
     pub fn sends_again(&self, err: &redis::RedisError, tries: u32) -> bool {
         matches!(self, Link::Single(_))
             && tries == 0

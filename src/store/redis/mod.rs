@@ -131,9 +131,21 @@ impl RedisStore {
         StoreError::unavailable(err)
     }
 
-    /// Runs one command on a connection, bounded; sent again on a fresh connection when the
-    /// first broke ([`Link::sends_again`]).
+    /// Runs one command on a connection, bounded.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        self.bounded(async {
+            let mut conn = self.link.get().await?;
+            cmd.query_async(&mut conn).await.map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    /// [`RedisStore::query`] for a command that may run twice (a read): sent again on a fresh
+    /// connection when the first broke ([`Link::sends_again`]).
+    async fn query_again<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
         self.bounded(async {
             for tries in 0.. {
                 let mut conn = self.link.get().await?;
@@ -147,26 +159,23 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a pipeline on a connection, bounded, as [`RedisStore::query`].
+    /// Runs a pipeline on a connection, bounded.
     async fn query_pipeline<T: redis::FromRedisValue>(
         &self,
         pipe: &redis::Pipeline,
     ) -> Result<T, StoreError> {
         self.bounded(async {
-            for tries in 0.. {
-                let mut conn = self.link.get().await?;
-                match pipe.query_async(&mut conn).await {
-                    Err(e) if self.link.sends_again(&e, tries) => continue,
-                    outcome => return outcome.map_err(|e| self.failed(e)),
-                }
-            }
-            unreachable!("sent at most twice")
+            let mut conn = self.link.get().await?;
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))
         })
         .await
     }
 
-    /// Runs a prepared script invocation on a connection, bounded, as [`RedisStore::query`]
-    /// (each script recognises a run of its own before: `scripts.rs`).
+    /// Runs a prepared script invocation on a connection, bounded, as
+    /// [`RedisStore::query_again`]: each script recognises a run of its own before
+    /// (`scripts.rs`).
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
@@ -604,7 +613,7 @@ impl RecordStore for RedisStore {
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(record_key(tracking_number));
-        let value: Option<Vec<u8>> = self.query(&get).await?;
+        let value: Option<Vec<u8>> = self.query_again(&get).await?;
         Ok(value.map(Bytes::from))
     }
 
