@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{SubsecRound, Utc};
+use tokio::time::Instant;
 
 use crate::domain::inspect::{Inspection, could_be_ours, inspect};
 use crate::domain::record::{if_match_allows, owner_of};
@@ -22,7 +23,6 @@ use crate::domain::{
     BadMove, IssueRequest, Principal, Record, RecordPatch, Tenant, TrackingNumber, etag,
 };
 use crate::store::{RecordEntry, RecordStore, Removal, StoreError, Swap, deadline};
-use tokio::time::Instant;
 
 /// A change that keeps losing races this many times in a row is refused with a conflict.
 const MAX_ATTEMPTS: u32 = 8;
