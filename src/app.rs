@@ -155,7 +155,7 @@ impl Application {
         background.push(tokio::spawn(imports.clone().sweep(stop_background.clone())));
         let state = Arc::new(AppState {
             issuer,
-            records: Records::new(store.clone(), config.record_ttl),
+            records: Records::new(store.clone(), config.record_ttl, config.storage_timeout),
             idempotency,
             imports,
             import_max_bytes: config.import_max_bytes,

@@ -362,6 +362,15 @@ impl From<RecordError> for Problem {
                 "Number reserved",
                 detail,
             ),
+            RecordError::Unconfirmed(err) => {
+                let request_id = super::request_id::current();
+                tracing::warn!(request_id, error = %err, "a change was not confirmed");
+                Problem::unavailable(
+                    "storage did not confirm this change, so it may or may not have been \
+                     applied; read the record before changing it again, or retry with the same \
+                     Idempotency-Key",
+                )
+            }
             RecordError::Store(err) => err.into(),
         }
     }

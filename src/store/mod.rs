@@ -135,7 +135,9 @@ pub struct RecordEntry {
 #[async_trait]
 pub trait RecordStore: Send + Sync + 'static {
     /// Stores each entry unless a live record already holds its number; returns, per entry,
-    /// whether it was stored. All in one round trip.
+    /// whether it was stored. All in one round trip. A store that may run a write twice (Redis,
+    /// after a lost reply) counts an entry that finds exactly itself stored as stored: every
+    /// entry carries its own creation time, to the µs.
     async fn insert_new(&self, entries: &[RecordEntry]) -> Result<Vec<bool>, StoreError>;
     /// [`RecordStore::insert_new`] for a store whose records live on several nodes, where one
     /// node failing fails only its own entries: per entry, stored or not, or why it failed. An
@@ -159,7 +161,9 @@ pub trait RecordStore: Send + Sync + 'static {
     /// The JSON of a live (unexpired) record.
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError>;
     /// Replaces the live record of `entry.tracking_number` with `entry` (new JSON, new expiry),
-    /// but only while its JSON is still exactly `expected`: a compare-and-swap.
+    /// but only while its JSON is still exactly `expected`: a compare-and-swap. A store that may
+    /// run a write twice (Redis, after a lost reply) answers `Replaced` when the record already
+    /// holds exactly `entry`'s JSON: every new version carries its own `updated_at`, to the µs.
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError>;
     /// Removes the live record of `tracking_number`; with `expected`, only while its JSON is
     /// still exactly that.

@@ -23,6 +23,9 @@ const BUS_OFFSET: u16 = 10000;
 
 struct Node {
     port: u16,
+    /// The port the node tells clients to use (in `CLUSTER SLOTS`, `MOVED`): its own, or a
+    /// proxy's in front of it.
+    announced: u16,
     dir: PathBuf,
     child: Option<Child>,
     /// Sent SIGSTOP and not yet SIGCONT: it would hang any question asked of it.
@@ -44,6 +47,13 @@ impl RedisCluster {
     /// Starts six nodes, joins them with `redis-cli --cluster create` (three masters, a replica
     /// each) and waits until the cluster is healthy (see `wait_healthy`), replicas included.
     pub fn start() -> Self {
+        Self::start_announcing(|port| port)
+    }
+
+    /// [`RedisCluster::start`], each node announcing to clients the port `announce` gives for
+    /// its own (a proxy's in front of it), so that clients reach it only that way. Its cluster
+    /// bus, and this harness, still use its own port.
+    pub fn start_announcing(mut announce: impl FnMut(u16) -> u16) -> Self {
         let dir = TempDir::new().unwrap();
         let nodes = cluster_ports()
             .into_iter()
@@ -52,6 +62,7 @@ impl RedisCluster {
                 std::fs::create_dir(&node_dir).unwrap();
                 Node {
                     port,
+                    announced: announce(port),
                     dir: node_dir,
                     child: None,
                     paused: Cell::new(false),
@@ -95,6 +106,12 @@ impl RedisCluster {
                 "nodes.conf",
             ])
             .args(["--cluster-node-timeout", "1000"])
+            .args(["--cluster-announce-ip", "127.0.0.1"])
+            .args(["--cluster-announce-port", &n.announced.to_string()])
+            .args([
+                "--cluster-announce-bus-port",
+                &(n.port + BUS_OFFSET).to_string(),
+            ])
             // 0: a replica may fail over however long ago it last heard from its master.
             .args(["--cluster-replica-validity-factor", "0"])
             .args(["--save", "", "--appendonly", "no"])
@@ -131,10 +148,14 @@ impl RedisCluster {
         format!("redis://127.0.0.1:{}", self.nodes[node].port)
     }
 
-    /// The URLs of every running node, comma-separated, as `--redis-cluster-urls` takes them.
+    /// The URLs of every running node as announced, comma-separated, as
+    /// `--redis-cluster-urls` takes them.
     pub fn seed_urls(&self) -> String {
-        let running = (0..NODES).filter(|&i| self.nodes[i].child.is_some());
-        running.map(|i| self.url(i)).collect::<Vec<_>>().join(",")
+        let running = self.nodes.iter().filter(|n| n.child.is_some());
+        running
+            .map(|n| format!("redis://127.0.0.1:{}", n.announced))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The node that owns the key's slot, as the first answering node sees it. After a change,
@@ -399,7 +420,14 @@ impl RedisCluster {
     /// The cluster as one node sees it (`CLUSTER NODES`).
     fn view(&self, node: usize) -> RedisResult<Vec<NodeLine>> {
         let text: String = self.try_cmd(node, &["CLUSTER", "NODES"])?;
-        Ok(text.lines().map(NodeLine::parse).collect())
+        let mut view: Vec<NodeLine> = text.lines().map(NodeLine::parse).collect();
+        // Nodes name each other by their announced ports; this harness knows them by their own.
+        for line in &mut view {
+            if let Some(n) = self.nodes.iter().find(|n| n.announced == line.port) {
+                line.port = n.port;
+            }
+        }
+        Ok(view)
     }
 
     fn answering(&self) -> usize {

@@ -310,10 +310,15 @@ async fn changes(store: &dyn Store) {
             store.get(&tn(number)).await.unwrap(),
             Some(second.json.clone())
         );
+        let third = with_json(entry(number, long), r#"{"v":3}"#);
         assert_eq!(
-            store.replace(&first.json, &second).await.unwrap(),
+            store.replace(&first.json, &third).await.unwrap(),
             Swap::Changed,
             "a swap from a version already replaced loses"
+        );
+        assert_eq!(
+            store.get(&tn(number)).await.unwrap(),
+            Some(second.json.clone())
         );
         assert_eq!(
             store
@@ -513,8 +518,12 @@ async fn records(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(stored, [true, true]);
+    let other = with_json(
+        entry("CONF1", long),
+        r#"{"tracking_number":"CONF1","other":1}"#,
+    );
     let again = store
-        .insert_new(&[entry("CONF1", long), entry("CONF3", long)])
+        .insert_new(&[other, entry("CONF3", long)])
         .await
         .unwrap();
     assert_eq!(
@@ -522,6 +531,8 @@ async fn records(store: &dyn Store) {
         [false, true],
         "an existing record is never overwritten"
     );
+    let json = store.get(&tn("CONF1")).await.unwrap().expect("stored");
+    assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF1"}"#));
     let json = store.get(&tn("CONF2")).await.unwrap().expect("stored");
     assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF2"}"#));
     assert_eq!(store.get(&tn("MISSING")).await.unwrap(), None);
@@ -556,10 +567,11 @@ async fn records(store: &dyn Store) {
         .unwrap()
         .expect("still stored after a sync");
     assert_eq!(json, Bytes::from(r#"{"tracking_number":"CONF2"}"#));
-    assert_eq!(
-        store.insert_new(&[entry("CONF2", long)]).await.unwrap(),
-        [false]
+    let other = with_json(
+        entry("CONF2", long),
+        r#"{"tracking_number":"CONF2","other":1}"#,
     );
+    assert_eq!(store.insert_new(&[other]).await.unwrap(), [false]);
 }
 
 fn options(fsync: FsyncPolicy) -> EmbeddedOptions {

@@ -1,6 +1,12 @@
 //! How tracknum reaches Redis: one server (a pool of multiplexed connections) or a Redis Cluster
 //! (one cluster connection that discovers the nodes and follows `MOVED`/`ASK` redirects). Both
 //! give a [`Conn`] that runs commands, scripts and pipelines the same way.
+//!
+//! A call whose connection broke before its reply came may have run. The cluster client sends
+//! every such call again by itself (`retries`); on one server the store sends again those that
+//! may run twice ([`Link::sends_again`]): a record read, its scripts and the record pipeline,
+//! whose writes recognise their own first run (`scripts.rs`). So both paths answer what
+//! happened. Other calls (the import queue's, say) get a 503 on one server.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -39,6 +45,21 @@ pub enum Link {
 pub enum Conn {
     Single(deadpool_redis::Connection),
     Cluster(ClusterConnection),
+    /// Another handle on a pooled connection's socket (see [`Conn::another`]).
+    Shared(redis::aio::MultiplexedConnection),
+}
+
+impl Conn {
+    /// A second handle on the same connection, for calls in flight together: all of them go
+    /// over the same socket (or the same cluster connection), so a `WAIT` on this connection
+    /// afterwards covers their writes.
+    pub fn another(&self) -> Conn {
+        match self {
+            Conn::Single(pooled) => Conn::Shared((**pooled).clone()),
+            Conn::Shared(conn) => Conn::Shared(conn.clone()),
+            Conn::Cluster(conn) => Conn::Cluster(conn.clone()),
+        }
+    }
 }
 
 impl Link {
@@ -77,6 +98,16 @@ impl Link {
                 .map_err(StoreError::unavailable),
             Link::Cluster(cluster) => cluster.get().await.map(Conn::Cluster),
         }
+    }
+
+    /// Whether a call that may run twice, failed with `err` on try `tries` (0 for the first),
+    /// goes once more on a fresh connection: on one server, when the connection broke. The
+    /// cluster client retries such calls itself.
+    pub fn sends_again(&self, err: &redis::RedisError, tries: u32) -> bool {
+        matches!(self, Link::Single(_))
+            && tries == 0
+            && (err.is_connection_dropped() || err.is_io_error())
+            && !err.is_timeout()
     }
 
     /// Reports a failed call on a connection from [`Link::get`], so a broken cluster connection
@@ -179,6 +210,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_command(cmd),
             Conn::Cluster(conn) => conn.req_packed_command(cmd),
+            Conn::Shared(conn) => conn.req_packed_command(cmd),
         }
     }
 
@@ -191,6 +223,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
             Conn::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Conn::Shared(conn) => conn.req_packed_commands(pipeline, offset, count),
         }
     }
 
@@ -198,6 +231,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(conn) => conn.get_db(),
             Conn::Cluster(conn) => conn.get_db(),
+            Conn::Shared(conn) => conn.get_db(),
         }
     }
 }

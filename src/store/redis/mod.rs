@@ -62,6 +62,10 @@ pub const LEAD: u64 = 60_000_000;
 /// this long for the clock after a jump.
 pub const SKEW_MARGIN: u64 = 100_000;
 
+/// How long a removal's mark lives ([`scripts::REMOVE`]): longer than any call may go on
+/// (`--storage-timeout`, or 25 s for a keyed request), so a removal sent again finds it.
+const REMOVAL_MARK_TTL: Duration = Duration::from_secs(60);
+
 /// Connections in the pool to a single Redis.
 const POOL_SIZE: usize = 16;
 
@@ -83,6 +87,7 @@ pub struct RedisStore {
     lease_script: redis::Script,
     replace_script: redis::Script,
     remove_script: redis::Script,
+    own_script: redis::Script,
     claim_script: redis::Script,
     complete_script: redis::Script,
     release_script: redis::Script,
@@ -102,6 +107,7 @@ impl RedisStore {
             lease_script: redis::Script::new(scripts::LEASE),
             replace_script: redis::Script::new(scripts::REPLACE),
             remove_script: redis::Script::new(scripts::REMOVE),
+            own_script: redis::Script::new(scripts::OWN),
             claim_script: redis::Script::new(scripts::CLAIM),
             complete_script: redis::Script::new(scripts::COMPLETE),
             release_script: redis::Script::new(scripts::RELEASE),
@@ -134,6 +140,25 @@ impl RedisStore {
         .await
     }
 
+    /// [`RedisStore::query`] for a command that may run twice (a read): sent again on a fresh
+    /// connection when the first broke ([`Link::sends_again`]).
+    async fn query_again<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.bounded(async {
+            for tries in 0.. {
+                let mut conn = self.link.get().await?;
+                match cmd.query_async(&mut conn).await {
+                    Err(e) if self.link.sends_again(&e, tries) => continue,
+                    outcome => return outcome.map_err(|e| self.failed(e)),
+                }
+            }
+            unreachable!("sent at most twice")
+        })
+        .await
+    }
+
     /// Runs a pipeline on a connection, bounded.
     async fn query_pipeline<T: redis::FromRedisValue>(
         &self,
@@ -148,17 +173,22 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a prepared script invocation on a connection, bounded.
+    /// Runs a prepared script invocation on a connection, bounded, as
+    /// [`RedisStore::query_again`]: each script recognises a run of its own before
+    /// (`scripts.rs`).
     async fn run<T: redis::FromRedisValue>(
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         self.bounded(async {
-            let mut conn = self.link.get().await?;
-            invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))
+            for tries in 0.. {
+                let mut conn = self.link.get().await?;
+                match invocation.invoke_async(&mut conn).await {
+                    Err(e) if self.link.sends_again(&e, tries) => continue,
+                    outcome => return outcome.map_err(|e| self.failed(e)),
+                }
+            }
+            unreachable!("sent at most twice")
         })
         .await
     }
@@ -200,6 +230,14 @@ impl RedisStore {
                     }
                     self.link.failed(&err);
                 }
+                let mut outcomes = outcomes;
+                self.recognise(
+                    &Conn::Cluster(cluster.clone()),
+                    &keys,
+                    entries,
+                    &mut outcomes,
+                )
+                .await?;
                 if wait > 0 {
                     // Routed to every master; the answer is the fewest replicas any reached.
                     let acked: u32 = redis::cmd("WAIT")
@@ -224,9 +262,64 @@ impl RedisStore {
                     check_replicas(acked, wait)?;
                     sets
                 };
-                Ok(sets.into_iter().map(|set| Ok(set.is_some())).collect())
+                let mut outcomes: Vec<_> = sets.into_iter().map(|set| Ok(set.is_some())).collect();
+                let recognised = self.recognise(conn, &keys, entries, &mut outcomes).await?;
+                if recognised > 0 && wait > 0 {
+                    // The pipeline's WAIT came before the writes that recognised them.
+                    let acked: u32 = redis::cmd("WAIT")
+                        .arg(wait)
+                        .arg(wait_ms)
+                        .query_async(conn)
+                        .await?;
+                    check_replicas(acked, wait)?;
+                }
+                Ok(outcomes)
             }
         }
+    }
+
+    /// Of the entries whose `SET … NX` found their key taken, those whose key holds exactly
+    /// their own record ([`scripts::OWN`]): written by this very batch, whose pipeline was sent
+    /// again after its connection broke. They become stored, not collisions. Run only when a
+    /// key was taken, which otherwise never happens; returns how many were recognised.
+    async fn recognise(
+        &self,
+        conn: &Conn,
+        keys: &[String],
+        entries: &[RecordEntry],
+        outcomes: &mut [Result<bool, StoreError>],
+    ) -> Result<usize, redis::RedisError> {
+        let taken: Vec<usize> = (0..entries.len())
+            .filter(|&at| matches!(outcomes[at], Ok(false)))
+            .collect();
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        // Collected first: a stream over a borrowing closure is not `Send` enough.
+        let checks: Vec<_> = taken
+            .iter()
+            .map(|&at| {
+                let mut invocation = self.own_script.prepare_invoke();
+                invocation
+                    .key(&keys[at])
+                    .arg(entries[at].json.as_ref())
+                    .arg(entries[at].expires_at.timestamp_millis().max(1));
+                let mut conn = conn.another();
+                async move { invocation.invoke_async::<i64>(&mut conn).await }
+            })
+            .collect();
+        let owned: Vec<i64> = stream::iter(checks)
+            .buffered(SCRIPTS_IN_FLIGHT)
+            .try_collect()
+            .await?;
+        let mut recognised = 0;
+        for (&at, owned) in taken.iter().zip(owned) {
+            if owned == 1 {
+                outcomes[at] = Ok(true);
+                recognised += 1;
+            }
+        }
+        Ok(recognised)
     }
 
     /// Writes records on a cluster: one pipeline per master, as the slot map says, sent
@@ -428,6 +521,12 @@ fn record_key(tracking_number: &TrackingNumber) -> String {
     key
 }
 
+/// The mark a removal leaves for [`REMOVAL_MARK_TTL`]: `{tracknum:record:<number>}:removed`.
+/// Its hash tag is the record's whole key, so both live in one slot.
+fn removal_key(tracking_number: &TrackingNumber) -> String {
+    format!("{{{}}}:removed", record_key(tracking_number))
+}
+
 fn reply_key(key: &str) -> String {
     format!("{REPLY_PREFIX}{key}")
 }
@@ -484,19 +583,28 @@ impl RecordStore for RedisStore {
             return Ok(Vec::new());
         }
         let mut cached = self.writer_conn.lock().await;
-        if cached.is_none() {
-            *cached = Some(self.bounded(self.link.get()).await?);
-        }
-        let conn = cached.as_mut().expect("a connection was just cached");
         let outcome = self
             .bounded(async {
-                self.write_new(conn, entries)
-                    .await
-                    .map_err(|e| self.failed(e))
+                for tries in 0.. {
+                    let conn = match cached.as_mut() {
+                        Some(conn) => conn,
+                        None => cached.insert(self.link.get().await?),
+                    };
+                    match self.write_new(conn, entries).await {
+                        Ok(outcomes) => return Ok(outcomes),
+                        Err(e) => {
+                            // The connection may be dead: take a fresh one.
+                            *cached = None;
+                            if !self.link.sends_again(&e, tries) {
+                                return Err(self.failed(e));
+                            }
+                        }
+                    }
+                }
+                unreachable!("sent at most twice")
             })
             .await;
         if outcome.is_err() {
-            // The connection may be dead: take a fresh one next time.
             *cached = None;
         }
         outcome
@@ -505,7 +613,7 @@ impl RecordStore for RedisStore {
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
         let mut get = redis::cmd("GET");
         get.arg(record_key(tracking_number));
-        let value: Option<Vec<u8>> = self.query(&get).await?;
+        let value: Option<Vec<u8>> = self.query_again(&get).await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -530,11 +638,15 @@ impl RecordStore for RedisStore {
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError> {
         let mut invocation = self.remove_script.prepare_invoke();
-        invocation.key(record_key(tracking_number));
+        invocation
+            .key(record_key(tracking_number))
+            .key(removal_key(tracking_number));
         match expected {
             Some(expected) => invocation.arg("1").arg(expected.as_ref()),
-            None => invocation.arg("0"),
+            None => invocation.arg("0").arg(""),
         };
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        invocation.arg(token).arg(ttl_ms(REMOVAL_MARK_TTL));
         let outcome: i64 = self.run(invocation).await?;
         Ok(match outcome {
             1 => Removal::Removed,
@@ -635,3 +747,20 @@ impl ReplyStore for RedisStore {
 
 /// Script calls of one batch ([`ReplyStore::claim_many`]) in flight at once.
 const SCRIPTS_IN_FLIGHT: usize = 32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_removal_mark_lives_in_its_records_slot() {
+        // A script may only touch keys of one slot on a cluster.
+        for number in ["MY004RJ37VY0JTIN", "LEGACY00042", "A"] {
+            let number = TrackingNumber::parse(number).unwrap();
+            assert_eq!(
+                slots::slot_of(removal_key(&number).as_bytes()),
+                slots::slot_of(record_key(&number).as_bytes())
+            );
+        }
+    }
+}

@@ -1,5 +1,12 @@
 //! The Lua scripts the Redis store runs. Every script touches keys of one hash slot only, so
 //! each runs unchanged on a single server and on a Redis Cluster node.
+//!
+//! A script may run twice for one call: when a connection breaks after Redis ran it and before
+//! its reply came back, the cluster client sends it again (and so does the store on one
+//! server). So a write's second run recognises its first and answers as the first did:
+//! [`REPLACE`] finds its own new value, [`REMOVE`] its own removal mark, [`COMPLETE`] its own
+//! reply, and [`CLAIM`] returns the caller's own claim (which the caller takes as its own).
+//! [`LEASE`] run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
 /// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
@@ -31,20 +38,40 @@ redis.call('SET', KEYS[1], string.format('%.0f', start + size))
 return start + size
 "#;
 
-/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms).
+/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms). A record
+/// that already holds the new JSON is this swap, run before (every new version carries its own
+/// `updated_at`, to the µs).
 pub const REPLACE: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[2] then return 1 end
+if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
 "#;
 
-/// Delete, optionally conditional: ARGV = '1' and the expected JSON, or '0'.
-/// Returns 1 removed, 0 missing, 2 changed.
+/// Delete, optionally conditional. KEYS = the record, its removal mark (same slot); ARGV = '1'
+/// and the expected JSON, or '0' and ''; then this call's token and how long the mark lives
+/// (ms). The mark, holding the token, lets the same call run again know that it removed the
+/// record. Returns 1 removed, 0 missing, 2 changed.
 pub const REMOVE: &str = r#"
 local current = redis.call('GET', KEYS[1])
-if not current then return 0 end
+if not current then
+  if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+  return 0
+end
 if ARGV[1] == '1' and current ~= ARGV[2] then return 2 end
 redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
+
+/// Whether a new record's key holds exactly this record: then a `SET … NX` that found the key
+/// taken found the same batch's own write, run before. ARGV = the JSON, its expiry (Unix ms).
+/// The expiry is set again so that this is a write: a `WAIT` after it on the same connection
+/// covers the first write too. Returns 1 ours, 0 not.
+pub const OWN: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 "#;
 
@@ -56,9 +83,12 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
 "#;
 
-/// Swap our claim for the reply: ARGV = claim, reply, ttl ms. Returns 1 when the claim was ours.
+/// Swap our claim for the reply: ARGV = claim, reply, ttl ms. Returns 1 when the claim was ours
+/// (or the key already holds this reply: this swap, run before).
 pub const COMPLETE: &str = r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[2] then return 1 end
+if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
