@@ -75,6 +75,12 @@ async fn large_results(app: &TestApp, rows: usize) -> (String, usize) {
     (path, len)
 }
 
+/// Waits until the server has closed the keep-alive connection the test client used to see
+/// the app start, so that every slot is free.
+async fn slots_free() {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
 /// A connection with a small receive buffer that sends `request` and then reads nothing.
 async fn stalled(addr: SocketAddr, request: &[u8]) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
@@ -128,7 +134,7 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
     // Some 12 MB: more than the socket buffers of both ends can hold.
     let (path, len) = large_results(&app, 3000).await;
     assert!(len > 10_000_000, "{len} bytes of results");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    slots_free().await;
 
     // Three readers ask for the results and never read: every slot.
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -137,8 +143,16 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
         readers.push(stalled(app.addr, request.as_bytes()).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let refused = raw_exchange(app.addr, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
-    assert_eq!(status_of(&refused), 503, "the slots are held for now: {refused}");
+    let refused = raw_exchange(
+        app.addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        status_of(&refused),
+        503,
+        "the slots are held for now: {refused}"
+    );
 
     // After the idle timeout without progress, the server cuts them off and serves others.
     let waited = served_after(app.addr, "/v1/imports").await;
@@ -153,9 +167,11 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
     // A reader that is slow but keeps reading gets everything, though it takes longer than the
     // idle timeout: only a reply that makes no progress is cut.
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
-    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    slow.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let started = Instant::now();
     let mut got = 0usize;
     let mut buf = vec![0u8; 64 * 1024];
@@ -174,8 +190,15 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
-    assert!(got > len, "the whole reply arrived: {got} of {len} bytes and a head");
-    assert!(started.elapsed() > Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        got > len,
+        "the whole reply arrived: {got} of {len} bytes and a head"
+    );
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -189,6 +212,7 @@ async fn an_upload_that_stops_moving_is_cut_off_and_frees_its_slot() {
         "60s",
     ])
     .await;
+    slots_free().await;
     // Three uploads promise a megabyte, send a tenth of it and stop.
     let mut head = b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
                      Content-Length: 1000000\r\n\r\norder_id,origin_country_id,weight\n"
@@ -202,7 +226,11 @@ async fn an_upload_that_stops_moving_is_cut_off_and_frees_its_slot() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let refused = raw_exchange(app.addr, b"GET /v1/imports HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(status_of(&refused), 503, "the slots are held for now: {refused}");
+    assert_eq!(
+        status_of(&refused),
+        503,
+        "the slots are held for now: {refused}"
+    );
 
     let waited = served_after(app.addr, "/v1/imports").await;
     assert!(waited < CUT_WITHIN, "served only after {waited:?}");
@@ -270,7 +298,7 @@ fn empty() -> H2Body {
 #[tokio::test]
 async fn idle_http2_connections_are_closed_and_free_their_slots() {
     let (app, _dir) = spawn_embedded(&["--max-connections", "3", "--idle-timeout", IDLE]).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the test client's own connection closes
+    slots_free().await;
     // Three HTTP/2 connections that answer the server's pings and ask for nothing. (Their
     // senders are kept: a client drops the connection itself when they are gone.)
     let mut idle = Vec::new();
@@ -279,16 +307,27 @@ async fn idle_http2_connections_are_closed_and_free_their_slots() {
     }
     let started = Instant::now();
     let refused = raw_exchange(app.addr, b"GET /v1/imports HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(status_of(&refused), 503, "the slots are held for now: {refused}");
+    assert_eq!(
+        status_of(&refused),
+        503,
+        "the slots are held for now: {refused}"
+    );
     for (_, driver) in &mut idle {
         tokio::time::timeout(CUT_WITHIN, driver)
             .await
             .expect("the server closed the idle HTTP/2 connection")
             .unwrap();
     }
-    assert!(started.elapsed() >= Duration::from_millis(900), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
     let waited = served_after(app.addr, "/v1/imports").await;
-    assert!(waited < Duration::from_secs(2), "served only after {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "served only after {waited:?}"
+    );
 
     // A connection used once and then left idle is closed as well.
     let (mut sender, driver) = h2_connect(app.addr).await;
@@ -317,9 +356,11 @@ async fn an_http2_stream_that_moves_slowly_is_not_cut_for_idleness() {
         .insert("content-type", "text/csv".parse().unwrap());
     let started = Instant::now();
     let reply = tokio::spawn(sender.send_request(request));
-    tx.send(Ok(Frame::data(Bytes::from_static(b"order_id,origin_country_id,weight\n"))))
-        .await
-        .unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(
+        b"order_id,origin_country_id,weight\n",
+    ))))
+    .await
+    .unwrap();
     for i in 0..12 {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let row = format!("slow-{i},MY,1.5\n");
@@ -334,10 +375,10 @@ async fn an_http2_stream_that_moves_slowly_is_not_cut_for_idleness() {
 }
 
 /// The receiving end of `rx`, as a stream.
-fn tokio_stream_of<T>(
-    rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> {
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+fn tokio_stream_of<T>(rx: tokio::sync::mpsc::Receiver<T>) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }
 
 /// Sends `request` (which should say `Connection: close`) and returns all that comes back.
@@ -350,15 +391,16 @@ async fn exchange_to_end(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&reply).into_owned()
 }
 
-/// A reply's head as (status, lower-case header lines) and what follows it.
+/// A reply's head as (status, lower-case header lines, sorted) and what follows it.
 fn split_reply(reply: &str) -> (u16, Vec<String>, &str) {
     let (head, body) = reply.split_once("\r\n\r\n").expect("a whole head");
-    let headers = head
+    let mut headers: Vec<String> = head
         .lines()
         .skip(1)
         .map(str::to_ascii_lowercase)
         .filter(|line| !line.starts_with("date:") && !line.starts_with("x-request-id:"))
         .collect();
+    headers.sort();
     (status_of(reply), headers, body)
 }
 
@@ -409,12 +451,19 @@ async fn head_is_answered_wherever_get_is_with_the_same_head_and_no_body() {
     .await;
     let (status, headers, body) = split_reply(&head);
     assert_eq!((status, body), (200, ""), "{head}");
-    assert!(headers.iter().any(|h| h.starts_with("content-type: application/openmetrics-text")));
+    assert!(
+        headers
+            .iter()
+            .any(|h| h.starts_with("content-type: application/openmetrics-text"))
+    );
 
     // HEAD of the issuing route checks the inputs as GET would, and issues nothing.
     let issued = |text: &str| metric(text, "tracknum_numbers_issued_total");
     let before = issued(&app.get("/metrics").await.text().await.unwrap());
-    for path in ["/next-tracking-number?origin_country_id=MY", "/v1/next-tracking-number"] {
+    for path in [
+        "/next-tracking-number?origin_country_id=MY",
+        "/v1/next-tracking-number",
+    ] {
         let head = exchange_to_end(
             app.addr,
             &format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -422,9 +471,18 @@ async fn head_is_answered_wherever_get_is_with_the_same_head_and_no_body() {
         .await;
         let (status, headers, body) = split_reply(&head);
         assert_eq!((status, body), (200, ""), "{head}");
-        assert!(headers.contains(&"content-type: application/json".to_owned()), "{head}");
-        assert!(headers.contains(&"cache-control: no-store".to_owned()), "{head}");
-        assert!(!headers.iter().any(|h| h.starts_with("etag:")), "no record, no tag: {head}");
+        assert!(
+            headers.contains(&"content-type: application/json".to_owned()),
+            "{head}"
+        );
+        assert!(
+            headers.contains(&"cache-control: no-store".to_owned()),
+            "{head}"
+        );
+        assert!(
+            !headers.iter().any(|h| h.starts_with("etag:")),
+            "no record, no tag: {head}"
+        );
     }
     let bad = exchange_to_end(
         app.addr,
@@ -438,9 +496,17 @@ async fn head_is_answered_wherever_get_is_with_the_same_head_and_no_body() {
     assert_eq!(before, after, "HEAD issued no number");
 
     // A 405 names HEAD beside GET, and a CORS preflight agrees.
-    let post = raw_exchange(app.addr, b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+    let post = raw_exchange(
+        app.addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
     assert_eq!(status_of(&post), 405, "{post}");
-    assert!(post.to_ascii_lowercase().contains("\r\nallow: get, head\r\n"), "{post}");
+    assert!(
+        post.to_ascii_lowercase()
+            .contains("\r\nallow: get, head\r\n"),
+        "{post}"
+    );
 }
 
 #[tokio::test]
@@ -481,7 +547,12 @@ async fn a_transfer_coding_other_than_chunked_is_not_implemented() {
         .await;
         assert_eq!(status_of(&reply), 501, "{coding}: {reply}");
         assert!(reply.contains("application/problem+json"), "{reply}");
-        assert!(body_of(&reply)["detail"].as_str().unwrap().contains("Transfer-Encoding"));
+        assert!(
+            body_of(&reply)["detail"]
+                .as_str()
+                .unwrap()
+                .contains("Transfer-Encoding")
+        );
     }
     // Two fields that add up to the same list are refused the same way.
     let reply = raw_exchange(
@@ -521,7 +592,11 @@ async fn two_authorization_headers_are_refused_and_named() {
         )
         .await;
         assert_eq!(status_of(&reply), 400, "{reply}");
-        assert_eq!(body_of(&reply)["errors"][0]["field"], "Authorization", "{reply}");
+        assert_eq!(
+            body_of(&reply)["errors"][0]["field"],
+            "Authorization",
+            "{reply}"
+        );
     }
     let one = raw_exchange(
         app.addr,
@@ -575,6 +650,9 @@ async fn cors_replies_name_origin_in_vary_once() {
     }
     // The preflight allows HEAD, and only the methods the path takes.
     let methods = preflight("https://app.example", "GET").await.unwrap();
-    let methods = methods.headers()["access-control-allow-methods"].to_str().unwrap().to_owned();
+    let methods = methods.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(methods, "GET, HEAD, PATCH, DELETE, PUT");
 }
