@@ -2,10 +2,10 @@
 //! [`PIECE_BYTES`].
 //!
 //! The pieces bound what a download holds. hyper takes the next piece while it holds less than
-//! its write buffer limit (256 KiB here) and copies it in; handed whole chunks (about 370 KB of
-//! results for 256 KiB of input), a reader that had stopped reading held some 1.2 MB (RSS, 300
-//! such readers). With 64 KiB pieces it holds at most its buffer, the piece, and the chunk being
-//! sent, which is shared by its pieces (figures in the README, under Limits).
+//! 256 KiB of the reply; handed whole chunks (a few hundred KB of results each, more for rows with
+//! long errors), it took a whole chunk more each time. With pieces, a reader that stops reading
+//! holds about the chunk being sent, which its pieces share (about 0.55 MB each for 300 such
+//! readers of a 24 MB file; figures in the README, under Limits).
 
 use std::sync::Arc;
 
