@@ -29,7 +29,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use progress::Watched;
-use streams::{Streams, Tracked};
+use streams::{Idle, Streams, Tracked};
 
 use crate::http::{Problem, Response, routes};
 use crate::metrics::Metrics;
@@ -147,13 +147,8 @@ where
                     HttpVersion::One => {
                         let conn =
                             http1.serve_connection(io, with_watched_body(service, idle_timeout));
-                        run(
-                            conn.into_owned(),
-                            stopped,
-                            std::future::pending(),
-                            idle_timeout,
-                        )
-                        .await
+                        let idle = std::future::pending();
+                        run(conn.into_owned(), stopped, idle, idle_timeout).await
                     }
                     HttpVersion::Two => {
                         // Each request is an open stream until its reply's body is done.
@@ -169,8 +164,8 @@ where
                             }
                         });
                         let conn = http2.serve_connection(io, service);
-                        let quiet = streams.quiet_for(idle_timeout);
-                        run(conn.into_owned(), stopped, quiet, idle_timeout).await
+                        let idle = streams.idle_for(idle_timeout);
+                        run(conn.into_owned(), stopped, idle, idle_timeout).await
                     }
                 };
                 if let Err(err) = ended {
@@ -203,18 +198,19 @@ where
     })
 }
 
-/// Serves `conn` to its end. It is closed gracefully (in-flight requests finish) at shutdown or
-/// once `quiet` resolves; if it has not ended `grace` after a quiet close, it is dropped.
+/// Serves `conn` to its end. At shutdown, or once `idle` finds it quiet, it is closed
+/// gracefully (in-flight requests finish; after a quiet close, for `grace` at most); once `idle`
+/// finds a reply stalled, it is dropped.
 async fn run<C>(
     conn: C,
     mut stopped: watch::Receiver<()>,
-    quiet: impl Future<Output = ()>,
+    idle: impl Future<Output = Idle>,
     grace: Duration,
 ) -> Result<(), C::Error>
 where
     C: GracefulConnection,
 {
-    tokio::pin!(conn, quiet);
+    tokio::pin!(conn, idle);
     let give_up = tokio::time::sleep(Duration::MAX);
     tokio::pin!(give_up);
     let (mut closing, mut quiet_close) = (false, false);
@@ -225,7 +221,11 @@ where
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
-            () = &mut quiet, if !closing => {
+            why = &mut idle, if !closing => {
+                if why == Idle::Stalled {
+                    tracing::debug!("a reply waited the idle timeout for the client: closed");
+                    return Ok(());
+                }
                 (closing, quiet_close) = (true, true);
                 conn.as_mut().graceful_shutdown();
                 give_up.as_mut().reset(tokio::time::Instant::now() + grace);

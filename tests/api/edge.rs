@@ -199,6 +199,20 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
         "{:?}",
         started.elapsed()
     );
+
+    // Over HTTP/2 a client stops a reply by granting no more flow-control window, its socket
+    // free (and its pings answered): cut off the same way.
+    let (mut sender, driver) = h2_connect(app.addr).await;
+    let reply = sender
+        .send_request(h2_request("GET", app.addr, &path, empty()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    tokio::time::timeout(CUT_WITHIN, driver)
+        .await
+        .expect("the server closed the connection of the stalled HTTP/2 download")
+        .unwrap();
+    drop((reply, sender));
 }
 
 #[tokio::test]
