@@ -320,10 +320,10 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
     Ok(())
 }
 
-/// RFC 9112 §6.1: the only transfer coding taken is `chunked`. hyper reads a body whose last
-/// coding is `chunked` and ignores the others; a `gzip, chunked` body would be read as if it were
-/// not compressed, so any other coding is a 501 (RFC 9112 §6.1 says so for codings not
-/// understood). HTTP/2 has no transfer codings (hyper refuses the field there).
+/// The only transfer coding taken is `chunked`. hyper reads a body whose last coding is
+/// `chunked` and ignores the others: a `gzip, chunked` body would be taken as if it were plain.
+/// A coding the server does not understand is a 501 (RFC 9112 §6.1). HTTP/2 has no transfer
+/// codings (hyper refuses the field there).
 fn check_transfer_coding(headers: &HeaderMap) -> Result<(), Problem> {
     let codings = headers
         .get_all(header::TRANSFER_ENCODING)
