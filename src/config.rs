@@ -170,8 +170,9 @@ pub struct Config {
     #[arg(long, env = "TRACKNUM_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
-    /// Longest wait for a request's head on an open connection (idle keep-alive included)
-    /// before the connection is closed.
+    /// Longest a connection may keep the server waiting on it before it is closed: for a
+    /// request's head (idle keep-alive included), for the client to take more of a reply or send
+    /// more of a body, and for an HTTP/2 connection to open a stream.
     #[arg(long, env = "TRACKNUM_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 

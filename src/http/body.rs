@@ -1,14 +1,15 @@
 //! Request bodies: read up to a limit (413 past it, whether or not a Content-Length was sent),
-//! then parsed as a JSON object, with a problem naming what is wrong.
+//! then parsed as a JSON object, with a problem naming what is wrong. A body that stops arriving
+//! for `--idle-timeout` fails as a broken one does (the server's `RequestBody`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
 use super::Problem;
 use crate::domain::FieldError;
 use crate::domain::request::json_object;
+use crate::server::RequestBody;
 
 /// A PATCH or PUT body: one record's worth of fields.
 pub const RECORD_LIMIT: usize = 64 * 1024;
@@ -16,7 +17,7 @@ pub const RECORD_LIMIT: usize = 64 * 1024;
 pub const BATCH_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read(body: Incoming, limit: usize) -> Result<Bytes, Problem> {
+pub async fn read(body: RequestBody, limit: usize) -> Result<Bytes, Problem> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(Problem::too_large(limit)),
@@ -27,16 +28,16 @@ pub async fn read(body: Incoming, limit: usize) -> Result<Bytes, Problem> {
     }
 }
 
-/// A body whose connection failed while it was sent.
+/// A body whose connection failed, or went quiet, while it was sent.
 pub fn unreadable() -> Problem {
     Problem::invalid(vec![FieldError::new(
         "body",
-        "could not be read: the connection failed while it was sent",
+        "could not be read: the connection failed, or stopped sending, before its end",
     )])
 }
 
 /// Reads the body as a JSON object (an empty body is an empty object).
-pub async fn object(body: Incoming, limit: usize) -> Result<Map<String, Value>, Problem> {
+pub async fn object(body: RequestBody, limit: usize) -> Result<Map<String, Value>, Problem> {
     let bytes = read(body, limit).await?;
     json_object(&bytes).map_err(Problem::invalid)
 }

@@ -5,7 +5,6 @@ use super::Response;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 
-const ALLOW_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
 /// Request headers a browser may send beyond the CORS-safelisted ones.
 const ALLOW_HEADERS: [&str; 5] = [
     "authorization",
@@ -84,8 +83,13 @@ impl Cors {
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    /// Answers a preflight: 204 with what is allowed, or a 403 problem naming what is not.
-    pub fn preflight(&self, headers: &HeaderMap) -> Result<Response, (&'static str, String)> {
+    /// Answers a preflight for a path that takes `methods` (`GET, HEAD, …`): 204 with what is
+    /// allowed, or a 403 problem naming what is not.
+    pub fn preflight(
+        &self,
+        headers: &HeaderMap,
+        methods: &str,
+    ) -> Result<Response, (&'static str, String)> {
         let origin = headers
             .get(header::ORIGIN)
             .filter(|origin| self.allows(origin))
@@ -94,10 +98,10 @@ impl Cors {
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
             .and_then(|m| m.to_str().ok())
             .unwrap_or("");
-        if !ALLOW_METHODS.split(", ").any(|allowed| allowed == method) {
+        if !methods.split(", ").any(|allowed| allowed == method) {
             return Err((
                 "Access-Control-Request-Method",
-                format!("must be one of {ALLOW_METHODS}"),
+                format!("must be one of {methods}"),
             ));
         }
         let asked = headers
@@ -119,10 +123,9 @@ impl Cors {
         *response.status_mut() = StatusCode::NO_CONTENT;
         let out = response.headers_mut();
         out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        out.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(ALLOW_METHODS),
-        );
+        if let Ok(methods) = HeaderValue::from_str(methods) {
+            out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
+        }
         if let Ok(asked) = HeaderValue::from_str(asked)
             && !asked.is_empty()
         {
@@ -132,16 +135,24 @@ impl Cors {
             header::ACCESS_CONTROL_MAX_AGE,
             HeaderValue::from_static(MAX_AGE_SECS),
         );
-        out.insert(header::VARY, HeaderValue::from_static("Origin"));
         Ok(response)
     }
 
-    /// Marks a reply to an allowed origin so the browser lets the page read it.
+    /// Marks every reply as depending on `Origin` (once, whatever `Vary` it has already), and a
+    /// reply to an allowed origin so that the browser lets the page read it.
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
         if !self.is_on() {
             return;
         }
-        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        let varies = headers.get_all(header::VARY).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"origin"))
+        });
+        if !varies {
+            headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
         if let Some(origin) = origin.filter(|o| self.allows(o)) {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             headers.insert(
@@ -164,6 +175,8 @@ fn is_allowed_header(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const METHODS: &str = "GET, HEAD, PATCH, DELETE, PUT";
 
     fn preflight_headers(origin: &str, method: &str, asked: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -208,7 +221,7 @@ mod tests {
             "Authorization, Content-Type, If-Match",
         );
         assert!(cors.is_preflight(&Method::OPTIONS, &headers));
-        let response = cors.preflight(&headers).unwrap();
+        let response = cors.preflight(&headers, METHODS).unwrap();
         assert_eq!(response.status(), 204);
         let out = response.headers();
         assert_eq!(
@@ -231,15 +244,15 @@ mod tests {
     fn refuses_other_origins_methods_and_headers() {
         let cors = Cors::from_list(&["https://app.example".into()]).unwrap();
         let other = preflight_headers("https://evil.example", "GET", "");
-        assert_eq!(cors.preflight(&other).unwrap_err().0, "Origin");
-        let method = preflight_headers("https://app.example", "TRACE", "");
+        assert_eq!(cors.preflight(&other, METHODS).unwrap_err().0, "Origin");
+        let method = preflight_headers("https://app.example", "POST", "");
         assert_eq!(
-            cors.preflight(&method).unwrap_err().0,
+            cors.preflight(&method, METHODS).unwrap_err().0,
             "Access-Control-Request-Method"
         );
         let asked = preflight_headers("https://app.example", "GET", "X-Secret-Thing");
         assert_eq!(
-            cors.preflight(&asked).unwrap_err().0,
+            cors.preflight(&asked, METHODS).unwrap_err().0,
             "Access-Control-Request-Headers"
         );
     }
@@ -274,5 +287,31 @@ mod tests {
         );
         assert!(!out.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
         assert_eq!(out[header::VARY], "Origin");
+    }
+
+    #[test]
+    fn names_origin_in_vary_once() {
+        let cors = Cors::Any;
+        let origin = HeaderValue::from_static("https://app.example");
+        let mut out = cors
+            .preflight(
+                &preflight_headers("https://app.example", "GET", ""),
+                METHODS,
+            )
+            .unwrap()
+            .into_parts()
+            .0
+            .headers;
+        cors.decorate(Some(&origin), &mut out);
+        cors.decorate(Some(&origin), &mut out);
+        let vary: Vec<_> = out.get_all(header::VARY).iter().collect();
+        assert_eq!(vary, ["Origin"]);
+        let mut out = HeaderMap::new();
+        out.insert(
+            header::VARY,
+            HeaderValue::from_static("Accept-Encoding, origin"),
+        );
+        cors.decorate(Some(&origin), &mut out);
+        assert_eq!(out.get_all(header::VARY).iter().count(), 1);
     }
 }

@@ -1,6 +1,7 @@
 //! What every request goes through before and after its route, as plain async code: request
-//! id, size limits, CORS, API key, rate limit, then the route (bounded in time, a panic caught),
-//! then the `X-Request-Id` and CORS headers, metrics and one access-log line.
+//! id, size limits and framing, CORS, API key, rate limit, then the route (bounded in time, a
+//! panic caught), then the `X-Request-Id` and CORS headers (and, for `HEAD`, no body), metrics
+//! and one access-log line.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -8,13 +9,15 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::FutureExt;
+use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Version};
 
 use super::cors::Cors;
 use super::routes::{self, Route};
-use super::{Problem, Response, request_id};
+use super::{Problem, Response, full, request_id};
 use crate::access::keys::{KeyRing, bearer_token};
 use crate::access::ratelimit::{Decision, LocalLimiter, Quota, RateLimiter};
 use crate::domain::Principal;
@@ -94,6 +97,7 @@ impl Gateway {
             client: self.client_ip(request.headers(), remote),
         };
         let method = method_label(request.method());
+        let head = request.method() == Method::HEAD;
         let origin = if self.cors.is_on() {
             request.headers().get(header::ORIGIN).cloned()
         } else {
@@ -129,6 +133,9 @@ impl Gateway {
             key: caller.key.as_deref(),
         });
         response.headers_mut().insert(request_id::HEADER, id);
+        if head {
+            without_body(&mut response);
+        }
         response
     }
 
@@ -143,9 +150,13 @@ impl Gateway {
     ) -> Result<(Principal, Option<Decision>), Response> {
         self.check_size(request, route)
             .and_then(|()| check_host(request))
+            .and_then(|()| check_transfer_coding(request.headers()))
+            .and_then(|()| check_one_authorization(request.headers()))
             .map_err(Problem::into_response)?;
         if self.cors.is_preflight(request.method(), request.headers()) {
-            return Err(match self.cors.preflight(request.headers()) {
+            // The methods of the path's route, as its 405 would list them.
+            let methods = route.map_or_else(routes::all_methods, Route::allow);
+            return Err(match self.cors.preflight(request.headers(), &methods) {
                 Ok(response) => response,
                 Err((field, detail)) => Problem::forbidden_origin(field, detail).into_response(),
             });
@@ -309,6 +320,57 @@ fn check_host<B>(request: &Request<B>) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The only transfer coding taken is `chunked`. hyper reads a body whose last coding is
+/// `chunked` and ignores the others: a `gzip, chunked` body would be taken as if it were plain.
+/// A coding the server does not understand is a 501 (RFC 9112 §6.1). HTTP/2 has no transfer
+/// codings (hyper refuses the field there).
+fn check_transfer_coding(headers: &HeaderMap) -> Result<(), Problem> {
+    let codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(|coding| coding.trim_ascii());
+    for coding in codings {
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(Problem::transfer_coding_not_implemented(
+                &String::from_utf8_lossy(coding),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `Authorization` takes one value (RFC 9110 §11.6.2). With two, a proxy in front may check
+/// the last where the key check here would take the first: neither is taken.
+fn check_one_authorization(headers: &HeaderMap) -> Result<(), Problem> {
+    if headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        return Err(Problem::invalid_header(
+            "Authorization",
+            "a request may carry one Authorization header, not several",
+        ));
+    }
+    Ok(())
+}
+
+/// A reply to `HEAD`: `GET`'s head without its body (RFC 9110 §9.3.2). hyper leaves the body out
+/// of an HTTP/1.1 reply to `HEAD`, but would send it over HTTP/2. The length is kept when known,
+/// as `GET` would have sent it.
+fn without_body(response: &mut Response) {
+    let len = response.body().size_hint().exact().filter(|&len| len > 0);
+    if let Some(len) = len {
+        response
+            .headers_mut()
+            .entry(header::CONTENT_LENGTH)
+            .or_insert(HeaderValue::from(len));
+    }
+    *response.body_mut() = full(Bytes::new());
+}
+
 fn add_rate_headers(headers: &mut HeaderMap, decision: &Decision) {
     for (name, value) in decision.headers() {
         headers.insert(name, HeaderValue::from(value));
@@ -402,6 +464,47 @@ mod tests {
             })
             .await;
         assert_eq!(response.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn a_reply_to_head_keeps_its_length_and_loses_its_body() {
+        let head = Request::builder()
+            .method(Method::HEAD)
+            .uri("/healthz")
+            .header(header::HOST, "x")
+            .body(())
+            .unwrap();
+        let response = gateway()
+            .handle(REMOTE, head, |_, _, _| async {
+                Response::new(crate::http::full(Bytes::from_static(b"twelve bytes")))
+            })
+            .await;
+        assert_eq!(response.headers()[header::CONTENT_LENGTH], "12");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty(), "HTTP/2 would have sent {body:?}");
+    }
+
+    #[tokio::test]
+    async fn framing_and_credentials_given_twice_are_refused_before_any_route() {
+        let cases = [
+            (header::TRANSFER_ENCODING, ["gzip, chunked", ""], 501),
+            (header::TRANSFER_ENCODING, ["gzip", "chunked"], 501),
+            (header::AUTHORIZATION, ["Bearer a", "Bearer b"], 400),
+        ];
+        for (name, values, status) in cases {
+            let mut request = request();
+            for value in values.into_iter().filter(|v| !v.is_empty()) {
+                request
+                    .headers_mut()
+                    .append(name.clone(), HeaderValue::from_static(value));
+            }
+            let response = gateway()
+                .handle(REMOTE, request, |_, _, _| async {
+                    unreachable!("refused before the route")
+                })
+                .await;
+            assert_eq!(response.status(), status, "{name}: {values:?}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyExt, BodyStream, Either, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
@@ -18,6 +18,7 @@ use crate::domain::FieldError;
 use crate::domain::idempotency::fingerprint;
 use crate::domain::import::chunks::CHUNK_BYTES;
 use crate::domain::import::{Chunker, Delimiter, ImportJob};
+use crate::server::{BodyError, RequestBody};
 use crate::service::imports::{Draft, Finished, Imports, MAX_PAGE, ResultsStream};
 
 /// A listing shows this many jobs a page unless asked for another number.
@@ -225,7 +226,7 @@ struct Received {
 /// the file is never held whole.
 async fn receive(
     state: &SharedState,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     params: &UploadParams,
 ) -> Result<Received, Problem> {
     let limit = state.import_max_bytes;
@@ -254,7 +255,7 @@ async fn receive(
 /// Hands the upload's bytes to `sink`: the body as it is, or the `file` part of a form.
 async fn feed(
     sink: &mut Sink,
-    body: impl Stream<Item = Result<Bytes, hyper::Error>> + Send + Unpin,
+    body: impl Stream<Item = Result<Bytes, BodyError>> + Send + Unpin,
     boundary: Option<String>,
     limit: u64,
 ) -> Result<(), Problem> {

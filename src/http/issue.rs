@@ -1,6 +1,7 @@
 //! Issuing: `GET /next-tracking-number` (and `/v1/next-tracking-number`) for one number, `POST
 //! /v1/tracking-numbers` for a batch. Both validate everything first, then issue under the
-//! request's `Idempotency-Key`, if any.
+//! request's `Idempotency-Key`, if any. A `HEAD` of the one-number route validates the same way
+//! and issues nothing: a HEAD is safe (RFC 9110 §9.2.1), whatever its GET does.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use chrono::Utc;
@@ -33,6 +34,19 @@ pub async fn one(call: Call) -> Response {
         }
     };
     idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await
+}
+
+/// `HEAD /next-tracking-number`: the inputs checked as `GET` checks them (a 400 names each bad
+/// one), and no number issued. The 200 has the head of `GET`'s reply but no `ETag` or length:
+/// there is no record, so nothing to tag or measure.
+pub async fn check(call: Call) -> Response {
+    if let Err(errors) = query::parse_issue(call.query(), Utc::now()) {
+        return Problem::invalid(errors).into_response();
+    }
+    if let Err(problem) = idempotent::key(call.header(idempotent::HEADER)) {
+        return problem.into_response();
+    }
+    json_reply(StatusCode::OK, Bytes::new())
 }
 
 /// `POST /v1/tracking-numbers`: a batch of numbers, all validated before any is issued.

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use crate::domain::{Principal, etag};
 use crate::metrics::Metrics;
 use crate::serials::{RefillStatus, SerialPool};
+use crate::server::RequestBody;
 use crate::service::idempotency::Idempotency;
 use crate::service::imports::Imports;
 use crate::service::issuer::Issuer;
@@ -71,7 +71,7 @@ pub struct Call {
     pub who: Principal,
     /// The segment the route's `{name}` stands for; empty for a route without one.
     pub param: String,
-    pub request: Request<Incoming>,
+    pub request: Request<RequestBody>,
 }
 
 impl Call {

@@ -246,6 +246,19 @@ impl Problem {
         problem.with("error_count", total)
     }
 
+    /// 501: the request's body comes in a transfer coding not taken.
+    pub fn transfer_coding_not_implemented(coding: &str) -> Self {
+        Problem::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "about:blank",
+            "Not Implemented",
+            format!(
+                "Transfer-Encoding {coding:?} is not supported: send the body as it is, with \
+                 Content-Length or Transfer-Encoding: chunked alone"
+            ),
+        )
+    }
+
     /// 405: the resource exists, but not with this method. The caller adds `Allow`.
     pub fn method_not_allowed() -> Self {
         Problem::new(

@@ -1,12 +1,15 @@
 //! The route table: every endpoint declared once, with its path template (also its metric
 //! label), whether it needs a key, and per method its handler and its OpenAPI operation. The
-//! router, the metric label, the auth decision, the 405 with `Allow` and the API description
-//! all read this table; a new endpoint is one entry here and one handler.
+//! router, the metric label, the auth decision, the 405 with `Allow`, the CORS preflight and the
+//! API description all read this table; a new endpoint is one entry here and one handler.
+//!
+//! `HEAD` is taken wherever `GET` is (RFC 9110 §9.3.2), by the `GET` operation: the gateway sends
+//! its head without the body. A route lists a `HEAD` of its own only when its `GET` is not safe
+//! to run for a `HEAD`: issuing, whose `GET` makes a number.
 
 use std::future::Future;
 use std::pin::Pin;
 
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 use percent_encoding::percent_decode_str;
@@ -14,6 +17,7 @@ use percent_encoding::percent_decode_str;
 use super::openapi::operations as doc;
 use super::{Call, Problem, Response, SharedState, health, imports, issue, openapi, page, records};
 use crate::domain::Principal;
+use crate::server::RequestBody;
 
 /// A handler's future: boxed, so that every handler fits one table.
 pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
@@ -50,24 +54,40 @@ pub static ROUTES: &[Route] = &[
         guarded: true,
         uploads: false,
         tag: "issuing",
-        operations: &[Operation {
-            method: Method::GET,
-            id: "issueNumber",
-            handler: |call| Box::pin(issue::one(call)),
-            doc: <doc::__path_issue_number as utoipa::Path>::operation,
-        }],
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "issueNumber",
+                handler: |call| Box::pin(issue::one(call)),
+                doc: <doc::__path_issue_number as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::HEAD,
+                id: "issueNumberHead",
+                handler: |call| Box::pin(issue::check(call)),
+                doc: <doc::__path_issue_number_head as utoipa::Path>::operation,
+            },
+        ],
     },
     Route {
         path: "/v1/next-tracking-number",
         guarded: true,
         uploads: false,
         tag: "issuing",
-        operations: &[Operation {
-            method: Method::GET,
-            id: "issueNumberV1",
-            handler: |call| Box::pin(issue::one(call)),
-            doc: <doc::__path_issue_number as utoipa::Path>::operation,
-        }],
+        operations: &[
+            Operation {
+                method: Method::GET,
+                id: "issueNumberV1",
+                handler: |call| Box::pin(issue::one(call)),
+                doc: <doc::__path_issue_number as utoipa::Path>::operation,
+            },
+            Operation {
+                method: Method::HEAD,
+                id: "issueNumberV1Head",
+                handler: |call| Box::pin(issue::check(call)),
+                doc: <doc::__path_issue_number_head as utoipa::Path>::operation,
+            },
+        ],
     },
     Route {
         path: "/v1/tracking-numbers",
@@ -182,40 +202,24 @@ pub static ROUTES: &[Route] = &[
         guarded: false,
         uploads: false,
         tag: "operations",
-        operations: &[
-            Operation {
-                method: Method::GET,
-                id: "healthz",
-                handler: |call| Box::pin(health::healthz(call)),
-                doc: <doc::__path_healthz as utoipa::Path>::operation,
-            },
-            Operation {
-                method: Method::HEAD,
-                id: "healthzHead",
-                handler: |call| Box::pin(health::healthz(call)),
-                doc: <doc::__path_healthz_head as utoipa::Path>::operation,
-            },
-        ],
+        operations: &[Operation {
+            method: Method::GET,
+            id: "healthz",
+            handler: |call| Box::pin(health::healthz(call)),
+            doc: <doc::__path_healthz as utoipa::Path>::operation,
+        }],
     },
     Route {
         path: "/readyz",
         guarded: false,
         uploads: false,
         tag: "operations",
-        operations: &[
-            Operation {
-                method: Method::GET,
-                id: "readyz",
-                handler: |call| Box::pin(health::readyz(call)),
-                doc: <doc::__path_readyz as utoipa::Path>::operation,
-            },
-            Operation {
-                method: Method::HEAD,
-                id: "readyzHead",
-                handler: |call| Box::pin(health::readyz(call)),
-                doc: <doc::__path_readyz_head as utoipa::Path>::operation,
-            },
-        ],
+        operations: &[Operation {
+            method: Method::GET,
+            id: "readyz",
+            handler: |call| Box::pin(health::readyz(call)),
+            doc: <doc::__path_readyz as utoipa::Path>::operation,
+        }],
     },
     Route {
         path: "/metrics",
@@ -246,37 +250,47 @@ pub static ROUTES: &[Route] = &[
         guarded: false,
         uploads: false,
         tag: "operations",
-        operations: &[
-            Operation {
-                method: Method::GET,
-                id: "page",
-                handler: |call| Box::pin(page::serve(call)),
-                doc: <doc::__path_page as utoipa::Path>::operation,
-            },
-            Operation {
-                method: Method::HEAD,
-                id: "pageHead",
-                handler: |call| Box::pin(page::serve(call)),
-                doc: <doc::__path_page_head as utoipa::Path>::operation,
-            },
-        ],
+        operations: &[Operation {
+            method: Method::GET,
+            id: "page",
+            handler: |call| Box::pin(page::serve(call)),
+            doc: <doc::__path_page as utoipa::Path>::operation,
+        }],
     },
 ];
 
 impl Route {
-    /// The operation for `method`, if the route takes it.
+    /// The operation for `method`, if the route takes it: for `HEAD`, its own or else `GET`'s.
     pub fn operation(&self, method: &Method) -> Option<&'static Operation> {
-        self.operations.iter().find(|op| op.method == *method)
+        let listed = |method: &Method| self.operations.iter().find(|op| op.method == *method);
+        listed(method).or_else(|| match *method {
+            Method::HEAD => listed(&Method::GET),
+            _ => None,
+        })
     }
 
-    /// The `Allow` header of a 405: the route's methods.
+    /// The route's `GET` operation that also answers its `HEAD`, if it has one.
+    pub fn head_from_get(&self) -> Option<&'static Operation> {
+        let get = self.operations.iter().find(|op| op.method == Method::GET)?;
+        let own_head = self.operations.iter().any(|op| op.method == Method::HEAD);
+        (!own_head).then_some(get)
+    }
+
+    /// The methods the route takes, `HEAD` right after `GET` when it comes from `GET`.
+    pub fn methods(&self) -> Vec<&'static str> {
+        let mut methods = Vec::with_capacity(self.operations.len() + 1);
+        for op in self.operations {
+            methods.push(op.method.as_str());
+            if op.method == Method::GET && self.head_from_get().is_some() {
+                methods.push(Method::HEAD.as_str());
+            }
+        }
+        methods
+    }
+
+    /// The `Allow` header of a 405, and the methods a CORS preflight allows: the route's.
     pub fn allow(&self) -> String {
-        let methods: Vec<&str> = self
-            .operations
-            .iter()
-            .map(|op| op.method.as_str())
-            .collect();
-        methods.join(", ")
+        self.methods().join(", ")
     }
 
     /// The varying segment of `path` (this route's own), if the template has one.
@@ -311,11 +325,22 @@ pub fn find(path: &str) -> Option<&'static Route> {
     find_in(ROUTES, path)
 }
 
+/// Every method some route takes, for a preflight of a path no route takes.
+pub fn all_methods() -> String {
+    let mut methods: Vec<&str> = Vec::new();
+    for method in ROUTES.iter().flat_map(Route::methods) {
+        if !methods.contains(&method) {
+            methods.push(method);
+        }
+    }
+    methods.join(", ")
+}
+
 /// Hands an admitted request to its route's handler: a 404 when no route takes the path, a 405
 /// with `Allow` when the route does not take the method.
 pub async fn dispatch(
     state: SharedState,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     who: Principal,
     route: Option<&'static Route>,
 ) -> Response {
@@ -428,11 +453,38 @@ mod tests {
     }
 
     #[test]
-    fn allow_lists_the_routes_methods() {
+    fn allow_lists_the_routes_methods_with_head_wherever_get_is() {
         let record = find("/v1/tracking-numbers/X").unwrap();
-        assert_eq!(record.allow(), "GET, PATCH, DELETE, PUT");
-        assert_eq!(find("/healthz").unwrap().allow(), "GET, HEAD");
-        assert_eq!(find("/").unwrap().allow(), "GET, HEAD");
+        assert_eq!(record.allow(), "GET, HEAD, PATCH, DELETE, PUT");
+        for path in [
+            "/healthz",
+            "/metrics",
+            "/openapi.json",
+            "/",
+            "/next-tracking-number",
+        ] {
+            assert_eq!(find(path).unwrap().allow(), "GET, HEAD", "{path}");
+        }
+        assert_eq!(find("/v1/tracking-numbers").unwrap().allow(), "POST");
+        assert_eq!(all_methods(), "GET, HEAD, POST, PATCH, DELETE, PUT");
+    }
+
+    #[test]
+    fn head_runs_get_unless_the_route_lists_its_own() {
+        let record = find("/v1/tracking-numbers/X").unwrap();
+        assert_eq!(record.operation(&Method::HEAD).unwrap().id, "getRecord");
+        assert_eq!(record.head_from_get().unwrap().id, "getRecord");
+        for path in ["/next-tracking-number", "/v1/next-tracking-number"] {
+            let issue = find(path).unwrap();
+            let head = issue.operation(&Method::HEAD).unwrap();
+            assert!(
+                head.id.ends_with("Head"),
+                "issuing has a HEAD that issues nothing"
+            );
+            assert!(issue.head_from_get().is_none());
+        }
+        let batch = find("/v1/tracking-numbers").unwrap();
+        assert!(batch.operation(&Method::HEAD).is_none(), "no GET, no HEAD");
     }
 
     #[test]

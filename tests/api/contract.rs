@@ -288,7 +288,7 @@ async fn unknown_paths_and_methods_are_problems(app: &TestApp) {
     );
     assert_eq!(
         response.headers()["allow"],
-        "GET",
+        "GET, HEAD",
         "RFC 9110 wants Allow on a 405"
     );
     let response = app

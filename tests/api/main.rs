@@ -53,6 +53,7 @@ macro_rules! on_each_redis {
 
 mod browser;
 mod contract;
+mod edge;
 mod embedded;
 mod errors;
 mod fault_proxy;

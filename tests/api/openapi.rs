@@ -7,26 +7,35 @@ use serde_json::Value;
 use crate::helpers::{TestApp, spawn_embedded};
 
 /// Every route the router serves. `{tn}` stands for a number with a record.
-const SERVED: [(&str, &str); 21] = [
+const SERVED: [(&str, &str); 30] = [
     ("GET", "/next-tracking-number"),
+    ("HEAD", "/next-tracking-number"),
     ("GET", "/v1/next-tracking-number"),
+    ("HEAD", "/v1/next-tracking-number"),
     ("POST", "/v1/tracking-numbers"),
     ("GET", "/v1/tracking-numbers/{tn}"),
+    ("HEAD", "/v1/tracking-numbers/{tn}"),
     ("PATCH", "/v1/tracking-numbers/{tn}"),
     ("PUT", "/v1/tracking-numbers/{tn}"),
     ("DELETE", "/v1/tracking-numbers/{tn}"),
     ("GET", "/v1/tracking-numbers/{tn}/check"),
+    ("HEAD", "/v1/tracking-numbers/{tn}/check"),
     ("POST", "/v1/imports"),
     ("GET", "/v1/imports"),
+    ("HEAD", "/v1/imports"),
     ("GET", "/v1/imports/{id}"),
+    ("HEAD", "/v1/imports/{id}"),
     ("DELETE", "/v1/imports/{id}"),
     ("GET", "/v1/imports/{id}/results"),
+    ("HEAD", "/v1/imports/{id}/results"),
     ("GET", "/healthz"),
     ("HEAD", "/healthz"),
     ("GET", "/readyz"),
     ("HEAD", "/readyz"),
     ("GET", "/metrics"),
+    ("HEAD", "/metrics"),
     ("GET", "/openapi.json"),
+    ("HEAD", "/openapi.json"),
     ("GET", "/"),
     ("HEAD", "/"),
 ];

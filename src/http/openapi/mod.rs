@@ -1,8 +1,9 @@
 //! `GET /openapi.json`: the API's OpenAPI 3.1 description. Its paths come from the route
 //! table: each operation's method, path and id from there, its words from the documented stub
 //! the table names (`operations.rs`); utoipa builds the schemas from the reply and domain types;
-//! [`shared::add_to`] then adds what every operation shares, so no path repeats it by hand. The
-//! document is built once and served as the same bytes every time.
+//! [`shared::add_to`] then adds what every operation shares, so no path repeats it by hand. A
+//! `HEAD` answered by a route's `GET` is described from the `GET` ([`head_of`]). The document is
+//! built once and served as the same bytes every time.
 
 use std::sync::LazyLock;
 
@@ -10,6 +11,8 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use serde_json::Value;
 use utoipa::OpenApi;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::path::Operation;
 
 use super::routes::{ROUTES, Route};
 use super::{Call, Problem, Response, json_reply};
@@ -52,6 +55,15 @@ fn document_of(table: &'static [Route]) -> Value {
             let method = op.method.as_str().to_ascii_lowercase();
             item.insert(method, serde_json::to_value(operation).unwrap_or_default());
         }
+        if let Some(get) = route.head_from_get() {
+            let mut operation = head_of((get.doc)());
+            operation.operation_id = Some(format!("{}Head", get.id));
+            operation.tags = Some(vec![route.tag.to_owned()]);
+            item.insert(
+                "head".into(),
+                serde_json::to_value(operation).unwrap_or_default(),
+            );
+        }
         paths.insert(route.path.to_owned(), item.into());
     }
     doc["paths"] = paths.into();
@@ -61,6 +73,20 @@ fn document_of(table: &'static [Route]) -> Value {
             .any(|route| route.path == path && !route.guarded)
     });
     doc
+}
+
+/// The `HEAD` that a `GET` answers: the same parameters, statuses and headers, no bodies.
+fn head_of(get: Operation) -> Operation {
+    let mut head = get;
+    let summary = head.summary.take().unwrap_or_default();
+    head.summary = Some(format!("{summary}, without a body"));
+    head.description = Some("What `GET` answers, without the body.".to_owned());
+    for response in head.responses.responses.values_mut() {
+        if let RefOr::T(response) = response {
+            response.content.clear();
+        }
+    }
+    head
 }
 
 #[derive(OpenApi)]
@@ -156,7 +182,19 @@ mod tests {
         let paths = doc["paths"].as_object().unwrap();
         for route in ROUTES {
             let item = paths[route.path].as_object().unwrap();
-            assert_eq!(item.len(), route.operations.len(), "{}", route.path);
+            let mut documented: Vec<String> = item.keys().cloned().collect();
+            let mut served: Vec<String> = route
+                .methods()
+                .iter()
+                .map(|method| method.to_ascii_lowercase())
+                .collect();
+            documented.sort();
+            served.sort();
+            assert_eq!(
+                documented, served,
+                "{}: HEAD too wherever GET is",
+                route.path
+            );
             for op in route.operations {
                 let method = op.method.as_str().to_ascii_lowercase();
                 let operation = &item[&method];

@@ -39,6 +39,24 @@ use crate::http::Problem;
 )]
 pub fn issue_number() {}
 
+/// Check the inputs of an issue, issuing nothing
+///
+/// A `HEAD` is safe, so this issues no number: it checks the parameters and `Idempotency-Key`
+/// as `GET` does and answers with `GET`'s status and content type, without a body. A 200 has no
+/// `ETag`, as there is no record.
+#[utoipa::path(
+    head,
+    path = "/next-tracking-number",
+    operation_id = "issueNumberHead",
+    params(IssueQuery, IdempotencyKey),
+    responses(
+        (status = 200, description = "A `GET` with these inputs would be taken"),
+        (status = 400, description = "Bad parameters or `Idempotency-Key` (the `GET` names \
+            each in `errors`)"),
+    )
+)]
+pub fn issue_number_head() {}
+
 /// Issue a batch of numbers
 ///
 /// Either `count` numbers for one set of inputs, or one number per entry of `orders`. Every
@@ -190,15 +208,6 @@ pub fn check_number() {}
 )]
 pub fn healthz() {}
 
-/// Liveness, without a body
-#[utoipa::path(
-    head,
-    path = "/healthz",
-    operation_id = "healthzHead",
-    responses((status = 200, description = "Alive"))
-)]
-pub fn healthz_head() {}
-
 /// Readiness
 ///
 /// Ready when storage answers and the pool holds serials to issue numbers with.
@@ -212,18 +221,6 @@ pub fn healthz_head() {}
     )
 )]
 pub fn readyz() {}
-
-/// Readiness, without a body
-#[utoipa::path(
-    head,
-    path = "/readyz",
-    operation_id = "readyzHead",
-    responses(
-        (status = 200, description = "Ready to issue numbers"),
-        (status = 503, description = "Not ready"),
-    )
-)]
-pub fn readyz_head() {}
 
 /// Metrics, in the Prometheus text format
 #[utoipa::path(
@@ -379,21 +376,6 @@ const NO_IMPORT: &str = "No such import visible to the caller (never made, anoth
     )
 )]
 pub fn page() {}
-
-/// The web page's headers
-#[utoipa::path(
-    head,
-    path = "/",
-    operation_id = "pageHead",
-    params(("If-None-Match" = Option<String>, Header,
-            description = "The `ETag` of a copy the caller holds")),
-    responses(
-        (status = 200, description = "The page's headers, without the page",
-         headers(("ETag" = String, description = "The strong tag of this build's page"))),
-        (status = 304, description = PAGE_HELD),
-    )
-)]
-pub fn page_head() {}
 
 const PAGE_HELD: &str = "The caller's copy (`If-None-Match`) is this build's page";
 
