@@ -89,10 +89,18 @@ pub enum Layout {
     Shared,
     /// Embedded instances, each a node with a partition of its own: serial
     /// `n * NODE_SERIALS + l` is written as `n * NODE_SERIALS + π(l)`, with π a keyed
-    /// permutation of the partition. Serials below `legacy_below` were issued before node ids
-    /// existed, under the whole-space permutation, and keep it; a serial whose digits would
-    /// match those of such a serial is never used (about 1 in 2,000 in a data dir from 2026).
-    Nodes { legacy_below: u64 },
+    /// permutation of the partition.
+    Nodes {
+        /// Serials below this were issued by this data dir before node ids existed, under the
+        /// whole-space permutation, and keep it (0 in a data dir that began with node ids).
+        legacy_below: u64,
+        /// A node serial whose digits are those of a serial below this under the whole-space
+        /// permutation is never used: any number issued before the data dir took its node id,
+        /// by it or by an instance on the same secret, even if the file was wiped since. The
+        /// clock's serial at that moment, so about 1 in 2,000 serials in 2026. At least
+        /// `legacy_below`, which keeps [`Codec::unscramble`] unambiguous.
+        skip_below: u64,
+    },
 }
 
 /// Keyed, secret-dependent bijection over [0, SERIAL_SPACE), the customer tag, and the number
@@ -183,7 +191,9 @@ impl Codec {
     #[inline]
     pub fn scramble(&self, serial: u64) -> u64 {
         match self.layout {
-            Layout::Nodes { legacy_below } if serial >= legacy_below => self.node_permute(serial),
+            Layout::Nodes { legacy_below, .. } if serial >= legacy_below => {
+                self.node_permute(serial)
+            }
             _ => self.permute(serial),
         }
     }
@@ -193,7 +203,7 @@ impl Codec {
     pub fn unscramble(&self, x: u64) -> u64 {
         match self.layout {
             Layout::Shared => self.unpermute(x),
-            Layout::Nodes { legacy_below } => {
+            Layout::Nodes { legacy_below, .. } => {
                 if legacy_below > 0 {
                     let legacy = self.unpermute(x);
                     if legacy < legacy_below {
@@ -206,14 +216,21 @@ impl Codec {
     }
 
     /// Whether `serial` may be issued: always, but for a node serial whose digits are those of
-    /// a serial issued before node ids (which [`Codec::unscramble`] reads as that one).
+    /// a serial below `skip_below` under the whole-space permutation (see [`Layout::Nodes`]).
     #[inline]
     pub fn usable(&self, serial: u64) -> bool {
+        self.skips(serial, self.scramble(serial)).is_none()
+    }
+
+    /// `Some(())` when `serial`, scrambled to `x`, is one [`Codec::usable`] passes over.
+    #[inline]
+    fn skips(&self, serial: u64, x: u64) -> Option<()> {
         match self.layout {
-            Layout::Nodes { legacy_below } if legacy_below > 0 && serial >= legacy_below => {
-                self.unpermute(self.node_permute(serial)) >= legacy_below
-            }
-            _ => true,
+            Layout::Nodes {
+                legacy_below,
+                skip_below,
+            } if serial >= legacy_below && self.unpermute(x) < skip_below => Some(()),
+            _ => None,
         }
     }
 
@@ -231,12 +248,8 @@ impl Codec {
             return None;
         }
         let mut x = self.scramble(serial);
-        if let Layout::Nodes { legacy_below } = self.layout
-            && legacy_below > 0
-            && serial >= legacy_below
-            && self.unpermute(x) < legacy_below
-        {
-            return None; // the digits of a serial from before node ids: see `usable`
+        if self.skips(serial, x).is_some() {
+            return None; // the digits of a number from before node ids: see `usable`
         }
         let mut out = [0u8; 16];
         out[..2].copy_from_slice(&origin.map_or(*b"ZZ", Country::bytes));
@@ -391,7 +404,13 @@ mod tests {
     }
 
     fn node_codec(secret: &[u8], legacy_below: u64) -> Codec {
-        Codec::with_layout(secret, Layout::Nodes { legacy_below })
+        Codec::with_layout(
+            secret,
+            Layout::Nodes {
+                legacy_below,
+                skip_below: legacy_below,
+            },
+        )
     }
 
     #[test]
@@ -464,6 +483,37 @@ mod tests {
             }
         }
         assert!(skipped < 20, "{skipped}");
+    }
+
+    /// A data dir wiped as it took a node id no longer knows its old serials: numbers of the
+    /// whole-space permutation below the clock of that moment are passed over all the same.
+    #[test]
+    fn numbers_from_before_node_ids_are_skipped_even_when_forgotten() {
+        let skip_below = 3_000_000;
+        let shared = codec();
+        let c = Codec::with_layout(
+            b"test secret",
+            Layout::Nodes {
+                legacy_below: 0,
+                skip_below,
+            },
+        );
+        let olds: HashSet<u64> = (0..skip_below).map(|s| shared.permute(s)).collect();
+        let mut skipped = 0;
+        for serial in 7 * NODE_SERIALS..7 * NODE_SERIALS + 300_000 {
+            let x = c.scramble(serial);
+            match c.encode(None, 0, serial) {
+                Some(number) => {
+                    assert!(!olds.contains(&x));
+                    assert_eq!(c.decode_serial(number.as_str()), Some(serial));
+                }
+                None => {
+                    assert!(olds.contains(&x));
+                    skipped += 1;
+                }
+            }
+        }
+        assert!(skipped < 40, "{skipped}");
     }
 
     #[test]

@@ -461,7 +461,14 @@ async fn put_registers_foreign_numbers_only(app: &TestApp) {
 /// A number's serial under each layout a backend may use: Redis' shared one, and the embedded
 /// store's node layout (a new data dir, node 0).
 fn serials(number: &str) -> [u64; 2] {
-    [Layout::Shared, Layout::Nodes { legacy_below: 0 }].map(|layout| {
+    [
+        Layout::Shared,
+        Layout::Nodes {
+            legacy_below: 0,
+            skip_below: 0,
+        },
+    ]
+    .map(|layout| {
         Codec::with_layout(SECRET.as_bytes(), layout)
             .decode_serial(number)
             .unwrap()

@@ -48,9 +48,9 @@ const EXPIRY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("expiry"
 const SERIAL_NEXT: &str = "serial_next";
 /// The node id the data dir was first started with (one byte).
 const NODE_ID: &str = "node_id";
-/// Serials below this were issued before node ids, under the whole-space permutation
-/// ([`Layout::Nodes`]); 0 in a data dir that started with node ids.
-const LEGACY_BELOW: &str = "legacy_serials_below";
+/// The data dir's [`Layout::Nodes`]: where its serials from before node ids end, and below
+/// which whole-space numbers are passed over (see [`encode_layout`]).
+const NODE_LAYOUT: &str = "node_layout";
 const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
 /// The layout of stored records (see [`encode_value`]); absent in files from before checksums.
@@ -161,7 +161,7 @@ impl EmbeddedStore {
         })?;
         let given_secret = secret.is_some();
         let secret = settle_secret(&db, secret)?;
-        let (node, legacy_below) = settle_node(&db, options.node_id, None)?;
+        let (node, layout) = settle_node(&db, options.node_id, None)?;
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
             FsyncPolicy::Always => None,
@@ -174,7 +174,7 @@ impl EmbeddedStore {
         let store = EmbeddedStore {
             identity: std::sync::Mutex::new(file_identity(&path)),
             path,
-            codec: Codec::with_layout(secret.as_bytes(), Layout::Nodes { legacy_below }),
+            codec: Codec::with_layout(secret.as_bytes(), layout),
             node,
             secret: secret.clone(),
             secret_given: given_secret,
@@ -319,11 +319,7 @@ impl EmbeddedStore {
             self.secret.clone(),
         );
         let given = self.secret_given;
-        let legacy_below = match self.codec.layout() {
-            Layout::Nodes { legacy_below } => legacy_below,
-            Layout::Shared => 0,
-        };
-        let node = (self.node, legacy_below);
+        let node = (self.node, self.codec.layout());
         let reopened = tokio::task::spawn_blocking(move || {
             // redb locks its file: the old handle must be gone before the new one opens. Calls
             // still using it end within the storage timeout.
@@ -453,25 +449,26 @@ fn settle_secret(db: &Database, given: Option<&str>) -> anyhow::Result<String> {
     Ok(secret)
 }
 
-/// Settles which node the data dir belongs to: the node id it keeps, or (first start with node
-/// ids) `known`, else `given`, else 0, kept now. A data dir started before node ids existed
-/// also keeps where its serials end: below it, numbers keep the whole-space permutation.
-/// Returns the node id and that serial.
+/// Settles which node the data dir belongs to, and its layout: the ones it keeps, or (first
+/// start with node ids) `known` (a file swapped under the running process keeps the process'),
+/// else `given`, else node 0, kept now. A data dir started before node ids existed also keeps
+/// where its serials end; and every data dir keeps the clock of its first start with node ids,
+/// below which whole-space numbers are passed over ([`Layout::Nodes`]).
 fn settle_node(
     db: &Database,
     given: Option<u8>,
-    known: Option<(u8, u64)>,
-) -> anyhow::Result<(u8, u64)> {
+    known: Option<(u8, Layout)>,
+) -> anyhow::Result<(u8, Layout)> {
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate)?;
     let settled = {
         let mut meta = tx.open_table(META)?;
-        let stored = meta.get(NODE_ID)?.map(|v| v.value().first().copied());
-        let legacy = meta
-            .get(LEGACY_BELOW)?
-            .map(|v| v.value().try_into().map(u64::from_be_bytes));
-        match (stored, legacy) {
-            (Some(Some(stored)), Some(Ok(legacy_below))) => {
+        let stored = meta.get(NODE_ID)?.map(|v| v.value().to_vec());
+        let layout = meta.get(NODE_LAYOUT)?.map(|v| v.value().to_vec());
+        match (stored.as_deref(), layout.as_deref()) {
+            (Some(&[stored]), Some(layout)) => {
+                let layout = decode_layout(layout)
+                    .ok_or_else(|| anyhow::anyhow!("the data dir's node layout is damaged"))?;
                 if let Some(given) = given.filter(|&given| given != stored) {
                     anyhow::bail!(
                         "this data dir belongs to node id {stored}; it cannot start with \
@@ -486,12 +483,11 @@ fn settle_node(
                         "the data file now at the path belongs to node id {stored}, not {known}"
                     );
                 }
-                (stored, legacy_below)
+                (stored, layout)
             }
             (None, None) => {
-                let node = known.map(|(node, _)| node).or(given).unwrap_or(0);
-                let legacy_below = match known {
-                    Some((_, legacy_below)) => legacy_below,
+                let (node, layout) = match known {
+                    Some(known) => known,
                     None => {
                         let next = match meta.get(SERIAL_NEXT)? {
                             Some(v) => u64::from_be_bytes(v.value().try_into()?),
@@ -502,18 +498,49 @@ fn settle_node(
                             .open_table(ISSUED)?
                             .last()?
                             .map_or(0, |(serial, _)| serial.value() + 1);
-                        next.max(past_records)
+                        let legacy_below = next.max(past_records);
+                        let skip_below = legacy_below.max(clock_serial(SystemTime::now()));
+                        let layout = Layout::Nodes {
+                            legacy_below,
+                            skip_below,
+                        };
+                        (given.unwrap_or(0), layout)
                     }
                 };
                 meta.insert(NODE_ID, [node].as_slice())?;
-                meta.insert(LEGACY_BELOW, legacy_below.to_be_bytes().as_slice())?;
-                (node, legacy_below)
+                meta.insert(NODE_LAYOUT, encode_layout(layout).as_slice())?;
+                (node, layout)
             }
             _ => anyhow::bail!("the data dir's node id is damaged"),
         }
     };
     tx.commit()?;
     Ok(settled)
+}
+
+/// A node layout as kept in the data dir: `legacy_below` and `skip_below`, big-endian.
+fn encode_layout(layout: Layout) -> [u8; 16] {
+    let (legacy_below, skip_below) = match layout {
+        Layout::Nodes {
+            legacy_below,
+            skip_below,
+        } => (legacy_below, skip_below),
+        Layout::Shared => (0, 0),
+    };
+    let mut bytes = [0; 16];
+    bytes[..8].copy_from_slice(&legacy_below.to_be_bytes());
+    bytes[8..].copy_from_slice(&skip_below.to_be_bytes());
+    bytes
+}
+
+fn decode_layout(bytes: &[u8]) -> Option<Layout> {
+    let (legacy_below, skip_below) = bytes.split_at_checked(8)?;
+    let legacy_below = u64::from_be_bytes(legacy_below.try_into().ok()?);
+    let skip_below = u64::from_be_bytes(skip_below.try_into().ok()?);
+    (skip_below >= legacy_below).then_some(Layout::Nodes {
+        legacy_below,
+        skip_below,
+    })
 }
 
 /// Gives every record of a file from before checksums the current layout; returns how many.
