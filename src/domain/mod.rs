@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod import;
 pub mod inspect;
 pub mod order;
+pub mod packed;
 pub mod patch;
 pub mod record;
 pub mod request;

@@ -294,7 +294,7 @@ fn check_slug(s: &str) -> Result<(), &'static str> {
 /// Derives a slug from a customer name: transliterate to ASCII, lowercase, collapse every run of
 /// other characters into one `-`, trim `-` at both ends, and cut to 100 characters without a
 /// trailing `-`. None when nothing alphanumeric is left.
-fn slug_from_name(name: &str) -> Option<String> {
+pub(crate) fn slug_from_name(name: &str) -> Option<String> {
     let mut slug = String::with_capacity(name.len().min(MAX_SLUG_CHARS));
     let mut pending_dash = false;
     // `ascii_chars` yields the same text as `deunicode::deunicode` without building it first;
@@ -367,7 +367,7 @@ impl Weight {
 
     /// Validates whole grams against the same bounds as [`Weight::parse`].
     #[inline]
-    fn from_grams(grams: u64) -> Option<Weight> {
+    pub(crate) fn from_grams(grams: u64) -> Option<Weight> {
         (1..=MAX_GRAMS).contains(&grams).then_some(Weight(grams))
     }
 }

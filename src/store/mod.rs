@@ -100,7 +100,7 @@ impl StoreError {
 
 /// The clock floor of serials counts microseconds since 2025-01-01T00:00:00Z: 10^6 serials a
 /// second, which outruns any real issuing rate and still lasts over 4000 years in 36^11 serials.
-pub const FLOOR_EPOCH_UNIX_SECS: u64 = 1_735_689_600;
+pub const FLOOR_EPOCH_UNIX_SECS: u64 = crate::domain::packed::SERIAL_EPOCH_UNIX_SECS as u64;
 
 /// The clock's serial at `now`: microseconds since [`FLOOR_EPOCH_UNIX_SECS`].
 pub fn clock_serial(now: std::time::SystemTime) -> u64 {
