@@ -131,7 +131,7 @@ impl Application {
         let (writer, writer_task) = RecordWriter::spawn(store.clone());
         let issuer = Arc::new(Issuer::new(
             pool.clone(),
-            codec,
+            codec.clone(),
             writer,
             config.record_ttl,
             config.storage_timeout,
@@ -155,7 +155,13 @@ impl Application {
         background.push(tokio::spawn(imports.clone().sweep(stop_background.clone())));
         let state = Arc::new(AppState {
             issuer,
-            records: Records::new(store.clone(), config.record_ttl, config.storage_timeout),
+            records: Records::new(
+                store.clone(),
+                codec,
+                metrics.clone(),
+                config.record_ttl,
+                config.storage_timeout,
+            ),
             idempotency,
             imports,
             import_max_bytes: config.import_max_bytes,

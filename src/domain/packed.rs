@@ -2,21 +2,23 @@
 //! About 55 bytes with all seven inputs (JSON took about 420), so that Redis keeps a bucket of
 //! them as a listpack (values of at most 64 bytes) and the embedded store rewrites few pages.
 //!
-//! Nothing the number or its serial already says is stored again: the origin country is the
-//! number's first two characters, and `created_at` is kept as an offset from the time the
-//! serial counts (serials count microseconds since 2025). A slug derived from an ASCII name is
+//! Nothing the number or its serial already says is stored again: the origin country of one of
+//! our numbers is its first two characters, and `created_at` is kept as an offset from the time
+//! the serial counts (serials count microseconds since 2025). A number registered from elsewhere
+//! (no serial) keeps both. A slug derived from an ASCII name is
 //! derived again instead of kept. Unpacking gives back the record field for field, so its JSON
 //! (the reply, and what the ETag hashes) is byte for byte what it was when it was made.
 //!
 //! Layout, version 1, every integer a LEB128 varint (`z`: zigzag-signed first):
 //! ```text
-//! header    0xF0 | status (0 issued … 4 cancelled)
+//! header    0xF0 | 0x08 for a number not ours | status (0 issued … 4 cancelled)
 //! flags     bit 0 destination, 1 weight, 2 order time, 3 customer id, 4 name,
 //!           5 slug kept, 6 slug derived from the (ASCII) name, 7 tenant
 //! created   z(created µs − anchor µs)
 //! updated   z(updated µs − created µs)
 //! expires   z(expires − created) as (seconds << 1 | 1) when whole, else (µs << 1)
-//! then, as the flags say: destination (2 ASCII bytes); weight (grams); order time
+//! then the origin (2 ASCII bytes, `ZZ` for none) of a number not ours; as the flags say:
+//! destination (2 ASCII bytes); weight (grams); order time
 //! (z(its seconds − created's seconds), nanoseconds, z(offset) in minutes << 1 or seconds << 1
 //! | 1); customer id (16 bytes); name, slug, tenant (each a length and UTF-8 bytes)
 //! ```
@@ -32,6 +34,8 @@ use super::{Country, Tenant, TrackingNumber};
 
 /// The high nibble of the first byte of a packed record, version 1.
 const VERSION_1: u8 = 0xF0;
+/// In the header: a number not ours, whose origin country is kept.
+const FOREIGN: u8 = 0x08;
 /// Serials count microseconds since this instant (2025-01-01T00:00:00Z): the clock floor.
 pub const SERIAL_EPOCH_UNIX_SECS: i64 = 1_735_689_600;
 
@@ -50,20 +54,24 @@ const TENANT: u8 = 1 << 7;
 pub struct Unreadable(pub &'static str);
 
 /// The instant (µs since the Unix epoch) that `serial` counts: where its record's `created_at`
-/// is kept from. In a node's partition, the serial within it.
-pub fn serial_anchor_us(serial: u64) -> i64 {
-    SERIAL_EPOCH_UNIX_SECS * 1_000_000 + (serial % NODE_SERIALS) as i64
+/// is kept from (0 for a number not ours). In a node's partition, the serial within it.
+fn anchor_us(serial: Option<u64>) -> i64 {
+    serial.map_or(0, |serial| {
+        SERIAL_EPOCH_UNIX_SECS * 1_000_000 + (serial % NODE_SERIALS) as i64
+    })
 }
 
-/// Appends the packed form of `record` to `out`; `anchor_us` is [`serial_anchor_us`] of its
-/// number's serial (0 for a number without one).
-pub fn pack(record: &Record, anchor_us: i64, out: &mut Vec<u8>) {
+/// Appends the packed form of `record` to `out`. `serial` is its number's serial, None for a
+/// number not ours (registered with PUT).
+pub fn pack(record: &Record, serial: Option<u64>, out: &mut Vec<u8>) {
+    let anchor_us = anchor_us(serial);
     let order = &record.order;
     let status = Status::ALL
         .iter()
         .position(|&s| s == record.status)
         .unwrap_or(0) as u8;
-    out.push(VERSION_1 | status);
+    let foreign = if serial.is_none() { FOREIGN } else { 0 };
+    out.push(VERSION_1 | foreign | status);
     let derived = order.customer_name.as_deref().is_some_and(str::is_ascii)
         && order.customer_slug.is_some()
         && order
@@ -98,6 +106,9 @@ pub fn pack(record: &Record, anchor_us: i64, out: &mut Vec<u8>) {
         out,
         record.expires_at.timestamp_micros().wrapping_sub(created),
     );
+    if serial.is_none() {
+        out.extend_from_slice(&order.origin_country_id.map_or(*b"ZZ", Country::bytes));
+    }
     if let Some(country) = order.destination_country_id {
         out.extend_from_slice(&country.bytes());
     }
@@ -137,35 +148,46 @@ pub fn is_packed(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|b| b & 0xF0 == VERSION_1)
 }
 
-/// The record `number` stored as `bytes`: packed ([`pack`], with the same anchor), or JSON.
+/// The record `number` stored as `bytes`: packed ([`pack`], with the same serial), or JSON.
 pub fn unpack_stored(
     bytes: &[u8],
     number: TrackingNumber,
-    anchor_us: i64,
+    serial: Option<u64>,
 ) -> Result<Record, Unreadable> {
     if is_packed(bytes) {
-        unpack(bytes, number, anchor_us)
+        unpack(bytes, number, serial)
     } else {
         serde_json::from_slice(bytes).map_err(|_| Unreadable("its JSON does not parse"))
     }
 }
 
-/// The record `number` was packed into by [`pack`] with `anchor_us`.
-pub fn unpack(bytes: &[u8], number: TrackingNumber, anchor_us: i64) -> Result<Record, Unreadable> {
+/// The record `number` was packed into by [`pack`] with `serial`.
+pub fn unpack(
+    bytes: &[u8],
+    number: TrackingNumber,
+    serial: Option<u64>,
+) -> Result<Record, Unreadable> {
     let mut r = Reader(bytes);
     let header = r.byte()?;
     if header & 0xF0 != VERSION_1 {
         return Err(Unreadable("it has an unknown layout"));
     }
+    if (header & FOREIGN != 0) != serial.is_none() {
+        return Err(Unreadable("it was packed for another number"));
+    }
     let status = *Status::ALL
-        .get(usize::from(header & 0x0F))
+        .get(usize::from(header & 0x07))
         .ok_or(Unreadable("its status is unknown"))?;
     let flags = r.byte()?;
-    let created_us = anchor_us.wrapping_add(r.signed()?);
+    let created_us = anchor_us(serial).wrapping_add(r.signed()?);
     let created = micros(created_us)?;
     let updated = micros(created_us.wrapping_add(r.signed()?))?;
     let expires = micros(created_us.wrapping_add(r.duration()?))?;
-    let origin_country_id = Country::parse(number.as_str().get(..2).unwrap_or(""));
+    let origin = match serial {
+        Some(_) => number.as_str().get(..2).unwrap_or(""),
+        None => std::str::from_utf8(r.take(2)?).map_err(|_| Unreadable("bad origin"))?,
+    };
+    let origin_country_id = Country::parse(origin);
     let destination_country_id = if flags & DESTINATION != 0 {
         let code = r.take(2)?;
         Some(
@@ -397,7 +419,7 @@ mod tests {
         let codec = Codec::new(b"packed tests");
         let tag = codec.customer_tag(order.customer_key().as_deref());
         let number = codec.encode(order.origin_country_id, tag, serial).unwrap();
-        let created = DateTime::from_timestamp_micros(serial_anchor_us(serial)).unwrap()
+        let created = DateTime::from_timestamp_micros(anchor_us(Some(serial))).unwrap()
             + chrono::Duration::microseconds(pick(4_000_000) as i64 - 1_000_000);
         let expires = created
             + match pick(3) {
@@ -419,10 +441,23 @@ mod tests {
         let mut seed = 1;
         for _ in 0..20_000 {
             let (record, serial) = record(&mut seed);
-            let anchor = serial_anchor_us(serial);
+            // Ours, and the same record under a number registered from elsewhere.
+            let foreign = Record {
+                tracking_number: TrackingNumber::parse("LEGACY42").unwrap(),
+                ..record.clone()
+            };
+            let mut packed = Vec::new();
+            pack(&foreign, None, &mut packed);
+            assert_eq!(
+                unpack(&packed, foreign.tracking_number, None).unwrap(),
+                foreign
+            );
+            assert!(unpack(&packed, foreign.tracking_number, Some(serial)).is_err());
+            let anchor = Some(serial);
             let mut packed = Vec::new();
             pack(&record, anchor, &mut packed);
             assert!(is_packed(&packed));
+            assert!(unpack(&packed, record.tracking_number, None).is_err());
             let back = unpack(&packed, record.tracking_number, anchor).unwrap();
             assert_eq!(back, record);
             assert_eq!(
@@ -448,8 +483,7 @@ mod tests {
         let number = Codec::new(b"s")
             .encode(order.origin_country_id, 7, serial)
             .unwrap();
-        let created =
-            DateTime::from_timestamp_micros(serial_anchor_us(serial) + 1_500_000).unwrap();
+        let created = DateTime::from_timestamp_micros(anchor_us(Some(serial)) + 1_500_000).unwrap();
         let record = Record::new(
             number,
             created,
@@ -458,7 +492,7 @@ mod tests {
             None,
         );
         let mut packed = Vec::new();
-        pack(&record, serial_anchor_us(serial), &mut packed);
+        pack(&record, Some(serial), &mut packed);
         let json = serde_json::to_vec(&record).unwrap();
         assert!(packed.len() <= 56, "{} bytes", packed.len());
         assert!(
@@ -475,7 +509,7 @@ mod tests {
         for _ in 0..2_000 {
             let (record, serial) = record(&mut seed);
             let mut packed = Vec::new();
-            pack(&record, serial_anchor_us(serial), &mut packed);
+            pack(&record, Some(serial), &mut packed);
             if packed[1] & SLUG_DERIVED != 0 {
                 derived += 1;
                 assert!(record.order.customer_name.as_deref().unwrap().is_ascii());
@@ -489,7 +523,7 @@ mod tests {
         let (record, serial) = record(&mut 5);
         let json = serde_json::to_vec(&record).unwrap();
         assert!(!is_packed(&json));
-        let read = unpack_stored(&json, record.tracking_number, serial_anchor_us(serial)).unwrap();
+        let read = unpack_stored(&json, record.tracking_number, Some(serial)).unwrap();
         assert_eq!(read, record);
     }
 
@@ -498,7 +532,7 @@ mod tests {
         let mut seed = 3;
         for _ in 0..300 {
             let (record, serial) = record(&mut seed);
-            let anchor = serial_anchor_us(serial);
+            let anchor = Some(serial);
             let mut packed = Vec::new();
             pack(&record, anchor, &mut packed);
             for cut in 0..packed.len() {
@@ -514,7 +548,7 @@ mod tests {
                 let _ = unpack(&flipped, record.tracking_number, anchor);
             }
         }
-        assert!(unpack_stored(b"\xF9\x00", TrackingNumber::parse("A").unwrap(), 0).is_err());
-        assert!(unpack_stored(b"{nope", TrackingNumber::parse("A").unwrap(), 0).is_err());
+        assert!(unpack_stored(b"\xF7\x00", TrackingNumber::parse("A").unwrap(), None).is_err());
+        assert!(unpack_stored(b"{nope", TrackingNumber::parse("A").unwrap(), None).is_err());
     }
 }

@@ -1,5 +1,7 @@
 //! The record lifecycle after issuing: read, change, remove, register a number issued
-//! elsewhere, and inspect a number. Changes are compare-and-swaps on the stored JSON, so two
+//! elsewhere, and inspect a number. Records are stored packed (or as the JSON of the layout
+//! before it) and answered as JSON, whose hash is the ETag: a record unpacks field for field,
+//! so an unchanged record keeps its ETag. Changes are compare-and-swaps on the stored value, so two
 //! racing changes never lose one silently: the loser re-applies its patch to the winner's
 //! record, or, when it asked for a version with `If-Match`, is refused. Within one instance,
 //! changes to the same record also queue on a lock, so they do not race at all; the swap is
@@ -18,10 +20,12 @@ use chrono::{SubsecRound, Utc};
 use tokio::time::Instant;
 
 use crate::domain::inspect::{Inspection, could_be_ours, inspect};
-use crate::domain::record::{if_match_allows, owner_of};
+use crate::domain::packed::{self, Unreadable};
+use crate::domain::record::if_match_allows;
 use crate::domain::{
-    BadMove, IssueRequest, Principal, Record, RecordPatch, Tenant, TrackingNumber, etag,
+    BadMove, Codec, IssueRequest, Principal, Record, RecordPatch, TrackingNumber, etag,
 };
+use crate::metrics::Metrics;
 use crate::store::{RecordEntry, RecordStore, Removal, StoreError, Swap, deadline};
 
 /// A change that keeps losing races this many times in a row is refused with a conflict.
@@ -56,6 +60,9 @@ pub enum RecordError {
 
 pub struct Records {
     store: Arc<dyn RecordStore>,
+    /// Reads a number's serial, from which its packed record keeps `created_at`.
+    codec: Codec,
+    metrics: Arc<Metrics>,
     record_ttl: chrono::Duration,
     /// How long one operation may take, lock wait included (a keyed request's task may allow
     /// longer: [`deadline::limit`]).
@@ -66,11 +73,15 @@ pub struct Records {
 impl Records {
     pub fn new(
         store: Arc<dyn RecordStore>,
+        codec: Codec,
+        metrics: Arc<Metrics>,
         record_ttl: Duration,
         storage_timeout: Duration,
     ) -> Self {
         Records {
             store,
+            codec,
+            metrics,
             record_ttl: chrono::Duration::from_std(record_ttl).unwrap_or(chrono::Duration::MAX),
             storage_timeout,
             locks: (0..LOCK_STRIPES).map(|_| Default::default()).collect(),
@@ -105,10 +116,56 @@ impl Records {
         number: &TrackingNumber,
         who: &Principal,
     ) -> Result<Bytes, RecordError> {
-        let json = self.store.get(number).await?;
-        match json {
-            Some(json) if who.can_see(owner(number, &json)?.as_ref()) => Ok(json),
-            _ => Err(RecordError::NotFound(*number)),
+        Ok(self.read(number, who).await?.json)
+    }
+
+    /// The live record as stored, as it is, and as JSON, if `who` may see it.
+    async fn read(&self, number: &TrackingNumber, who: &Principal) -> Result<Read, RecordError> {
+        let Some(value) = self.store.get(number).await? else {
+            return Err(RecordError::NotFound(*number));
+        };
+        let record = self.unpack(number, &value)?;
+        if !who.can_see(record.tenant.as_ref()) {
+            return Err(RecordError::NotFound(*number));
+        }
+        // The JSON of the layout before packing is answered as it was stored: its ETag stays.
+        let json = if packed::is_packed(&value) {
+            to_json(&record)?
+        } else {
+            value.clone()
+        };
+        Ok(Read {
+            value,
+            record,
+            json,
+        })
+    }
+
+    /// The record `number` stored as `value`. One that cannot be read is a 500, logged and
+    /// counted, never served.
+    fn unpack(&self, number: &TrackingNumber, value: &[u8]) -> Result<Record, StoreError> {
+        packed::unpack_stored(value, *number, self.serial(number)).map_err(|err: Unreadable| {
+            self.metrics.corrupt_records.inc();
+            tracing::error!(number = number.as_str(), error = %err, "a stored record is unreadable");
+            StoreError::Corrupt(format!("record {number}: {err}"))
+        })
+    }
+
+    /// `number`'s serial, from which its packed record keeps `created_at`; None for a number
+    /// that is not ours.
+    fn serial(&self, number: &TrackingNumber) -> Option<u64> {
+        self.codec.decode_serial(number.as_str())
+    }
+
+    /// `record` packed for storage.
+    fn entry(&self, record: &Record) -> RecordEntry {
+        let mut value = Vec::with_capacity(64);
+        packed::pack(record, self.serial(&record.tracking_number), &mut value);
+        RecordEntry {
+            tracking_number: record.tracking_number,
+            serial: None,
+            expires_at: record.expires_at,
+            value: Bytes::from(value),
         }
     }
 
@@ -126,19 +183,13 @@ impl Records {
             if attempt > 0 {
                 back_off(attempt).await;
             }
-            let current = by(deadline, self.get(number, who)).await?;
-            check_precondition(if_match, &current)?;
-            let record = parse_record(number, &current)?;
+            let current = by(deadline, self.read(number, who)).await?;
+            check_precondition(if_match, &current.json)?;
             let now = Utc::now().trunc_subsecs(6);
-            let next = patch.apply(&record, now)?;
-            let json = Bytes::from(serde_json::to_vec(&next).map_err(StoreError::bug)?);
-            let entry = RecordEntry {
-                tracking_number: *number,
-                serial: None,
-                expires_at: next.expires_at,
-                json: json.clone(),
-            };
-            match sent(by(deadline, self.store.replace(&current, &entry)).await)? {
+            let next = patch.apply(&current.record, now)?;
+            let json = to_json(&next)?;
+            let entry = self.entry(&next);
+            match sent(by(deadline, self.store.replace(&current.value, &entry)).await)? {
                 Swap::Replaced => return Ok(json),
                 // Someone else changed it first: their version is not the one asked for...
                 Swap::Changed if if_match.is_some() => return Err(RecordError::Stale),
@@ -163,9 +214,9 @@ impl Records {
             if attempt > 0 {
                 back_off(attempt).await;
             }
-            let current = by(deadline, self.get(number, who)).await?;
-            check_precondition(if_match, &current)?;
-            match sent(by(deadline, self.store.remove(number, Some(&current))).await)? {
+            let current = by(deadline, self.read(number, who)).await?;
+            check_precondition(if_match, &current.json)?;
+            match sent(by(deadline, self.store.remove(number, Some(&current.value))).await)? {
                 Removal::Removed => return Ok(()),
                 Removal::Missing => return Err(RecordError::NotFound(*number)),
                 Removal::Changed if if_match.is_some() => return Err(RecordError::Stale),
@@ -197,13 +248,8 @@ impl Records {
             request.order.clone(),
             who.tenant.clone(),
         );
-        let json = Bytes::from(serde_json::to_vec(&record).map_err(StoreError::bug)?);
-        let entry = RecordEntry {
-            tracking_number: *number,
-            serial: None,
-            expires_at,
-            json: json.clone(),
-        };
+        let json = to_json(&record)?;
+        let entry = self.entry(&record);
         let inserted = by(
             deadline,
             self.store.insert_new(std::slice::from_ref(&entry)),
@@ -217,7 +263,7 @@ impl Records {
             Some(existing) => existing,
             None => return Err(RecordError::Exists(*number)),
         };
-        let live = parse_record(number, &existing)?;
+        let live = self.unpack(number, &existing)?;
         let same = Record::new(
             *number,
             live.created_at,
@@ -226,7 +272,12 @@ impl Records {
             who.tenant.clone(),
         );
         if live == same && who.can_see(live.tenant.as_ref()) {
-            Ok((existing, Registered::Existed))
+            let json = if packed::is_packed(&existing) {
+                to_json(&live)?
+            } else {
+                existing
+            };
+            Ok((json, Registered::Existed))
         } else {
             Err(RecordError::Exists(*number))
         }
@@ -275,12 +326,18 @@ fn sent<T>(outcome: Result<T, RecordError>) -> Result<T, RecordError> {
     })
 }
 
-fn parse_record(number: &TrackingNumber, json: &[u8]) -> Result<Record, StoreError> {
-    serde_json::from_slice(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
+/// A record as read: the stored value (what a compare-and-swap compares), the record, and its
+/// JSON (the reply, and what its ETag hashes).
+struct Read {
+    value: Bytes,
+    record: Record,
+    json: Bytes,
 }
 
-fn owner(number: &TrackingNumber, json: &[u8]) -> Result<Option<Tenant>, StoreError> {
-    owner_of(json).map_err(|e| StoreError::Corrupt(format!("record {number}: {e}")))
+fn to_json(record: &Record) -> Result<Bytes, StoreError> {
+    let mut json = Vec::with_capacity(512);
+    serde_json::to_writer(&mut json, record).map_err(StoreError::bug)?;
+    Ok(Bytes::from(json))
 }
 
 /// A short random pause before retrying a lost swap (another instance changed the record), so
@@ -345,6 +402,8 @@ mod tests {
     async fn changes_queued_on_a_silent_store_all_end_within_the_timeout() {
         let records = Arc::new(Records::new(
             Arc::new(Silent),
+            Codec::new(b"test secret"),
+            Metrics::new(),
             Duration::from_secs(3600),
             TIMEOUT,
         ));
@@ -427,6 +486,8 @@ mod tests {
         let json = Bytes::from(serde_json::to_vec(&record).unwrap());
         let records = Records::new(
             Arc::new(Unanswered(json)),
+            Codec::new(b"test secret"),
+            Metrics::new(),
             Duration::from_secs(3600),
             TIMEOUT,
         );

@@ -10,7 +10,7 @@ use bytes::Bytes;
 pub struct Pending {
     pub serial: Option<u64>,
     pub expires_ms: i64,
-    pub json: Bytes,
+    pub value: Bytes,
 }
 
 /// What the buffer knows of a number.
@@ -45,7 +45,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn lookup(pending: Option<&Pending>, now_ms: i64) -> Lookup {
     match pending {
-        Some(p) if p.expires_ms > now_ms => Lookup::Live(p.json.clone()),
+        Some(p) if p.expires_ms > now_ms => Lookup::Live(p.value.clone()),
         Some(_) => Lookup::Expired,
         None => Lookup::Unknown,
     }
@@ -175,7 +175,7 @@ mod tests {
         Pending {
             serial: None,
             expires_ms,
-            json: Bytes::from_static(json.as_bytes()),
+            value: Bytes::from_static(json.as_bytes()),
         }
     }
 

@@ -120,7 +120,9 @@ pub trait LeaseSource: Send + Sync + 'static {
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError>;
 }
 
-/// A record ready to store: its key, when it expires, and its JSON (also the reply body).
+/// A record ready to store: its key, when it expires, and its stored value: the packed record
+/// ([`crate::domain::packed`]), or the JSON of the layout before it. Stores keep values as they
+/// are given; the service alone knows what they mean.
 #[derive(Debug, Clone)]
 pub struct RecordEntry {
     pub tracking_number: TrackingNumber,
@@ -128,7 +130,7 @@ pub struct RecordEntry {
     /// store from decoding it again).
     pub serial: Option<u64>,
     pub expires_at: DateTime<Utc>,
-    pub json: Bytes,
+    pub value: Bytes,
 }
 
 /// Where the records of issued numbers live until they expire.

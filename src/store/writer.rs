@@ -148,7 +148,7 @@ mod tests {
             tracking_number: TrackingNumber::parse(number).unwrap(),
             serial: None,
             expires_at: chrono::Utc::now(),
-            json: Bytes::from_static(b"{}"),
+            value: Bytes::from_static(b"{}"),
         }
     }
 

@@ -275,6 +275,19 @@ impl RedisServer {
         redis
     }
 
+    /// A server that starts from a snapshot (`dump.rdb`), as one restarted with that data would.
+    pub fn start_from(snapshot: &Path) -> Self {
+        let dir = TempDir::new().unwrap();
+        std::fs::copy(snapshot, dir.path().join("dump.rdb")).unwrap();
+        let mut redis = RedisServer {
+            port: free_port(),
+            child: None,
+            dir,
+        };
+        redis.launch();
+        redis
+    }
+
     fn launch(&mut self) {
         let mut server = Command::new("redis-server");
         server

@@ -74,3 +74,4 @@ mod redis_faults;
 mod redis_tls;
 mod store_conformance;
 mod tenants;
+mod upgrade;

@@ -314,7 +314,7 @@ async fn one_server_waits_for_its_replica_and_refuses_records_without_it() {
         .as_str()
         .unwrap()
         .to_owned();
-    let held: Option<String> = replica.cmd(&["GET", &format!("tracknum:record:{number}")]);
+    let held: Option<Vec<u8>> = replica.cmd(&["GET", &format!("tracknum:record:{number}")]);
     assert!(held.is_some(), "the replica holds an answered record");
 
     replica.kill();

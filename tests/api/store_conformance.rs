@@ -24,12 +24,12 @@ fn entry(number: &str, ttl: Duration) -> RecordEntry {
         tracking_number: tn(number),
         serial: None,
         expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
-        json: Bytes::from(format!(r#"{{"tracking_number":"{number}"}}"#)),
+        value: Bytes::from(format!(r#"{{"tracking_number":"{number}"}}"#)),
     }
 }
 
 fn with_json(mut entry: RecordEntry, json: &str) -> RecordEntry {
-    entry.json = Bytes::from(json.to_owned());
+    entry.value = Bytes::from(json.to_owned());
     entry
 }
 
@@ -300,25 +300,25 @@ async fn changes(store: &dyn Store) {
         assert_eq!(store.replace(&wrong, &second).await.unwrap(), Swap::Changed);
         assert_eq!(
             store.get(&tn(number)).await.unwrap(),
-            Some(first.json.clone())
+            Some(first.value.clone())
         );
         assert_eq!(
-            store.replace(&first.json, &second).await.unwrap(),
+            store.replace(&first.value, &second).await.unwrap(),
             Swap::Replaced
         );
         assert_eq!(
             store.get(&tn(number)).await.unwrap(),
-            Some(second.json.clone())
+            Some(second.value.clone())
         );
         let third = with_json(entry(number, long), r#"{"v":3}"#);
         assert_eq!(
-            store.replace(&first.json, &third).await.unwrap(),
+            store.replace(&first.value, &third).await.unwrap(),
             Swap::Changed,
             "a swap from a version already replaced loses"
         );
         assert_eq!(
             store.get(&tn(number)).await.unwrap(),
-            Some(second.json.clone())
+            Some(second.value.clone())
         );
         assert_eq!(
             store
@@ -331,11 +331,14 @@ async fn changes(store: &dyn Store) {
 
         // Removal: conditional on the version when one is given.
         assert_eq!(
-            store.remove(&tn(number), Some(&first.json)).await.unwrap(),
+            store.remove(&tn(number), Some(&first.value)).await.unwrap(),
             Removal::Changed
         );
         assert_eq!(
-            store.remove(&tn(number), Some(&second.json)).await.unwrap(),
+            store
+                .remove(&tn(number), Some(&second.value))
+                .await
+                .unwrap(),
             Removal::Removed
         );
         assert_eq!(store.get(&tn(number)).await.unwrap(), None);
@@ -344,7 +347,7 @@ async fn changes(store: &dyn Store) {
             Removal::Missing
         );
         assert_eq!(
-            store.replace(&second.json, &second).await.unwrap(),
+            store.replace(&second.value, &second).await.unwrap(),
             Swap::Changed
         );
     }
@@ -365,11 +368,11 @@ async fn changes(store: &dyn Store) {
     let sooner = with_json(entry("SHRT", short), r#"{"v":"sooner"}"#);
     let later = with_json(entry("XTND", long), r#"{"v":"later"}"#);
     assert_eq!(
-        store.replace(&shortened.json, &sooner).await.unwrap(),
+        store.replace(&shortened.value, &sooner).await.unwrap(),
         Swap::Replaced
     );
     assert_eq!(
-        store.replace(&extended.json, &later).await.unwrap(),
+        store.replace(&extended.value, &later).await.unwrap(),
         Swap::Replaced
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -377,15 +380,15 @@ async fn changes(store: &dyn Store) {
     assert_eq!(store.get(&tn("SHRT")).await.unwrap(), None);
     assert_eq!(
         store.get(&tn("XTND")).await.unwrap(),
-        Some(later.json.clone())
+        Some(later.value.clone())
     );
     assert_eq!(
-        store.replace(&sooner.json, &sooner).await.unwrap(),
+        store.replace(&sooner.value, &sooner).await.unwrap(),
         Swap::Changed,
         "an expired record cannot be changed"
     );
     store.sync().await.unwrap();
-    assert_eq!(store.get(&tn("XTND")).await.unwrap(), Some(later.json));
+    assert_eq!(store.get(&tn("XTND")).await.unwrap(), Some(later.value));
 }
 
 /// Idempotency keys: one claim wins, completes with a reply that later claims see, expires.

@@ -960,7 +960,7 @@ impl EmbeddedStore {
             // middle of it (the buffer is a hash map: its own order is random).
             let mut records: Vec<_> = batch
                 .iter()
-                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.json.as_ref()))
+                .map(|(number, p)| (number.as_str(), p.serial, p.expires_ms, p.value.as_ref()))
                 .collect();
             records
                 .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
@@ -1033,7 +1033,7 @@ impl EmbeddedStore {
         self.blocking(Access::Grow, move |db| {
             let records = rows
                 .iter()
-                .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.json.as_ref()));
+                .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.value.as_ref()));
             write_records(db, &codec, records, true)
         })
         .await
@@ -1110,7 +1110,7 @@ impl RecordStore for EmbeddedStore {
             let pending = Pending {
                 serial: e.serial,
                 expires_ms: e.expires_at.timestamp_millis(),
-                json: e.json.clone(),
+                value: e.value.clone(),
             };
             (e.tracking_number.as_str().to_owned(), pending)
         });
@@ -1151,7 +1151,7 @@ impl RecordStore for EmbeddedStore {
                 entry.tracking_number.as_str(),
                 entry.serial,
                 entry.expires_at.timestamp_millis(),
-                entry.json.as_ref(),
+                entry.value.as_ref(),
             );
             write_in(tx, codec, std::iter::once(record), false)?;
             Ok((Swap::Replaced, true))
@@ -1331,7 +1331,7 @@ impl ReplyStore for EmbeddedStore {
                 let row = Pending {
                     serial: None,
                     expires_ms: expires_at.timestamp_millis(),
-                    json: Bytes::copy_from_slice(reply),
+                    value: Bytes::copy_from_slice(reply),
                 };
                 (reply_key(key), row)
             })

@@ -213,7 +213,7 @@ impl RedisStore {
             let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
             pipe.cmd("SET")
                 .arg(&keys[at])
-                .arg(entry.json.as_ref())
+                .arg(entry.value.as_ref())
                 .arg("PX")
                 .arg(ttl_ms)
                 .arg("NX");
@@ -302,7 +302,7 @@ impl RedisStore {
                 let mut invocation = self.own_script.prepare_invoke();
                 invocation
                     .key(&keys[at])
-                    .arg(entries[at].json.as_ref())
+                    .arg(entries[at].value.as_ref())
                     .arg(entries[at].expires_at.timestamp_millis().max(1));
                 let mut conn = conn.another();
                 async move { invocation.invoke_async::<i64>(&mut conn).await }
@@ -622,7 +622,7 @@ impl RecordStore for RedisStore {
         invocation
             .key(record_key(&entry.tracking_number))
             .arg(expected.as_ref())
-            .arg(entry.json.as_ref())
+            .arg(entry.value.as_ref())
             .arg(entry.expires_at.timestamp_millis().max(1));
         let replaced: i64 = self.run(invocation).await?;
         Ok(if replaced == 1 {

@@ -1,0 +1,144 @@
+//! Data written before records were packed into buckets (main at 3ff57a3): a data dir and a
+//! Redis snapshot made by that version (`tests/fixtures/before-buckets/`), served by this one.
+//! Every record reads back with the same reply and ETag, changes and deletes; the deleted one
+//! stays gone; the registered number stays registered; new numbers never repeat old ones.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::helpers::{RedisServer, TestApp, config, spawn_app};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/before-buckets");
+
+fn fixture(name: &str) -> Value {
+    let text = std::fs::read_to_string(Path::new(FIXTURES).join(name)).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[tokio::test]
+async fn a_data_dir_written_before_buckets_is_served_with_nothing_lost() {
+    let fixture = fixture("embedded-records.json");
+    let dir = TempDir::new().unwrap();
+    std::fs::copy(
+        Path::new(FIXTURES).join("tracknum.redb"),
+        dir.path().join("tracknum.redb"),
+    )
+    .unwrap();
+    let secret = fixture["secret"].as_str().unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let app = spawn_app(config(&["--data-dir", data_dir, "--secret", secret])).await;
+    served_with_nothing_lost(&app, &fixture).await;
+    app.stop().await;
+    // And once more after a restart, with the changes made above.
+    let app = spawn_app(config(&["--data-dir", data_dir, "--secret", secret])).await;
+    let changed = &fixture["records"][0]["tracking_number"];
+    let reply: Value = app
+        .get(&format!(
+            "/v1/tracking-numbers/{}",
+            changed.as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["status"], "delivered");
+}
+
+#[tokio::test]
+async fn a_redis_written_before_buckets_is_served_with_nothing_lost() {
+    let fixture = fixture("redis-records.json");
+    let redis = RedisServer::start_from(&Path::new(FIXTURES).join("dump.rdb"));
+    let secret = fixture["secret"].as_str().unwrap();
+    let url = redis.url();
+    let app = spawn_app(config(&["--redis-url", &url, "--secret", secret])).await;
+    served_with_nothing_lost(&app, &fixture).await;
+}
+
+async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
+    let records = fixture["records"].as_array().unwrap();
+    assert_eq!(records.len(), 100);
+    for record in records {
+        let number = record["tracking_number"].as_str().unwrap();
+        let reply = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+        assert_eq!(reply.status(), 200, "{number}");
+        let etag = reply.headers()["etag"].to_str().unwrap().to_owned();
+        assert_eq!(etag, fixture["etags"][number], "{number}: the same ETag");
+        assert_eq!(&reply.json::<Value>().await.unwrap(), record, "{number}");
+    }
+    for number in fixture["deleted"].as_array().unwrap() {
+        let path = format!("/v1/tracking-numbers/{}", number.as_str().unwrap());
+        assert_eq!(app.get(&path).await.status(), 404, "{path}");
+    }
+    // The registered number stays registered: the same PUT is answered with its record.
+    let registered = records
+        .iter()
+        .find(|r| r["tracking_number"] == "LEGACY00042")
+        .unwrap();
+    let again = app
+        .client
+        .put(app.url("/v1/tracking-numbers/LEGACY00042"))
+        .json(&json!({"origin_country_id": "SG", "expires_at": "2099-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(&again.json::<Value>().await.unwrap(), registered);
+
+    // Old records change (with their old ETag as If-Match) and delete.
+    let first = records[0]["tracking_number"].as_str().unwrap();
+    let changed = app
+        .client
+        .patch(app.url(&format!("/v1/tracking-numbers/{first}")))
+        .header("if-match", fixture["etags"][first].as_str().unwrap())
+        .json(&json!({"status": "delivered"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let changed: Value = changed.json().await.unwrap();
+    assert_eq!(changed["status"], "delivered");
+    assert_eq!(changed["created_at"], records[0]["created_at"]);
+    let last = records[records.len() - 2]["tracking_number"]
+        .as_str()
+        .unwrap();
+    let deleted = app
+        .client
+        .delete(app.url(&format!("/v1/tracking-numbers/{last}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let path = format!("/v1/tracking-numbers/{last}");
+    assert_eq!(app.get(&path).await.status(), 404);
+
+    // New numbers never repeat old ones.
+    let old: HashSet<&str> = records
+        .iter()
+        .map(|r| r["tracking_number"].as_str().unwrap())
+        .chain(
+            fixture["deleted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_str().unwrap()),
+        )
+        .collect();
+    for _ in 0..5 {
+        let batch: Value = app
+            .client
+            .post(app.url("/v1/tracking-numbers"))
+            .json(&json!({"count": 1000}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for record in batch["records"].as_array().unwrap() {
+            assert!(!old.contains(record["tracking_number"].as_str().unwrap()));
+        }
+    }
+}
