@@ -303,7 +303,13 @@ async fn one_server_waits_for_its_replica_and_refuses_records_without_it() {
     let mut replica = RedisServer::start();
     let port = master.port.to_string();
     let _: String = replica.cmd(&["REPLICAOF", "127.0.0.1", &port]);
-    let app = spawn_on_redis(&master, &["--redis-wait-replicas", "1"]).await;
+    // WAIT gets half the storage timeout: a whole second, so that a loaded machine (the whole
+    // suite on two cores) does not time a healthy replica out.
+    let app = spawn_on_redis(
+        &master,
+        &["--redis-wait-replicas", "1", "--storage-timeout", "2s"],
+    )
+    .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     // Until the replica has synced, WAIT finds nobody.
     while app.get("/next-tracking-number").await.status() != 200 {
