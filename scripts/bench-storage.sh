@@ -8,9 +8,10 @@
 #   cargo build --release && scripts/bench-storage.sh [--batches N] [--singles N]
 #
 # Defaults: 150 batches and 50,000 singles, 200,000 records. It prints, per backend:
-# - bytes per record: embedded (--fsync everysec, the default), the data dir's growth (du, after
-#   a clean stop) over an empty store's (also after a clean stop); Redis, the growth of
-#   `used_memory` (INFO memory), on a private redis-server (a free port, no persistence);
+# - bytes per record: embedded (--fsync everysec, the default), the data dir's growth after a
+#   clean stop over an empty store's, also after a clean stop (du: disk blocks; the last line
+#   also has the apparent size); Redis, the growth of `used_memory` (INFO memory), on a private
+#   redis-server (a free port, no persistence);
 # - redis-server CPU per record (used_cpu_sys + used_cpu_user, INFO cpu) over the batches and
 #   over the singles, and in brackets the part spent in commands (INFO commandstats);
 # - tracknum's own CPU per record (/proc/PID/stat), for batches and singles.
@@ -45,34 +46,38 @@ scripts/bench_orders.py queries $((singles + singles / 2 + 10)) 2 >"$work/querie
 # Replays the lines of a file (POST bodies or GET queries) until WANT requests are answered 2xx.
 # A 503 is sent again (as the next line); other statuses count as failed. Once every request
 # has its reply, writes "answered refused failed" to OUT; meanwhile idle connections send a
-# request that touches no storage (a 405), spaced out.
+# request that touches no storage (a 405).
 cat >"$work/replay.lua" <<'LUA'
-local lines = {}
+local requests = {}
 function init(args)
-  method, want, out = args[1], tonumber(args[3]), args[4]
-  for line in io.lines(args[2]) do lines[#lines + 1] = line end
+  local method, file = args[1], args[2]
+  want, out = tonumber(args[3]), args[4]
+  -- Made once here: request() must cost wrk little, or wrk sets the pace.
+  for line in io.lines(file) do
+    if method == "POST" then
+      requests[#requests + 1] = wrk.format("POST", "/v1/tracking-numbers",
+        {["Content-Type"] = "application/json"}, line)
+    else
+      requests[#requests + 1] = wrk.format("GET", "/next-tracking-number?" .. line)
+    end
+  end
   sent, answered, refused, failed, at, finished = 0, 0, 0, 0, 0, false
   idle = wrk.format("DELETE", "/healthz")
 end
-local function more() return sent < want + refused end
-function delay() if more() then return 0 end return 20 end
 function request()
   -- wrk calls request() once before it starts, to count the requests it returns.
   if not checked then checked = true; return idle end
-  if not more() then return idle end
+  if sent >= want + refused then return idle end
   sent = sent + 1
-  at = at % #lines + 1
-  if method == "POST" then
-    return wrk.format("POST", "/v1/tracking-numbers", {["Content-Type"] = "application/json"}, lines[at])
-  end
-  return wrk.format("GET", "/next-tracking-number?" .. lines[at])
+  at = at % #requests + 1
+  return requests[at]
 end
 function response(status)
   if status == 405 then return end
   if status >= 200 and status < 300 then answered = answered + 1
   elseif status == 503 then refused = refused + 1
   else failed = failed + 1 end
-  if not finished and not more() and answered + refused + failed == sent then
+  if not finished and sent == want + refused and answered + refused + failed == sent then
     finished = true
     local f = io.open(out, "w")
     f:write(answered, " ", refused, " ", failed, "\n")
@@ -81,9 +86,10 @@ function response(status)
 end
 LUA
 
-# replay METHOD FILE WANT CONNS: prints "answered refused failed".
+# replay METHOD FILE WANT CONNS: prints "answered refused".
 replay() {
   local out="$work/replay.out" waited=0
+  if [ "$3" = 0 ]; then echo "0 0"; return; fi
   rm -f "$out"
   wrk -t1 -c"$4" -d3600s --timeout 30s -s "$work/replay.lua" "$url" -- "$1" "$2" "$3" "$out" \
     >"$work/wrk.log" 2>&1 &
@@ -138,15 +144,21 @@ issue() {
     "$w0" "$w1" "$w2" >>"$work/figures" <<'PY'
 import sys
 label, batches, size, singles, b, s, t0, t1, t2, r0, r1, r2, w0, w1, w2 = sys.argv[1:]
-nb, ns = int(batches) * int(size), int(singles)
+t0, t1, t2, w0, w1, w2 = (float(x) for x in (t0, t1, t2, w0, w1, w2))
 (rb0, ub0), (rb1, ub1), (rb2, ub2) = ([float(x) for x in r.split()] for r in (r0, r1, r2))
-print(f"{label}_refused_batches={b.split()[1]} {label}_refused_singles={s.split()[1]}")
-print(f"{label}_per_s_batches={nb / (float(w1) - float(w0)):.0f} {label}_per_s_singles={ns / (float(w2) - float(w1)):.0f}")
-print(f"{label}_tracknum_cpu_us_batches={(float(t1) - float(t0)) * 1e6 / nb:.1f}")
-print(f"{label}_tracknum_cpu_us_singles={(float(t2) - float(t1)) * 1e6 / ns:.1f}")
-if label == "redis":
-    print(f"redis_cpu_us_batches={(rb1 - rb0) * 1e6 / nb:.2f} redis_cpu_us_singles={(rb2 - rb1) * 1e6 / ns:.2f}")
-    print(f"redis_cmd_us_batches={(ub1 - ub0) / nb:.2f} redis_cmd_us_singles={(ub2 - ub1) / ns:.2f}")
+figures = {}
+for phase, n, refused, cpu, secs, redis_cpu, redis_us in [
+    ("batches", int(batches) * int(size), b.split()[1], t1 - t0, w1 - w0, rb1 - rb0, ub1 - ub0),
+    ("singles", int(singles), s.split()[1], t2 - t1, w2 - w1, rb2 - rb1, ub2 - ub1),
+]:
+    n = n or float("nan")  # a phase of no requests was skipped: its figures are nan
+    figures[f"{label}_refused_{phase}"] = refused
+    figures[f"{label}_per_s_{phase}"] = f"{n / secs:.0f}"
+    figures[f"{label}_tracknum_cpu_us_{phase}"] = f"{cpu * 1e6 / n:.1f}"
+    if label == "redis":
+        figures[f"redis_cpu_us_{phase}"] = f"{redis_cpu * 1e6 / n:.2f}"
+        figures[f"redis_cmd_us_{phase}"] = f"{redis_us / n:.2f}"
+print(" ".join(f"{k}={v}" for k, v in figures.items()))
 PY
 }
 records=$((batches * size + singles))
@@ -155,13 +167,13 @@ records=$((batches * size + singles))
 data="$work/embedded"
 start_tracknum embedded --data-dir "$data"
 stop_tracknum
-empty=$(du -sB1 "$data" | cut -f1)
+empty=$(du -sB1 "$data" | cut -f1) empty_apparent=$(du -sb "$data" | cut -f1)
 start_tracknum embedded --data-dir "$data"
 redis_port=""
 issue embedded
 stop_tracknum
-full=$(du -sB1 "$data" | cut -f1)
-echo "embedded_bytes=$(((full - empty) / records)) embedded_dir_empty=$empty embedded_dir_full=$full" >>"$work/figures"
+full=$(du -sB1 "$data" | cut -f1) full_apparent=$(du -sb "$data" | cut -f1)
+echo "embedded_bytes=$(((full - empty) / records)) embedded_apparent_bytes=$(((full_apparent - empty_apparent) / records)) embedded_dir_empty=$empty embedded_dir_full=$full" >>"$work/figures"
 
 # Redis: a private server, no persistence.
 redis_port=$(free_port)
