@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Measures batch issuing: POST /v1/tracking-numbers with {"count": N} (1000 by default) under
-# wrk, and prints numbers issued per second on its last line.
+# wrk. Only answered batches (201) count as numbers: a refused one (503, say a full write-behind
+# buffer) issues none. The last line is key=value pairs: numbers answered per second, batches
+# answered per second, the share of replies that were not 201, the p99 of all replies (refusals
+# included), and the counts behind them.
 #
 #   scripts/bench-batch.sh [--seconds S] [--conns C] [--count N] [--url URL] [--] [tracknum flags...]
 #
@@ -36,18 +39,30 @@ if [ -z "$url" ]; then
 fi
 
 body="{\"count\":$count,\"origin_country_id\":\"MY\",\"weight\":1.5,\"customer_slug\":\"redbox-logistics\"}"
+# Counts 201s and the rest itself (wrk's Requests/sec counts every reply), and prints the
+# summary from them.
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$body'
 wrk.headers["Content-Type"] = "application/json"
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init() answered = 0; refused = 0 end
+function response(status) if status == 201 then answered = answered + 1 else refused = refused + 1 end end
+function done(summary, latency)
+  local answered, refused = 0, 0
+  for _, t in ipairs(threads) do answered = answered + t:get("answered"); refused = refused + t:get("refused") end
+  local secs, replies = summary.duration / 1e6, answered + refused
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout
+  io.write(string.format("batches answered %d, refused %d (%.1f%%), socket errors %d: %.0f numbers/s answered through POST /v1/tracking-numbers (count %d)\n",
+    answered, refused, replies > 0 and 100 * refused / replies or 0, errors, answered * $count / secs, $count))
+  io.write(string.format("numbers_per_s=%.0f batches_per_s=%.1f refused_share=%.3f p99_ms=%.2f batches=%d refused=%d socket_errors=%d count=%d\n",
+    answered * $count / secs, answered / secs, replies > 0 and refused / replies or 0,
+    latency:percentile(99) / 1000, answered, refused, errors, $count))
+end
 LUA
 status=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Content-Type: application/json' -d "$body" "$url/v1/tracking-numbers")
 [ "$status" = 201 ] || { echo "bench-batch.sh: a batch got $status, not 201"; exit 1; }
 
 wrk -t1 -c"$conns" -d2s -s "$work/post.lua" "$url/v1/tracking-numbers" >/dev/null
-wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "$url/v1/tracking-numbers" | tee "$work/wrk.txt"
-awk -v count="$count" '
-  /Requests\/sec/ {rps=$2}
-  /^ +99%/ {p99=$2}
-  /Non-2xx/ {bad=$NF}
-  END {printf "batches/s %.1f, p99 %s, non-2xx %d: %.0f numbers/s through POST /v1/tracking-numbers (count %d)\n", rps, p99, bad, rps*count, count}' "$work/wrk.txt"
+wrk -t1 -c"$conns" -d"${secs}s" --latency -s "$work/post.lua" "$url/v1/tracking-numbers"

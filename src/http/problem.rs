@@ -220,6 +220,18 @@ impl Problem {
         .retry_after(1)
     }
 
+    /// 503: the service is sound but behind (new records arrive faster than storage takes
+    /// them). Not a fault: the same request a second later will likely go through.
+    pub fn busy() -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "urn:tracknum:problem:busy",
+            "Busy",
+            "busy: new records are arriving faster than they can be stored; retry shortly".into(),
+        )
+        .retry_after(1)
+    }
+
     /// Asks the client to retry after `secs`.
     pub fn retry_after(mut self, secs: u32) -> Self {
         self.retry_after_secs = Some(secs);
@@ -327,17 +339,21 @@ impl Problem {
 
 // Errors carry their HTTP meaning here, and only here.
 
-/// Storage errors: unreachable or slow storage is a
-/// 503 with `Retry-After`; anything else (corrupt data, a secret mismatch, a bug) is a 500.
-/// Either way the client gets a generic detail and the request id; the log gets the error.
+/// Storage errors: a store too busy for new records is a 503 that says so; unreachable or slow
+/// storage is a 503 too; both carry `Retry-After`. Anything else (corrupt data, a secret
+/// mismatch, a bug) is a 500. The client gets a generic detail and the request id; the log gets
+/// the error.
 impl From<StoreError> for Problem {
     fn from(err: StoreError) -> Problem {
-        if err.is_transient() {
-            let request_id = super::request_id::current();
+        let request_id = super::request_id::current();
+        if let StoreError::Busy(_) = err {
+            // Load, not a fault: the metrics count it, and a flood must not flood the log too.
+            tracing::debug!(request_id, error = %err, "storage busy");
+            Problem::busy()
+        } else if err.is_transient() {
             tracing::warn!(request_id, error = %err, "storage unavailable");
             Problem::unavailable("storage is unavailable right now; retry shortly")
         } else {
-            let request_id = super::request_id::current();
             tracing::error!(request_id, error = %err, "storage failed");
             Problem::internal()
         }
@@ -419,6 +435,56 @@ impl From<IdempotencyError> for Problem {
             )
             .retry_after(1),
             IdempotencyError::Store(err) => err.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn reply(problem: Problem) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = problem.into_response();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, retry_after, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_busy_store_is_a_503_that_says_busy_and_when_to_retry() {
+        let err = StoreError::Busy("records are arriving faster than the disk takes them".into());
+        assert!(err.is_transient());
+        let (status, retry_after, body) = reply(err.into()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after.as_deref(), Some("1"));
+        assert_eq!(body["type"], "urn:tracknum:problem:busy");
+        assert_eq!(body["title"], "Busy");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(
+            detail.starts_with("busy") && detail.ends_with("retry shortly"),
+            "{detail}"
+        );
+        assert!(
+            !detail.contains("disk"),
+            "our own words, not the store's: {detail}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_store_that_is_down_is_still_unavailable_not_busy() {
+        for err in [
+            StoreError::Unavailable("connection refused".into()),
+            StoreError::NotWritable("the disk is full".into()),
+        ] {
+            let (status, retry_after, body) = reply(err.into()).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(retry_after.as_deref(), Some("1"));
+            assert_eq!(body["type"], "urn:tracknum:problem:storage-unavailable");
         }
     }
 }

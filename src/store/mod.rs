@@ -51,6 +51,11 @@ pub enum StoreError {
     /// A lease would run the counter too far ahead of the clock: ask again this much later.
     #[error("the counter waits for the clock ({0:?})")]
     WaitForClock(Duration),
+    /// The store is sound but behind: it refuses new records for a moment because they arrive
+    /// faster than it writes them (the embedded write-behind buffer is full). Load, not a
+    /// fault: the caller retries shortly, and readiness is not affected.
+    #[error("storage is busy: {0}")]
+    Busy(String),
 }
 
 impl StoreError {
@@ -67,7 +72,10 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            StoreError::Unavailable(_) | StoreError::NotWritable(_) | StoreError::WaitForClock(_)
+            StoreError::Unavailable(_)
+                | StoreError::NotWritable(_)
+                | StoreError::WaitForClock(_)
+                | StoreError::Busy(_)
         )
     }
 
@@ -90,6 +98,7 @@ impl StoreError {
             }
             StoreError::NotWritable(reason) => format!("storage is not taking writes: {reason}"),
             StoreError::WaitForClock(_) => "the serial counter waits for the clock".into(),
+            StoreError::Busy(_) => "storage is busy with earlier records".into(),
             StoreError::SecretMismatch { .. } => {
                 "the counter belongs to a different --secret (see the log)".into()
             }

@@ -52,6 +52,7 @@ macro_rules! on_each_redis {
 }
 
 mod browser;
+mod busy;
 mod contract;
 mod edge;
 mod embedded;

@@ -185,7 +185,8 @@ fn shared_responses() -> Value {
             &[],
         ),
         "Unavailable": problem(
-            "Storage is unavailable, or the request timed out; retry after `Retry-After`",
+            "Busy (records arrive faster than they can be stored), storage is unavailable, or \
+             the request timed out; retry after `Retry-After`",
             &["Retry-After"],
         ),
     })

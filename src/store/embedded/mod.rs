@@ -1019,7 +1019,7 @@ impl EmbeddedStore {
                     }
                 })
                 .map_err(|err| match err {
-                    InsertError::Full => StoreError::NotWritable(
+                    InsertError::Full => StoreError::Busy(
                         "records are arriving faster than the disk takes them".into(),
                     ),
                     InsertError::Disk(err) => err,

@@ -1,0 +1,77 @@
+//! A refusal under load says what it is. When new records arrive faster than the embedded store
+//! writes them, its write-behind buffer fills and it refuses more: `StoreError::Busy`, which the
+//! API answers with a 503 "busy, retry shortly" (see the mapping's unit tests in
+//! `src/http/problem.rs`), not "storage is unavailable". Readiness does not change: the store
+//! is sound, only behind.
+//!
+//! Over HTTP the buffer fills only above about 100k records a second, which a release build
+//! reaches under `scripts/bench-batch.sh` and a debug build does not (about 80k/s on 2 cores),
+//! so this test drives the store itself, with no flush running, as a flood outrunning the disk.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tempfile::TempDir;
+use tracknum::config::FsyncPolicy;
+use tracknum::domain::TrackingNumber;
+use tracknum::store::{EmbeddedOptions, EmbeddedStore, RecordEntry, RecordStore, StoreError};
+
+/// A batch of `size` records of serials from `first` on, as the issuer makes them.
+fn batch(first: u64, size: u64) -> Vec<RecordEntry> {
+    let expires_at = Utc::now() + chrono::Duration::days(1);
+    (first..first + size)
+        .map(|serial| RecordEntry {
+            tracking_number: TrackingNumber::parse(&format!("BUSY{serial}")).unwrap(),
+            serial: Some(serial),
+            expires_at,
+            json: Bytes::from_static(br#"{"status":"issued"}"#),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_full_write_behind_buffer_refuses_as_busy_and_stays_ready() {
+    let dir = TempDir::new().unwrap();
+    let options = EmbeddedOptions {
+        fsync: FsyncPolicy::Everysec,
+        ..EmbeddedOptions::default()
+    };
+    // Twice what the buffer holds (100k records), made before the store opens so that the
+    // flood is all that is timed.
+    let batches: Vec<_> = (0..200).map(|i| batch(i * 1000, 1000)).collect();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options).unwrap();
+    // Nothing flushes the buffer here (the app's flush task is not running): batches pile up
+    // until it is full.
+    let started = Instant::now();
+    let mut accepted = 0;
+    let mut refusal = None;
+    for batch in &batches {
+        match store.insert_new(batch).await {
+            Ok(stored) => {
+                assert!(stored.iter().all(|&new| new));
+                accepted += 1000;
+            }
+            Err(err) => {
+                refusal = Some(err);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.unwrap_or_else(|| panic!("the buffer took all {accepted} records"));
+    // Under a second, or the store refuses for its other reason (records not on disk for a
+    // second) and the assertion below names it.
+    let took = started.elapsed();
+    assert!(accepted >= 1000, "the first batch was refused: {refusal}");
+    assert!(
+        matches!(refusal, StoreError::Busy(_)),
+        "refused after {accepted} records in {took:?}: {refusal:?}"
+    );
+    assert!(refusal.is_transient());
+    // /readyz asks the store's ping: still ready while merely busy.
+    store.ping().await.unwrap();
+    // Once the buffer reaches the disk, new records go in again.
+    store.sync().await.unwrap();
+    let stored = store.insert_new(&batch(accepted, 1000)).await.unwrap();
+    assert!(stored.iter().all(|&new| new));
+}
