@@ -2,9 +2,10 @@
 //! that storing records rewrites one row per bucket instead of inserting one B-tree entry per
 //! record. Pure row format, no I/O.
 //!
-//! A row is a sequence of entries in slot order, each framed on its own:
+//! A row is a sequence of frames, each checked on its own:
 //! ```text
-//! slot     2 bytes    the serial's place in its bucket (serial − the bucket's first serial)
+//! slot     2 bytes    the serial's place in its bucket (serial − the bucket's first serial);
+//!                     LOST for a mark of damage (below)
 //! len      varint     the value's length (LEB128)
 //! expires  8 bytes    ms since the Unix epoch
 //! prefix   4 bytes    the number's first four characters (origin and customer tag): the
@@ -12,12 +13,16 @@
 //! crc      4 bytes    CRC-32 of the bucket's id (8 bytes), every byte above, and the value
 //! value    len bytes  as the service gave it (a packed record)
 //! ```
-//! All integers big-endian. A flipped byte fails its entry's checksum, and the reader then
-//! scans forward byte by byte to the next entry whose checksum holds: the damage harms that one
-//! entry, its neighbours are still read. Since a damaged entry's slot cannot be trusted, a slot
-//! that is not found past a damaged region may be the damaged one: [`find`] says so rather than
-//! "missing". The bucket's id in the checksum keeps a value from passing for a frame: a record
-//! holding the bytes of a whole entry (a customer name, say) would need the id, which only the
+//! Integers are big-endian. Entries are written in slot order. A flipped byte fails its
+//! entry's checksum, and the reader scans forward byte by byte to the next frame whose checksum
+//! holds: the damage harms that one entry, its neighbours are still read. The damaged entry's
+//! own slot cannot be trusted, but it lies between the slots of the intact entries around it,
+//! and only a slot in that gap that holds no intact entry is refused as possibly damaged (in
+//! a bucket of consecutive serials, exactly the damaged one). The first rewrite of the row
+//! keeps that gap as a mark (a frame with slot LOST, the gap's first and last slot in place of
+//! the prefix), written before the entries, so the refusal outlasts any change to the row.
+//! The bucket's id in the checksum keeps a value from passing for a frame: a record holding
+//! the bytes of a whole entry (in a customer name, say) would need the id, which only the
 //! secret reveals.
 
 use std::ops::Range;
@@ -25,6 +30,9 @@ use std::ops::Range;
 /// Serials per bucket. Measured on 200,000 records with all seven inputs (about 75-byte
 /// entries): see the README's storage figures for the sizes tried.
 pub const BUCKET_SERIALS: u64 = 256;
+
+/// The slot of a mark of damage: above every real slot.
+const LOST: u16 = u16::MAX;
 
 /// Bytes of a frame other than its value, with a one-byte length.
 pub const FRAME_OVERHEAD: usize = 2 + 1 + 8 + 4 + 4;
@@ -56,12 +64,15 @@ pub struct Entry<'a> {
     pub value: &'a [u8],
 }
 
-/// A part of a row: an entry whose checksum holds (with its whole frame, to copy as it is), or
-/// bytes that are no entry (damaged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A part of a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Piece<'a> {
+    /// An entry whose checksum holds, with its whole frame (to copy as it is).
     Entry(Entry<'a>, &'a [u8]),
+    /// Bytes that are no frame: damage found now.
     Damaged(&'a [u8]),
+    /// A mark left by an earlier rewrite: a damaged entry was in `slots`.
+    Lost { slots: Range<u16>, frame: &'a [u8] },
 }
 
 /// The pieces of `row`, the row of bucket `id`, in order.
@@ -85,9 +96,15 @@ impl<'a> Iterator for Pieces<'a> {
         }
         if let Some((entry, end)) = frame_at(self.row, start, self.id) {
             self.at = end;
-            return Some(Piece::Entry(entry, &self.row[start..end]));
+            let frame = &self.row[start..end];
+            if entry.slot == LOST {
+                let [a, b, c, d] = entry.prefix;
+                let slots = u16::from_be_bytes([a, b])..u16::from_be_bytes([c, d]);
+                return Some(Piece::Lost { slots, frame });
+            }
+            return Some(Piece::Entry(entry, frame));
         }
-        // Damaged: resume at the next offset where an entry's checksum holds.
+        // Damaged: resume at the next offset where a frame's checksum holds.
         let mut next = start + 1;
         while next < self.row.len() && frame_at(self.row, next, self.id).is_none() {
             next += 1;
@@ -97,11 +114,12 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-/// The entry framed at `at`, and where it ends; None when no entry starts there.
+/// The frame at `at` (an entry, or a mark with slot LOST), and where it ends; None when no
+/// frame starts there.
 fn frame_at(row: &[u8], at: usize, id: u64) -> Option<(Entry<'_>, usize)> {
     let bytes = row.get(at..)?;
     let slot = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
-    if u64::from(slot) >= BUCKET_SERIALS {
+    if u64::from(slot) >= BUCKET_SERIALS && slot != LOST {
         return None;
     }
     let (len, len_bytes) = read_varint(bytes.get(2..)?)?;
@@ -163,35 +181,61 @@ pub fn encode(out: &mut Vec<u8>, id: u64, entry: &Entry<'_>) {
     out.extend_from_slice(entry.value);
 }
 
+/// Appends a mark that a damaged entry had one of `slots`.
+fn encode_lost(out: &mut Vec<u8>, id: u64, slots: Range<u16>) {
+    let [a, b] = slots.start.to_be_bytes();
+    let [c, d] = slots.end.to_be_bytes();
+    let mark = Entry {
+        slot: LOST,
+        prefix: [a, b, c, d],
+        expires_ms: 0,
+        value: &[],
+    };
+    encode(out, id, &mark);
+}
+
+/// The slots a damaged region between intact entries of slots `before` and `after` may have
+/// held (all of them at the row's ends).
+fn gap(before: Option<u16>, after: Option<u16>) -> Range<u16> {
+    let end = after.unwrap_or(BUCKET_SERIALS as u16);
+    before.map_or(0, |slot| slot + 1).min(end)..end
+}
+
 /// What a lookup of one slot found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found<'a> {
     Entry(Entry<'a>),
     /// No entry holds the slot.
     Missing,
-    /// No intact entry holds the slot, and a damaged region where it would be does: it may
-    /// have been this slot's entry.
+    /// No intact entry holds the slot, and a damaged one may have.
     Damaged,
 }
 
-/// The entry of `slot` in `row` (bucket `id`). Entries are kept in slot order, and a damaged
-/// region stays after the intact entries that came before it, so a slot is settled missing
-/// at the first intact entry past it unless damage came first.
+/// The entry of `slot` in `row` (bucket `id`). Marks come first and entries in slot order, so
+/// the lookup ends at the first intact entry past the slot.
 pub fn find(row: &[u8], id: u64, slot: u16) -> Found<'_> {
-    let mut damaged = false;
+    let mut lost = false;
+    let mut before = None;
+    let mut damage_since = false;
     for piece in pieces(row, id) {
         match piece {
-            Piece::Entry(entry, _) if entry.slot == slot => return Found::Entry(entry),
-            Piece::Entry(entry, _) if entry.slot > slot => break,
-            Piece::Entry(..) => {}
-            Piece::Damaged(_) => damaged = true,
+            Piece::Lost { slots, .. } => lost |= slots.contains(&slot),
+            Piece::Damaged(_) => damage_since = true,
+            Piece::Entry(entry, _) => {
+                if entry.slot == slot {
+                    return Found::Entry(entry);
+                }
+                lost |= damage_since && gap(before, Some(entry.slot)).contains(&slot);
+                if entry.slot > slot {
+                    break;
+                }
+                before = Some(entry.slot);
+                damage_since = false;
+            }
         }
     }
-    if damaged {
-        Found::Damaged
-    } else {
-        Found::Missing
-    }
+    lost |= damage_since && gap(before, None).contains(&slot);
+    if lost { Found::Damaged } else { Found::Missing }
 }
 
 /// The latest expiry among the intact entries of `row`.
@@ -199,7 +243,7 @@ pub fn latest(row: &[u8], id: u64) -> Option<i64> {
     pieces(row, id)
         .filter_map(|piece| match piece {
             Piece::Entry(entry, _) => Some(entry.expires_ms),
-            Piece::Damaged(_) => None,
+            _ => None,
         })
         .max()
 }
@@ -237,7 +281,7 @@ pub struct Summary {
     pub entries: usize,
     /// The latest expiry among them.
     pub latest_ms: Option<i64>,
-    /// Whether damaged bytes were kept.
+    /// Whether it keeps marks of damage.
     pub damaged: bool,
     /// Entries left out because they had expired.
     pub expired: usize,
@@ -256,9 +300,9 @@ impl Summary {
 }
 
 /// Writes `row` (bucket `id`) with `changes` applied into `out`: `changes` in slot order, one
-/// per slot at most. Entries expired at `now_ms` are left out (they are never served). Damaged
-/// bytes are kept where they were, so that their record stays a refusal, not a "not found"; a
-/// new entry whose slot falls between the intact entries around a damaged region goes after it.
+/// per slot at most. Entries expired at `now_ms` are left out (they are never served). Marks
+/// of damage are kept, and damage found now becomes a mark of the slots it may have held (its
+/// bytes go), so that its record stays a refusal, not a "not found", whatever changes next.
 pub fn rewrite(
     row: &[u8],
     id: u64,
@@ -269,31 +313,49 @@ pub fn rewrite(
     out.clear();
     out.reserve(row.len() + changes.len() * (FRAME_OVERHEAD + 64));
     let mut summary = Summary::default();
-    let mut changes = changes.iter().peekable();
+    // The marks first: those kept, then one per damaged region found now.
+    let mut before = None;
+    let mut damage_since = false;
+    for piece in pieces(row, id) {
+        match piece {
+            Piece::Lost { frame, .. } => {
+                out.extend_from_slice(frame);
+                summary.damaged = true;
+            }
+            Piece::Damaged(_) => damage_since = true,
+            Piece::Entry(entry, _) => {
+                if std::mem::take(&mut damage_since) {
+                    encode_lost(out, id, gap(before, Some(entry.slot)));
+                    summary.damaged = true;
+                }
+                before = Some(entry.slot);
+            }
+        }
+    }
+    if damage_since {
+        encode_lost(out, id, gap(before, None));
+        summary.damaged = true;
+    }
     let put = |out: &mut Vec<u8>, summary: &mut Summary, change: &Change<'_>| {
         if let Change::Put(entry) = change {
             encode(out, id, entry);
             summary.holds(entry.expires_ms);
         }
     };
+    let mut changes = changes.iter().peekable();
     for piece in pieces(row, id) {
-        match piece {
-            Piece::Damaged(bytes) => {
-                out.extend_from_slice(bytes);
-                summary.damaged = true;
-            }
-            Piece::Entry(entry, frame) => {
-                while let Some(change) = changes.next_if(|c| c.slot() < entry.slot) {
-                    put(out, &mut summary, change);
-                }
-                match changes.next_if(|c| c.slot() == entry.slot) {
-                    Some(change) => put(out, &mut summary, change),
-                    None if entry.expires_ms <= now_ms => summary.expired += 1,
-                    None => {
-                        out.extend_from_slice(frame);
-                        summary.holds(entry.expires_ms);
-                    }
-                }
+        let Piece::Entry(entry, frame) = piece else {
+            continue;
+        };
+        while let Some(change) = changes.next_if(|c| c.slot() < entry.slot) {
+            put(out, &mut summary, change);
+        }
+        match changes.next_if(|c| c.slot() == entry.slot) {
+            Some(change) => put(out, &mut summary, change),
+            None if entry.expires_ms <= now_ms => summary.expired += 1,
+            None => {
+                out.extend_from_slice(frame);
+                summary.holds(entry.expires_ms);
             }
         }
     }
@@ -403,7 +465,7 @@ mod tests {
         let slots: Vec<u16> = pieces(&out, ID)
             .map(|p| match p {
                 Piece::Entry(e, _) => e.slot,
-                Piece::Damaged(_) => panic!("damage"),
+                other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(slots, [1, 4, 6, 9]);
@@ -421,34 +483,53 @@ mod tests {
         assert!(summary.is_empty() && emptied.is_empty());
     }
 
-    /// Every single flipped byte of a row (every bit pattern tried on some) harms at most the
-    /// entry it falls in: every other entry reads back exactly, the hit one is never read as
-    /// something else, and a slot that holds nothing is never reported as holding something.
+    /// Every single flipped byte of a row (several bit patterns each) harms only the entry it
+    /// falls in: every other entry reads back exactly, the hit one is refused, never read as
+    /// something else; of the slots holding nothing, only those between the hit entry's
+    /// neighbours are refused, the rest are "missing". The same after the row is rewritten.
     #[test]
     fn a_flipped_byte_harms_only_its_own_entry() {
         let slots = [0u16, 3, 4, 5, 200, (BUCKET_SERIALS - 1) as u16];
         let (row, values) = row_of(&slots);
+        let mut ends = Vec::new();
+        let mut at = 0;
+        for piece in pieces(&row, ID) {
+            let Piece::Entry(_, frame) = piece else {
+                panic!("{piece:?}")
+            };
+            at += frame.len();
+            ends.push(at);
+        }
+        let empty = [1u16, 2, 6, 100, 201, 254];
+        let mut rewritten = Vec::new();
         for at in 0..row.len() {
+            let hit = ends.iter().position(|&end| at < end).unwrap();
+            let gap = gap(
+                hit.checked_sub(1).map(|k| slots[k]),
+                slots.get(hit + 1).copied(),
+            );
             for flip in [0x01u8, 0x20, 0x80, 0xFF] {
                 let mut damaged = row.clone();
                 damaged[at] ^= flip;
-                let mut lost = 0;
-                for (&slot, value) in slots.iter().zip(&values) {
-                    match find(&damaged, ID, slot) {
-                        Found::Entry(found) => {
-                            assert_eq!(found, entry(slot, 1000 + i64::from(slot), value))
+                rewrite(&damaged, ID, &[], 0, &mut rewritten);
+                for read in [&damaged, &rewritten] {
+                    for (k, (&slot, value)) in slots.iter().zip(&values).enumerate() {
+                        let found = find(read, ID, slot);
+                        if k == hit {
+                            assert_eq!(found, Found::Damaged, "byte {at} ^ {flip:#x}");
+                        } else {
+                            let intact = entry(slot, 1000 + i64::from(slot), value);
+                            assert_eq!(found, Found::Entry(intact), "byte {at} ^ {flip:#x}");
                         }
-                        Found::Damaged => lost += 1,
-                        Found::Missing => panic!("byte {at} ^ {flip:#x}: slot {slot} missing"),
                     }
-                }
-                assert_eq!(lost, 1, "byte {at} ^ {flip:#x}: {lost} entries harmed");
-                for empty in [1u16, 6, 100] {
-                    assert_ne!(
-                        std::mem::discriminant(&find(&damaged, ID, empty)),
-                        std::mem::discriminant(&Found::Entry(entry(0, 0, b""))),
-                        "byte {at}: empty slot {empty} found"
-                    );
+                    for slot in empty {
+                        let expected = if gap.contains(&slot) {
+                            Found::Damaged
+                        } else {
+                            Found::Missing
+                        };
+                        assert_eq!(find(read, ID, slot), expected, "byte {at}: slot {slot}");
+                    }
                 }
             }
         }
@@ -461,7 +542,9 @@ mod tests {
         let second = row.len() / 3 + 20; // inside the entry of slot 5
         damaged[second] ^= 0x40;
         assert_eq!(find(&damaged, ID, 5), Found::Damaged);
-        assert_eq!(find(&damaged, ID, 1), Found::Missing, "before the damage");
+        assert_eq!(find(&damaged, ID, 7), Found::Damaged, "in the gap");
+        assert_eq!(find(&damaged, ID, 1), Found::Missing, "before the gap");
+        assert_eq!(find(&damaged, ID, 9), Found::Missing, "after the gap");
         let mut out = Vec::new();
         let summary = rewrite(
             &damaged,
@@ -477,11 +560,12 @@ mod tests {
         assert!(summary.damaged);
         assert_eq!(summary.entries, 3);
         assert_eq!(find(&out, ID, 5), Found::Damaged, "still refused");
+        assert_eq!(find(&out, ID, 7), Found::Damaged, "the gap is kept");
         assert_eq!(find(&out, ID, 3), Found::Entry(entry(3, 1003, &values[0])));
         assert_eq!(find(&out, ID, 4), Found::Entry(entry(4, 2000, b"four")));
         assert_eq!(find(&out, ID, 6), Found::Entry(entry(6, 2000, b"six")));
-        assert_eq!(find(&out, ID, 8), Found::Damaged, "past the damage");
-        // With every intact entry gone, the damage alone keeps the row.
+        assert_eq!(find(&out, ID, 8), Found::Missing, "removed, past the gap");
+        // With every intact entry gone, the mark alone keeps the row; the purge drops it.
         let mut rest = Vec::new();
         let summary = rewrite(
             &out,
@@ -491,6 +575,29 @@ mod tests {
             &mut rest,
         );
         assert!(!summary.is_empty() && summary.latest_ms.is_none());
+        assert_eq!(find(&rest, ID, 5), Found::Damaged);
+        assert_eq!(find(&rest, ID, 3), Found::Missing);
+    }
+
+    /// In a bucket of consecutive serials, a damaged record's gap is itself alone: deleting its
+    /// neighbours leaves them "not found", not refused.
+    #[test]
+    fn in_a_full_run_only_the_damaged_slot_is_refused() {
+        let (row, _) = row_of(&[10, 11, 12]);
+        let mut damaged = row.clone();
+        damaged[row.len() / 2] ^= 0x08; // inside slot 11's entry
+        let mut out = Vec::new();
+        rewrite(
+            &damaged,
+            ID,
+            &[Change::Remove(10), Change::Remove(12)],
+            0,
+            &mut out,
+        );
+        assert_eq!(find(&out, ID, 11), Found::Damaged);
+        for slot in [9, 10, 12, 13] {
+            assert_eq!(find(&out, ID, slot), Found::Missing, "{slot}");
+        }
     }
 
     #[test]
