@@ -27,9 +27,16 @@
 
 use std::ops::Range;
 
-/// Serials per bucket. Measured on 200,000 records with all seven inputs (about 75-byte
-/// entries): see the README's storage figures for the sizes tried.
-pub const BUCKET_SERIALS: u64 = 256;
+use crate::domain::codec::NODE_SERIALS;
+
+/// Serials per bucket in a new data dir (a data dir keeps the size it was made with). redb keeps
+/// a row bigger than a page (4 KiB) in a page of its own, a power of two of them, so a bucket
+/// pays when its full row just fits one: 192 entries of about 77 bytes (all seven inputs) are
+/// 14.8 KB, in 16 KiB. Measured on 200,000 such records, data file blocks per record: 89 B
+/// (buckets of 96), 91 B (192), 95 B (384), but 126 B (128 and 256: rows of 0.6 of a page).
+/// Reads check the entries before theirs, so smaller is quicker to read; 192 keeps a bucket's
+/// keys (one B-tree key and one purge key) at under a byte a record.
+pub const BUCKET_SERIALS: u64 = 192;
 
 /// The slot of a mark of damage: above every real slot.
 const LOST: u16 = u16::MAX;
@@ -37,22 +44,43 @@ const LOST: u16 = u16::MAX;
 /// Bytes of a frame other than its value, with a one-byte length.
 pub const FRAME_OVERHEAD: usize = 2 + 1 + 8 + 4 + 4;
 
-/// The bucket holding `serial`, and its slot there.
-pub fn locate(serial: u64) -> (u64, u16) {
-    (
-        serial / BUCKET_SERIALS,
-        (serial % BUCKET_SERIALS) as u16, // below BUCKET_SERIALS, which fits
-    )
+/// How many consecutive serials a bucket holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketSize(u64);
+
+impl BucketSize {
+    /// None unless it is 1 to 32,768 serials (slots fit in two bytes, below LOST) and divides a
+    /// node's partition, so that no bucket spans two nodes.
+    pub fn new(serials: u64) -> Option<BucketSize> {
+        ((1..=1 << 15).contains(&serials) && NODE_SERIALS.is_multiple_of(serials))
+            .then_some(BucketSize(serials))
+    }
+
+    pub fn serials(self) -> u64 {
+        self.0
+    }
+
+    /// The bucket holding `serial`, and its slot there.
+    pub fn locate(self, serial: u64) -> (u64, u16) {
+        // The slot is below the size, which fits in two bytes.
+        (serial / self.0, (serial % self.0) as u16)
+    }
+
+    /// The bucket ids covering `serials` (a bucket that starts inside them included).
+    pub fn ids_of(self, serials: Range<u64>) -> Range<u64> {
+        serials.start / self.0..serials.end.div_ceil(self.0)
+    }
+
+    /// The first serial past bucket `id`.
+    pub fn end_of(self, id: u64) -> u64 {
+        id.saturating_add(1).saturating_mul(self.0)
+    }
 }
 
-/// The bucket ids covering `serials` (a bucket that starts inside them included).
-pub fn ids_of(serials: Range<u64>) -> Range<u64> {
-    serials.start / BUCKET_SERIALS..serials.end.div_ceil(BUCKET_SERIALS)
-}
-
-/// The first serial past bucket `id`.
-pub fn end_of(id: u64) -> u64 {
-    id.saturating_add(1).saturating_mul(BUCKET_SERIALS)
+impl Default for BucketSize {
+    fn default() -> Self {
+        BucketSize(BUCKET_SERIALS)
+    }
 }
 
 /// One record in a bucket, as read.
@@ -119,9 +147,6 @@ impl<'a> Iterator for Pieces<'a> {
 fn frame_at(row: &[u8], at: usize, id: u64) -> Option<(Entry<'_>, usize)> {
     let bytes = row.get(at..)?;
     let slot = u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]);
-    if u64::from(slot) >= BUCKET_SERIALS && slot != LOST {
-        return None;
-    }
     let (len, len_bytes) = read_varint(bytes.get(2..)?)?;
     let header = 2 + len_bytes + 8 + 4;
     let fixed = bytes.get(2 + len_bytes..header)?;
@@ -197,7 +222,7 @@ fn encode_lost(out: &mut Vec<u8>, id: u64, slots: Range<u16>) {
 /// The slots a damaged region between intact entries of slots `before` and `after` may have
 /// held (all of them at the row's ends).
 fn gap(before: Option<u16>, after: Option<u16>) -> Range<u16> {
-    let end = after.unwrap_or(BUCKET_SERIALS as u16);
+    let end = after.unwrap_or(LOST);
     before.map_or(0, |slot| slot + 1).min(end)..end
 }
 
@@ -398,14 +423,26 @@ mod tests {
 
     #[test]
     fn serials_map_to_buckets_and_slots() {
-        assert_eq!(locate(0), (0, 0));
-        assert_eq!(locate(BUCKET_SERIALS - 1), (0, (BUCKET_SERIALS - 1) as u16));
-        assert_eq!(locate(BUCKET_SERIALS * 5 + 3), (5, 3));
-        assert_eq!(end_of(5), BUCKET_SERIALS * 6);
-        assert_eq!(ids_of(BUCKET_SERIALS..BUCKET_SERIALS * 3 + 1), 1..4);
-        assert_eq!(ids_of(0..BUCKET_SERIALS), 0..1);
+        let size = BucketSize::default();
+        assert_eq!(size.serials(), BUCKET_SERIALS);
+        let last = (BUCKET_SERIALS - 1) as u16;
+        assert_eq!(size.locate(0), (0, 0));
+        assert_eq!(size.locate(BUCKET_SERIALS - 1), (0, last));
+        assert_eq!(size.locate(BUCKET_SERIALS * 5 + 3), (5, 3));
+        assert_eq!(size.end_of(5), BUCKET_SERIALS * 6);
+        assert_eq!(size.ids_of(BUCKET_SERIALS..BUCKET_SERIALS * 3 + 1), 1..4);
+        assert_eq!(size.ids_of(0..BUCKET_SERIALS), 0..1);
         // Every node's partition is whole buckets: a bucket never spans two nodes.
-        assert_eq!(crate::domain::codec::NODE_SERIALS % BUCKET_SERIALS, 0);
+        for serials in [1, 64, 96, 128, 256, 512, 1 << 15] {
+            assert_eq!(
+                BucketSize::new(serials).map(BucketSize::serials),
+                Some(serials)
+            );
+        }
+        for serials in [0, 100, 1 << 16, u64::MAX] {
+            assert_eq!(BucketSize::new(serials), None, "{serials}");
+        }
+        assert_eq!(BucketSize::new(BUCKET_SERIALS), Some(size));
     }
 
     #[test]
@@ -489,7 +526,7 @@ mod tests {
     /// neighbours are refused, the rest are "missing". The same after the row is rewritten.
     #[test]
     fn a_flipped_byte_harms_only_its_own_entry() {
-        let slots = [0u16, 3, 4, 5, 200, (BUCKET_SERIALS - 1) as u16];
+        let slots = [0u16, 3, 4, 5, 200, 255];
         let (row, values) = row_of(&slots);
         let mut ends = Vec::new();
         let mut at = 0;
@@ -500,7 +537,7 @@ mod tests {
             at += frame.len();
             ends.push(at);
         }
-        let empty = [1u16, 2, 6, 100, 201, 254];
+        let empty = [1u16, 2, 6, 100, 201, 254, 256, 4000];
         let mut rewritten = Vec::new();
         for at in 0..row.len() {
             let hit = ends.iter().position(|&end| at < end).unwrap();

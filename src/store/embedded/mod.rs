@@ -35,12 +35,12 @@ mod buckets;
 mod imports;
 
 pub use buckets::BUCKET_SERIALS;
-use buckets::{Change, Found};
+use buckets::{BucketSize, Change, Found};
 
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Records of numbers this service issued, [`BUCKET_SERIALS`] consecutive serials to a row
-/// keyed by bucket id (serial / [`BUCKET_SERIALS`]; see [`buckets`]): a flush rewrites one row
+/// keyed by bucket id (serial / the size; see [`buckets`]): a flush rewrites one row
 /// per bucket, not one B-tree entry per record, and a bucket costs one key for a few hundred
 /// records. Serials grow, so new buckets append at the right edge of the tree.
 const BUCKETS: TableDefinition<u64, &[u8]> = TableDefinition::new("buckets");
@@ -69,6 +69,9 @@ const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
 /// The layout of stored records (see [`encode_value`]); absent in files from before checksums.
 const RECORD_FORMAT: &str = "record_format";
+/// Serials per bucket in this data dir (8 bytes big-endian), kept from its first start with
+/// buckets: every bucket id depends on it.
+const BUCKET_SIZE: &str = "bucket_serials";
 /// At most this many expiry groups are purged per transaction.
 const PURGE_GROUPS: usize = 64;
 /// At most this many due buckets are purged per transaction (about 4 MB of rows).
@@ -105,6 +108,9 @@ pub struct EmbeddedOptions {
     /// `--node-id`: the partition of the serial space this instance issues from. None: the one
     /// the data dir keeps, or 0 for a new one.
     pub node_id: Option<u8>,
+    /// Serials per bucket in a new data dir (one that has its size keeps it); it must divide
+    /// a node's partition and be at most 32,768. For measuring other sizes.
+    pub bucket_serials: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -115,6 +121,7 @@ impl Default for EmbeddedOptions {
             min_free_disk: 0,
             timeout: Duration::from_secs(2),
             node_id: None,
+            bucket_serials: BUCKET_SERIALS,
         }
     }
 }
@@ -134,6 +141,8 @@ pub struct EmbeddedStore {
     codec: Codec,
     /// The node whose partition of the serial space this data dir issues from.
     node: u8,
+    /// Serials per bucket, as the data dir keeps it.
+    bucket: BucketSize,
     /// Present under `--fsync everysec`: the write-behind buffer.
     memtable: Option<Arc<Memtable>>,
     /// Held while the buffer is flushed, and while a record is changed in place: a change
@@ -178,6 +187,7 @@ impl EmbeddedStore {
         let given_secret = secret.is_some();
         let secret = settle_secret(&db, secret)?;
         let (node, layout) = settle_node(&db, options.node_id, None)?;
+        let bucket = settle_buckets(&db, options.bucket_serials)?;
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
             FsyncPolicy::Always => None,
@@ -192,6 +202,7 @@ impl EmbeddedStore {
             path,
             codec: Codec::with_layout(secret.as_bytes(), layout),
             node,
+            bucket,
             secret: secret.clone(),
             secret_given: given_secret,
             memtable: window.map(|_| Arc::default()),
@@ -336,6 +347,7 @@ impl EmbeddedStore {
         );
         let given = self.secret_given;
         let node = (self.node, self.codec.layout());
+        let bucket = self.bucket;
         let reopened = tokio::task::spawn_blocking(move || {
             // redb locks its file: the old handle must be gone before the new one opens. Calls
             // still using it end within the storage timeout.
@@ -362,9 +374,12 @@ impl EmbeddedStore {
                 // A new file at the path must keep the secret this process generated.
                 keep_generated_secret(&db, &secret).and_then(|()| settle_secret(&db, None))
             };
-            // A new file at the path keeps this process' node too.
+            // A new file at the path keeps this process' node and bucket size too.
             let settled = settled.and_then(|secret| {
                 settle_node(&db, None, Some(node))?;
+                if settle_buckets(&db, bucket.serials())? != bucket {
+                    anyhow::bail!("the data file now at the path has another bucket size");
+                }
                 Ok(secret)
             });
             match settled {
@@ -516,11 +531,8 @@ fn settle_node(
                             .open_table(ISSUED)?
                             .last()?
                             .map_or(0, |(serial, _)| serial.value() + 1);
-                        let past_buckets = tx
-                            .open_table(BUCKETS)?
-                            .last()?
-                            .map_or(0, |(id, _)| buckets::end_of(id.value()));
-                        let legacy_below = next.max(past_records).max(past_buckets);
+                        // (No buckets yet: they came after node ids.)
+                        let legacy_below = next.max(past_records);
                         let skip_below = legacy_below.max(clock_serial(SystemTime::now()));
                         let layout = Layout::Nodes {
                             legacy_below,
@@ -538,6 +550,32 @@ fn settle_node(
     };
     tx.commit()?;
     Ok(settled)
+}
+
+/// Settles the data dir's bucket size: the one it keeps, else `wanted`, kept now.
+fn settle_buckets(db: &Database, wanted: u64) -> anyhow::Result<BucketSize> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let size = {
+        let mut meta = tx.open_table(META)?;
+        let kept = meta.get(BUCKET_SIZE)?.map(|v| v.value().to_vec());
+        match kept {
+            Some(kept) => <[u8; 8]>::try_from(kept.as_slice())
+                .ok()
+                .map(u64::from_be_bytes)
+                .and_then(BucketSize::new)
+                .ok_or_else(|| anyhow::anyhow!("the data dir's bucket size is damaged"))?,
+            None => {
+                let size = BucketSize::new(wanted).ok_or_else(|| {
+                    anyhow::anyhow!("{wanted} serials per bucket: not a size a bucket can have")
+                })?;
+                meta.insert(BUCKET_SIZE, wanted.to_be_bytes().as_slice())?;
+                size
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(size)
 }
 
 /// A node layout as kept in the data dir: `legacy_below` and `skip_below`, big-endian.
@@ -662,6 +700,7 @@ impl LeaseSource for EmbeddedStore {
         let base = u64::from(self.node) * NODE_SERIALS;
         let top = base + NODE_SERIALS;
         let clock = base + clock_serial(SystemTime::now());
+        let bucket = self.bucket;
         let range = self
             .blocking(Access::Change, move |db| {
                 // The block is on disk before any serial of it is handed out.
@@ -687,12 +726,12 @@ impl LeaseSource for EmbeddedStore {
                     let past_buckets = tx
                         .open_table(BUCKETS)
                         .map_err(db_err)?
-                        .range(buckets::ids_of(base..top))
+                        .range(bucket.ids_of(base..top))
                         .map_err(db_err)?
                         .next_back()
                         .transpose()
                         .map_err(db_err)?
-                        .map_or(0, |(id, _)| buckets::end_of(id.value()));
+                        .map_or(0, |(id, _)| bucket.end_of(id.value()));
                     let start = next
                         .max(floor)
                         .max(past_records)
@@ -821,6 +860,7 @@ struct Tables<T, U, V> {
     issued: T,
     others: U,
     buckets: V,
+    size: BucketSize,
 }
 
 impl<T, U, V> Tables<T, U, V>
@@ -841,7 +881,7 @@ where
         let Slot::Issued(serial) = slot else {
             return self.legacy_record(slot, number, read);
         };
-        let (id, at) = buckets::locate(serial);
+        let (id, at) = self.size.locate(serial);
         let mut damaged = false;
         if let Some(row) = self.buckets.get(id).map_err(db_err)? {
             match buckets::find(row.value(), id, at) {
@@ -899,19 +939,21 @@ type ReadTables = Tables<
     redb::ReadOnlyTable<u64, Row>,
 >;
 
-fn write_tables(tx: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
+fn write_tables(tx: &WriteTransaction, size: BucketSize) -> Result<WriteTables<'_>, StoreError> {
     Ok(Tables {
         issued: tx.open_table(ISSUED).map_err(db_err)?,
         others: tx.open_table(OTHERS).map_err(db_err)?,
         buckets: tx.open_table(BUCKETS).map_err(db_err)?,
+        size,
     })
 }
 
-fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
+fn read_tables(tx: &redb::ReadTransaction, size: BucketSize) -> Result<ReadTables, StoreError> {
     Ok(Tables {
         issued: tx.open_table(ISSUED).map_err(db_err)?,
         others: tx.open_table(OTHERS).map_err(db_err)?,
         buckets: tx.open_table(BUCKETS).map_err(db_err)?,
+        size,
     })
 }
 
@@ -919,11 +961,12 @@ fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
 fn live_on_disk(
     db: &Database,
     codec: &Codec,
+    size: BucketSize,
     number: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let tx = db.begin_read().map_err(db_err)?;
-    let tables = read_tables(&tx)?;
+    let tables = read_tables(&tx, size)?;
     Ok(tables
         .with_record(slot(codec, number), number, |stored| {
             stored.expires_ms > now_ms
@@ -953,11 +996,12 @@ fn group_numbers(mut value: &[u8]) -> impl Iterator<Item = &str> {
 fn write_records<'a>(
     db: &Database,
     codec: &Codec,
+    size: BucketSize,
     records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
     let tx = begin_durable(db)?;
-    let written = write_in(&tx, codec, records, only_new)?;
+    let written = write_in(&tx, codec, size, records, only_new)?;
     tx.commit().map_err(db_err)?;
     Ok(written)
 }
@@ -983,12 +1027,13 @@ struct Ours<'a> {
 fn write_in<'a>(
     tx: &WriteTransaction,
     codec: &Codec,
+    size: BucketSize,
     records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
     let mut written = Vec::new();
-    let mut tables = write_tables(tx)?;
+    let mut tables = write_tables(tx, size)?;
     let mut value = Vec::new();
     let mut group = Vec::new();
     let mut latest = i64::MIN;
@@ -1060,8 +1105,9 @@ fn write_ours(
     let mut due = tx.open_table(BUCKET_EXPIRY).map_err(db_err)?;
     let mut changes = Vec::new();
     let mut row = Vec::new();
-    for group in ours.chunk_by(|a, b| buckets::locate(a.serial).0 == buckets::locate(b.serial).0) {
-        let id = buckets::locate(group[0].serial).0;
+    let size = tables.size;
+    for group in ours.chunk_by(|a, b| size.locate(a.serial).0 == size.locate(b.serial).0) {
+        let id = size.locate(group[0].serial).0;
         let old = bucket_row(&tables.buckets, id)?;
         let live = if only_new {
             buckets::live_slots(&old, id, now)
@@ -1070,7 +1116,7 @@ fn write_ours(
         };
         changes.clear();
         for record in group {
-            let slot = buckets::locate(record.serial).1;
+            let slot = size.locate(record.serial).1;
             if changes
                 .last()
                 .is_some_and(|c: &Change<'_>| c.slot() == slot)
@@ -1164,8 +1210,13 @@ fn drop_legacy(tables: &mut WriteTables<'_>, serial: u64, number: &str) -> Resul
 }
 
 /// Removes the record of `number` in `tx`, wherever it is.
-fn remove_in(tx: &WriteTransaction, codec: &Codec, number: &str) -> Result<(), StoreError> {
-    let mut tables = write_tables(tx)?;
+fn remove_in(
+    tx: &WriteTransaction,
+    codec: &Codec,
+    size: BucketSize,
+    number: &str,
+) -> Result<(), StoreError> {
+    let mut tables = write_tables(tx, size)?;
     let serial = match slot(codec, number) {
         Slot::Other(key) => {
             tables.others.remove(key).map_err(db_err)?;
@@ -1173,7 +1224,7 @@ fn remove_in(tx: &WriteTransaction, codec: &Codec, number: &str) -> Result<(), S
         }
         Slot::Issued(serial) => serial,
     };
-    let (id, at) = buckets::locate(serial);
+    let (id, at) = size.locate(serial);
     let old = bucket_row(&tables.buckets, id)?;
     if matches!(buckets::find(&old, id, at), Found::Entry(entry) if entry.prefix == prefix_of(number))
     {
@@ -1190,11 +1241,12 @@ fn remove_in(tx: &WriteTransaction, codec: &Codec, number: &str) -> Result<(), S
 fn holds_live(
     tx: &WriteTransaction,
     codec: &Codec,
+    size: BucketSize,
     number: &str,
     expected: Option<&[u8]>,
 ) -> Result<Option<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
-    let tables = write_tables(tx)?;
+    let tables = write_tables(tx, size)?;
     let found = tables.with_record(slot(codec, number), number, |stored| {
         (stored.expires_ms > now).then(|| expected.is_none_or(|e| e == stored.json))
     })?;
@@ -1222,6 +1274,7 @@ impl EmbeddedStore {
             return Ok(());
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         let written = batch.clone();
         self.blocking(access, move |db| {
             // In serial order, so the inserts append to the tree rather than split pages in the
@@ -1233,7 +1286,7 @@ impl EmbeddedStore {
             records
                 .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
             // Every record was checked when it was buffered.
-            write_records(db, &codec, records.into_iter(), false)
+            write_records(db, &codec, bucket, records.into_iter(), false)
         })
         .await?;
         memtable.finish_flush(written);
@@ -1249,7 +1302,9 @@ impl EmbeddedStore {
         &self,
         number: &str,
         access: Access,
-        change: impl FnOnce(&WriteTransaction, &Codec) -> Result<(T, bool), StoreError> + Send + 'static,
+        change: impl FnOnce(&WriteTransaction, &Codec, BucketSize) -> Result<(T, bool), StoreError>
+        + Send
+        + 'static,
     ) -> Result<T, StoreError> {
         self.admit(access)?;
         let _flushing = self.flush_lock.lock().await;
@@ -1257,9 +1312,10 @@ impl EmbeddedStore {
             self.flush_locked().await?;
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(access, move |db| {
             let tx = begin_durable(db)?;
-            let (outcome, commit) = change(&tx, &codec)?;
+            let (outcome, commit) = change(&tx, &codec, bucket)?;
             if commit {
                 tx.commit().map_err(db_err)?;
             } // else dropping the transaction aborts it
@@ -1283,7 +1339,9 @@ impl EmbeddedStore {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
-                        Slot::Other(_) => live_on_disk(&*self.database()?, &self.codec, key, now),
+                        Slot::Other(_) => {
+                            live_on_disk(&*self.database()?, &self.codec, self.bucket, key, now)
+                        }
                     }
                 })
                 .map_err(|err| match err {
@@ -1298,11 +1356,12 @@ impl EmbeddedStore {
             return outcome;
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Grow, move |db| {
             let records = rows
                 .iter()
                 .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.value.as_ref()));
-            write_records(db, &codec, records, true)
+            write_records(db, &codec, bucket, records, true)
         })
         .await
     }
@@ -1328,10 +1387,11 @@ impl EmbeddedStore {
             return Ok(found);
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         let read = self
             .blocking(Access::Read, move |db| {
                 let tx = db.begin_read().map_err(db_err)?;
-                let tables = read_tables(&tx)?;
+                let tables = read_tables(&tx, bucket)?;
                 let mut read = Vec::with_capacity(unknown.len());
                 for (i, key) in unknown {
                     let json = tables.with_record(slot(&codec, &key), &key, |stored| {
@@ -1359,9 +1419,10 @@ impl EmbeddedStore {
         }
         let key = key.to_owned();
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Read, move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let tables = read_tables(&tx)?;
+            let tables = read_tables(&tx, bucket)?;
             let json = tables.with_record(slot(&codec, &key), &key, |stored| {
                 (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
             })?;
@@ -1411,8 +1472,8 @@ impl RecordStore for EmbeddedStore {
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
         let (expected, entry) = (expected.clone(), entry.clone());
         let number = entry.tracking_number;
-        self.change_on_disk(number.as_str(), Access::Grow, move |tx, codec| {
-            if holds_live(tx, codec, number.as_str(), Some(&expected))? != Some(true) {
+        self.change_on_disk(number.as_str(), Access::Grow, move |tx, codec, size| {
+            if holds_live(tx, codec, size, number.as_str(), Some(&expected))? != Some(true) {
                 return Ok((Swap::Changed, false));
             }
             let record = (
@@ -1421,7 +1482,7 @@ impl RecordStore for EmbeddedStore {
                 entry.expires_at.timestamp_millis(),
                 entry.value.as_ref(),
             );
-            write_in(tx, codec, std::iter::once(record), false)?;
+            write_in(tx, codec, size, std::iter::once(record), false)?;
             Ok((Swap::Replaced, true))
         })
         .await
@@ -1434,14 +1495,14 @@ impl RecordStore for EmbeddedStore {
     ) -> Result<Removal, StoreError> {
         let number = *tracking_number;
         let expected = expected.cloned();
-        self.change_on_disk(number.as_str(), Access::Change, move |tx, codec| {
+        self.change_on_disk(number.as_str(), Access::Change, move |tx, codec, size| {
             let number = number.as_str();
-            match holds_live(tx, codec, number, expected.as_deref())? {
+            match holds_live(tx, codec, size, number, expected.as_deref())? {
                 None => return Ok((Removal::Missing, false)),
                 Some(false) => return Ok((Removal::Changed, false)),
                 Some(true) => {}
             }
-            remove_in(tx, codec, number)?;
+            remove_in(tx, codec, size, number)?;
             Ok((Removal::Removed, true))
         })
         .await
@@ -1449,12 +1510,13 @@ impl RecordStore for EmbeddedStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Change, move |db| {
             let now = Utc::now().timestamp_millis();
             let tx = begin_durable(db)?;
             let mut removed = 0;
             {
-                let mut tables = write_tables(&tx)?;
+                let mut tables = write_tables(&tx, bucket)?;
                 let mut expiry = tx.open_table(EXPIRY).map_err(db_err)?;
                 let due: Vec<((i64, u64), Vec<u8>)> = expiry
                     .range((i64::MIN, 0)..(now, 0))
