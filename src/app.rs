@@ -88,6 +88,7 @@ impl Application {
                     min_free_disk: config.min_free_disk,
                     timeout: config.storage_timeout,
                     node_id: config.node_id,
+                    ..EmbeddedOptions::default()
                 };
                 let (store, _secret) =
                     EmbeddedStore::open(&config.data_dir, config.secret.as_deref(), options)?;

@@ -517,13 +517,28 @@ async fn flipped_bytes_in_the_data_file_are_never_served() {
     app.wait_exit(Duration::from_secs(10)).expect("stops");
 
     // Flip a byte inside the stored value of every tenth record, wherever its bytes are in the
-    // file: the value follows the number (in the store's own header, before the record).
+    // file: the record packed (as the service stores it, in its bucket's entry), found by its
+    // bytes, which its creation time to the µs makes unique.
+    let codec = {
+        let options = tracknum::store::EmbeddedOptions::default();
+        let (store, _) =
+            tracknum::store::EmbeddedStore::open(dir.path(), Some(SECRET), options).unwrap();
+        store.codec().clone()
+    };
     let file = data_file(dir.path());
     let mut bytes = std::fs::read(&file).unwrap();
     let mut damaged = HashSet::new();
     for (index, number) in numbers.iter().enumerate().step_by(10) {
-        for at in find_all(&bytes, number.as_bytes()) {
-            bytes[at + number.len() + 3] ^= 0x20;
+        let record: tracknum::domain::Record = serde_json::from_str(&originals[index].1).unwrap();
+        let mut value = Vec::new();
+        tracknum::domain::packed::pack(&record, codec.decode_serial(number), &mut value);
+        let found = find_all(&bytes, &value);
+        assert!(
+            !found.is_empty(),
+            "{number}: its stored bytes are in the file"
+        );
+        for at in found {
+            bytes[at + value.len() / 2] ^= 0x20;
         }
         damaged.insert(index);
     }

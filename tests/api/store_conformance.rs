@@ -6,10 +6,11 @@ use bytes::Bytes;
 use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
-use tracknum::domain::TrackingNumber;
+use tracknum::domain::{Codec, Country, TrackingNumber};
+use tracknum::store::embedded::BUCKET_SERIALS;
 use tracknum::store::{
     EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, ImportStore, LeaseSource, RecordEntry,
-    RecordStore, RedisOptions, RedisStore, Removal, Store, StoreError, Swap,
+    RecordStore, RedisOptions, RedisStore, Removal, Store, StoreError, Swap, clock_serial,
 };
 
 use crate::helpers::{RedisLike, TestRedis};
@@ -577,6 +578,385 @@ async fn records(store: &dyn Store) {
     assert_eq!(store.insert_new(&[other]).await.unwrap(), [false]);
 }
 
+// Buckets: records of our numbers kept by serial, a bucket of consecutive serials together.
+// Each case below is store-generic: a backend runs them with its codec (which maps its
+// numbers to serials) and its bucket size. The corrupt-record case comes in two halves, with
+// the backend's own way of damaging a stored record between them.
+
+/// A number of ours: `serial` under `codec`, with origin `country` (None where the codec
+/// passes the serial over).
+fn number_at(codec: &Codec, country: &str, serial: u64) -> Option<TrackingNumber> {
+    codec.encode(Country::parse(country), 0, serial)
+}
+
+/// The first serial of a bucket, some way past the clock (so past anything a lease handed
+/// out), whose serials from `first` to `first + size` (inclusive) all get a number.
+fn fresh_bucket(codec: &Codec, size: u64, skip: u64) -> u64 {
+    let mut first = (clock_serial(std::time::SystemTime::now()) / size + 1000 + skip) * size;
+    while !(first..=first + size).all(|s| number_at(codec, "DE", s).is_some()) {
+        first += size;
+    }
+    first
+}
+
+/// A record of ours as the issuer writes it (serial known), its value unique to it.
+fn ours(codec: &Codec, serial: u64, ttl: Duration, label: &str) -> RecordEntry {
+    let number = number_at(codec, "DE", serial).unwrap();
+    RecordEntry {
+        tracking_number: number,
+        serial: Some(serial),
+        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
+        value: Bytes::from(format!("\u{F0}bucket-record-{number}-{label}")),
+    }
+}
+
+/// A new version of `entry` as a change writes it (the serial left for the store to find).
+fn next_version(entry: &RecordEntry, ttl: Duration, label: &str) -> RecordEntry {
+    RecordEntry {
+        serial: None,
+        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
+        value: Bytes::from(format!(
+            "\u{F0}bucket-record-{}-{label}",
+            entry.tracking_number
+        )),
+        ..entry.clone()
+    }
+}
+
+async fn value_of(store: &dyn Store, entry: &RecordEntry) -> Option<Bytes> {
+    store.get(&entry.tracking_number).await.unwrap()
+}
+
+/// Every bucket case but the corrupt one, on buckets of `size` serials numbered by `codec`.
+async fn bucket_cases(store: &dyn Store, codec: &Codec, size: u64) {
+    bucket_first_and_last_serial(store, codec, size).await;
+    bucket_records_with_different_expiries(store, codec, size).await;
+    bucket_patches_move_expiry(store, codec, size).await;
+    bucket_delete_one_record(store, codec, size).await;
+    bucket_concurrent_swaps(store, codec, size).await;
+}
+
+/// The first and last serial of a bucket, and the serials just outside it, each keep their
+/// own record; a number with another prefix on the same serial is another number.
+async fn bucket_first_and_last_serial(store: &dyn Store, codec: &Codec, size: u64) {
+    let long = Duration::from_secs(3600);
+    let first = fresh_bucket(codec, size, 0);
+    let serials = [first - 1, first, first + size - 1, first + size];
+    let entries: Vec<RecordEntry> = serials
+        .iter()
+        .map(|&s| ours(codec, s, long, "edge"))
+        .collect();
+    assert_eq!(
+        store.insert_new(&entries).await.unwrap(),
+        [true, true, true, true]
+    );
+    // A taken serial stays taken. (Only checked before a sync: a write-behind store trusts
+    // that a fresh serial has no record on disk, as leases start past every one there.)
+    let again = with_json(entries[1].clone(), "\u{F0}other");
+    assert_eq!(store.insert_new(&[again]).await.unwrap(), [false]);
+    for synced in [false, true] {
+        for entry in &entries {
+            assert_eq!(
+                value_of(store, entry).await,
+                Some(entry.value.clone()),
+                "{} (synced: {synced})",
+                entry.tracking_number
+            );
+        }
+        let elsewhere = number_at(codec, "FR", first).unwrap();
+        assert_eq!(store.get(&elsewhere).await.unwrap(), None, "another prefix");
+        assert_eq!(
+            store.remove(&elsewhere, None).await.unwrap(),
+            Removal::Missing
+        );
+        store.sync().await.unwrap();
+    }
+    let first_number = &entries[1].tracking_number;
+    assert_eq!(
+        store.remove(first_number, None).await.unwrap(),
+        Removal::Removed
+    );
+    for entry in [&entries[0], &entries[2], &entries[3]] {
+        assert_eq!(value_of(store, entry).await, Some(entry.value.clone()));
+    }
+    assert_eq!(store.get(first_number).await.unwrap(), None);
+}
+
+/// Records of one bucket with different expiries: each goes at its own time, through a
+/// purge, and the others stay.
+async fn bucket_records_with_different_expiries(store: &dyn Store, codec: &Codec, size: u64) {
+    let first = fresh_bucket(codec, size, 10);
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(3600));
+    let brief = ours(codec, first + 3, short, "brief");
+    let lasting = ours(codec, first + 4, long, "lasting");
+    store
+        .insert_new(&[brief.clone(), lasting.clone()])
+        .await
+        .unwrap();
+    store.sync().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = ours(codec, first + 5, short, "later");
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&later))
+            .await
+            .unwrap(),
+        [true]
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(value_of(store, &brief).await, None, "expired");
+    assert_eq!(value_of(store, &later).await, Some(later.value.clone()));
+    store.purge_expired().await.unwrap();
+    store.sync().await.unwrap();
+    assert_eq!(value_of(store, &brief).await, None);
+    assert_eq!(value_of(store, &later).await, Some(later.value.clone()));
+    assert_eq!(value_of(store, &lasting).await, Some(lasting.value.clone()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    store.purge_expired().await.unwrap();
+    assert_eq!(value_of(store, &later).await, None);
+    assert_eq!(value_of(store, &lasting).await, Some(lasting.value.clone()));
+    // An expired record is no record: it cannot be changed or removed.
+    let late = next_version(&brief, long, "late");
+    assert_eq!(
+        store.replace(&brief.value, &late).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.remove(&later.tracking_number, None).await.unwrap(),
+        Removal::Missing
+    );
+}
+
+/// A PATCH that lengthens a record's expiry keeps it past its first expiry and through
+/// purges; one that shortens it lets it go sooner. Their bucket neighbour is untouched.
+async fn bucket_patches_move_expiry(store: &dyn Store, codec: &Codec, size: u64) {
+    let first = fresh_bucket(codec, size, 20);
+    let (short, long) = (Duration::from_millis(300), Duration::from_secs(3600));
+    let lengthened = ours(codec, first, short, "v1");
+    let shortened = ours(codec, first + 1, long, "v1");
+    let neighbour = ours(codec, first + 2, long, "v1");
+    let all = [lengthened.clone(), shortened.clone(), neighbour.clone()];
+    assert_eq!(store.insert_new(&all).await.unwrap(), [true, true, true]);
+    store.sync().await.unwrap();
+    let longer = next_version(&lengthened, long, "v2");
+    let sooner = next_version(&shortened, short, "v2");
+    assert_eq!(
+        store.replace(&lengthened.value, &longer).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.replace(&shortened.value, &sooner).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        value_of(store, &shortened).await,
+        Some(sooner.value.clone())
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    store.purge_expired().await.unwrap();
+    store.sync().await.unwrap();
+    store.purge_expired().await.unwrap();
+    assert_eq!(
+        value_of(store, &lengthened).await,
+        Some(longer.value.clone())
+    );
+    assert_eq!(value_of(store, &shortened).await, None, "shortened: gone");
+    assert_eq!(
+        value_of(store, &neighbour).await,
+        Some(neighbour.value.clone())
+    );
+    // The lengthened record changes again from its new version only.
+    let third = next_version(&lengthened, long, "v3");
+    assert_eq!(
+        store.replace(&lengthened.value, &third).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.replace(&longer.value, &third).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(value_of(store, &lengthened).await, Some(third.value));
+}
+
+/// Deleting one record of a bucket leaves the others as they were; the deleted one stays
+/// gone, cannot be changed, and its number is not taken by a stale write.
+async fn bucket_delete_one_record(store: &dyn Store, codec: &Codec, size: u64) {
+    let first = fresh_bucket(codec, size, 30);
+    let long = Duration::from_secs(3600);
+    let entries: Vec<RecordEntry> = (0..5)
+        .map(|i| ours(codec, first + 10 + i, long, "del"))
+        .collect();
+    store.insert_new(&entries).await.unwrap();
+    for synced in [false, true] {
+        let gone = &entries[if synced { 3 } else { 1 }];
+        assert_eq!(
+            store
+                .remove(
+                    &gone.tracking_number,
+                    Some(&Bytes::from_static(b"\xF0stale"))
+                )
+                .await
+                .unwrap(),
+            Removal::Changed
+        );
+        assert_eq!(
+            store
+                .remove(&gone.tracking_number, Some(&gone.value))
+                .await
+                .unwrap(),
+            Removal::Removed
+        );
+        assert_eq!(value_of(store, gone).await, None);
+        assert_eq!(
+            store.remove(&gone.tracking_number, None).await.unwrap(),
+            Removal::Missing
+        );
+        let stale = next_version(gone, long, "stale");
+        assert_eq!(
+            store.replace(&gone.value, &stale).await.unwrap(),
+            Swap::Changed
+        );
+        store.sync().await.unwrap();
+    }
+    for i in [0, 2, 4] {
+        assert_eq!(
+            value_of(store, &entries[i]).await,
+            Some(entries[i].value.clone())
+        );
+    }
+    // Every record gone: the bucket is empty, and reads still answer "not found".
+    for i in [0, 2, 4] {
+        assert_eq!(
+            store
+                .remove(&entries[i].tracking_number, None)
+                .await
+                .unwrap(),
+            Removal::Removed
+        );
+    }
+    for entry in &entries {
+        assert_eq!(value_of(store, entry).await, None);
+    }
+}
+
+/// Concurrent compare-and-swaps in one bucket: on one record, exactly one of several writers
+/// from the same version wins; on different records, every one lands (none undoes another).
+async fn bucket_concurrent_swaps(store: &dyn Store, codec: &Codec, size: u64) {
+    use futures_util::future::join_all;
+    let first = fresh_bucket(codec, size, 40);
+    let long = Duration::from_secs(3600);
+    let entries: Vec<RecordEntry> = (0..16)
+        .map(|i| ours(codec, first + i, long, "v1"))
+        .collect();
+    store.insert_new(&entries).await.unwrap();
+    for synced in [false, true] {
+        let round = if synced { "b" } else { "a" };
+        // Each record's current version: v1, then what round "a" left.
+        let current: Vec<Bytes> = join_all(entries.iter().map(|e| value_of(store, e)))
+            .await
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        let contenders: Vec<(usize, RecordEntry)> = (0..entries.len())
+            .flat_map(|i| (0..3).map(move |w| (i, format!("{round}-writer{w}"))))
+            .map(|(i, label)| (i, next_version(&entries[i], long, &label)))
+            .collect();
+        let outcomes = join_all(
+            contenders
+                .iter()
+                .map(|(i, new)| store.replace(&current[*i], new)),
+        )
+        .await;
+        for (i, entry) in entries.iter().enumerate() {
+            let won: Vec<&RecordEntry> = contenders
+                .iter()
+                .zip(&outcomes)
+                .filter(|((at, _), outcome)| {
+                    *at == i && *outcome.as_ref().unwrap() == Swap::Replaced
+                })
+                .map(|((_, new), _)| new)
+                .collect();
+            assert_eq!(
+                won.len(),
+                1,
+                "{}: {} writers won",
+                entry.tracking_number,
+                won.len()
+            );
+            assert_eq!(value_of(store, entry).await, Some(won[0].value.clone()));
+        }
+        store.sync().await.unwrap();
+    }
+}
+
+/// The corrupt-record case, first half: stores records on five consecutive serials of one
+/// bucket and makes sure they last (synced). The backend then damages the stored bytes of the
+/// middle one (its value is unique, so it can be found) and calls
+/// [`corrupt_record_second_half`].
+async fn corrupt_record_first_half(
+    store: &dyn Store,
+    codec: &Codec,
+    size: u64,
+) -> Vec<RecordEntry> {
+    let first = fresh_bucket(codec, size, 50);
+    let long = Duration::from_secs(3600);
+    let entries: Vec<RecordEntry> = (0..5)
+        .map(|i| ours(codec, first + 100 + i, long, "corruptible"))
+        .collect();
+    assert_eq!(store.insert_new(&entries).await.unwrap(), [true; 5]);
+    store.sync().await.unwrap();
+    entries
+}
+
+/// The corrupt-record case, second half, on a store whose copy of `entries[2]` was damaged:
+/// that record is an error (a 500: never served, never "not found"), its neighbours read,
+/// change and go as usual, and the damaged one stays an error through their changes.
+async fn corrupt_record_second_half(store: &dyn Store, entries: &[RecordEntry]) {
+    let victim = &entries[2];
+    let refused = store.get(&victim.tracking_number).await;
+    assert!(
+        matches!(refused, Err(StoreError::Corrupt(_))),
+        "a damaged record: {refused:?}"
+    );
+    for (i, entry) in entries.iter().enumerate().filter(|(i, _)| *i != 2) {
+        assert_eq!(
+            value_of(store, entry).await,
+            Some(entry.value.clone()),
+            "neighbour {i}"
+        );
+    }
+    let long = Duration::from_secs(3600);
+    let changed = next_version(&entries[1], long, "changed");
+    assert_eq!(
+        store.replace(&entries[1].value, &changed).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store
+            .remove(&entries[3].tracking_number, Some(&entries[3].value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    store.sync().await.unwrap();
+    assert_eq!(value_of(store, &entries[1]).await, Some(changed.value));
+    assert_eq!(value_of(store, &entries[3]).await, None);
+    for entry in [&entries[0], &entries[4]] {
+        assert_eq!(value_of(store, entry).await, Some(entry.value.clone()));
+    }
+    assert!(matches!(
+        store.get(&victim.tracking_number).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(
+        store
+            .replace(&victim.value, &next_version(victim, long, "x"))
+            .await
+            .is_err(),
+        "a damaged record is not changed from what it held"
+    );
+}
+
 fn options(fsync: FsyncPolicy) -> EmbeddedOptions {
     EmbeddedOptions {
         fsync,
@@ -591,6 +971,101 @@ async fn embedded_store_conforms() {
         let sub = dir.path().join(format!("{fsync:?}"));
         let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
         conformance(&store).await;
+    }
+}
+
+#[tokio::test]
+async fn embedded_buckets_conform() {
+    let dir = TempDir::new().unwrap();
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Everysec] {
+        let sub = dir.path().join(format!("{fsync:?}"));
+        let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
+        let codec = store.codec().clone();
+        bucket_cases(&store, &codec, BUCKET_SERIALS).await;
+    }
+}
+
+/// A lease starts past every bucket on disk, whole (its last entries could be damaged), even
+/// one past the counter (a file restored from elsewhere, a counter gone back).
+#[tokio::test]
+async fn embedded_a_lease_starts_past_every_bucket() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
+    let codec = store.codec().clone();
+    // A minute ahead of the clock, so neither the counter nor the clock is past it.
+    let ahead = clock_serial(std::time::SystemTime::now()) + 60_000_000;
+    let serial = (ahead..)
+        .find(|&s| number_at(&codec, "DE", s).is_some())
+        .unwrap();
+    let record = ours(&codec, serial, Duration::from_secs(3600), "ahead");
+    assert_eq!(store.insert_new(&[record]).await.unwrap(), [true]);
+    store.sync().await.unwrap();
+    let leased = store.lease(10, 0).await.unwrap();
+    let bucket_end = (serial / BUCKET_SERIALS + 1) * BUCKET_SERIALS;
+    assert!(
+        leased.start >= bucket_end,
+        "{leased:?}, bucket ends at {bucket_end}"
+    );
+}
+
+/// A data dir keeps the bucket size it was made with: opened again with another, its records
+/// are still found where they are.
+#[tokio::test]
+async fn embedded_a_data_dir_keeps_its_bucket_size() {
+    let dir = TempDir::new().unwrap();
+    let sized = |serials| EmbeddedOptions {
+        bucket_serials: serials,
+        ..options(FsyncPolicy::Always)
+    };
+    assert!(
+        EmbeddedStore::open(dir.path(), None, sized(100)).is_err(),
+        "100 does not divide a node"
+    );
+    let (store, _) = EmbeddedStore::open(dir.path(), None, sized(64)).unwrap();
+    let codec = store.codec().clone();
+    let first = fresh_bucket(&codec, 64, 0);
+    let entries: Vec<RecordEntry> = (first + 60..first + 70)
+        .map(|s| ours(&codec, s, Duration::from_secs(3600), "sized"))
+        .collect();
+    store.insert_new(&entries).await.unwrap();
+    drop(store);
+    let (store, _) = EmbeddedStore::open(dir.path(), None, sized(BUCKET_SERIALS)).unwrap();
+    for entry in &entries {
+        assert_eq!(value_of(&store, entry).await, Some(entry.value.clone()));
+    }
+    let leased = store.lease(10, 0).await.unwrap();
+    assert!(
+        leased.start >= (first / 64 + 2) * 64,
+        "past the 64-serial bucket: {leased:?}"
+    );
+}
+
+/// A flipped byte in the data file, inside one record's entry in its bucket.
+#[tokio::test]
+async fn embedded_corrupt_record_beside_healthy_ones() {
+    let dir = TempDir::new().unwrap();
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Everysec] {
+        let sub = dir.path().join(format!("{fsync:?}"));
+        let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
+        let codec = store.codec().clone();
+        let entries = corrupt_record_first_half(&store, &codec, BUCKET_SERIALS).await;
+        drop(store);
+        let file = sub.join("tracknum.redb");
+        let mut bytes = std::fs::read(&file).unwrap();
+        let value = &entries[2].value;
+        let found = bytes
+            .windows(value.len())
+            .enumerate()
+            .filter(|(_, window)| *window == value.as_ref())
+            .map(|(at, _)| at)
+            .collect::<Vec<_>>();
+        assert!(!found.is_empty(), "the record's bytes are in the file");
+        for at in found {
+            bytes[at + value.len() / 2] ^= 0x01;
+        }
+        std::fs::write(&file, &bytes).unwrap();
+        let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
+        corrupt_record_second_half(&store, &entries).await;
     }
 }
 
@@ -781,6 +1256,123 @@ async fn lease(store: &dyn Store, size: u64, floor: u64) -> std::ops::Range<u64>
                 tokio::time::sleep(wait).await;
             }
             Err(err) => panic!("lease failed: {err:?}"),
+        }
+    }
+}
+
+/// A record with all seven inputs, varied as real orders are (countries, weights, order times
+/// with their offsets, customer ids, names and slugs), as the issuer packs it.
+fn varied_record(codec: &Codec, serial: u64, i: u64) -> Option<RecordEntry> {
+    use tracknum::domain::{OrderInput, Record, packed};
+    const COUNTRIES: [&str; 8] = ["MY", "ID", "SG", "TH", "VN", "PH", "DE", "US"];
+    const NAMES: [&str; 6] = [
+        "RedBox Logistics",
+        "Acme Parcel Co",
+        "Kedai Runcit Ahmad",
+        "Nordlicht Versand GmbH",
+        "Toko Sinar Jaya",
+        "Blue Harbour Trading",
+    ];
+    let pick = |salt: u64, n: usize| {
+        (i.wrapping_mul(2_654_435_761).rotate_left(salt as u32) % n as u64) as usize
+    };
+    let name = format!("{} {}", NAMES[pick(3, NAMES.len())], i % 997);
+    let order = OrderInput {
+        origin_country_id: Some(COUNTRIES[pick(1, 8)].into()),
+        destination_country_id: Some(COUNTRIES[pick(7, 8)].into()),
+        weight: Some(format!("{}.{:03}", 1 + i % 30, i * 7 % 1000).into()),
+        created_at: Some(
+            format!(
+                "2026-{:02}-{:02}T{:02}:{:02}:{:02}+0{}:00",
+                1 + i % 12,
+                1 + i % 28,
+                i % 24,
+                i * 7 % 60,
+                i * 13 % 60,
+                i % 9
+            )
+            .into(),
+        ),
+        customer_id: Some(
+            uuid::Uuid::from_u128(u128::from(i) * 0x9E37_79B9_7F4A_7C15)
+                .to_string()
+                .into(),
+        ),
+        customer_name: Some(name.into()),
+        customer_slug: None,
+    }
+    .parse()
+    .unwrap();
+    let number = codec.encode(
+        order.origin_country_id,
+        codec.customer_tag(Some("key")),
+        serial,
+    )?;
+    let now = Utc::now();
+    let record = Record::new(number, now, now + chrono::Duration::days(30), order, None);
+    let mut value = Vec::new();
+    packed::pack(&record, Some(serial), &mut value);
+    Some(RecordEntry {
+        tracking_number: number,
+        serial: Some(serial),
+        expires_at: record.expires_at,
+        value: Bytes::from(value),
+    })
+}
+
+/// Not a test: the measurement behind the bucket size. For each size, 200,000 records with
+/// all seven inputs, in batches of 1000, moved to disk every `per_flush` records (the sync
+/// tick: about 16,000 at 80,000 a second, 1,000 at 5,000 a second); then the data file's
+/// growth per record, and the time the flushes took (a debug build: compare sizes only).
+/// `cargo test --test api bucket_sizes_measured -- --ignored --nocapture`
+#[tokio::test]
+#[ignore]
+async fn embedded_bucket_sizes_measured() {
+    use std::os::unix::fs::MetadataExt;
+    const RECORDS: u64 = 200_000;
+    for per_flush in [16_000u64, 1_000] {
+        for size in [96u64, 128, 192, 256, 384] {
+            let dir = TempDir::new().unwrap();
+            let options = EmbeddedOptions {
+                bucket_serials: size,
+                ..options(FsyncPolicy::Everysec)
+            };
+            let (store, _) = EmbeddedStore::open(dir.path(), None, options).unwrap();
+            let codec = store.codec().clone();
+            let file = dir.path().join("tracknum.redb");
+            store.sync().await.unwrap();
+            let before = std::fs::metadata(&file).unwrap();
+            let (mut stored, mut i, mut since_flush) = (0u64, 0u64, 0u64);
+            let mut flushing = Duration::ZERO;
+            while stored < RECORDS {
+                let serials = store.lease(1000, 0).await.unwrap();
+                let batch: Vec<RecordEntry> = serials
+                    .filter_map(|serial| {
+                        i += 1;
+                        varied_record(&codec, serial, i)
+                    })
+                    .collect();
+                stored += batch.len() as u64;
+                since_flush += batch.len() as u64;
+                store.insert_new(&batch).await.unwrap();
+                if since_flush >= per_flush {
+                    let started = std::time::Instant::now();
+                    store.sync().await.unwrap();
+                    flushing += started.elapsed();
+                    since_flush = 0;
+                }
+            }
+            store.sync().await.unwrap();
+            drop(store);
+            let after = std::fs::metadata(&file).unwrap();
+            let grown = |a: u64, b: u64| (a as f64 - b as f64) / stored as f64;
+            eprintln!(
+                "bucket {size:>3}, flush every {per_flush:>5}: {:>6.1} B/record file, {:>6.1} \
+                 B/record on disk, flushes {:?} in all",
+                grown(after.len(), before.len()),
+                grown(after.blocks() * 512, before.blocks() * 512),
+                flushing
+            );
         }
     }
 }

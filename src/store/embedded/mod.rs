@@ -31,18 +31,32 @@ use crate::domain::codec::{Layout, NODE_COUNT, NODE_SERIALS, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
 use crate::periodic::{Ticker, Wake};
 
+mod buckets;
 mod imports;
+
+pub use buckets::BUCKET_SERIALS;
+use buckets::{BucketSize, Change, Found};
 
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-/// Records of numbers this service issued, keyed by serial. Serials grow, so new records append
-/// at the right edge of the tree instead of dirtying a random page each (numbers look random).
+/// Records of numbers this service issued, [`BUCKET_SERIALS`] consecutive serials to a row
+/// keyed by bucket id (serial / the size; see [`buckets`]): a flush rewrites one row
+/// per bucket, not one B-tree entry per record, and a bucket costs one key for a few hundred
+/// records. Serials grow, so new buckets append at the right edge of the tree.
+const BUCKETS: TableDefinition<u64, &[u8]> = TableDefinition::new("buckets");
+/// (latest expiry ms, bucket id): what the purge walks, so it reads the buckets that are due,
+/// never every bucket. Moved when a write moves a bucket's latest expiry.
+const BUCKET_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("bucket_expiry");
+/// Records of our numbers written before buckets, keyed by serial, one row each (see
+/// [`encode_value`]). Read, changed and removed as before; a record that changes moves to its
+/// bucket. Nothing new is added here.
 const ISSUED: TableDefinition<u64, &[u8]> = TableDefinition::new("issued");
 /// Records of any other number, keyed by the number itself; also the replies of idempotency
 /// keys, under [`REPLY_PREFIX`] (no tracking number holds a `~`).
 const OTHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("others");
-/// (latest expiry ms, group id) → the numbers written together, each prefixed by its length. One
-/// row per write, not per record: the purge walks the due rows instead of scanning every record.
+/// (latest expiry ms, group id) → the numbers written together (into OTHERS, or into ISSUED
+/// before buckets), each prefixed by its length. One row per write, not per record: the purge
+/// walks the due rows instead of scanning every record.
 const EXPIRY: TableDefinition<(i64, u64), &[u8]> = TableDefinition::new("expiry");
 
 const SERIAL_NEXT: &str = "serial_next";
@@ -55,8 +69,13 @@ const SECRET_FINGERPRINT: &str = "secret_fingerprint";
 const GENERATED_SECRET: &str = "generated_secret";
 /// The layout of stored records (see [`encode_value`]); absent in files from before checksums.
 const RECORD_FORMAT: &str = "record_format";
+/// Serials per bucket in this data dir (8 bytes big-endian), kept from its first start with
+/// buckets: every bucket id depends on it.
+const BUCKET_SIZE: &str = "bucket_serials";
 /// At most this many expiry groups are purged per transaction.
 const PURGE_GROUPS: usize = 64;
+/// At most this many due buckets are purged per transaction (about 4 MB of rows).
+const PURGE_BUCKETS: usize = 256;
 /// Records that may wait in memory for the disk before new ones are refused (503): about 60 MB.
 const MEMTABLE_LIMIT: usize = 100_000;
 /// Past this many waiting records, the buffer is flushed at once rather than at the next tick.
@@ -89,6 +108,9 @@ pub struct EmbeddedOptions {
     /// `--node-id`: the partition of the serial space this instance issues from. None: the one
     /// the data dir keeps, or 0 for a new one.
     pub node_id: Option<u8>,
+    /// Serials per bucket in a new data dir (one that has its size keeps it); it must divide
+    /// a node's partition and be at most 32,768. For measuring other sizes.
+    pub bucket_serials: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -99,6 +121,7 @@ impl Default for EmbeddedOptions {
             min_free_disk: 0,
             timeout: Duration::from_secs(2),
             node_id: None,
+            bucket_serials: BUCKET_SERIALS,
         }
     }
 }
@@ -118,6 +141,8 @@ pub struct EmbeddedStore {
     codec: Codec,
     /// The node whose partition of the serial space this data dir issues from.
     node: u8,
+    /// Serials per bucket, as the data dir keeps it.
+    bucket: BucketSize,
     /// Present under `--fsync everysec`: the write-behind buffer.
     memtable: Option<Arc<Memtable>>,
     /// Held while the buffer is flushed, and while a record is changed in place: a change
@@ -162,6 +187,7 @@ impl EmbeddedStore {
         let given_secret = secret.is_some();
         let secret = settle_secret(&db, secret)?;
         let (node, layout) = settle_node(&db, options.node_id, None)?;
+        let bucket = settle_buckets(&db, options.bucket_serials)?;
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
             FsyncPolicy::Always => None,
@@ -176,6 +202,7 @@ impl EmbeddedStore {
             path,
             codec: Codec::with_layout(secret.as_bytes(), layout),
             node,
+            bucket,
             secret: secret.clone(),
             secret_given: given_secret,
             memtable: window.map(|_| Arc::default()),
@@ -320,6 +347,7 @@ impl EmbeddedStore {
         );
         let given = self.secret_given;
         let node = (self.node, self.codec.layout());
+        let bucket = self.bucket;
         let reopened = tokio::task::spawn_blocking(move || {
             // redb locks its file: the old handle must be gone before the new one opens. Calls
             // still using it end within the storage timeout.
@@ -346,9 +374,12 @@ impl EmbeddedStore {
                 // A new file at the path must keep the secret this process generated.
                 keep_generated_secret(&db, &secret).and_then(|()| settle_secret(&db, None))
             };
-            // A new file at the path keeps this process' node too.
+            // A new file at the path keeps this process' node and bucket size too.
             let settled = settled.and_then(|secret| {
                 settle_node(&db, None, Some(node))?;
+                if settle_buckets(&db, bucket.serials())? != bucket {
+                    anyhow::bail!("the data file now at the path has another bucket size");
+                }
                 Ok(secret)
             });
             match settled {
@@ -434,6 +465,8 @@ fn settle_secret(db: &Database, given: Option<&str>) -> anyhow::Result<String> {
         let mut issued = tx.open_table(ISSUED)?;
         let mut others = tx.open_table(OTHERS)?;
         tx.open_table(EXPIRY)?;
+        tx.open_table(BUCKETS)?;
+        tx.open_table(BUCKET_EXPIRY)?;
         imports::create_tables(&tx)?;
         if meta.get(RECORD_FORMAT)?.is_none() {
             // A file from before records had checksums: give every record one, once.
@@ -498,6 +531,7 @@ fn settle_node(
                             .open_table(ISSUED)?
                             .last()?
                             .map_or(0, |(serial, _)| serial.value() + 1);
+                        // (No buckets yet: they came after node ids.)
                         let legacy_below = next.max(past_records);
                         let skip_below = legacy_below.max(clock_serial(SystemTime::now()));
                         let layout = Layout::Nodes {
@@ -516,6 +550,32 @@ fn settle_node(
     };
     tx.commit()?;
     Ok(settled)
+}
+
+/// Settles the data dir's bucket size: the one it keeps, else `wanted`, kept now.
+fn settle_buckets(db: &Database, wanted: u64) -> anyhow::Result<BucketSize> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate)?;
+    let size = {
+        let mut meta = tx.open_table(META)?;
+        let kept = meta.get(BUCKET_SIZE)?.map(|v| v.value().to_vec());
+        match kept {
+            Some(kept) => <[u8; 8]>::try_from(kept.as_slice())
+                .ok()
+                .map(u64::from_be_bytes)
+                .and_then(BucketSize::new)
+                .ok_or_else(|| anyhow::anyhow!("the data dir's bucket size is damaged"))?,
+            None => {
+                let size = BucketSize::new(wanted).ok_or_else(|| {
+                    anyhow::anyhow!("{wanted} serials per bucket: not a size a bucket can have")
+                })?;
+                meta.insert(BUCKET_SIZE, wanted.to_be_bytes().as_slice())?;
+                size
+            }
+        }
+    };
+    tx.commit()?;
+    Ok(size)
 }
 
 /// A node layout as kept in the data dir: `legacy_below` and `skip_below`, big-endian.
@@ -640,6 +700,7 @@ impl LeaseSource for EmbeddedStore {
         let base = u64::from(self.node) * NODE_SERIALS;
         let top = base + NODE_SERIALS;
         let clock = base + clock_serial(SystemTime::now());
+        let bucket = self.bucket;
         let range = self
             .blocking(Access::Change, move |db| {
                 // The block is on disk before any serial of it is handed out.
@@ -661,7 +722,21 @@ impl LeaseSource for EmbeddedStore {
                         .transpose()
                         .map_err(db_err)?
                         .map_or(0, |(serial, _)| serial.value() + 1);
-                    let start = next.max(floor).max(past_records).max(clock);
+                    // A bucket is passed whole: its last entries may be damaged, and unreadable.
+                    let past_buckets = tx
+                        .open_table(BUCKETS)
+                        .map_err(db_err)?
+                        .range(bucket.ids_of(base..top))
+                        .map_err(db_err)?
+                        .next_back()
+                        .transpose()
+                        .map_err(db_err)?
+                        .map_or(0, |(id, _)| bucket.end_of(id.value()));
+                    let start = next
+                        .max(floor)
+                        .max(past_records)
+                        .max(past_buckets)
+                        .max(clock);
                     let end = start
                         .checked_add(size)
                         .filter(|&end| end <= top)
@@ -753,6 +828,7 @@ fn decode_value(value: &[u8]) -> Result<Stored<'_>, StoreError> {
 /// Where a number's record lives.
 #[derive(Clone, Copy)]
 enum Slot<'a> {
+    /// One of our numbers: in its serial's bucket (or, written before buckets, in ISSUED).
     Issued(u64),
     Other(&'a str),
 }
@@ -769,20 +845,71 @@ fn slot_of<'a>(codec: &Codec, number: &'a str, serial: Option<u64>) -> Slot<'a> 
     }
 }
 
-/// The two record tables, as opened by one transaction.
-struct Tables<T, U> {
-    issued: T,
-    others: U,
+/// What a bucket entry keeps of its number: the characters its serial does not say.
+fn prefix_of(number: &str) -> [u8; 4] {
+    let mut prefix = [0; 4];
+    if let Some(head) = number.as_bytes().get(..4) {
+        prefix.copy_from_slice(head);
+    }
+    prefix
 }
 
-impl<T, U> Tables<T, U>
+/// The record tables, as opened by one transaction.
+struct Tables<T, U, V> {
+    /// Records of ours written before buckets: read, changed and removed, never added to.
+    issued: T,
+    others: U,
+    buckets: V,
+    size: BucketSize,
+}
+
+impl<T, U, V> Tables<T, U, V>
 where
     T: ReadableTable<u64, &'static [u8]>,
     U: ReadableTable<&'static str, &'static [u8]>,
+    V: ReadableTable<u64, &'static [u8]>,
 {
     /// Applies `read` to the stored record of `number` (found at `slot`), if it holds one (live
-    /// or not).
+    /// or not). A number of ours whose bucket holds damaged bytes where its entry would be is
+    /// corrupt (a 500): it may be the damaged one.
     fn with_record<R>(
+        &self,
+        slot: Slot<'_>,
+        number: &str,
+        read: impl FnOnce(Stored<'_>) -> R,
+    ) -> Result<Option<R>, StoreError> {
+        let Slot::Issued(serial) = slot else {
+            return self.legacy_record(slot, number, read);
+        };
+        let (id, at) = self.size.locate(serial);
+        let mut damaged = false;
+        if let Some(row) = self.buckets.get(id).map_err(db_err)? {
+            match buckets::find(row.value(), id, at) {
+                // Another prefix on the same serial is another number, which has no record.
+                Found::Entry(entry) => {
+                    return Ok((entry.prefix == prefix_of(number)).then(|| {
+                        read(Stored {
+                            expires_ms: entry.expires_ms,
+                            number: number.as_bytes(),
+                            json: entry.value,
+                        })
+                    }));
+                }
+                Found::Missing => {}
+                Found::Damaged => damaged = true,
+            }
+        }
+        let legacy = self.legacy_record(slot, number, read)?;
+        if legacy.is_none() && damaged {
+            return Err(StoreError::Corrupt(format!(
+                "record {number}: its bucket ({id}) holds damaged bytes where the record would be"
+            )));
+        }
+        Ok(legacy)
+    }
+
+    /// [`Tables::with_record`] in the tables of one row per record (ISSUED, OTHERS) only.
+    fn legacy_record<R>(
         &self,
         slot: Slot<'_>,
         number: &str,
@@ -800,24 +927,33 @@ where
     }
 }
 
-type WriteTables<'tx> =
-    Tables<redb::Table<'tx, u64, &'static [u8]>, redb::Table<'tx, &'static str, &'static [u8]>>;
+type Row = &'static [u8];
+type WriteTables<'tx> = Tables<
+    redb::Table<'tx, u64, Row>,
+    redb::Table<'tx, &'static str, Row>,
+    redb::Table<'tx, u64, Row>,
+>;
 type ReadTables = Tables<
-    redb::ReadOnlyTable<u64, &'static [u8]>,
-    redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    redb::ReadOnlyTable<u64, Row>,
+    redb::ReadOnlyTable<&'static str, Row>,
+    redb::ReadOnlyTable<u64, Row>,
 >;
 
-fn write_tables(tx: &WriteTransaction) -> Result<WriteTables<'_>, StoreError> {
+fn write_tables(tx: &WriteTransaction, size: BucketSize) -> Result<WriteTables<'_>, StoreError> {
     Ok(Tables {
         issued: tx.open_table(ISSUED).map_err(db_err)?,
         others: tx.open_table(OTHERS).map_err(db_err)?,
+        buckets: tx.open_table(BUCKETS).map_err(db_err)?,
+        size,
     })
 }
 
-fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
+fn read_tables(tx: &redb::ReadTransaction, size: BucketSize) -> Result<ReadTables, StoreError> {
     Ok(Tables {
         issued: tx.open_table(ISSUED).map_err(db_err)?,
         others: tx.open_table(OTHERS).map_err(db_err)?,
+        buckets: tx.open_table(BUCKETS).map_err(db_err)?,
+        size,
     })
 }
 
@@ -825,11 +961,12 @@ fn read_tables(tx: &redb::ReadTransaction) -> Result<ReadTables, StoreError> {
 fn live_on_disk(
     db: &Database,
     codec: &Codec,
+    size: BucketSize,
     number: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let tx = db.begin_read().map_err(db_err)?;
-    let tables = read_tables(&tx)?;
+    let tables = read_tables(&tx, size)?;
     Ok(tables
         .with_record(slot(codec, number), number, |stored| {
             stored.expires_ms > now_ms
@@ -859,11 +996,12 @@ fn group_numbers(mut value: &[u8]) -> impl Iterator<Item = &str> {
 fn write_records<'a>(
     db: &Database,
     codec: &Codec,
+    size: BucketSize,
     records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
     let tx = begin_durable(db)?;
-    let written = write_in(&tx, codec, records, only_new)?;
+    let written = write_in(&tx, codec, size, records, only_new)?;
     tx.commit().map_err(db_err)?;
     Ok(written)
 }
@@ -874,35 +1012,60 @@ fn begin_durable(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(tx)
 }
 
-/// Writes records (and their expiry group) in `tx`, without committing.
+/// A record of ours on its way into its bucket.
+struct Ours<'a> {
+    /// Its place among the records written together.
+    index: usize,
+    number: &'a str,
+    serial: u64,
+    expires_ms: i64,
+    value: &'a [u8],
+}
+
+/// Writes records in `tx`, without committing: those of our numbers into their buckets, one
+/// rewrite per bucket; the others one row each, with their expiry group.
 fn write_in<'a>(
     tx: &WriteTransaction,
     codec: &Codec,
+    size: BucketSize,
     records: impl Iterator<Item = (&'a str, Option<u64>, i64, &'a [u8])>,
     only_new: bool,
 ) -> Result<Vec<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
     let mut written = Vec::new();
-    let mut tables = write_tables(tx)?;
+    let mut tables = write_tables(tx, size)?;
     let mut value = Vec::new();
     let mut group = Vec::new();
     let mut latest = i64::MIN;
+    let mut ours = Vec::new();
     for (number, serial, expires_ms, json) in records {
-        let slot = slot_of(codec, number, serial);
+        let key = match slot_of(codec, number, serial) {
+            Slot::Issued(serial) => {
+                ours.push(Ours {
+                    index: written.len(),
+                    number,
+                    serial,
+                    expires_ms,
+                    value: json,
+                });
+                written.push(false);
+                continue;
+            }
+            Slot::Other(key) => key,
+        };
         if only_new
             && tables
-                .with_record(slot, number, |stored| stored.expires_ms > now)?
+                .legacy_record(Slot::Other(key), number, |stored| stored.expires_ms > now)?
                 .unwrap_or(false)
         {
             written.push(false);
             continue;
         }
         encode_value(&mut value, expires_ms, number, json);
-        match slot {
-            Slot::Issued(serial) => tables.issued.insert(serial, value.as_slice()),
-            Slot::Other(key) => tables.others.insert(key, value.as_slice()),
-        }
-        .map_err(db_err)?;
+        tables
+            .others
+            .insert(key, value.as_slice())
+            .map_err(db_err)?;
         group.push(number.len() as u8);
         group.extend_from_slice(number.as_bytes());
         latest = latest.max(expires_ms);
@@ -915,18 +1078,175 @@ fn write_in<'a>(
             .insert((latest, id), group.as_slice())
             .map_err(db_err)?;
     }
+    if !ours.is_empty() {
+        write_ours(tx, &mut tables, ours, only_new, now, &mut written)?;
+    }
     Ok(written)
+}
+
+/// Writes records of our numbers into their buckets: each bucket read, changed and written
+/// once. A record written before buckets moves into its bucket (its ISSUED row goes). Of two
+/// records for one serial, the first wins.
+fn write_ours(
+    tx: &WriteTransaction,
+    tables: &mut WriteTables<'_>,
+    mut ours: Vec<Ours<'_>>,
+    only_new: bool,
+    now: i64,
+    written: &mut [bool],
+) -> Result<(), StoreError> {
+    ours.sort_by_key(|record| record.serial); // stable: the first of a pair stays first
+    // Serials above every ISSUED row (all new ones) need no look there.
+    let legacy_top = tables
+        .issued
+        .last()
+        .map_err(db_err)?
+        .map(|(serial, _)| serial.value());
+    let mut due = tx.open_table(BUCKET_EXPIRY).map_err(db_err)?;
+    let mut changes = Vec::new();
+    let mut row = Vec::new();
+    let size = tables.size;
+    for group in ours.chunk_by(|a, b| size.locate(a.serial).0 == size.locate(b.serial).0) {
+        let id = size.locate(group[0].serial).0;
+        let old = bucket_row(&tables.buckets, id)?;
+        let live = if only_new {
+            buckets::live_slots(&old, id, now)
+        } else {
+            Vec::new()
+        };
+        changes.clear();
+        for record in group {
+            let slot = size.locate(record.serial).1;
+            if changes
+                .last()
+                .is_some_and(|c: &Change<'_>| c.slot() == slot)
+            {
+                continue;
+            }
+            let legacy = legacy_top.is_some_and(|top| record.serial <= top);
+            if only_new {
+                let live_legacy = legacy
+                    && tables
+                        .legacy_record(Slot::Issued(record.serial), record.number, |stored| {
+                            stored.expires_ms > now
+                        })?
+                        .unwrap_or(false);
+                if live_legacy || live.binary_search(&slot).is_ok() {
+                    continue;
+                }
+            }
+            if legacy {
+                drop_legacy(tables, record.serial, record.number)?;
+            }
+            changes.push(Change::Put(buckets::Entry {
+                slot,
+                prefix: prefix_of(record.number),
+                expires_ms: record.expires_ms,
+                value: record.value,
+            }));
+            written[record.index] = true;
+        }
+        if !changes.is_empty() {
+            let summary = buckets::rewrite(&old, id, &changes, now, &mut row);
+            store_bucket(&mut tables.buckets, &mut due, id, &old, &row, summary)?;
+        }
+    }
+    Ok(())
+}
+
+/// Bucket `id`'s row as it is (empty when there is none), copied out so the table can change.
+fn bucket_row(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    id: u64,
+) -> Result<Vec<u8>, StoreError> {
+    Ok(table
+        .get(id)
+        .map_err(db_err)?
+        .map(|row| row.value().to_vec())
+        .unwrap_or_default())
+}
+
+/// Writes bucket `id` as `new` (rewritten from `old` with `summary`), or removes it when
+/// nothing is left, and keeps its purge key at its latest expiry. With damage in the row, the
+/// damaged record's expiry may be the one a key was made for: old keys stay (the purge drops
+/// them when they come due), so the damage goes only once a key finds every intact record
+/// expired.
+fn store_bucket(
+    rows: &mut redb::Table<'_, u64, &'static [u8]>,
+    due: &mut redb::Table<'_, (i64, u64), ()>,
+    id: u64,
+    old: &[u8],
+    new: &[u8],
+    summary: buckets::Summary,
+) -> Result<(), StoreError> {
+    if summary.is_empty() {
+        rows.remove(id).map_err(db_err)?;
+    } else {
+        rows.insert(id, new).map_err(db_err)?;
+    }
+    let old_latest = buckets::latest(old, id);
+    if old_latest == summary.latest_ms {
+        return Ok(());
+    }
+    if let Some(old_latest) = old_latest.filter(|_| !summary.damaged) {
+        due.remove((old_latest, id)).map_err(db_err)?;
+    }
+    if let Some(latest) = summary.latest_ms {
+        due.insert((latest, id), ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Removes the ISSUED row of `serial` if it holds `number`'s record.
+fn drop_legacy(tables: &mut WriteTables<'_>, serial: u64, number: &str) -> Result<(), StoreError> {
+    let holds = tables
+        .legacy_record(Slot::Issued(serial), number, |_| ())
+        .unwrap_or(Some(())) // a damaged row of this serial goes too: its record moves
+        .is_some();
+    if holds {
+        tables.issued.remove(serial).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Removes the record of `number` in `tx`, wherever it is.
+fn remove_in(
+    tx: &WriteTransaction,
+    codec: &Codec,
+    size: BucketSize,
+    number: &str,
+) -> Result<(), StoreError> {
+    let mut tables = write_tables(tx, size)?;
+    let serial = match slot(codec, number) {
+        Slot::Other(key) => {
+            tables.others.remove(key).map_err(db_err)?;
+            return Ok(());
+        }
+        Slot::Issued(serial) => serial,
+    };
+    let (id, at) = size.locate(serial);
+    let old = bucket_row(&tables.buckets, id)?;
+    if matches!(buckets::find(&old, id, at), Found::Entry(entry) if entry.prefix == prefix_of(number))
+    {
+        let mut row = Vec::new();
+        let now = Utc::now().timestamp_millis();
+        let summary = buckets::rewrite(&old, id, &[Change::Remove(at)], now, &mut row);
+        let mut due = tx.open_table(BUCKET_EXPIRY).map_err(db_err)?;
+        store_bucket(&mut tables.buckets, &mut due, id, &old, &row, summary)?;
+    }
+    drop_legacy(&mut tables, serial, number)
 }
 
 /// Whether the live record of `number`, read in `tx`, is `expected` (any live one when None).
 fn holds_live(
     tx: &WriteTransaction,
     codec: &Codec,
+    size: BucketSize,
     number: &str,
     expected: Option<&[u8]>,
 ) -> Result<Option<bool>, StoreError> {
     let now = Utc::now().timestamp_millis();
-    let tables = write_tables(tx)?;
+    let tables = write_tables(tx, size)?;
     let found = tables.with_record(slot(codec, number), number, |stored| {
         (stored.expires_ms > now).then(|| expected.is_none_or(|e| e == stored.json))
     })?;
@@ -954,6 +1274,7 @@ impl EmbeddedStore {
             return Ok(());
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         let written = batch.clone();
         self.blocking(access, move |db| {
             // In serial order, so the inserts append to the tree rather than split pages in the
@@ -965,7 +1286,7 @@ impl EmbeddedStore {
             records
                 .sort_unstable_by_key(|&(number, serial, ..)| (serial.is_none(), serial, number));
             // Every record was checked when it was buffered.
-            write_records(db, &codec, records.into_iter(), false)
+            write_records(db, &codec, bucket, records.into_iter(), false)
         })
         .await?;
         memtable.finish_flush(written);
@@ -981,7 +1302,9 @@ impl EmbeddedStore {
         &self,
         number: &str,
         access: Access,
-        change: impl FnOnce(&WriteTransaction, &Codec) -> Result<(T, bool), StoreError> + Send + 'static,
+        change: impl FnOnce(&WriteTransaction, &Codec, BucketSize) -> Result<(T, bool), StoreError>
+        + Send
+        + 'static,
     ) -> Result<T, StoreError> {
         self.admit(access)?;
         let _flushing = self.flush_lock.lock().await;
@@ -989,9 +1312,10 @@ impl EmbeddedStore {
             self.flush_locked().await?;
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(access, move |db| {
             let tx = begin_durable(db)?;
-            let (outcome, commit) = change(&tx, &codec)?;
+            let (outcome, commit) = change(&tx, &codec, bucket)?;
             if commit {
                 tx.commit().map_err(db_err)?;
             } // else dropping the transaction aborts it
@@ -1015,7 +1339,9 @@ impl EmbeddedStore {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
-                        Slot::Other(_) => live_on_disk(&*self.database()?, &self.codec, key, now),
+                        Slot::Other(_) => {
+                            live_on_disk(&*self.database()?, &self.codec, self.bucket, key, now)
+                        }
                     }
                 })
                 .map_err(|err| match err {
@@ -1030,11 +1356,12 @@ impl EmbeddedStore {
             return outcome;
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Grow, move |db| {
             let records = rows
                 .iter()
                 .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.value.as_ref()));
-            write_records(db, &codec, records, true)
+            write_records(db, &codec, bucket, records, true)
         })
         .await
     }
@@ -1060,10 +1387,11 @@ impl EmbeddedStore {
             return Ok(found);
         }
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         let read = self
             .blocking(Access::Read, move |db| {
                 let tx = db.begin_read().map_err(db_err)?;
-                let tables = read_tables(&tx)?;
+                let tables = read_tables(&tx, bucket)?;
                 let mut read = Vec::with_capacity(unknown.len());
                 for (i, key) in unknown {
                     let json = tables.with_record(slot(&codec, &key), &key, |stored| {
@@ -1091,9 +1419,10 @@ impl EmbeddedStore {
         }
         let key = key.to_owned();
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Read, move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let tables = read_tables(&tx)?;
+            let tables = read_tables(&tx, bucket)?;
             let json = tables.with_record(slot(&codec, &key), &key, |stored| {
                 (stored.expires_ms > now).then(|| Bytes::copy_from_slice(stored.json))
             })?;
@@ -1143,8 +1472,8 @@ impl RecordStore for EmbeddedStore {
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
         let (expected, entry) = (expected.clone(), entry.clone());
         let number = entry.tracking_number;
-        self.change_on_disk(number.as_str(), Access::Grow, move |tx, codec| {
-            if holds_live(tx, codec, number.as_str(), Some(&expected))? != Some(true) {
+        self.change_on_disk(number.as_str(), Access::Grow, move |tx, codec, size| {
+            if holds_live(tx, codec, size, number.as_str(), Some(&expected))? != Some(true) {
                 return Ok((Swap::Changed, false));
             }
             let record = (
@@ -1153,7 +1482,7 @@ impl RecordStore for EmbeddedStore {
                 entry.expires_at.timestamp_millis(),
                 entry.value.as_ref(),
             );
-            write_in(tx, codec, std::iter::once(record), false)?;
+            write_in(tx, codec, size, std::iter::once(record), false)?;
             Ok((Swap::Replaced, true))
         })
         .await
@@ -1166,19 +1495,14 @@ impl RecordStore for EmbeddedStore {
     ) -> Result<Removal, StoreError> {
         let number = *tracking_number;
         let expected = expected.cloned();
-        self.change_on_disk(number.as_str(), Access::Change, move |tx, codec| {
+        self.change_on_disk(number.as_str(), Access::Change, move |tx, codec, size| {
             let number = number.as_str();
-            match holds_live(tx, codec, number, expected.as_deref())? {
+            match holds_live(tx, codec, size, number, expected.as_deref())? {
                 None => return Ok((Removal::Missing, false)),
                 Some(false) => return Ok((Removal::Changed, false)),
                 Some(true) => {}
             }
-            let mut tables = write_tables(tx)?;
-            match slot(codec, number) {
-                Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
-                Slot::Other(key) => tables.others.remove(key).map(drop),
-            }
-            .map_err(db_err)?;
+            remove_in(tx, codec, size, number)?;
             Ok((Removal::Removed, true))
         })
         .await
@@ -1186,12 +1510,13 @@ impl RecordStore for EmbeddedStore {
 
     async fn purge_expired(&self) -> Result<u64, StoreError> {
         let codec = self.codec.clone();
+        let bucket = self.bucket;
         self.blocking(Access::Change, move |db| {
             let now = Utc::now().timestamp_millis();
             let tx = begin_durable(db)?;
             let mut removed = 0;
             {
-                let mut tables = write_tables(&tx)?;
+                let mut tables = write_tables(&tx, bucket)?;
                 let mut expiry = tx.open_table(EXPIRY).map_err(db_err)?;
                 let due: Vec<((i64, u64), Vec<u8>)> = expiry
                     .range((i64::MIN, 0)..(now, 0))
@@ -1203,10 +1528,11 @@ impl RecordStore for EmbeddedStore {
                 for (key, numbers) in &due {
                     expiry.remove(*key).map_err(db_err)?;
                     for number in group_numbers(numbers) {
-                        // A record whose expiry moved later since stays.
+                        // A record whose expiry moved later since stays (one that moved to
+                        // its bucket is no longer in the table its group names).
                         let slot = slot(&codec, number);
-                        let expired =
-                            tables.with_record(slot, number, |stored| stored.expires_ms <= now)?;
+                        let expired = tables
+                            .legacy_record(slot, number, |stored| stored.expires_ms <= now)?;
                         if expired == Some(true) {
                             match slot {
                                 Slot::Issued(serial) => tables.issued.remove(serial).map(drop),
@@ -1217,6 +1543,7 @@ impl RecordStore for EmbeddedStore {
                         }
                     }
                 }
+                removed += purge_buckets(&tx, &mut tables.buckets, now)?;
             }
             imports::purge(&tx, now)?;
             tx.commit().map_err(db_err)?;
@@ -1224,6 +1551,48 @@ impl RecordStore for EmbeddedStore {
         })
         .await
     }
+}
+
+/// Removes the buckets whose latest expiry has passed, and the expired records of buckets
+/// whose key was stale (a record in them lives longer since); returns how many records went.
+/// A bucket whose intact records have all expired goes whole, damaged bytes included.
+fn purge_buckets(
+    tx: &WriteTransaction,
+    rows: &mut redb::Table<'_, u64, &'static [u8]>,
+    now: i64,
+) -> Result<u64, StoreError> {
+    let mut due_table = tx.open_table(BUCKET_EXPIRY).map_err(db_err)?;
+    let due: Vec<(i64, u64)> = due_table
+        .range((i64::MIN, 0)..(now, 0))
+        .map_err(db_err)?
+        .take(PURGE_BUCKETS)
+        .map(|item| item.map(|(key, _)| key.value()))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+    let mut removed = 0;
+    let mut row = Vec::new();
+    for key in due {
+        due_table.remove(key).map_err(db_err)?;
+        let id = key.1;
+        let old = bucket_row(rows, id)?;
+        if old.is_empty() {
+            continue;
+        }
+        let summary = buckets::rewrite(&old, id, &[], now, &mut row);
+        removed += summary.expired as u64;
+        match summary.latest_ms {
+            None => {
+                rows.remove(id).map_err(db_err)?;
+            }
+            Some(latest) => {
+                if summary.expired > 0 {
+                    rows.insert(id, row.as_slice()).map_err(db_err)?;
+                }
+                due_table.insert((latest, id), ()).map_err(db_err)?;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Past this many claims held at once, claims that ran out are dropped.
