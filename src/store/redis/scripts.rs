@@ -98,3 +98,96 @@ pub const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
+
+/// The Lua of `extend(key, at)`: makes `key` live until at least `at` (Unix ms), never shorter,
+/// so that a bucket lives as long as its longest-lived record. (`PEXPIREAT … GT` does this from
+/// Redis 7.0 on; this works from 6.2.) Within a millisecond of the key's own expiry it leaves
+/// the key as it is.
+macro_rules! extend_lua {
+    () => {
+        r#"
+local function extend(key, at)
+  local ttl = redis.call('PTTL', key)
+  if ttl >= 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if now + ttl + 1 >= tonumber(at) then return end
+  end
+  redis.call('PEXPIREAT', key, at)
+end
+"#
+    };
+}
+
+/// Stores the records of one bucket ([`super::buckets`]) unless their fields hold other
+/// records. KEYS = the bucket; ARGV = the latest expiry among the records (Unix ms), their
+/// count n, their n fields, then n pairs of field and value. Returns per record 1 stored, 0
+/// taken. A field that holds exactly the value given is this write, run before (every record
+/// carries its own creation time, to the µs): stored, and written again, so that a `WAIT` after
+/// it on the same connection covers the first write too. One `HMGET` and one `HSET` for the
+/// whole bucket: a call per record costs more than the script.
+pub const BUCKET_INSERT: &str = concat!(
+    extend_lua!(),
+    r#"
+local n = tonumber(ARGV[2])
+local current = redis.call('HMGET', KEYS[1], unpack(ARGV, 3, n + 2))
+local stored = {}
+local fresh = true
+for i = 1, n do
+  stored[i] = 1
+  if current[i] then fresh = false end
+end
+if fresh then
+  redis.call('HSET', KEYS[1], unpack(ARGV, n + 3))
+else
+  local set = {}
+  for i = 1, n do
+    local value = ARGV[n + 2 + 2 * i]
+    if current[i] and current[i] ~= value then
+      stored[i] = 0
+    else
+      set[#set + 1] = ARGV[2 + i]
+      set[#set + 1] = value
+    end
+  end
+  if #set == 0 then return stored end
+  redis.call('HSET', KEYS[1], unpack(set))
+end
+extend(KEYS[1], ARGV[1])
+return stored
+"#
+);
+
+/// Compare-and-swap of a record in its bucket: ARGV = its field, the expected value, the new
+/// value, the new expiry (Unix ms). Returns 1 swapped (or the field already holds the new
+/// value: this swap, run before), 0 changed, 2 not in the bucket (the caller looks for a key of
+/// its own). The caller has checked that the expected record had not expired.
+pub const BUCKET_REPLACE: &str = concat!(
+    extend_lua!(),
+    r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then return 2 end
+if current == ARGV[3] then return 1 end
+if current ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+extend(KEYS[1], ARGV[4])
+return 1
+"#
+);
+
+/// Removes a record from its bucket while it holds the expected value. KEYS = the bucket, the
+/// removal's mark (same slot); ARGV = the field, the expected value, this call's token, how
+/// long the mark lives (ms). The mark lets the same call, run again, know that it removed the
+/// record. Returns 1 removed, 2 changed, 3 not in the bucket (the caller looks for a key of
+/// its own).
+pub const BUCKET_REMOVE: &str = r#"
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not current then
+  if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+  return 3
+end
+if current ~= ARGV[2] then return 2 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+"#;
