@@ -13,7 +13,9 @@ use tracknum::store::{
 };
 
 use crate::helpers::{RedisLike, TestRedis};
-use tracknum::store::redis::{HISTORY_KEY, LEAD, SERIAL_KEY};
+use chrono::SubsecRound;
+use tracknum::domain::{Codec, OrderInput, Record, packed};
+use tracknum::store::redis::{BUCKET_SERIALS, HISTORY_KEY, LEAD, SERIAL_KEY, bucket_place};
 
 fn tn(number: &str) -> TrackingNumber {
     TrackingNumber::parse(number).unwrap()
@@ -692,16 +694,21 @@ async fn embedded_counter_survives_reopening() {
     assert!(second.start >= first.end);
 }
 
+const REDIS_SECRET: &[u8] = b"conformance";
+
 fn redis_options() -> RedisOptions {
     RedisOptions {
         fingerprint: "fp".into(),
         timeout: Duration::from_millis(500),
         wait_replicas: 0,
+        codec: Codec::new(REDIS_SECRET),
     }
 }
 
 on_each_redis!(
     redis_store_conforms,
+    redis_records_of_our_numbers_share_buckets,
+    redis_bucket_records_change_and_go_one_by_one,
     redis_import_queue_comes_back_after_data_loss,
     redis_lease_jumps_past_everything_after_data_loss,
     redis_lease_jumps_when_the_counter_moved_back,
@@ -782,5 +789,306 @@ async fn lease(store: &dyn Store, size: u64, floor: u64) -> std::ops::Range<u64>
             }
             Err(err) => panic!("lease failed: {err:?}"),
         }
+    }
+}
+
+/// A record of our number with `serial` and origin `origin`, packed as the service packs it,
+/// until `ttl` from now; `weight` tells versions apart, `name` makes it longer.
+fn ours(serial: u64, origin: &str, ttl: Duration, weight: &str, name: Option<&str>) -> RecordEntry {
+    let input = OrderInput {
+        origin_country_id: Some(origin.into()),
+        weight: Some(weight.into()),
+        customer_name: name.map(Into::into),
+        ..OrderInput::default()
+    };
+    let order = input.parse().unwrap();
+    let codec = Codec::new(REDIS_SECRET);
+    let number = codec.encode(order.origin_country_id, 0, serial).unwrap();
+    let created = Utc::now().trunc_subsecs(6);
+    let expires = created + chrono::Duration::from_std(ttl).unwrap();
+    let record = Record::new(number, created, expires, order, None);
+    let mut value = Vec::new();
+    packed::pack(&record, Some(serial), &mut value);
+    RecordEntry {
+        tracking_number: number,
+        serial: Some(serial),
+        expires_at: expires,
+        value: Bytes::from(value),
+    }
+}
+
+/// A version of `entry` to swap in: another weight, another expiry.
+fn version(entry: &RecordEntry, ttl: Duration, weight: &str) -> RecordEntry {
+    let serial = entry.serial.unwrap();
+    let origin = &entry.tracking_number.as_str()[..2];
+    let mut next = ours(serial, origin, ttl, weight, None);
+    next.serial = None; // as the service swaps: the store reads the serial from the number
+    next
+}
+
+/// The first serial of a bucket a while from now (no other record of the test near it).
+fn a_bucket(index: u64) -> u64 {
+    let now = tracknum::store::clock_serial(std::time::SystemTime::now());
+    (now / BUCKET_SERIALS + 1_000 + index) * BUCKET_SERIALS
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Records of our numbers on Redis: the first and last serial of a bucket and its neighbours'
+/// are apart; a number that shares a serial with an issued one (another prefix) is another
+/// record; a write sent again is its own, another record for a taken number is refused; a
+/// record too long for a bucket is kept all the same; the bucket lives as long as its
+/// longest-lived record, in Redis' compact form.
+async fn redis_records_of_our_numbers_share_buckets(redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    let first = a_bucket(0);
+    let last = first + BUCKET_SERIALS - 1;
+    let entries: Vec<RecordEntry> = [first - 1, first, first + 1, last, last + 1]
+        .iter()
+        .map(|&serial| ours(serial, "MY", HOUR, "1", None))
+        .collect();
+    assert_eq!(store.insert_new(&entries).await.unwrap(), [true; 5]);
+    for entry in &entries {
+        assert_eq!(
+            store.get(&entry.tracking_number).await.unwrap(),
+            Some(entry.value.clone())
+        );
+    }
+    let codec = Codec::new(REDIS_SECRET);
+    let place = |entry: &RecordEntry| bucket_place(&codec, &entry.tracking_number).unwrap();
+    assert_eq!(place(&entries[1]).bucket, place(&entries[3]).bucket);
+    assert_ne!(place(&entries[0]).bucket, place(&entries[1]).bucket);
+    assert_ne!(place(&entries[4]).bucket, place(&entries[3]).bucket);
+
+    // Another prefix on the same serial is another number: not found, then a record of its own.
+    let same_serial = ours(first, "SG", HOUR, "2", None);
+    assert_eq!(store.get(&same_serial.tracking_number).await.unwrap(), None);
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&same_serial))
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.get(&entries[1].tracking_number).await.unwrap(),
+        Some(entries[1].value.clone())
+    );
+
+    // The same write again is its own; another record for a taken number is refused, and
+    // changes nothing.
+    let mut twice = entries[1..3].to_vec();
+    let mut other = ours(first + 1, "MY", HOUR, "3", None);
+    other.tracking_number = entries[2].tracking_number;
+    twice[1] = other;
+    twice.push(ours(first + 3, "MY", HOUR, "1", None));
+    assert_eq!(store.insert_new(&twice).await.unwrap(), [true, false, true]);
+    assert_eq!(
+        store.get(&entries[2].tracking_number).await.unwrap(),
+        Some(entries[2].value.clone())
+    );
+
+    // Too long for a bucket's compact form: a key of its own, read, changed and removed there.
+    let name = "Very Long Customer Name Incorporated, Shipping & Handling Division 42";
+    let long = ours(first + 4, "MY", HOUR, "1", Some(name));
+    assert!(long.value.len() > 64, "{} bytes", long.value.len());
+    assert_eq!(
+        store.insert_new(std::slice::from_ref(&long)).await.unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(long.value.clone())
+    );
+    let shorter = version(&long, HOUR, "2");
+    assert_eq!(
+        store.replace(&long.value, &shorter).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(shorter.value.clone())
+    );
+    assert_eq!(
+        store
+            .remove(&long.tracking_number, Some(&shorter.value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&long.tracking_number).await.unwrap(), None);
+
+    // A full bucket stays compact, and lives as long as its longest-lived record.
+    let full = a_bucket(10);
+    let entries: Vec<RecordEntry> = (0..BUCKET_SERIALS)
+        .map(|i| {
+            let ttl = if i == 17 { HOUR * 24 } else { HOUR };
+            ours(full + i, "ID", ttl, "1.234", Some("RedBox Logistics"))
+        })
+        .collect();
+    assert!(entries.iter().all(|e| e.value.len() <= 64));
+    assert!(
+        store
+            .insert_new(&entries)
+            .await
+            .unwrap()
+            .iter()
+            .all(|&stored| stored)
+    );
+    let bucket = place(&entries[0]).bucket;
+    let fields: i64 = redis.cmd(&["HLEN", &bucket]);
+    assert_eq!(fields, BUCKET_SERIALS as i64);
+    let encoding: String = match &redis {
+        TestRedis::Single(server) => server.cmd(&["OBJECT", "ENCODING", &bucket]),
+        TestRedis::Cluster(cluster) => cluster.cmd_on(
+            cluster.master_of_key(&bucket),
+            &["OBJECT", "ENCODING", &bucket],
+        ),
+    };
+    assert!(
+        ["listpack", "ziplist"].contains(&encoding.as_str()),
+        "{encoding}"
+    );
+    let ttl_ms: i64 = redis.cmd(&["PTTL", &bucket]);
+    assert!(ttl_ms > 23 * 3_600_000, "the bucket lives {ttl_ms} ms");
+}
+
+/// Records of one bucket change and go one by one: different expiries, a swap that lengthens
+/// and one that shortens the expiry, a removal, and swaps racing each other, each atomic on
+/// its own record only.
+async fn redis_bucket_records_change_and_go_one_by_one(redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    let short = Duration::from_millis(300);
+
+    // Different expiries in one bucket: the short one goes, its neighbour stays.
+    let base = a_bucket(0);
+    let brief = ours(base, "MY", short, "1", None);
+    let lasting = ours(base + 1, "MY", HOUR, "1", None);
+    store
+        .insert_new(&[brief.clone(), lasting.clone()])
+        .await
+        .unwrap();
+    // In a bucket of their own: one whose expiry a swap lengthens, one whose it shortens.
+    let base = a_bucket(1);
+    let lengthened = ours(base, "MY", short, "1", None);
+    let shortened = ours(base + 63, "MY", HOUR, "1", None);
+    store
+        .insert_new(&[lengthened.clone(), shortened.clone()])
+        .await
+        .unwrap();
+    let longer = version(&lengthened, HOUR, "2");
+    let sooner = version(&shortened, short, "2");
+    assert_eq!(
+        store.replace(&lengthened.value, &longer).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.replace(&shortened.value, &sooner).await.unwrap(),
+        Swap::Replaced
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.get(&brief.tracking_number).await.unwrap(), None);
+    assert_eq!(
+        store.get(&lasting.tracking_number).await.unwrap(),
+        Some(lasting.value.clone())
+    );
+    assert_eq!(
+        store.get(&longer.tracking_number).await.unwrap(),
+        Some(longer.value.clone())
+    );
+    assert_eq!(store.get(&sooner.tracking_number).await.unwrap(), None);
+    let later = version(&shortened, HOUR, "3");
+    assert_eq!(
+        store.replace(&sooner.value, &later).await.unwrap(),
+        Swap::Changed,
+        "an expired record cannot be changed"
+    );
+    assert_eq!(
+        store
+            .remove(&sooner.tracking_number, Some(&sooner.value))
+            .await
+            .unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(
+        store.remove(&brief.tracking_number, None).await.unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(store.get(&sooner.tracking_number).await.unwrap(), None);
+
+    // A removal takes one record of a bucket, and only while it is the one expected.
+    let base = a_bucket(2);
+    let three: Vec<RecordEntry> = (0..3)
+        .map(|i| ours(base + i, "SG", HOUR, "1", None))
+        .collect();
+    store.insert_new(&three).await.unwrap();
+    let changed = version(&three[1], HOUR, "2");
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&changed.value))
+            .await
+            .unwrap(),
+        Removal::Changed
+    );
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&three[1].value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&three[1].tracking_number).await.unwrap(), None);
+    for kept in [&three[0], &three[2]] {
+        assert_eq!(
+            store.get(&kept.tracking_number).await.unwrap(),
+            Some(kept.value.clone())
+        );
+    }
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&three[1].value))
+            .await
+            .unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(
+        store.replace(&three[1].value, &changed).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.remove(&three[0].tracking_number, None).await.unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(
+        store.get(&three[2].tracking_number).await.unwrap(),
+        Some(three[2].value.clone())
+    );
+
+    // Racing swaps in one bucket: of two from the same version, one wins; swaps of different
+    // records never get in each other's way.
+    let base = a_bucket(3);
+    let racing: Vec<RecordEntry> = (0..16)
+        .map(|i| ours(base + i, "DE", HOUR, "1", None))
+        .collect();
+    store.insert_new(&racing).await.unwrap();
+    let swaps = racing.iter().flat_map(|entry| {
+        ["2", "3"].map(|weight| {
+            let store = &store;
+            let next = version(entry, HOUR, weight);
+            async move { (store.replace(&entry.value, &next).await.unwrap(), next) }
+        })
+    });
+    let outcomes = futures_util::future::join_all(swaps).await;
+    for (entry, pair) in racing.iter().zip(outcomes.chunks(2)) {
+        let won: Vec<&RecordEntry> = pair
+            .iter()
+            .filter(|(swap, _)| *swap == Swap::Replaced)
+            .map(|(_, next)| next)
+            .collect();
+        assert_eq!(won.len(), 1, "{}: one swap wins", entry.tracking_number);
+        assert_eq!(
+            store.get(&entry.tracking_number).await.unwrap(),
+            Some(won[0].value.clone())
+        );
     }
 }

@@ -39,7 +39,7 @@ use super::{
 use crate::domain::codec::SERIAL_SPACE;
 use crate::domain::packed::{self, is_packed};
 use crate::domain::{Codec, TrackingNumber};
-use buckets::{LISTPACK_VALUE_MAX, Place};
+use buckets::LISTPACK_VALUE_MAX;
 use spread::{Body, Call, Lua, Replies};
 
 mod buckets;
@@ -49,7 +49,15 @@ mod scripts;
 mod slots;
 mod spread;
 
+pub use buckets::{BUCKET_SERIALS, Place};
 pub use link::{Conn, Link, RedisTarget};
+
+/// Where the record of `number` is kept in a bucket, if `number` is one of `codec`'s: for
+/// tools and tests that look at Redis itself.
+pub fn bucket_place(codec: &Codec, number: &TrackingNumber) -> Option<Place> {
+    let serial = codec.decode_serial(number.as_str())?;
+    Some(Place::of(number, serial))
+}
 
 /// The counter, the secret fingerprint and the replication history, in one hash slot.
 pub const SERIAL_KEY: &str = "{tracknum}:serial";
