@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestRedis, spawn_on_redis};
+use crate::helpers::{TestRedis, bucket_of, spawn_on_redis};
 
 on_each_redis!(
     a_corrupt_record_is_a_500_that_tells_nothing_internal,
@@ -40,8 +40,8 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
         .as_str()
         .unwrap()
         .to_owned();
-    let key = format!("tracknum:record:{number}");
-    let _: () = redis.cmd(&["SET", &key, "garbage{not json"]);
+    let place = bucket_of(&number);
+    let _: () = redis.cmd(&["HSET", &place.bucket, &place.field, "garbage{not json"]);
 
     let response = app.get(&format!("/v1/tracking-numbers/{number}")).await;
     assert_eq!(response.status(), 500);

@@ -22,7 +22,8 @@
 //! bucket: it would turn its whole bucket into a hash table, at about twice the memory a record.
 //! It keeps a key of its own, as a number registered with PUT does, and reads find it there.
 
-use crate::domain::TrackingNumber;
+use crate::domain::codec::digit_value;
+use crate::domain::{Codec, Country, TrackingNumber};
 
 /// Serials per bucket.
 pub const BUCKET_SERIALS: u64 = 64;
@@ -50,6 +51,21 @@ impl Place {
         }
     }
 
+    /// The number whose record lives here, for tools and tests that look at Redis itself: the
+    /// inverse of [`Place::of`]. None for what is not a place of ours.
+    pub fn number(&self, codec: &Codec) -> Option<TrackingNumber> {
+        let bucket: u64 = self.bucket.strip_prefix(BUCKET_PREFIX)?.parse().ok()?;
+        let (prefix, offset) = self.field.split_at_checked(4)?;
+        let offset: u64 = offset.parse().ok().filter(|&o| o < BUCKET_SERIALS)?;
+        let serial = bucket.checked_mul(BUCKET_SERIALS)?.checked_add(offset)?;
+        let (origin, tag) = prefix.split_at(2);
+        let tag = tag
+            .bytes()
+            .try_fold(0u16, |acc, c| Some(acc * 36 + u16::from(digit_value(c)?)))?;
+        let number = codec.encode(Country::parse(origin), tag, serial)?;
+        (number.as_str().get(..4) == Some(prefix)).then_some(number)
+    }
+
     /// The mark a removal leaves for a while (`scripts::BUCKET_REMOVE`):
     /// `{tracknum:bucket:<n>}:removed:<field>`. Its hash tag is the bucket's whole key, so both
     /// live in one slot.
@@ -61,7 +77,6 @@ impl Place {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Codec;
     use crate::store::redis::slots::slot_of;
 
     fn number(codec: &Codec, origin: &str, tag: u16, serial: u64) -> TrackingNumber {
@@ -100,6 +115,17 @@ mod tests {
         for (number, place) in numbers.iter().zip(&places) {
             assert_eq!(codec.decode_serial(number.as_str()), Some(serial));
             assert!(place.field.len() <= 6, "{place:?}");
+            assert_eq!(place.number(&codec), Some(*number));
+        }
+        let ours = Place::of(&number(&codec, "ZZ", 0, 64), 64);
+        assert_eq!(ours.field, "ZZ000");
+        assert_eq!(ours.number(&codec).unwrap().as_str()[..4], *"ZZ00");
+        for field in ["MY07", "MY0764", "MY07x", "my070", "MY0"] {
+            let other = Place {
+                field: field.into(),
+                ..ours.clone()
+            };
+            assert_eq!(other.number(&codec), None, "{field}");
         }
     }
 
