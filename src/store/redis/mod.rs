@@ -881,6 +881,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_bucket_expires_at_its_records_expiry_rounded_up_to_the_ms() {
+        let at = |us| DateTime::from_timestamp_micros(us).unwrap();
+        assert_eq!(expiry_ms(at(1_767_225_600_000_000)), 1_767_225_600_000);
+        assert_eq!(expiry_ms(at(1_767_225_600_000_001)), 1_767_225_600_001);
+        assert_eq!(expiry_ms(at(1_767_225_600_000_999)), 1_767_225_600_001);
+        assert_eq!(
+            expiry_ms(at(-1)),
+            1,
+            "never 0 or below: Redis would refuse it"
+        );
+    }
+
+    #[test]
     fn a_removal_mark_lives_in_its_records_slot() {
         // A script may only touch keys of one slot on a cluster.
         for number in ["MY004RJ37VY0JTIN", "LEGACY00042", "A"] {

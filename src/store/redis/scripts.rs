@@ -4,9 +4,10 @@
 //! A script may run twice for one call: when a connection breaks after Redis ran it and before
 //! its reply came back, the cluster client sends it again (and so does the store on one
 //! server). So a write's second run recognises its first and answers as the first did:
-//! [`REPLACE`] finds its own new value, [`REMOVE`] its own removal mark, [`COMPLETE`] its own
-//! reply, and [`CLAIM`] returns the caller's own claim (which the caller takes as its own).
-//! [`LEASE`] run twice leases a second block; the first block's serials are never used (a gap).
+//! [`BUCKET_INSERT`] finds its own records, [`REPLACE`] and [`BUCKET_REPLACE`] their own new
+//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE`] its own reply,
+//! and [`CLAIM`] returns the caller's own claim (which the caller takes as its own). [`LEASE`]
+//! run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
 /// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
@@ -38,9 +39,9 @@ redis.call('SET', KEYS[1], string.format('%.0f', start + size))
 return start + size
 "#;
 
-/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms). A record
-/// that already holds the new JSON is this swap, run before (every new version carries its own
-/// `updated_at`, to the µs).
+/// Compare-and-swap of a record with a key of its own: ARGV = expected value, new value, new
+/// expiry (Unix ms). A record that already holds the new value is this swap, run before (every
+/// new version carries its own `updated_at`, to the µs).
 pub const REPLACE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[2] then return 1 end
@@ -49,10 +50,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
 "#;
 
-/// Delete, optionally conditional. KEYS = the record, its removal mark (same slot); ARGV = '1'
-/// and the expected JSON, or '0' and ''; then this call's token and how long the mark lives
-/// (ms). The mark, holding the token, lets the same call run again know that it removed the
-/// record. Returns 1 removed, 0 missing, 2 changed.
+/// Delete of a record with a key of its own, optionally conditional. KEYS = the record, its
+/// removal mark (same slot); ARGV = '1' and the expected value, or '0' and ''; then this
+/// call's token and how long the mark lives (ms). The mark, holding the token, lets the same
+/// call run again know that it removed the record. Returns 1 removed, 0 missing, 2 changed.
 pub const REMOVE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if not current then
