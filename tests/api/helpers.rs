@@ -516,7 +516,8 @@ pub fn recorded_numbers(
     let codec = Codec::new(SECRET.as_bytes());
     let mut numbers = Vec::new();
     for bucket in keys("tracknum:bucket:*") {
-        for field in fields(&bucket) {
+        // A record's tail (`+<field>`) is part of its record.
+        for field in fields(&bucket).into_iter().filter(|f| !f.starts_with('+')) {
             let place = Place {
                 bucket: bucket.clone(),
                 field,

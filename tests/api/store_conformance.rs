@@ -888,19 +888,55 @@ async fn redis_records_of_our_numbers_share_buckets(redis: TestRedis) {
         Some(entries[2].value.clone())
     );
 
-    // Too long for a bucket's compact form: a key of its own, read, changed and removed there.
+    // Longer than a field holds: its tail in a second field, read, changed and removed whole.
     let name = "Very Long Customer Name Incorporated, Shipping & Handling Division 42";
     let long = ours(first + 4, "MY", HOUR, "1", Some(name));
-    assert!(long.value.len() > 64, "{} bytes", long.value.len());
+    assert!(
+        (65..=128).contains(&long.value.len()),
+        "{} bytes",
+        long.value.len()
+    );
+    let short = ours(first + 5, "MY", HOUR, "1", None);
     assert_eq!(
-        store.insert_new(std::slice::from_ref(&long)).await.unwrap(),
-        [true]
+        store
+            .insert_new(&[long.clone(), short.clone()])
+            .await
+            .unwrap(),
+        [true, true]
     );
     assert_eq!(
         store.get(&long.tracking_number).await.unwrap(),
         Some(long.value.clone())
     );
+    let tail: Option<Vec<u8>> = redis.cmd(&["HGET", &place(&long).bucket, &place(&long).tail()]);
+    assert_eq!(
+        tail.as_deref(),
+        Some(&long.value[64..]),
+        "the tail in its own field"
+    );
+    assert_eq!(
+        store.insert_new(std::slice::from_ref(&long)).await.unwrap(),
+        [true],
+        "its own write, sent again"
+    );
+    // Another record whose first part is the same: only its tail differs.
+    let mut bytes = long.value.to_vec();
+    *bytes.last_mut().unwrap() ^= 1;
+    let other = RecordEntry {
+        value: Bytes::from(bytes),
+        ..long.clone()
+    };
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&other))
+            .await
+            .unwrap(),
+        [false],
+        "another record, however alike"
+    );
+    // Swapped for a short one (the tail goes), then for a long one again (a tail again).
     let shorter = version(&long, HOUR, "2");
+    assert!(shorter.value.len() <= 64);
     assert_eq!(
         store.replace(&long.value, &shorter).await.unwrap(),
         Swap::Replaced
@@ -909,48 +945,119 @@ async fn redis_records_of_our_numbers_share_buckets(redis: TestRedis) {
         store.get(&long.tracking_number).await.unwrap(),
         Some(shorter.value.clone())
     );
+    let tail: Option<Vec<u8>> = redis.cmd(&["HGET", &place(&long).bucket, &place(&long).tail()]);
+    assert_eq!(tail, None);
+    let mut longer = ours(first + 4, "MY", HOUR, "3", Some(name));
+    longer.serial = None;
+    assert_eq!(
+        store.replace(&long.value, &longer).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.replace(&shorter.value, &longer).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(longer.value.clone())
+    );
     assert_eq!(
         store
-            .remove(&long.tracking_number, Some(&shorter.value))
+            .remove(&long.tracking_number, Some(&long.value))
+            .await
+            .unwrap(),
+        Removal::Changed
+    );
+    assert_eq!(
+        store
+            .remove(&long.tracking_number, Some(&longer.value))
             .await
             .unwrap(),
         Removal::Removed
     );
     assert_eq!(store.get(&long.tracking_number).await.unwrap(), None);
+    let fields: Vec<String> = redis.cmd(&["HKEYS", &place(&long).bucket]);
+    assert!(!fields.contains(&place(&long).tail()), "{fields:?}");
+    assert_eq!(
+        store.get(&short.tracking_number).await.unwrap(),
+        Some(short.value.clone())
+    );
 
-    // A full bucket stays compact, and lives as long as its longest-lived record.
-    let full = a_bucket(10);
-    let entries: Vec<RecordEntry> = (0..BUCKET_SERIALS)
-        .map(|i| {
-            let ttl = if i == 17 { HOUR * 24 } else { HOUR };
-            ours(full + i, "ID", ttl, "1.234", Some("RedBox Logistics"))
-        })
-        .collect();
-    assert!(entries.iter().all(|e| e.value.len() <= 64));
-    assert!(
+    // Too long for a bucket: a key of its own, read, changed and removed there.
+    let longest = ours(first + 6, "MY", HOUR, "1", Some(&"Name ".repeat(30)));
+    assert!(longest.value.len() > 128, "{} bytes", longest.value.len());
+    assert_eq!(
         store
-            .insert_new(&entries)
+            .insert_new(std::slice::from_ref(&longest))
             .await
-            .unwrap()
-            .iter()
-            .all(|&stored| stored)
+            .unwrap(),
+        [true]
     );
-    let bucket = place(&entries[0]).bucket;
-    let fields: i64 = redis.cmd(&["HLEN", &bucket]);
-    assert_eq!(fields, BUCKET_SERIALS as i64);
-    let encoding: String = match &redis {
-        TestRedis::Single(server) => server.cmd(&["OBJECT", "ENCODING", &bucket]),
-        TestRedis::Cluster(cluster) => cluster.cmd_on(
-            cluster.master_of_key(&bucket),
-            &["OBJECT", "ENCODING", &bucket],
-        ),
-    };
-    assert!(
-        ["listpack", "ziplist"].contains(&encoding.as_str()),
-        "{encoding}"
+    assert_eq!(
+        store.get(&longest.tracking_number).await.unwrap(),
+        Some(longest.value.clone())
     );
-    let ttl_ms: i64 = redis.cmd(&["PTTL", &bucket]);
-    assert!(ttl_ms > 23 * 3_600_000, "the bucket lives {ttl_ms} ms");
+    let fields: Vec<String> = redis.cmd(&["HKEYS", &place(&longest).bucket]);
+    assert!(!fields.contains(&place(&longest).field), "{fields:?}");
+    let changed = version(&longest, HOUR, "2");
+    assert_eq!(
+        store.replace(&longest.value, &changed).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&longest.tracking_number).await.unwrap(),
+        Some(changed.value.clone())
+    );
+    assert_eq!(
+        store
+            .remove(&longest.tracking_number, Some(&changed.value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&longest.tracking_number).await.unwrap(), None);
+
+    // A full bucket stays compact, of short records and of long ones (each with its tail), and
+    // lives as long as its longest-lived record.
+    for (index, name, fields) in [(10, "RedBox Logistics", 64), (11, name, 128)] {
+        let full = a_bucket(index);
+        let entries: Vec<RecordEntry> = (0..BUCKET_SERIALS)
+            .map(|i| {
+                let ttl = if i == 17 { HOUR * 24 } else { HOUR };
+                ours(full + i, "ID", ttl, "1.234", Some(name))
+            })
+            .collect();
+        assert!(
+            store
+                .insert_new(&entries)
+                .await
+                .unwrap()
+                .iter()
+                .all(|&stored| stored)
+        );
+        for entry in [&entries[0], &entries[63]] {
+            assert_eq!(
+                store.get(&entry.tracking_number).await.unwrap(),
+                Some(entry.value.clone())
+            );
+        }
+        let bucket = place(&entries[0]).bucket;
+        let held: i64 = redis.cmd(&["HLEN", &bucket]);
+        assert_eq!(held, fields);
+        let encoding: String = match &redis {
+            TestRedis::Single(server) => server.cmd(&["OBJECT", "ENCODING", &bucket]),
+            TestRedis::Cluster(cluster) => cluster.cmd_on(
+                cluster.master_of_key(&bucket),
+                &["OBJECT", "ENCODING", &bucket],
+            ),
+        };
+        assert!(
+            ["listpack", "ziplist"].contains(&encoding.as_str()),
+            "{encoding}"
+        );
+        let ttl_ms: i64 = redis.cmd(&["PTTL", &bucket]);
+        assert!(ttl_ms > 23 * 3_600_000, "the bucket lives {ttl_ms} ms");
+    }
 }
 
 /// Records of one bucket change and go one by one: different expiries, a swap that lengthens

@@ -19,9 +19,13 @@
 //! character) would find the issued number's record. The four characters cost about 6 bytes a
 //! record.
 //!
-//! A record longer than [`LISTPACK_VALUE_MAX`] bytes (a long customer name, say) is not put in a
-//! bucket: it would turn its whole bucket into a hash table, at about twice the memory a record.
-//! It keeps a key of its own, as a number registered with PUT does, and reads find it there.
+//! A record longer than [`LISTPACK_VALUE_MAX`] bytes (a customer name of 25 characters or more
+//! beside all other inputs: over half the orders of `scripts/bench_orders.py`) would turn its
+//! whole bucket into a hash table, at about twice the memory a record. So its first 64 bytes go
+//! in its field and the rest in a second field, its tail: the field's name after a `+`
+//! (`+MY0A37`). A bucket then holds at most 128 fields, still within the compact form. A
+//! record longer than two fields keeps a key of its own, as a number registered with PUT does,
+//! and reads find it there.
 
 use crate::domain::codec::digit_value;
 use crate::domain::{Codec, Country, TrackingNumber};
@@ -29,10 +33,26 @@ use crate::domain::{Codec, Country, TrackingNumber};
 /// Serials per bucket.
 pub const BUCKET_SERIALS: u64 = 64;
 /// The longest value a Redis hash keeps in its compact form by default
-/// (`hash-max-listpack-value`).
+/// (`hash-max-listpack-value`): a record's part in one field.
 pub const LISTPACK_VALUE_MAX: usize = 64;
+/// The longest record a bucket keeps: in its field and its tail.
+pub const BUCKET_VALUE_MAX: usize = 2 * LISTPACK_VALUE_MAX;
+/// What a tail's field name starts with (the scripts say it too).
+const TAIL: char = '+';
 
 const BUCKET_PREFIX: &str = "tracknum:bucket:";
+
+/// `value` as a bucket keeps it: its first part, and its tail when it is longer than one
+/// field takes. None when it is too long for a bucket.
+pub fn parts(value: &[u8]) -> Option<(&[u8], Option<&[u8]>)> {
+    if value.len() > BUCKET_VALUE_MAX {
+        return None;
+    }
+    Some(match value.split_at_checked(LISTPACK_VALUE_MAX) {
+        Some((first, tail)) if !tail.is_empty() => (first, Some(tail)),
+        _ => (value, None),
+    })
+}
 
 /// A record's bucket and its field in it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -50,6 +70,12 @@ impl Place {
             bucket: format!("{BUCKET_PREFIX}{}", serial / BUCKET_SERIALS),
             field: format!("{prefix}{}", serial % BUCKET_SERIALS),
         }
+    }
+
+    /// The field of the record's tail: what it holds past its first [`LISTPACK_VALUE_MAX`]
+    /// bytes.
+    pub fn tail(&self) -> String {
+        format!("{TAIL}{}", self.field)
     }
 
     /// The number whose record lives here, for tools and tests that look at Redis itself: the
@@ -128,6 +154,30 @@ mod tests {
             };
             assert_eq!(other.number(&codec), None, "{field}");
         }
+    }
+
+    #[test]
+    fn a_long_record_takes_two_fields_and_a_longer_one_none() {
+        let value: Vec<u8> = (0..=255).collect();
+        assert_eq!(parts(&value[..64]), Some((&value[..64], None)));
+        assert_eq!(
+            parts(&value[..65]),
+            Some((&value[..64], Some(&value[64..65])))
+        );
+        assert_eq!(
+            parts(&value[..128]),
+            Some((&value[..64], Some(&value[64..128])))
+        );
+        assert_eq!(parts(&value[..129]), None);
+        assert_eq!(parts(b""), Some((&b""[..], None)));
+        let codec = Codec::new(b"buckets");
+        let place = Place::of(&number(&codec, "MY", 7, 70), 70);
+        assert_eq!(place.tail(), "+MY076");
+        let tail = Place {
+            field: place.tail(),
+            ..place
+        };
+        assert_eq!(tail.number(&codec), None, "a tail is no record of its own");
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl RedisStore {
     /// The calls that write `entries`, and for each call the entries it writes: one
     /// [`scripts::BUCKET_INSERT`] per bucket for the records of our numbers
     /// ([`buckets`]), and a `SET key value PX ttl NX` for each record that keeps a key of its
-    /// own (a number registered with PUT, or a record too long for a bucket's compact form).
+    /// own (a number registered with PUT, or a record too long for a bucket).
     fn record_calls(&self, entries: &[RecordEntry]) -> (Vec<Call<'_>>, Vec<Vec<usize>>) {
         let now = Utc::now();
         let mut calls = Vec::new();
@@ -283,7 +283,7 @@ impl RedisStore {
         let mut bucketed: Vec<(Place, usize)> = Vec::new();
         for (at, entry) in entries.iter().enumerate() {
             match entry.serial {
-                Some(serial) if entry.value.len() <= LISTPACK_VALUE_MAX => {
+                Some(serial) if in_bucket(entry) => {
                     bucketed.push((Place::of(&entry.tracking_number, serial), at));
                 }
                 _ => {
@@ -310,7 +310,7 @@ impl RedisStore {
                 .map(|(_, at)| entries[*at].expires_at)
                 .max()
                 .unwrap_or(now);
-            let mut args = Vec::with_capacity(2 + 3 * group.len());
+            let mut args = Vec::with_capacity(2 + 4 * group.len());
             args.push(Bytes::from(expiry_ms(latest).to_string()));
             args.push(Bytes::from(group.len().to_string()));
             args.extend(
@@ -318,10 +318,24 @@ impl RedisStore {
                     .iter()
                     .map(|(place, _)| Bytes::from(place.field.clone())),
             );
+            let mut pairs = Vec::with_capacity(2 * group.len());
             for (place, at) in group {
-                args.push(Bytes::from(place.field.clone()));
-                args.push(entries[*at].value.clone());
+                let value = &entries[*at].value;
+                pairs.push(Bytes::from(place.field.clone()));
+                match buckets::parts(value) {
+                    Some((first, Some(tail))) => {
+                        args.push(Bytes::from_static(b"2"));
+                        pairs.push(value.slice_ref(first));
+                        pairs.push(Bytes::from(place.tail()));
+                        pairs.push(value.slice_ref(tail));
+                    }
+                    _ => {
+                        args.push(Bytes::from_static(b"1"));
+                        pairs.push(value.clone());
+                    }
+                }
             }
+            args.extend(pairs);
             calls.push(Call {
                 key: group[0].0.bucket.clone(),
                 body: Body::Script {
@@ -519,9 +533,10 @@ fn settle(
     }
 }
 
-/// Whether `entry` goes to a bucket ([`RedisStore::record_calls`]).
+/// Whether `entry` goes to a bucket ([`RedisStore::record_calls`]): a record of one of our
+/// numbers that is not too long for one.
 fn in_bucket(entry: &RecordEntry) -> bool {
-    entry.serial.is_some() && entry.value.len() <= LISTPACK_VALUE_MAX
+    entry.serial.is_some() && buckets::parts(&entry.value).is_some()
 }
 
 /// Whether the packed record `value` of `serial` has expired: a bucket keeps it until the
@@ -690,10 +705,12 @@ impl RecordStore for RedisStore {
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
         if let Some(serial) = self.serial_of(tracking_number) {
             let place = Place::of(tracking_number, serial);
-            let mut hget = redis::cmd("HGET");
-            hget.arg(&place.bucket).arg(&place.field);
-            let value: Option<Vec<u8>> = self.query_again(&hget).await?;
-            if let Some(value) = value {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(&place.bucket).arg(&place.field).arg(place.tail());
+            let (first, tail): (Option<Vec<u8>>, Option<Vec<u8>>) =
+                self.query_again(&hmget).await?;
+            if let Some(mut value) = first {
+                value.extend(tail.unwrap_or_default());
                 return Ok((!expired(&value, serial)).then(|| Bytes::from(value)));
             }
             // Not in its bucket: a key of its own (too long for a bucket, or written before
@@ -720,7 +737,8 @@ impl RecordStore for RedisStore {
                 .arg(&place.field)
                 .arg(expected.as_ref())
                 .arg(entry.value.as_ref())
-                .arg(expiry_ms(entry.expires_at));
+                .arg(expiry_ms(entry.expires_at))
+                .arg(LISTPACK_VALUE_MAX);
             match self.run::<i64>(invocation).await? {
                 1 => return Ok(Swap::Replaced),
                 0 => return Ok(Swap::Changed),

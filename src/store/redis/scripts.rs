@@ -120,13 +120,40 @@ end
     };
 }
 
+/// The Lua of `held(key, field)`, a record as its bucket keeps it (its field, then its tail in
+/// the field named `+` and the field's name: see [`super::buckets`]), or false; and of
+/// `keep(key, field, value, split)`, which stores `value` so, a tail past `split` bytes (and
+/// removes a tail it no longer has).
+macro_rules! parts_lua {
+    () => {
+        r#"
+local function held(key, field)
+  local parts = redis.call('HMGET', key, field, '+' .. field)
+  if not parts[1] then return false end
+  if parts[2] then return parts[1] .. parts[2] end
+  return parts[1]
+end
+local function keep(key, field, value, split)
+  if #value > split then
+    redis.call('HSET', key, field, string.sub(value, 1, split), '+' .. field, string.sub(value, split + 1))
+  else
+    redis.call('HSET', key, field, value)
+    redis.call('HDEL', key, '+' .. field)
+  end
+end
+"#
+    };
+}
+
 /// Stores the records of one bucket ([`super::buckets`]) unless their fields hold other
 /// records. KEYS = the bucket; ARGV = the latest expiry among the records (Unix ms), their
-/// count n, their n fields, then n pairs of field and value. Returns per record 1 stored, 0
-/// taken. A field that holds exactly the value given is this write, run before (every record
-/// carries its own creation time, to the µs): stored, and written again, so that a `WAIT` after
-/// it on the same connection covers the first write too. One `HMGET` and one `HSET` for the
-/// whole bucket: a call per record costs more than the script.
+/// count n, their n fields, for each how many parts it has (1, or 2 with a tail), then each
+/// record's parts as pairs of field and value. Returns per record 1 stored, 0 taken. A record
+/// found exactly as given is this write, run before (every record carries its own creation
+/// time, to the µs): stored, and written again, so that a `WAIT` after it on the same
+/// connection covers the first write too. One `HMGET` and one `HSET` for the whole bucket when
+/// its fields are free, as they are but for a write sent again: a call per record costs more
+/// than the script.
 pub const BUCKET_INSERT: &str = concat!(
     extend_lua!(),
     r#"
@@ -139,17 +166,22 @@ for i = 1, n do
   if current[i] then fresh = false end
 end
 if fresh then
-  redis.call('HSET', KEYS[1], unpack(ARGV, n + 3))
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2 * n + 3))
 else
   local set = {}
+  local at = 2 * n + 3
   for i = 1, n do
-    local value = ARGV[n + 2 + 2 * i]
-    if current[i] and current[i] ~= value then
-      stored[i] = 0
-    else
-      set[#set + 1] = ARGV[2 + i]
-      set[#set + 1] = value
+    local count = tonumber(ARGV[n + 2 + i])
+    local given = ARGV[at + 1]
+    if count == 2 then given = given .. ARGV[at + 3] end
+    if current[i] then
+      local tail = redis.call('HGET', KEYS[1], '+' .. ARGV[at])
+      if (tail and current[i] .. tail or current[i]) ~= given then stored[i] = 0 end
     end
+    if stored[i] == 1 then
+      for j = at, at + 2 * count - 1 do set[#set + 1] = ARGV[j] end
+    end
+    at = at + 2 * count
   end
   if #set == 0 then return stored end
   redis.call('HSET', KEYS[1], unpack(set))
@@ -160,35 +192,40 @@ return stored
 );
 
 /// Compare-and-swap of a record in its bucket: ARGV = its field, the expected value, the new
-/// value, the new expiry (Unix ms). Returns 1 swapped (or the field already holds the new
-/// value: this swap, run before), 0 changed, 2 not in the bucket (the caller looks for a key of
-/// its own). The caller has checked that the expected record had not expired.
+/// value, the new expiry (Unix ms), the longest part a field holds. Returns 1 swapped (or the
+/// record already is the new value: this swap, run before), 0 changed, 2 not in the bucket (the
+/// caller looks for a key of its own). The caller has checked that the expected record had not
+/// expired.
 pub const BUCKET_REPLACE: &str = concat!(
     extend_lua!(),
+    parts_lua!(),
     r#"
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+local current = held(KEYS[1], ARGV[1])
 if not current then return 2 end
 if current == ARGV[3] then return 1 end
 if current ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+keep(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[5]))
 extend(KEYS[1], ARGV[4])
 return 1
 "#
 );
 
-/// Removes a record from its bucket while it holds the expected value. KEYS = the bucket, the
+/// Removes a record from its bucket while it is the expected value. KEYS = the bucket, the
 /// removal's mark (same slot); ARGV = the field, the expected value, this call's token, how
 /// long the mark lives (ms). The mark lets the same call, run again, know that it removed the
 /// record. Returns 1 removed, 2 changed, 3 not in the bucket (the caller looks for a key of
 /// its own).
-pub const BUCKET_REMOVE: &str = r#"
-local current = redis.call('HGET', KEYS[1], ARGV[1])
+pub const BUCKET_REMOVE: &str = concat!(
+    parts_lua!(),
+    r#"
+local current = held(KEYS[1], ARGV[1])
 if not current then
   if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
   return 3
 end
 if current ~= ARGV[2] then return 2 end
-redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1], '+' .. ARGV[1])
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 return 1
-"#;
+"#
+);
