@@ -73,12 +73,13 @@ impl Application {
                     .secret
                     .clone()
                     .context("--secret is required with Redis")?;
+                let codec = Codec::new(secret.as_bytes());
                 let options = RedisOptions {
                     fingerprint: fingerprint(secret.as_bytes()),
                     timeout: config.storage_timeout,
                     wait_replicas: config.redis_wait_replicas,
+                    codec: codec.clone(),
                 };
-                let codec = Codec::new(secret.as_bytes());
                 (Arc::new(RedisStore::new(&target, options)?), codec)
             }
             None => {

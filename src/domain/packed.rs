@@ -148,6 +148,19 @@ pub fn is_packed(bytes: &[u8]) -> bool {
     bytes.first().is_some_and(|b| b & 0xF0 == VERSION_1)
 }
 
+/// When the record packed as `bytes` (by [`pack`], with the same `serial`) expires, in µs since
+/// the Unix epoch, read without unpacking the rest: what a store that keeps several records
+/// under one expiry (a Redis bucket) checks so as never to serve an expired one.
+pub fn expires_at_us(bytes: &[u8], serial: Option<u64>) -> Result<i64, Unreadable> {
+    if !is_packed(bytes) {
+        return Err(Unreadable("it is not a packed record"));
+    }
+    let mut r = Reader(bytes.get(2..).ok_or(Unreadable("it is truncated"))?);
+    let created_us = anchor_us(serial).wrapping_add(r.signed()?);
+    r.signed()?;
+    Ok(created_us.wrapping_add(r.duration()?))
+}
+
 /// The record `number` stored as `bytes`: packed ([`pack`], with the same serial), or JSON.
 pub fn unpack_stored(
     bytes: &[u8],
@@ -500,6 +513,32 @@ mod tests {
             "{} bytes of JSON",
             json.len()
         );
+    }
+
+    #[test]
+    fn the_expiry_reads_without_unpacking() {
+        let mut seed = 11;
+        for _ in 0..5_000 {
+            let (record, serial) = record(&mut seed);
+            let mut packed = Vec::new();
+            pack(&record, Some(serial), &mut packed);
+            assert_eq!(
+                expires_at_us(&packed, Some(serial)),
+                Ok(record.expires_at.timestamp_micros())
+            );
+            let mut foreign = Vec::new();
+            pack(&record, None, &mut foreign);
+            assert_eq!(
+                expires_at_us(&foreign, None),
+                Ok(record.expires_at.timestamp_micros())
+            );
+            for cut in 0..3 {
+                assert!(expires_at_us(&packed[..cut], Some(serial)).is_err());
+            }
+        }
+        let json = serde_json::to_vec(&record(&mut seed).0).unwrap();
+        assert!(expires_at_us(&json, None).is_err(), "JSON is not packed");
+        assert!(expires_at_us(b"\xF0\x00\xFF\xFF", Some(1)).is_err());
     }
 
     #[test]

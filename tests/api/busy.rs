@@ -25,7 +25,7 @@ fn batch(first: u64, size: u64) -> Vec<RecordEntry> {
             tracking_number: TrackingNumber::parse(&format!("BUSY{serial}")).unwrap(),
             serial: Some(serial),
             expires_at,
-            json: Bytes::from_static(br#"{"status":"issued"}"#),
+            value: Bytes::from_static(br#"{"status":"issued"}"#),
         })
         .collect()
 }

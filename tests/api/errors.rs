@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{TestRedis, spawn_on_redis};
+use crate::helpers::{TestRedis, bucket_of, spawn_on_redis};
 
 on_each_redis!(
     a_corrupt_record_is_a_500_that_tells_nothing_internal,
@@ -36,12 +36,20 @@ fn assert_says_nothing_internal(body: &str) {
 
 async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis) {
     let app = spawn_on_redis(&redis, &[]).await;
-    let number = app.issue("").await["tracking_number"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let key = format!("tracknum:record:{number}");
-    let _: () = redis.cmd(&["SET", &key, "garbage{not json"]);
+    let mut issued = Vec::new();
+    for _ in 0..6 {
+        let record = app.issue("").await;
+        issued.push(record["tracking_number"].as_str().unwrap().to_owned());
+    }
+    let number = issued[2].clone();
+    let place = bucket_of(&number);
+    // Its neighbours: the numbers issued beside it that share its bucket.
+    let neighbours: Vec<&String> = issued
+        .iter()
+        .filter(|n| **n != number && bucket_of(n).bucket == place.bucket)
+        .collect();
+    assert!(neighbours.len() >= 2, "{issued:?} share few buckets");
+    let _: () = redis.cmd(&["HSET", &place.bucket, &place.field, "garbage{not json"]);
 
     let response = app.get(&format!("/v1/tracking-numbers/{number}")).await;
     assert_eq!(response.status(), 500);
@@ -58,6 +66,33 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
     assert_eq!(problem["type"], "urn:tracknum:problem:internal", "{body}");
     assert_eq!(problem["request_id"], id.as_str(), "{body}");
     assert_says_nothing_internal(&body);
+
+    // Its bucket's other records are served, changed and deleted as usual, and the damaged
+    // one stays a 500 through their changes.
+    let client = reqwest::Client::new();
+    for n in &neighbours {
+        let read = app.get(&format!("/v1/tracking-numbers/{n}")).await;
+        assert_eq!(read.status(), 200, "neighbour {n}");
+    }
+    let patched = client
+        .patch(app.url(&format!("/v1/tracking-numbers/{}", neighbours[0])))
+        .json(&serde_json::json!({"status": "in_transit"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    let deleted = client
+        .delete(app.url(&format!("/v1/tracking-numbers/{}", neighbours[1])))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let gone = app
+        .get(&format!("/v1/tracking-numbers/{}", neighbours[1]))
+        .await;
+    assert_eq!(gone.status(), 404);
+    let again = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+    assert_eq!(again.status(), 500);
 
     // The service goes on: other numbers are issued and read as usual.
     let fresh = app.issue("").await["tracking_number"]

@@ -10,7 +10,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracknum::store::redis::RedisTarget;
+use tracknum::domain::Codec;
+use tracknum::store::redis::{Place, RedisTarget, bucket_place};
 
 use crate::redis_cluster::RedisCluster;
 use tracknum::{Application, Config};
@@ -497,6 +498,42 @@ pub async fn issue_many(urls: &[String], count: usize, concurrency: usize) -> (V
         failed += f;
     }
     (all, failed)
+}
+
+/// Where Redis keeps the record of `number`, issued with [`SECRET`]: its bucket and field.
+pub fn bucket_of(number: &str) -> Place {
+    let number = tracknum::domain::TrackingNumber::parse(number).unwrap();
+    bucket_place(&Codec::new(SECRET.as_bytes()), &number).expect("one of our numbers")
+}
+
+/// The numbers whose records Redis holds (numbers issued with [`SECRET`]): fields of buckets,
+/// and keys of their own. `keys` lists the keys of a pattern (on one node), `fields` the
+/// fields of a bucket.
+pub fn recorded_numbers(
+    keys: impl Fn(&str) -> Vec<String>,
+    fields: impl Fn(&str) -> Vec<String>,
+) -> Vec<String> {
+    let codec = Codec::new(SECRET.as_bytes());
+    let mut numbers = Vec::new();
+    for bucket in keys("tracknum:bucket:*") {
+        // A record's tail (`+<field>`) is part of its record.
+        for field in fields(&bucket).into_iter().filter(|f| !f.starts_with('+')) {
+            let place = Place {
+                bucket: bucket.clone(),
+                field,
+            };
+            let number = place
+                .number(&codec)
+                .expect("a record of one of our numbers");
+            numbers.push(number.as_str().to_owned());
+        }
+    }
+    numbers.extend(
+        keys("tracknum:record:*")
+            .into_iter()
+            .map(|key| key.trim_start_matches("tracknum:record:").to_owned()),
+    );
+    numbers
 }
 
 /// Asserts that no number appears twice, naming the first repeat.

@@ -10,7 +10,8 @@ use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::helpers::{
-    BinaryApp, RedisServer, SECRET, TestApp, keys_file, spawn_embedded, spawn_on_redis,
+    BinaryApp, RedisServer, SECRET, TestApp, keys_file, recorded_numbers, spawn_embedded,
+    spawn_on_redis,
 };
 
 const HEADER: &str = "order_id,origin_country_id,destination_country_id,weight,customer_name";
@@ -757,11 +758,13 @@ async fn on_redis_a_job_whose_worker_is_killed_is_finished_by_another_instance()
     assert_each_row_numbered_once(&results, rows);
 
     // No number was issued twice: Redis holds one record per row, and no other.
-    let records: HashMap<String, ()> = redis
-        .cmd::<Vec<String>>(&["KEYS", "tracknum:record:*"])
-        .into_iter()
-        .map(|key| (key, ()))
-        .collect();
+    let records: HashMap<String, ()> = recorded_numbers(
+        |pattern| redis.cmd(&["KEYS", pattern]),
+        |bucket| redis.cmd(&["HKEYS", bucket]),
+    )
+    .into_iter()
+    .map(|number| (number, ()))
+    .collect();
     assert_eq!(
         records.len(),
         rows,
@@ -1009,7 +1012,10 @@ async fn on_redis_a_cancelled_import_never_changes_after_it_ended() {
     for after in [0, 200, 400, 600] {
         let _: String = redis.cmd(&["FLUSHALL"]);
         let numbers = cancel_early(&client, &bases, Duration::from_millis(after)).await;
-        let records = redis.cmd::<Vec<String>>(&["KEYS", "tracknum:record:*"]);
+        let records = recorded_numbers(
+            |pattern| redis.cmd(&["KEYS", pattern]),
+            |bucket| redis.cmd(&["HKEYS", bucket]),
+        );
         assert_eq!(
             records.len(),
             numbers.len(),

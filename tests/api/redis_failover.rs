@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{RedisServer, TestApp, assert_unique, issue_many, spawn_on_redis};
+use crate::helpers::{RedisServer, TestApp, assert_unique, bucket_of, issue_many, spawn_on_redis};
 use crate::redis_cluster::{COUNTER_KEY, RedisCluster};
 
 /// Small blocks, so that instances lease often while the cluster is failing over.
@@ -320,7 +320,8 @@ async fn one_server_waits_for_its_replica_and_refuses_records_without_it() {
         .as_str()
         .unwrap()
         .to_owned();
-    let held: Option<Vec<u8>> = replica.cmd(&["GET", &format!("tracknum:record:{number}")]);
+    let place = bucket_of(&number);
+    let held: Option<Vec<u8>> = replica.cmd(&["HGET", &place.bucket, &place.field]);
     assert!(held.is_some(), "the replica holds an answered record");
 
     replica.kill();

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tracknum::store::redis::RedisTarget;
 
 use crate::fault_proxy::FaultProxy;
-use crate::helpers::{RedisLike, RedisServer, TestApp, assert_unique, spawn_on_redis};
+use crate::helpers::{
+    RedisLike, RedisServer, TestApp, assert_unique, bucket_of, recorded_numbers, spawn_on_redis,
+};
 use crate::redis_cluster::RedisCluster;
 
 /// Redis with a fault proxy in front of each node; tracknum reaches it only through them.
@@ -69,18 +71,23 @@ impl Proxied {
 
     /// The numbers that have a record in Redis.
     fn recorded(&self) -> HashSet<String> {
-        let keys: Vec<Vec<String>> = match self {
-            Proxied::Single(redis, _) => vec![redis.cmd(&["KEYS", "tracknum:record:*"])],
+        let numbers: Vec<Vec<String>> = match self {
+            Proxied::Single(redis, _) => vec![recorded_numbers(
+                |pattern| redis.cmd(&["KEYS", pattern]),
+                |bucket| redis.cmd(&["HKEYS", bucket]),
+            )],
             Proxied::Cluster(cluster, _) => cluster
                 .running_nodes()
                 .into_iter()
-                .map(|node| cluster.cmd_on(node, &["KEYS", "tracknum:record:*"]))
+                .map(|node| {
+                    recorded_numbers(
+                        |pattern| cluster.cmd_on(node, &["KEYS", pattern]),
+                        |bucket| cluster.cmd_on(cluster.master_of_key(bucket), &["HKEYS", bucket]),
+                    )
+                })
                 .collect(),
         };
-        keys.into_iter()
-            .flatten()
-            .map(|key| key.trim_start_matches("tracknum:record:").to_owned())
-            .collect()
+        numbers.into_iter().flatten().collect()
     }
 }
 
@@ -228,7 +235,8 @@ async fn changes_whose_reply_was_lost_are_not_judged_again(redis: &Proxied) {
         let weight = format!("{round}.25");
 
         let fired = redis.fired();
-        redis.reset_after(&["EVALSHA", &number]);
+        let place = bucket_of(&number);
+        redis.reset_after(&["EVALSHA", &place.bucket, &place.field]);
         let response = app
             .client
             .patch(&url)
@@ -254,7 +262,7 @@ async fn changes_whose_reply_was_lost_are_not_judged_again(redis: &Proxied) {
             "{stored}"
         );
 
-        redis.reset_after(&["EVALSHA", &number]);
+        redis.reset_after(&["EVALSHA", &place.bucket, &place.field]);
         let response = app
             .client
             .delete(&url)
@@ -279,7 +287,8 @@ async fn records_sent_again_are_their_own_not_collisions(redis: &Proxied) {
     let mut answered = Vec::new();
     for round in 0..10 {
         let fired = redis.fired();
-        redis.reset_after(&["SET", "tracknum:record:", "NX"]);
+        // A bucket's records, whether the script goes by its SHA or with its body.
+        redis.reset_after(&["tracknum:bucket:"]);
         if round % 2 == 0 {
             answered.extend(issue_batch(&app, 20).await);
         } else {

@@ -6,15 +6,18 @@ use bytes::Bytes;
 use chrono::Utc;
 use tempfile::TempDir;
 use tracknum::config::FsyncPolicy;
-use tracknum::domain::{Codec, Country, TrackingNumber};
-use tracknum::store::embedded::BUCKET_SERIALS;
+use tracknum::domain::{Codec, Country, OrderInput, Record, TrackingNumber, packed};
+use tracknum::store::embedded::BUCKET_SERIALS as EMBEDDED_BUCKET;
 use tracknum::store::{
     EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, ImportStore, LeaseSource, RecordEntry,
     RecordStore, RedisOptions, RedisStore, Removal, Store, StoreError, Swap, clock_serial,
 };
 
 use crate::helpers::{RedisLike, TestRedis};
-use tracknum::store::redis::{HISTORY_KEY, LEAD, SERIAL_KEY};
+use chrono::SubsecRound;
+use tracknum::store::redis::{
+    BUCKET_SERIALS as REDIS_BUCKET, HISTORY_KEY, LEAD, SERIAL_KEY, bucket_place,
+};
 
 fn tn(number: &str) -> TrackingNumber {
     TrackingNumber::parse(number).unwrap()
@@ -599,27 +602,38 @@ fn fresh_bucket(codec: &Codec, size: u64, skip: u64) -> u64 {
     first
 }
 
-/// A record of ours as the issuer writes it (serial known), its value unique to it.
+/// A record of ours as the issuer writes it (serial known): packed, as the service packs it,
+/// with `label` and its serial as the customer's name, so that its bytes are unique to it.
 fn ours(codec: &Codec, serial: u64, ttl: Duration, label: &str) -> RecordEntry {
     let number = number_at(codec, "DE", serial).unwrap();
     RecordEntry {
-        tracking_number: number,
         serial: Some(serial),
-        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
-        value: Bytes::from(format!("\u{F0}bucket-record-{number}-{label}")),
+        ..packed_entry(number, serial, ttl, label)
     }
 }
 
-/// A new version of `entry` as a change writes it (the serial left for the store to find).
+/// A new version of `entry` (made by [`ours`]) as a change writes it: the serial left for the
+/// store to find.
 fn next_version(entry: &RecordEntry, ttl: Duration, label: &str) -> RecordEntry {
+    let serial = entry.serial.expect("an entry made by ours");
+    packed_entry(entry.tracking_number, serial, ttl, label)
+}
+
+fn packed_entry(number: TrackingNumber, serial: u64, ttl: Duration, label: &str) -> RecordEntry {
+    let input = OrderInput {
+        customer_name: Some(format!("{label}-{serial}").into()),
+        ..OrderInput::default()
+    };
+    let created = Utc::now().trunc_subsecs(6);
+    let expires = created + chrono::Duration::from_std(ttl).unwrap();
+    let record = Record::new(number, created, expires, input.parse().unwrap(), None);
+    let mut value = Vec::new();
+    packed::pack(&record, Some(serial), &mut value);
     RecordEntry {
+        tracking_number: number,
         serial: None,
-        expires_at: Utc::now() + chrono::Duration::from_std(ttl).unwrap(),
-        value: Bytes::from(format!(
-            "\u{F0}bucket-record-{}-{label}",
-            entry.tracking_number
-        )),
-        ..entry.clone()
+        expires_at: expires,
+        value: Bytes::from(value),
     }
 }
 
@@ -981,7 +995,7 @@ async fn embedded_buckets_conform() {
         let sub = dir.path().join(format!("{fsync:?}"));
         let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
         let codec = store.codec().clone();
-        bucket_cases(&store, &codec, BUCKET_SERIALS).await;
+        bucket_cases(&store, &codec, EMBEDDED_BUCKET).await;
     }
 }
 
@@ -1001,7 +1015,7 @@ async fn embedded_a_lease_starts_past_every_bucket() {
     assert_eq!(store.insert_new(&[record]).await.unwrap(), [true]);
     store.sync().await.unwrap();
     let leased = store.lease(10, 0).await.unwrap();
-    let bucket_end = (serial / BUCKET_SERIALS + 1) * BUCKET_SERIALS;
+    let bucket_end = (serial / EMBEDDED_BUCKET + 1) * EMBEDDED_BUCKET;
     assert!(
         leased.start >= bucket_end,
         "{leased:?}, bucket ends at {bucket_end}"
@@ -1029,7 +1043,7 @@ async fn embedded_a_data_dir_keeps_its_bucket_size() {
         .collect();
     store.insert_new(&entries).await.unwrap();
     drop(store);
-    let (store, _) = EmbeddedStore::open(dir.path(), None, sized(BUCKET_SERIALS)).unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, sized(EMBEDDED_BUCKET)).unwrap();
     for entry in &entries {
         assert_eq!(value_of(&store, entry).await, Some(entry.value.clone()));
     }
@@ -1048,7 +1062,7 @@ async fn embedded_corrupt_record_beside_healthy_ones() {
         let sub = dir.path().join(format!("{fsync:?}"));
         let (store, _secret) = EmbeddedStore::open(&sub, None, options(fsync)).unwrap();
         let codec = store.codec().clone();
-        let entries = corrupt_record_first_half(&store, &codec, BUCKET_SERIALS).await;
+        let entries = corrupt_record_first_half(&store, &codec, EMBEDDED_BUCKET).await;
         drop(store);
         let file = sub.join("tracknum.redb");
         let mut bytes = std::fs::read(&file).unwrap();
@@ -1167,16 +1181,21 @@ async fn embedded_counter_survives_reopening() {
     assert!(second.start >= first.end);
 }
 
+const REDIS_SECRET: &[u8] = b"conformance";
+
 fn redis_options() -> RedisOptions {
     RedisOptions {
         fingerprint: "fp".into(),
         timeout: Duration::from_millis(500),
         wait_replicas: 0,
+        codec: Codec::new(REDIS_SECRET),
     }
 }
 
 on_each_redis!(
     redis_store_conforms,
+    redis_records_of_our_numbers_share_buckets,
+    redis_bucket_records_change_and_go_one_by_one,
     redis_import_queue_comes_back_after_data_loss,
     redis_lease_jumps_past_everything_after_data_loss,
     redis_lease_jumps_when_the_counter_moved_back,
@@ -1204,6 +1223,7 @@ async fn redis_import_queue_comes_back_after_data_loss(mut redis: TestRedis) {
 async fn redis_store_conforms(redis: TestRedis) {
     let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
     conformance(&store).await;
+    bucket_cases(&store, &Codec::new(REDIS_SECRET), REDIS_BUCKET).await;
 }
 
 async fn redis_lease_jumps_past_everything_after_data_loss(mut redis: TestRedis) {
@@ -1374,5 +1394,419 @@ async fn embedded_bucket_sizes_measured() {
                 flushing
             );
         }
+    }
+}
+
+/// A record of our number with `serial` and origin `origin`, packed as the service packs it,
+/// until `ttl` from now; `weight` tells versions apart, `name` makes it longer.
+fn packed_ours(
+    serial: u64,
+    origin: &str,
+    ttl: Duration,
+    weight: &str,
+    name: Option<&str>,
+) -> RecordEntry {
+    let input = OrderInput {
+        origin_country_id: Some(origin.into()),
+        weight: Some(weight.into()),
+        customer_name: name.map(Into::into),
+        ..OrderInput::default()
+    };
+    let order = input.parse().unwrap();
+    let codec = Codec::new(REDIS_SECRET);
+    let number = codec.encode(order.origin_country_id, 0, serial).unwrap();
+    let created = Utc::now().trunc_subsecs(6);
+    let expires = created + chrono::Duration::from_std(ttl).unwrap();
+    let record = Record::new(number, created, expires, order, None);
+    let mut value = Vec::new();
+    packed::pack(&record, Some(serial), &mut value);
+    RecordEntry {
+        tracking_number: number,
+        serial: Some(serial),
+        expires_at: expires,
+        value: Bytes::from(value),
+    }
+}
+
+/// A version of `entry` to swap in: another weight, another expiry.
+fn version(entry: &RecordEntry, ttl: Duration, weight: &str) -> RecordEntry {
+    let serial = entry.serial.unwrap();
+    let origin = &entry.tracking_number.as_str()[..2];
+    let mut next = packed_ours(serial, origin, ttl, weight, None);
+    next.serial = None; // as the service swaps: the store reads the serial from the number
+    next
+}
+
+/// The first serial of a bucket a while from now (no other record of the test near it).
+fn a_bucket(index: u64) -> u64 {
+    let now = tracknum::store::clock_serial(std::time::SystemTime::now());
+    (now / REDIS_BUCKET + 1_000 + index) * REDIS_BUCKET
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// Records of our numbers on Redis: the first and last serial of a bucket and its neighbours'
+/// are apart; a number that shares a serial with an issued one (another prefix) is another
+/// record; a write sent again is its own, another record for a taken number is refused; a
+/// record too long for a bucket is kept all the same; the bucket lives as long as its
+/// longest-lived record, in Redis' compact form.
+async fn redis_records_of_our_numbers_share_buckets(redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    let first = a_bucket(0);
+    let last = first + REDIS_BUCKET - 1;
+    let entries: Vec<RecordEntry> = [first - 1, first, first + 1, last, last + 1]
+        .iter()
+        .map(|&serial| packed_ours(serial, "MY", HOUR, "1", None))
+        .collect();
+    assert_eq!(store.insert_new(&entries).await.unwrap(), [true; 5]);
+    for entry in &entries {
+        assert_eq!(
+            store.get(&entry.tracking_number).await.unwrap(),
+            Some(entry.value.clone())
+        );
+    }
+    let codec = Codec::new(REDIS_SECRET);
+    let place = |entry: &RecordEntry| bucket_place(&codec, &entry.tracking_number).unwrap();
+    assert_eq!(place(&entries[1]).bucket, place(&entries[3]).bucket);
+    assert_ne!(place(&entries[0]).bucket, place(&entries[1]).bucket);
+    assert_ne!(place(&entries[4]).bucket, place(&entries[3]).bucket);
+
+    // Another prefix on the same serial is another number: not found, then a record of its own.
+    let same_serial = packed_ours(first, "SG", HOUR, "2", None);
+    assert_eq!(store.get(&same_serial.tracking_number).await.unwrap(), None);
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&same_serial))
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.get(&entries[1].tracking_number).await.unwrap(),
+        Some(entries[1].value.clone())
+    );
+
+    // The same write again is its own; another record for a taken number is refused, and
+    // changes nothing.
+    let mut twice = entries[1..3].to_vec();
+    let mut other = packed_ours(first + 1, "MY", HOUR, "3", None);
+    other.tracking_number = entries[2].tracking_number;
+    twice[1] = other;
+    twice.push(packed_ours(first + 3, "MY", HOUR, "1", None));
+    assert_eq!(store.insert_new(&twice).await.unwrap(), [true, false, true]);
+    assert_eq!(
+        store.get(&entries[2].tracking_number).await.unwrap(),
+        Some(entries[2].value.clone())
+    );
+
+    // Longer than a field holds: its tail in a second field, read, changed and removed whole.
+    let name = "Very Long Customer Name Incorporated, Shipping & Handling Division 42";
+    let long = packed_ours(first + 4, "MY", HOUR, "1", Some(name));
+    assert!(
+        (65..=128).contains(&long.value.len()),
+        "{} bytes",
+        long.value.len()
+    );
+    let short = packed_ours(first + 5, "MY", HOUR, "1", None);
+    assert_eq!(
+        store
+            .insert_new(&[long.clone(), short.clone()])
+            .await
+            .unwrap(),
+        [true, true]
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(long.value.clone())
+    );
+    let tail: Option<Vec<u8>> = redis.cmd(&["HGET", &place(&long).bucket, &place(&long).tail()]);
+    assert_eq!(
+        tail.as_deref(),
+        Some(&long.value[64..]),
+        "the tail in its own field"
+    );
+    assert_eq!(
+        store.insert_new(std::slice::from_ref(&long)).await.unwrap(),
+        [true],
+        "its own write, sent again"
+    );
+    // Another record whose first part is the same: only its tail differs.
+    let mut bytes = long.value.to_vec();
+    *bytes.last_mut().unwrap() ^= 1;
+    let other = RecordEntry {
+        value: Bytes::from(bytes),
+        ..long.clone()
+    };
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&other))
+            .await
+            .unwrap(),
+        [false],
+        "another record, however alike"
+    );
+    // Swapped for a short one (the tail goes), then for a long one again (a tail again).
+    let shorter = version(&long, HOUR, "2");
+    assert!(shorter.value.len() <= 64);
+    assert_eq!(
+        store.replace(&long.value, &shorter).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(shorter.value.clone())
+    );
+    let tail: Option<Vec<u8>> = redis.cmd(&["HGET", &place(&long).bucket, &place(&long).tail()]);
+    assert_eq!(tail, None);
+    let mut longer = packed_ours(first + 4, "MY", HOUR, "3", Some(name));
+    longer.serial = None;
+    assert_eq!(
+        store.replace(&long.value, &longer).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.replace(&shorter.value, &longer).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&long.tracking_number).await.unwrap(),
+        Some(longer.value.clone())
+    );
+    assert_eq!(
+        store
+            .remove(&long.tracking_number, Some(&long.value))
+            .await
+            .unwrap(),
+        Removal::Changed
+    );
+    assert_eq!(
+        store
+            .remove(&long.tracking_number, Some(&longer.value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&long.tracking_number).await.unwrap(), None);
+    let fields: Vec<String> = redis.cmd(&["HKEYS", &place(&long).bucket]);
+    assert!(!fields.contains(&place(&long).tail()), "{fields:?}");
+    assert_eq!(
+        store.get(&short.tracking_number).await.unwrap(),
+        Some(short.value.clone())
+    );
+
+    // Too long for a bucket: a key of its own, read, changed and removed there.
+    let longest = packed_ours(first + 6, "MY", HOUR, "1", Some(&"Name ".repeat(30)));
+    assert!(longest.value.len() > 128, "{} bytes", longest.value.len());
+    assert_eq!(
+        store
+            .insert_new(std::slice::from_ref(&longest))
+            .await
+            .unwrap(),
+        [true]
+    );
+    assert_eq!(
+        store.get(&longest.tracking_number).await.unwrap(),
+        Some(longest.value.clone())
+    );
+    let fields: Vec<String> = redis.cmd(&["HKEYS", &place(&longest).bucket]);
+    assert!(!fields.contains(&place(&longest).field), "{fields:?}");
+    let changed = version(&longest, HOUR, "2");
+    assert_eq!(
+        store.replace(&longest.value, &changed).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.get(&longest.tracking_number).await.unwrap(),
+        Some(changed.value.clone())
+    );
+    assert_eq!(
+        store
+            .remove(&longest.tracking_number, Some(&changed.value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&longest.tracking_number).await.unwrap(), None);
+
+    // A full bucket stays compact, of short records and of long ones (each with its tail), and
+    // lives as long as its longest-lived record.
+    for (index, name, fields) in [(10, "RedBox Logistics", 64), (11, name, 128)] {
+        let full = a_bucket(index);
+        let entries: Vec<RecordEntry> = (0..REDIS_BUCKET)
+            .map(|i| {
+                let ttl = if i == 17 { HOUR * 24 } else { HOUR };
+                packed_ours(full + i, "ID", ttl, "1.234", Some(name))
+            })
+            .collect();
+        assert!(
+            store
+                .insert_new(&entries)
+                .await
+                .unwrap()
+                .iter()
+                .all(|&stored| stored)
+        );
+        for entry in [&entries[0], &entries[63]] {
+            assert_eq!(
+                store.get(&entry.tracking_number).await.unwrap(),
+                Some(entry.value.clone())
+            );
+        }
+        let bucket = place(&entries[0]).bucket;
+        let held: i64 = redis.cmd(&["HLEN", &bucket]);
+        assert_eq!(held, fields);
+        let encoding: String = match &redis {
+            TestRedis::Single(server) => server.cmd(&["OBJECT", "ENCODING", &bucket]),
+            TestRedis::Cluster(cluster) => cluster.cmd_on(
+                cluster.master_of_key(&bucket),
+                &["OBJECT", "ENCODING", &bucket],
+            ),
+        };
+        assert!(
+            ["listpack", "ziplist"].contains(&encoding.as_str()),
+            "{encoding}"
+        );
+        let ttl_ms: i64 = redis.cmd(&["PTTL", &bucket]);
+        assert!(ttl_ms > 23 * 3_600_000, "the bucket lives {ttl_ms} ms");
+    }
+}
+
+/// Records of one bucket change and go one by one: different expiries, a swap that lengthens
+/// and one that shortens the expiry, a removal, and swaps racing each other, each atomic on
+/// its own record only.
+async fn redis_bucket_records_change_and_go_one_by_one(redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    let short = Duration::from_millis(300);
+
+    // Different expiries in one bucket: the short one goes, its neighbour stays.
+    let base = a_bucket(0);
+    let brief = packed_ours(base, "MY", short, "1", None);
+    let lasting = packed_ours(base + 1, "MY", HOUR, "1", None);
+    store
+        .insert_new(&[brief.clone(), lasting.clone()])
+        .await
+        .unwrap();
+    // In a bucket of their own: one whose expiry a swap lengthens, one whose it shortens.
+    let base = a_bucket(1);
+    let lengthened = packed_ours(base, "MY", short, "1", None);
+    let shortened = packed_ours(base + 63, "MY", HOUR, "1", None);
+    store
+        .insert_new(&[lengthened.clone(), shortened.clone()])
+        .await
+        .unwrap();
+    let longer = version(&lengthened, HOUR, "2");
+    let sooner = version(&shortened, short, "2");
+    assert_eq!(
+        store.replace(&lengthened.value, &longer).await.unwrap(),
+        Swap::Replaced
+    );
+    assert_eq!(
+        store.replace(&shortened.value, &sooner).await.unwrap(),
+        Swap::Replaced
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(store.get(&brief.tracking_number).await.unwrap(), None);
+    assert_eq!(
+        store.get(&lasting.tracking_number).await.unwrap(),
+        Some(lasting.value.clone())
+    );
+    assert_eq!(
+        store.get(&longer.tracking_number).await.unwrap(),
+        Some(longer.value.clone())
+    );
+    assert_eq!(store.get(&sooner.tracking_number).await.unwrap(), None);
+    let later = version(&shortened, HOUR, "3");
+    assert_eq!(
+        store.replace(&sooner.value, &later).await.unwrap(),
+        Swap::Changed,
+        "an expired record cannot be changed"
+    );
+    assert_eq!(
+        store
+            .remove(&sooner.tracking_number, Some(&sooner.value))
+            .await
+            .unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(
+        store.remove(&brief.tracking_number, None).await.unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(store.get(&sooner.tracking_number).await.unwrap(), None);
+
+    // A removal takes one record of a bucket, and only while it is the one expected.
+    let base = a_bucket(2);
+    let three: Vec<RecordEntry> = (0..3)
+        .map(|i| packed_ours(base + i, "SG", HOUR, "1", None))
+        .collect();
+    store.insert_new(&three).await.unwrap();
+    let changed = version(&three[1], HOUR, "2");
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&changed.value))
+            .await
+            .unwrap(),
+        Removal::Changed
+    );
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&three[1].value))
+            .await
+            .unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(store.get(&three[1].tracking_number).await.unwrap(), None);
+    for kept in [&three[0], &three[2]] {
+        assert_eq!(
+            store.get(&kept.tracking_number).await.unwrap(),
+            Some(kept.value.clone())
+        );
+    }
+    assert_eq!(
+        store
+            .remove(&three[1].tracking_number, Some(&three[1].value))
+            .await
+            .unwrap(),
+        Removal::Missing
+    );
+    assert_eq!(
+        store.replace(&three[1].value, &changed).await.unwrap(),
+        Swap::Changed
+    );
+    assert_eq!(
+        store.remove(&three[0].tracking_number, None).await.unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(
+        store.get(&three[2].tracking_number).await.unwrap(),
+        Some(three[2].value.clone())
+    );
+
+    // Racing swaps in one bucket: of two from the same version, one wins; swaps of different
+    // records never get in each other's way.
+    let base = a_bucket(3);
+    let racing: Vec<RecordEntry> = (0..16)
+        .map(|i| packed_ours(base + i, "DE", HOUR, "1", None))
+        .collect();
+    store.insert_new(&racing).await.unwrap();
+    let swaps = racing.iter().flat_map(|entry| {
+        ["2", "3"].map(|weight| {
+            let store = &store;
+            let next = version(entry, HOUR, weight);
+            async move { (store.replace(&entry.value, &next).await.unwrap(), next) }
+        })
+    });
+    let outcomes = futures_util::future::join_all(swaps).await;
+    for (entry, pair) in racing.iter().zip(outcomes.chunks(2)) {
+        let won: Vec<&RecordEntry> = pair
+            .iter()
+            .filter(|(swap, _)| *swap == Swap::Replaced)
+            .map(|(_, next)| next)
+            .collect();
+        assert_eq!(won.len(), 1, "{}: one swap wins", entry.tracking_number);
+        assert_eq!(
+            store.get(&entry.tracking_number).await.unwrap(),
+            Some(won[0].value.clone())
+        );
     }
 }

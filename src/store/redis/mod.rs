@@ -16,41 +16,54 @@
 //!   the margin plus the time the failover took.
 //!
 //! Keys (see the README's table): the counter, the secret fingerprint and the history share the
-//! hash tag `{tracknum}`, so the script's keys live on one node; records and idempotency keys
-//! spread over every node, and a batch of records is written in one pipeline per master.
+//! hash tag `{tracknum}`, so the script's keys live on one node. Records of our numbers live in
+//! buckets of consecutive serials ([`buckets`]); records of numbers registered with PUT, and of
+//! the layout before buckets, under a key each. Buckets and idempotency keys spread over every
+//! node, and a batch of records, or of an import's claims, is sent in one pipeline per master
+//! ([`spread`]).
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use redis::Value;
-use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::SingleNodeRoutingInfo;
 use tokio::sync::Mutex;
 
 use super::{
     FLOOR_EPOCH_UNIX_SECS, LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError,
     Swap,
 };
-use crate::domain::TrackingNumber;
 use crate::domain::codec::SERIAL_SPACE;
+use crate::domain::packed::{self, is_packed};
+use crate::domain::{Codec, TrackingNumber};
+use buckets::LISTPACK_VALUE_MAX;
+use spread::{Body, Call, Lua, Replies};
 
+mod buckets;
 mod imports;
 pub mod link;
 mod scripts;
 mod slots;
+mod spread;
 
+pub use buckets::{BUCKET_SERIALS, Place};
 pub use link::{Conn, Link, RedisTarget};
+
+/// Where the record of `number` is kept in a bucket, if `number` is one of `codec`'s: for
+/// tools and tests that look at Redis itself.
+pub fn bucket_place(codec: &Codec, number: &TrackingNumber) -> Option<Place> {
+    let serial = codec.decode_serial(number.as_str())?;
+    Some(Place::of(number, serial))
+}
 
 /// The counter, the secret fingerprint and the replication history, in one hash slot.
 pub const SERIAL_KEY: &str = "{tracknum}:serial";
 const FINGERPRINT_KEY: &str = "{tracknum}:secret-fingerprint";
 pub const HISTORY_KEY: &str = "{tracknum}:history";
-/// Records spread over the cluster: one key each.
+/// Records that keep a key of their own (see [`buckets`]).
 const RECORD_PREFIX: &str = "tracknum:record:";
 /// Idempotency keys, one Redis key each.
 const REPLY_PREFIX: &str = "tracknum:idempotency:";
@@ -80,17 +93,26 @@ pub struct RedisOptions {
     /// Replicas that must hold a batch of new records before they are answered (`WAIT`); 0
     /// answers once the master has them.
     pub wait_replicas: u32,
+    /// Reads a number's serial, which says where its record is ([`buckets`]): the codec of
+    /// `--secret`.
+    pub codec: Codec,
 }
 
 pub struct RedisStore {
     link: Link,
     lease_script: redis::Script,
+    bucket_insert: Lua,
+    bucket_replace: redis::Script,
+    bucket_remove: redis::Script,
     replace_script: redis::Script,
     remove_script: redis::Script,
     own_script: redis::Script,
     claim_script: redis::Script,
     complete_script: redis::Script,
     release_script: redis::Script,
+    /// [`scripts::CLAIM`] and [`scripts::COMPLETE`] for pipelines ([`spread`]).
+    claim_lua: Lua,
+    complete_lua: Lua,
     options: RedisOptions,
     /// The record writer's own connection, kept across batches so no batch pays for a pool
     /// check (and so `WAIT` covers the writes it made on it).
@@ -105,12 +127,17 @@ impl RedisStore {
         Ok(RedisStore {
             link: Link::new(target, POOL_SIZE, options.timeout)?,
             lease_script: redis::Script::new(scripts::LEASE),
+            bucket_insert: Lua::new(scripts::BUCKET_INSERT),
+            bucket_replace: redis::Script::new(scripts::BUCKET_REPLACE),
+            bucket_remove: redis::Script::new(scripts::BUCKET_REMOVE),
             replace_script: redis::Script::new(scripts::REPLACE),
             remove_script: redis::Script::new(scripts::REMOVE),
             own_script: redis::Script::new(scripts::OWN),
             claim_script: redis::Script::new(scripts::CLAIM),
             complete_script: redis::Script::new(scripts::COMPLETE),
             release_script: redis::Script::new(scripts::RELEASE),
+            claim_lua: Lua::new(scripts::CLAIM),
+            complete_lua: Lua::new(scripts::COMPLETE),
             options,
             writer_conn: Mutex::new(None),
             slots: slots::SlotCache::default(),
@@ -193,104 +220,148 @@ impl RedisStore {
         .await
     }
 
-    /// `SET key json PX ttl NX` for each entry, pipelined on `conn`: one pipeline on a single
-    /// server, one per master on a cluster ([`RedisStore::write_on_cluster`]). Then `WAIT` for
-    /// the configured replicas. Per entry: stored, taken, or failed (on a cluster, a node that
-    /// fails fails only its own entries); an error when all failed.
+    /// Writes a group commit's records with [`RedisStore::record_calls`]: one pipeline on a
+    /// single server, one per master on a cluster ([`spread`]). Then `WAIT` for the configured
+    /// replicas. Per entry: stored, taken, or failed (on a cluster, a node that fails fails
+    /// only its own entries); an error when all failed.
     async fn write_new(
         &self,
         conn: &mut Conn,
         entries: &[RecordEntry],
     ) -> Result<Vec<Result<bool, StoreError>>, redis::RedisError> {
-        let now = Utc::now();
-        let keys: Vec<String> = entries
-            .iter()
-            .map(|entry| record_key(&entry.tracking_number))
-            .collect();
-        // The `SET` of the entry at `at`.
-        let set = |pipe: &mut redis::Pipeline, at: usize| {
-            let entry = &entries[at];
-            let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
-            pipe.cmd("SET")
-                .arg(&keys[at])
-                .arg(entry.value.as_ref())
-                .arg("PX")
-                .arg(ttl_ms)
-                .arg("NX");
-        };
+        let (calls, written) = self.record_calls(entries);
         let wait = self.options.wait_replicas;
-        let wait_ms = wait_ms(self.options.timeout);
+        let mut wait_cmd = redis::cmd("WAIT");
+        wait_cmd.arg(wait).arg(wait_ms(self.options.timeout));
+        let mut outcomes: Vec<Result<bool, StoreError>> =
+            entries.iter().map(|_| Ok(false)).collect();
         match conn {
             Conn::Cluster(cluster) => {
-                let (outcomes, failure) = self.write_on_cluster(cluster, &keys, &set).await;
+                let (replies, failure) = spread::on_cluster(cluster, &self.slots, &calls).await;
                 if let Some(err) = failure {
-                    if outcomes.iter().all(Result::is_err) {
+                    if replies.iter().all(Result::is_err) {
                         // The caller reports it to the link.
                         return Err(err);
                     }
                     self.link.failed(&err);
                 }
-                let mut outcomes = outcomes;
-                self.recognise(
-                    &Conn::Cluster(cluster.clone()),
-                    &keys,
-                    entries,
-                    &mut outcomes,
-                )
-                .await?;
+                settle(&calls, &written, replies, &mut outcomes);
+                self.recognise(&Conn::Cluster(cluster.clone()), entries, &mut outcomes)
+                    .await?;
                 if wait > 0 {
                     // Routed to every master; the answer is the fewest replicas any reached.
-                    let acked: u32 = redis::cmd("WAIT")
-                        .arg(wait)
-                        .arg(wait_ms)
-                        .query_async(cluster)
-                        .await?;
+                    let acked: u32 = wait_cmd.query_async(cluster).await?;
                     check_replicas(acked, wait)?;
                 }
-                Ok(outcomes)
             }
             _ => {
-                let mut pipe = redis::pipe();
-                for at in 0..entries.len() {
-                    set(&mut pipe, at);
+                let tail = (wait > 0).then_some(&wait_cmd);
+                let (replies, acked) = spread::on_one_server(conn, &calls, tail).await?;
+                if let Some(acked) = acked {
+                    check_replicas(redis::from_redis_value(acked)?, wait)?;
                 }
-                let sets: Vec<Option<String>> = if wait == 0 {
-                    pipe.query_async(conn).await?
-                } else {
-                    pipe.cmd("WAIT").arg(wait).arg(wait_ms);
-                    let (sets, acked) = split_wait(pipe.query_async(conn).await?)?;
-                    check_replicas(acked, wait)?;
-                    sets
-                };
-                let mut outcomes: Vec<_> = sets.into_iter().map(|set| Ok(set.is_some())).collect();
-                let recognised = self.recognise(conn, &keys, entries, &mut outcomes).await?;
+                settle(&calls, &written, replies, &mut outcomes);
+                let recognised = self.recognise(conn, entries, &mut outcomes).await?;
                 if recognised > 0 && wait > 0 {
                     // The pipeline's WAIT came before the writes that recognised them.
-                    let acked: u32 = redis::cmd("WAIT")
-                        .arg(wait)
-                        .arg(wait_ms)
-                        .query_async(conn)
-                        .await?;
+                    let acked: u32 = wait_cmd.query_async(conn).await?;
                     check_replicas(acked, wait)?;
                 }
-                Ok(outcomes)
             }
         }
+        Ok(outcomes)
     }
 
-    /// Of the entries whose `SET … NX` found their key taken, those whose key holds exactly
-    /// their own record ([`scripts::OWN`]): written by this very batch, whose pipeline was sent
-    /// again after its connection broke. They become stored, not collisions. Run only when a
-    /// key was taken, which otherwise never happens; returns how many were recognised.
+    /// The calls that write `entries`, and for each call the entries it writes: one
+    /// [`scripts::BUCKET_INSERT`] per bucket for the records of our numbers
+    /// ([`buckets`]), and a `SET key value PX ttl NX` for each record that keeps a key of its
+    /// own (a number registered with PUT, or a record too long for a bucket).
+    fn record_calls(&self, entries: &[RecordEntry]) -> (Vec<Call<'_>>, Vec<Vec<usize>>) {
+        let now = Utc::now();
+        let mut calls = Vec::new();
+        let mut written: Vec<Vec<usize>> = Vec::new();
+        let mut bucketed: Vec<(Place, usize)> = Vec::new();
+        for (at, entry) in entries.iter().enumerate() {
+            match entry.serial {
+                Some(serial) if in_bucket(entry) => {
+                    bucketed.push((Place::of(&entry.tracking_number, serial), at));
+                }
+                _ => {
+                    let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
+                    let mut set = redis::cmd("SET");
+                    set.arg(record_key(&entry.tracking_number))
+                        .arg(entry.value.as_ref())
+                        .arg("PX")
+                        .arg(ttl_ms)
+                        .arg("NX");
+                    calls.push(Call {
+                        key: record_key(&entry.tracking_number),
+                        body: Body::Command(set),
+                    });
+                    written.push(vec![at]);
+                }
+            }
+        }
+        // Consecutive serials: a batch's records come bucket after bucket.
+        bucketed.sort_by(|a, b| a.0.bucket.cmp(&b.0.bucket));
+        for group in bucketed.chunk_by(|a, b| a.0.bucket == b.0.bucket) {
+            let latest = group
+                .iter()
+                .map(|(_, at)| entries[*at].expires_at)
+                .max()
+                .unwrap_or(now);
+            let mut args = Vec::with_capacity(2 + 4 * group.len());
+            args.push(Bytes::from(expiry_ms(latest).to_string()));
+            args.push(Bytes::from(group.len().to_string()));
+            args.extend(
+                group
+                    .iter()
+                    .map(|(place, _)| Bytes::from(place.field.clone())),
+            );
+            let mut pairs = Vec::with_capacity(2 * group.len());
+            for (place, at) in group {
+                let value = &entries[*at].value;
+                pairs.push(Bytes::from(place.field.clone()));
+                match buckets::parts(value) {
+                    Some((first, Some(tail))) => {
+                        args.push(Bytes::from_static(b"2"));
+                        pairs.push(value.slice_ref(first));
+                        pairs.push(Bytes::from(place.tail()));
+                        pairs.push(value.slice_ref(tail));
+                    }
+                    _ => {
+                        args.push(Bytes::from_static(b"1"));
+                        pairs.push(value.clone());
+                    }
+                }
+            }
+            args.extend(pairs);
+            calls.push(Call {
+                key: group[0].0.bucket.clone(),
+                body: Body::Script {
+                    lua: &self.bucket_insert,
+                    more_keys: Vec::new(),
+                    args,
+                },
+            });
+            written.push(group.iter().map(|(_, at)| *at).collect());
+        }
+        (calls, written)
+    }
+
+    /// Of the entries with a key of their own whose `SET … NX` found it taken, those whose key
+    /// holds exactly their own record ([`scripts::OWN`]): written by this very batch, whose
+    /// pipeline was sent again after its connection broke. They become stored, not collisions.
+    /// Run only when a key was taken, which otherwise never happens; returns how many were
+    /// recognised. (A bucket's script recognises its own records itself.)
     async fn recognise(
         &self,
         conn: &Conn,
-        keys: &[String],
         entries: &[RecordEntry],
         outcomes: &mut [Result<bool, StoreError>],
     ) -> Result<usize, redis::RedisError> {
         let taken: Vec<usize> = (0..entries.len())
-            .filter(|&at| matches!(outcomes[at], Ok(false)))
+            .filter(|&at| matches!(outcomes[at], Ok(false)) && !in_bucket(&entries[at]))
             .collect();
         if taken.is_empty() {
             return Ok(0);
@@ -301,7 +372,7 @@ impl RedisStore {
             .map(|&at| {
                 let mut invocation = self.own_script.prepare_invoke();
                 invocation
-                    .key(&keys[at])
+                    .key(record_key(&entries[at].tracking_number))
                     .arg(entries[at].value.as_ref())
                     .arg(entries[at].expires_at.timestamp_millis().max(1));
                 let mut conn = conn.another();
@@ -322,127 +393,163 @@ impl RedisStore {
         Ok(recognised)
     }
 
-    /// Writes records on a cluster: one pipeline per master, as the slot map says, sent
-    /// together; what a master refused with a redirect, or could not take, goes again one
-    /// pipeline per slot, routed by the client (which follows redirects). `keys` are the
-    /// records' keys, and `set` adds the `SET` of the one at an index. Per entry, the outcome;
-    /// and the last error, if any.
-    async fn write_on_cluster(
-        &self,
-        cluster: &mut ClusterConnection,
-        keys: &[String],
-        set: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
-    ) -> (Vec<Result<bool, StoreError>>, Option<redis::RedisError>) {
-        let mut outcomes: Vec<Result<bool, StoreError>> = keys.iter().map(|_| Ok(false)).collect();
-        let mut again = Vec::new();
-        let map = self.slots.current(cluster).await;
-        let mut by_master: Vec<Vec<usize>> =
-            vec![Vec::new(); map.as_ref().map_or(0, |m| m.masters())];
-        for (at, key) in keys.iter().enumerate() {
-            let owner = map
-                .as_ref()
-                .and_then(|map| map.owner(slots::slot_of(key.as_bytes())));
-            match owner {
-                Some(master) => by_master[master].push(at),
-                None => again.push(at),
-            }
+    /// Sends `calls` ([`spread`]) on a connection from the pool, bounded: on one server sent
+    /// again on a fresh connection when the first broke (every call sent this way may run
+    /// twice). Each call's reply; an error when all failed.
+    async fn spread(&self, calls: &[Call<'_>]) -> Result<Replies, StoreError> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
         }
-        if let Some(map) = &map {
-            let sends = by_master
-                .iter()
-                .enumerate()
-                .filter(|(_, group)| !group.is_empty())
-                .map(|(master, group)| {
-                    let mut pipe = redis::pipe();
-                    for &at in group {
-                        set(&mut pipe, at);
-                    }
-                    let (host, port) = map.address(master);
-                    let route = SingleNodeRoutingInfo::ByAddress {
-                        host: host.to_owned(),
-                        port,
-                    };
-                    let mut conn = cluster.clone();
-                    async move { conn.route_pipeline(pipe, 0, group.len(), route).await }
-                });
-            let replies = futures_util::future::join_all(sends).await;
-            let groups = by_master.iter().filter(|group| !group.is_empty());
-            for (group, reply) in groups.zip(replies) {
-                match reply {
-                    Ok(values) if values.len() == group.len() => {
-                        for (&at, value) in group.iter().zip(values) {
-                            match value {
-                                Value::Nil => outcomes[at] = Ok(false),
-                                Value::ServerError(err)
-                                    if matches!(err.code(), "MOVED" | "ASK") =>
-                                {
-                                    again.push(at);
-                                }
-                                Value::ServerError(err) => {
-                                    outcomes[at] = Err(StoreError::Unavailable(format!(
-                                        "Redis refused a record: {}",
-                                        err.code()
-                                    )));
-                                }
-                                _ => outcomes[at] = Ok(true),
+        self.bounded(async {
+            for tries in 0.. {
+                let mut conn = self.link.get().await?;
+                let sent = match &mut conn {
+                    Conn::Cluster(cluster) => {
+                        let (replies, failure) =
+                            spread::on_cluster(cluster, &self.slots, calls).await;
+                        match failure {
+                            Some(err) if replies.iter().all(Result::is_err) => Err(err),
+                            Some(err) => {
+                                self.link.failed(&err);
+                                Ok(replies)
                             }
+                            None => Ok(replies),
                         }
                     }
-                    // A master we cannot reach (failing over, say): the client's routing decides.
-                    _ => again.extend(group),
+                    conn => spread::on_one_server(conn, calls, None)
+                        .await
+                        .map(|(replies, _)| replies),
+                };
+                match sent {
+                    Err(e) if self.link.sends_again(&e, tries) => continue,
+                    outcome => return outcome.map_err(|e| self.failed(e)),
                 }
             }
-            if !again.is_empty() {
-                self.slots.mark_stale();
+            unreachable!("sent at most twice")
+        })
+        .await
+    }
+
+    /// The serial of `number`, if it is one of ours: where its record is in a bucket.
+    fn serial_of(&self, number: &TrackingNumber) -> Option<u64> {
+        self.options.codec.decode_serial(number.as_str())
+    }
+
+    /// Swaps a record that keeps a key of its own ([`scripts::REPLACE`]).
+    async fn replace_own(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
+        let mut invocation = self.replace_script.prepare_invoke();
+        invocation
+            .key(record_key(&entry.tracking_number))
+            .arg(expected.as_ref())
+            .arg(entry.value.as_ref())
+            .arg(entry.expires_at.timestamp_millis().max(1));
+        let replaced: i64 = self.run(invocation).await?;
+        Ok(if replaced == 1 {
+            Swap::Replaced
+        } else {
+            Swap::Changed
+        })
+    }
+
+    /// Removes the live record of `number` while it is still exactly `expected`: from its
+    /// bucket ([`scripts::BUCKET_REMOVE`]), else from a key of its own ([`scripts::REMOVE`]).
+    async fn remove_expected(
+        &self,
+        number: &TrackingNumber,
+        expected: &Bytes,
+    ) -> Result<Removal, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        if let Some(serial) = self.serial_of(number).filter(|_| is_packed(expected)) {
+            if expired(expected, serial) {
+                return Ok(Removal::Missing);
+            }
+            let place = Place::of(number, serial);
+            let mut invocation = self.bucket_remove.prepare_invoke();
+            invocation
+                .key(&place.bucket)
+                .key(place.removal_key())
+                .arg(&place.field)
+                .arg(expected.as_ref())
+                .arg(&token)
+                .arg(ttl_ms(REMOVAL_MARK_TTL));
+            match self.run::<i64>(invocation).await? {
+                1 => return Ok(Removal::Removed),
+                2 => return Ok(Removal::Changed),
+                _ => {} // Not in its bucket: a key of its own, if any.
             }
         }
-        let failure = write_by_slot(cluster, keys, &again, set, &mut outcomes).await;
-        (outcomes, failure)
+        let mut invocation = self.remove_script.prepare_invoke();
+        invocation
+            .key(record_key(number))
+            .key(removal_key(number))
+            .arg("1")
+            .arg(expected.as_ref())
+            .arg(token)
+            .arg(ttl_ms(REMOVAL_MARK_TTL));
+        let outcome: i64 = self.run(invocation).await?;
+        Ok(match outcome {
+            1 => Removal::Removed,
+            2 => Removal::Changed,
+            _ => Removal::Missing,
+        })
     }
 }
 
-/// Writes the entries at `indices` one pipeline per hash slot, routed by the client, and sets
-/// their outcomes; returns the last error.
-async fn write_by_slot(
-    cluster: &mut ClusterConnection,
-    keys: &[String],
-    indices: &[usize],
-    set: &(dyn Fn(&mut redis::Pipeline, usize) + Sync),
+/// Sets each entry's outcome from the reply of the call that wrote it: a bucket's script
+/// answers per record, a `SET … NX` with `OK` or nothing (taken).
+fn settle(
+    calls: &[Call<'_>],
+    written: &[Vec<usize>],
+    replies: Replies,
     outcomes: &mut [Result<bool, StoreError>],
-) -> Option<redis::RedisError> {
-    let mut groups: HashMap<u16, Vec<usize>> = HashMap::new();
-    for &at in indices {
-        groups
-            .entry(slots::slot_of(keys[at].as_bytes()))
-            .or_default()
-            .push(at);
-    }
-    let sends = groups.values().map(|group| {
-        let mut pipe = redis::pipe();
-        for &at in group {
-            set(&mut pipe, at);
-        }
-        let mut conn = cluster.clone();
-        async move { pipe.query_async::<Vec<Option<String>>>(&mut conn).await }
-    });
-    let replies = futures_util::future::join_all(sends).await;
-    let mut failure = None;
-    for (group, reply) in groups.values().zip(replies) {
-        match reply {
-            Ok(sets) => {
-                for (&at, set) in group.iter().zip(sets) {
-                    outcomes[at] = Ok(set.is_some());
+) {
+    for ((call, entries), reply) in calls.iter().zip(written).zip(replies) {
+        let stored: Result<Vec<bool>, StoreError> =
+            reply.and_then(|reply| match (&call.body, reply) {
+                (Body::Command(_), Value::Nil) => Ok(vec![false]),
+                (Body::Command(_), Value::Okay | Value::SimpleString(_)) => Ok(vec![true]),
+                (Body::Script { .. }, Value::Array(each)) if each.len() == entries.len() => {
+                    Ok(each
+                        .iter()
+                        .map(|stored| matches!(stored, Value::Int(1)))
+                        .collect())
+                }
+                (_, other) => Err(StoreError::Corrupt(format!(
+                    "Redis answered a record write with {other:?}"
+                ))),
+            });
+        match stored {
+            Ok(stored) => {
+                for (&at, stored) in entries.iter().zip(stored) {
+                    outcomes[at] = Ok(stored);
                 }
             }
             Err(err) => {
-                for &at in group {
-                    outcomes[at] = Err(StoreError::unavailable(&err));
+                for &at in entries {
+                    outcomes[at] = Err(err.clone());
                 }
-                failure = Some(err);
             }
         }
     }
-    failure
+}
+
+/// Whether `entry` goes to a bucket ([`RedisStore::record_calls`]): a record of one of our
+/// numbers that is not too long for one.
+fn in_bucket(entry: &RecordEntry) -> bool {
+    entry.serial.is_some() && buckets::parts(&entry.value).is_some()
+}
+
+/// Whether the packed record `value` of `serial` has expired: a bucket keeps it until the
+/// bucket's longest-lived record expires, and it is never served after its own expiry. A value
+/// that does not say is not expired (reading it will say what is wrong with it).
+fn expired(value: &[u8], serial: u64) -> bool {
+    packed::expires_at_us(value, Some(serial)).is_ok_and(|at| at <= Utc::now().timestamp_micros())
+}
+
+/// An expiry in Unix ms, rounded up: a bucket is never gone before its records have expired.
+fn expiry_ms(at: DateTime<Utc>) -> i64 {
+    let us = at.timestamp_micros();
+    (us.div_euclid(1000) + i64::from(us.rem_euclid(1000) > 0)).max(1)
 }
 
 /// A `WAIT` may take half the storage timeout, leaving the rest for the writes before it.
@@ -450,21 +557,6 @@ fn wait_ms(timeout: Duration) -> u64 {
     u64::try_from(timeout.as_millis() / 2)
         .unwrap_or(u64::MAX)
         .max(1)
-}
-
-/// A pipeline's replies: the `SET`s, then the `WAIT`'s count.
-fn split_wait(
-    mut replies: Vec<redis::Value>,
-) -> Result<(Vec<Option<String>>, u32), redis::RedisError> {
-    let acked = replies
-        .pop()
-        .ok_or_else(|| redis::RedisError::from((redis::ErrorKind::Parse, "no WAIT reply")))?;
-    let acked: u32 = redis::from_redis_value(acked)?;
-    let sets = replies
-        .into_iter()
-        .map(redis::from_redis_value)
-        .collect::<Result<Vec<Option<String>>, _>>()?;
-    Ok((sets, acked))
 }
 
 /// Records that fewer replicas hold than asked for are not answered: the caller gets a 503,
@@ -611,6 +703,19 @@ impl RecordStore for RedisStore {
     }
 
     async fn get(&self, tracking_number: &TrackingNumber) -> Result<Option<Bytes>, StoreError> {
+        if let Some(serial) = self.serial_of(tracking_number) {
+            let place = Place::of(tracking_number, serial);
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(&place.bucket).arg(&place.field).arg(place.tail());
+            let (first, tail): (Option<Vec<u8>>, Option<Vec<u8>>) =
+                self.query_again(&hmget).await?;
+            if let Some(mut value) = first {
+                value.extend(tail.unwrap_or_default());
+                return Ok((!expired(&value, serial)).then(|| Bytes::from(value)));
+            }
+            // Not in its bucket: a key of its own (too long for a bucket, or written before
+            // buckets), if any.
+        }
         let mut get = redis::cmd("GET");
         get.arg(record_key(tracking_number));
         let value: Option<Vec<u8>> = self.query_again(&get).await?;
@@ -618,18 +723,29 @@ impl RecordStore for RedisStore {
     }
 
     async fn replace(&self, expected: &Bytes, entry: &RecordEntry) -> Result<Swap, StoreError> {
-        let mut invocation = self.replace_script.prepare_invoke();
-        invocation
-            .key(record_key(&entry.tracking_number))
-            .arg(expected.as_ref())
-            .arg(entry.value.as_ref())
-            .arg(entry.expires_at.timestamp_millis().max(1));
-        let replaced: i64 = self.run(invocation).await?;
-        Ok(if replaced == 1 {
-            Swap::Replaced
-        } else {
-            Swap::Changed
-        })
+        let number = &entry.tracking_number;
+        // A bucket holds packed records only: JSON is a record written before buckets.
+        let serial = entry.serial.or_else(|| self.serial_of(number));
+        if let Some(serial) = serial.filter(|_| is_packed(expected)) {
+            if expired(expected, serial) {
+                return Ok(Swap::Changed);
+            }
+            let place = Place::of(number, serial);
+            let mut invocation = self.bucket_replace.prepare_invoke();
+            invocation
+                .key(&place.bucket)
+                .arg(&place.field)
+                .arg(expected.as_ref())
+                .arg(entry.value.as_ref())
+                .arg(expiry_ms(entry.expires_at))
+                .arg(LISTPACK_VALUE_MAX);
+            match self.run::<i64>(invocation).await? {
+                1 => return Ok(Swap::Replaced),
+                0 => return Ok(Swap::Changed),
+                _ => {} // Not in its bucket: a key of its own, if any.
+            }
+        }
+        self.replace_own(expected, entry).await
     }
 
     async fn remove(
@@ -637,22 +753,20 @@ impl RecordStore for RedisStore {
         tracking_number: &TrackingNumber,
         expected: Option<&Bytes>,
     ) -> Result<Removal, StoreError> {
-        let mut invocation = self.remove_script.prepare_invoke();
-        invocation
-            .key(record_key(tracking_number))
-            .key(removal_key(tracking_number));
-        match expected {
-            Some(expected) => invocation.arg("1").arg(expected.as_ref()),
-            None => invocation.arg("0").arg(""),
-        };
-        let token = uuid::Uuid::new_v4().simple().to_string();
-        invocation.arg(token).arg(ttl_ms(REMOVAL_MARK_TTL));
-        let outcome: i64 = self.run(invocation).await?;
-        Ok(match outcome {
-            1 => Removal::Removed,
-            2 => Removal::Changed,
-            _ => Removal::Missing,
-        })
+        if let Some(expected) = expected {
+            return self.remove_expected(tracking_number, expected).await;
+        }
+        // Whatever it holds: what it holds now, unless that changes meanwhile.
+        for _ in 0..8 {
+            let Some(current) = self.get(tracking_number).await? else {
+                return Ok(Removal::Missing);
+            };
+            match self.remove_expected(tracking_number, &current).await? {
+                Removal::Changed => continue,
+                outcome => return Ok(outcome),
+            }
+        }
+        Ok(Removal::Changed)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -712,21 +826,35 @@ impl ReplyStore for RedisStore {
         Ok(())
     }
 
-    // Keys spread over a cluster's nodes: each is its own script call, many in flight.
+    // One call per key, one pipeline per master ([`spread`]).
     async fn claim_many(
         &self,
         claims: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        // Collected first: a stream over a borrowing closure is not `Send` enough.
-        let calls: Vec<_> = claims
+        let ttl = Bytes::from(ttl_ms(ttl).to_string());
+        let calls: Vec<Call<'_>> = claims
             .iter()
-            .map(|(key, claim)| self.claim(key, claim, ttl))
+            .map(|(key, claim)| Call {
+                key: reply_key(key),
+                body: Body::Script {
+                    lua: &self.claim_lua,
+                    more_keys: Vec::new(),
+                    args: vec![Bytes::copy_from_slice(claim), ttl.clone()],
+                },
+            })
             .collect();
-        stream::iter(calls)
-            .buffered(SCRIPTS_IN_FLIGHT)
-            .try_collect()
-            .await
+        self.spread(&calls)
+            .await?
+            .into_iter()
+            .map(|reply| match reply? {
+                Value::Nil => Ok(None),
+                Value::BulkString(held) => Ok(Some(Bytes::from(held))),
+                other => Err(StoreError::Corrupt(format!(
+                    "Redis answered a claim with {other:?}"
+                ))),
+            })
+            .collect()
     }
 
     async fn complete_many(
@@ -734,23 +862,54 @@ impl ReplyStore for RedisStore {
         done: &[(String, Vec<u8>, Vec<u8>)],
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
-        let calls: Vec<_> = done
+        let ttl = Bytes::from(ttl_ms(ttl).to_string());
+        let calls: Vec<Call<'_>> = done
             .iter()
-            .map(|(key, claim, reply)| self.complete(key, claim, reply, ttl))
+            .map(|(key, claim, reply)| Call {
+                key: reply_key(key),
+                body: Body::Script {
+                    lua: &self.complete_lua,
+                    more_keys: Vec::new(),
+                    args: vec![
+                        Bytes::copy_from_slice(claim),
+                        Bytes::copy_from_slice(reply),
+                        ttl.clone(),
+                    ],
+                },
+            })
             .collect();
-        stream::iter(calls)
-            .buffered(SCRIPTS_IN_FLIGHT)
-            .try_collect()
-            .await
+        self.spread(&calls)
+            .await?
+            .into_iter()
+            .map(|reply| match reply? {
+                Value::Int(ours) => Ok(ours == 1),
+                other => Err(StoreError::Corrupt(format!(
+                    "Redis answered a completion with {other:?}"
+                ))),
+            })
+            .collect()
     }
 }
 
-/// Script calls of one batch ([`ReplyStore::claim_many`]) in flight at once.
+/// Record keys checked at once ([`RedisStore::recognise`]).
 const SCRIPTS_IN_FLIGHT: usize = 32;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_expires_at_its_records_expiry_rounded_up_to_the_ms() {
+        let at = |us| DateTime::from_timestamp_micros(us).unwrap();
+        assert_eq!(expiry_ms(at(1_767_225_600_000_000)), 1_767_225_600_000);
+        assert_eq!(expiry_ms(at(1_767_225_600_000_001)), 1_767_225_600_001);
+        assert_eq!(expiry_ms(at(1_767_225_600_000_999)), 1_767_225_600_001);
+        assert_eq!(
+            expiry_ms(at(-1)),
+            1,
+            "never 0 or below: Redis would refuse it"
+        );
+    }
 
     #[test]
     fn a_removal_mark_lives_in_its_records_slot() {

@@ -4,9 +4,10 @@
 //! A script may run twice for one call: when a connection breaks after Redis ran it and before
 //! its reply came back, the cluster client sends it again (and so does the store on one
 //! server). So a write's second run recognises its first and answers as the first did:
-//! [`REPLACE`] finds its own new value, [`REMOVE`] its own removal mark, [`COMPLETE`] its own
-//! reply, and [`CLAIM`] returns the caller's own claim (which the caller takes as its own).
-//! [`LEASE`] run twice leases a second block; the first block's serials are never used (a gap).
+//! [`BUCKET_INSERT`] finds its own records, [`REPLACE`] and [`BUCKET_REPLACE`] their own new
+//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE`] its own reply,
+//! and [`CLAIM`] returns the caller's own claim (which the caller takes as its own). [`LEASE`]
+//! run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
 /// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
@@ -38,9 +39,9 @@ redis.call('SET', KEYS[1], string.format('%.0f', start + size))
 return start + size
 "#;
 
-/// Compare-and-swap of a record: ARGV = expected JSON, new JSON, new expiry (Unix ms). A record
-/// that already holds the new JSON is this swap, run before (every new version carries its own
-/// `updated_at`, to the µs).
+/// Compare-and-swap of a record with a key of its own: ARGV = expected value, new value, new
+/// expiry (Unix ms). A record that already holds the new value is this swap, run before (every
+/// new version carries its own `updated_at`, to the µs).
 pub const REPLACE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if current == ARGV[2] then return 1 end
@@ -49,10 +50,10 @@ redis.call('SET', KEYS[1], ARGV[2], 'PXAT', ARGV[3])
 return 1
 "#;
 
-/// Delete, optionally conditional. KEYS = the record, its removal mark (same slot); ARGV = '1'
-/// and the expected JSON, or '0' and ''; then this call's token and how long the mark lives
-/// (ms). The mark, holding the token, lets the same call run again know that it removed the
-/// record. Returns 1 removed, 0 missing, 2 changed.
+/// Delete of a record with a key of its own, optionally conditional. KEYS = the record, its
+/// removal mark (same slot); ARGV = '1' and the expected value, or '0' and ''; then this
+/// call's token and how long the mark lives (ms). The mark, holding the token, lets the same
+/// call run again know that it removed the record. Returns 1 removed, 0 missing, 2 changed.
 pub const REMOVE: &str = r#"
 local current = redis.call('GET', KEYS[1])
 if not current then
@@ -98,3 +99,133 @@ pub const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 "#;
+
+/// The Lua of `extend(key, at)`: makes `key` live until at least `at` (Unix ms), never shorter,
+/// so that a bucket lives as long as its longest-lived record. (`PEXPIREAT … GT` does this from
+/// Redis 7.0 on; this works from 6.2.) Within a millisecond of the key's own expiry it leaves
+/// the key as it is.
+macro_rules! extend_lua {
+    () => {
+        r#"
+local function extend(key, at)
+  local ttl = redis.call('PTTL', key)
+  if ttl >= 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    if now + ttl + 1 >= tonumber(at) then return end
+  end
+  redis.call('PEXPIREAT', key, at)
+end
+"#
+    };
+}
+
+/// The Lua of `held(key, field)`, a record as its bucket keeps it (its field, then its tail in
+/// the field named `+` and the field's name: see [`super::buckets`]), or false; and of
+/// `keep(key, field, value, split)`, which stores `value` so, a tail past `split` bytes (and
+/// removes a tail it no longer has).
+macro_rules! parts_lua {
+    () => {
+        r#"
+local function held(key, field)
+  local parts = redis.call('HMGET', key, field, '+' .. field)
+  if not parts[1] then return false end
+  if parts[2] then return parts[1] .. parts[2] end
+  return parts[1]
+end
+local function keep(key, field, value, split)
+  if #value > split then
+    redis.call('HSET', key, field, string.sub(value, 1, split), '+' .. field, string.sub(value, split + 1))
+  else
+    redis.call('HSET', key, field, value)
+    redis.call('HDEL', key, '+' .. field)
+  end
+end
+"#
+    };
+}
+
+/// Stores the records of one bucket ([`super::buckets`]) unless their fields hold other
+/// records. KEYS = the bucket; ARGV = the latest expiry among the records (Unix ms), their
+/// count n, their n fields, for each how many parts it has (1, or 2 with a tail), then each
+/// record's parts as pairs of field and value. Returns per record 1 stored, 0 taken. A record
+/// found exactly as given is this write, run before (every record carries its own creation
+/// time, to the µs): stored, and written again, so that a `WAIT` after it on the same
+/// connection covers the first write too. One `HMGET` and one `HSET` for the whole bucket when
+/// its fields are free, as they are but for a write sent again: a call per record costs more
+/// than the script.
+pub const BUCKET_INSERT: &str = concat!(
+    extend_lua!(),
+    r#"
+local n = tonumber(ARGV[2])
+local current = redis.call('HMGET', KEYS[1], unpack(ARGV, 3, n + 2))
+local stored = {}
+local fresh = true
+for i = 1, n do
+  stored[i] = 1
+  if current[i] then fresh = false end
+end
+if fresh then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 2 * n + 3))
+else
+  local set = {}
+  local at = 2 * n + 3
+  for i = 1, n do
+    local count = tonumber(ARGV[n + 2 + i])
+    local given = ARGV[at + 1]
+    if count == 2 then given = given .. ARGV[at + 3] end
+    if current[i] then
+      local tail = redis.call('HGET', KEYS[1], '+' .. ARGV[at])
+      if (tail and current[i] .. tail or current[i]) ~= given then stored[i] = 0 end
+    end
+    if stored[i] == 1 then
+      for j = at, at + 2 * count - 1 do set[#set + 1] = ARGV[j] end
+    end
+    at = at + 2 * count
+  end
+  if #set == 0 then return stored end
+  redis.call('HSET', KEYS[1], unpack(set))
+end
+extend(KEYS[1], ARGV[1])
+return stored
+"#
+);
+
+/// Compare-and-swap of a record in its bucket: ARGV = its field, the expected value, the new
+/// value, the new expiry (Unix ms), the longest part a field holds. Returns 1 swapped (or the
+/// record already is the new value: this swap, run before), 0 changed, 2 not in the bucket (the
+/// caller looks for a key of its own). The caller has checked that the expected record had not
+/// expired.
+pub const BUCKET_REPLACE: &str = concat!(
+    extend_lua!(),
+    parts_lua!(),
+    r#"
+local current = held(KEYS[1], ARGV[1])
+if not current then return 2 end
+if current == ARGV[3] then return 1 end
+if current ~= ARGV[2] then return 0 end
+keep(KEYS[1], ARGV[1], ARGV[3], tonumber(ARGV[5]))
+extend(KEYS[1], ARGV[4])
+return 1
+"#
+);
+
+/// Removes a record from its bucket while it is the expected value. KEYS = the bucket, the
+/// removal's mark (same slot); ARGV = the field, the expected value, this call's token, how
+/// long the mark lives (ms). The mark lets the same call, run again, know that it removed the
+/// record. Returns 1 removed, 2 changed, 3 not in the bucket (the caller looks for a key of
+/// its own).
+pub const BUCKET_REMOVE: &str = concat!(
+    parts_lua!(),
+    r#"
+local current = held(KEYS[1], ARGV[1])
+if not current then
+  if redis.call('GET', KEYS[2]) == ARGV[3] then return 1 end
+  return 3
+end
+if current ~= ARGV[2] then return 2 end
+redis.call('HDEL', KEYS[1], ARGV[1], '+' .. ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+return 1
+"#
+);
