@@ -624,6 +624,17 @@ fn packed_entry(number: TrackingNumber, serial: u64, ttl: Duration, label: &str)
         customer_name: Some(format!("{label}-{serial}").into()),
         ..OrderInput::default()
     };
+    packed_record(number, serial, ttl, input)
+}
+
+/// The record of `number` (serial `serial`) with `input`, until `ttl` from now, packed as the
+/// service packs it; the store is left to find the serial, as in a change.
+fn packed_record(
+    number: TrackingNumber,
+    serial: u64,
+    ttl: Duration,
+    input: OrderInput<'_>,
+) -> RecordEntry {
     let created = Utc::now().trunc_subsecs(6);
     let expires = created + chrono::Duration::from_std(ttl).unwrap();
     let record = Record::new(number, created, expires, input.parse().unwrap(), None);
@@ -1283,7 +1294,6 @@ async fn lease(store: &dyn Store, size: u64, floor: u64) -> std::ops::Range<u64>
 /// A record with all seven inputs, varied as real orders are (countries, weights, order times
 /// with their offsets, customer ids, names and slugs), as the issuer packs it.
 fn varied_record(codec: &Codec, serial: u64, i: u64) -> Option<RecordEntry> {
-    use tracknum::domain::{OrderInput, Record, packed};
     const COUNTRIES: [&str; 8] = ["MY", "ID", "SG", "TH", "VN", "PH", "DE", "US"];
     const NAMES: [&str; 6] = [
         "RedBox Logistics",
@@ -1297,8 +1307,9 @@ fn varied_record(codec: &Codec, serial: u64, i: u64) -> Option<RecordEntry> {
         (i.wrapping_mul(2_654_435_761).rotate_left(salt as u32) % n as u64) as usize
     };
     let name = format!("{} {}", NAMES[pick(3, NAMES.len())], i % 997);
-    let order = OrderInput {
-        origin_country_id: Some(COUNTRIES[pick(1, 8)].into()),
+    let origin = COUNTRIES[pick(1, 8)];
+    let input = OrderInput {
+        origin_country_id: Some(origin.into()),
         destination_country_id: Some(COUNTRIES[pick(7, 8)].into()),
         weight: Some(format!("{}.{:03}", 1 + i % 30, i * 7 % 1000).into()),
         created_at: Some(
@@ -1320,23 +1331,13 @@ fn varied_record(codec: &Codec, serial: u64, i: u64) -> Option<RecordEntry> {
         ),
         customer_name: Some(name.into()),
         customer_slug: None,
-    }
-    .parse()
-    .unwrap();
-    let number = codec.encode(
-        order.origin_country_id,
-        codec.customer_tag(Some("key")),
-        serial,
-    )?;
-    let now = Utc::now();
-    let record = Record::new(number, now, now + chrono::Duration::days(30), order, None);
-    let mut value = Vec::new();
-    packed::pack(&record, Some(serial), &mut value);
+    };
+    let tag = codec.customer_tag(Some("key"));
+    let number = codec.encode(Country::parse(origin), tag, serial)?;
+    let month = Duration::from_secs(30 * 86_400);
     Some(RecordEntry {
-        tracking_number: number,
         serial: Some(serial),
-        expires_at: record.expires_at,
-        value: Bytes::from(value),
+        ..packed_record(number, serial, month, input)
     })
 }
 
@@ -1412,19 +1413,10 @@ fn packed_ours(
         customer_name: name.map(Into::into),
         ..OrderInput::default()
     };
-    let order = input.parse().unwrap();
-    let codec = Codec::new(REDIS_SECRET);
-    let number = codec.encode(order.origin_country_id, 0, serial).unwrap();
-    let created = Utc::now().trunc_subsecs(6);
-    let expires = created + chrono::Duration::from_std(ttl).unwrap();
-    let record = Record::new(number, created, expires, order, None);
-    let mut value = Vec::new();
-    packed::pack(&record, Some(serial), &mut value);
+    let number = number_at(&Codec::new(REDIS_SECRET), origin, serial).unwrap();
     RecordEntry {
-        tracking_number: number,
         serial: Some(serial),
-        expires_at: expires,
-        value: Bytes::from(value),
+        ..packed_record(number, serial, ttl, input)
     }
 }
 

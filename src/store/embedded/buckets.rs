@@ -263,16 +263,6 @@ pub fn find(row: &[u8], id: u64, slot: u16) -> Found<'_> {
     if lost { Found::Damaged } else { Found::Missing }
 }
 
-/// The latest expiry among the intact entries of `row`.
-pub fn latest(row: &[u8], id: u64) -> Option<i64> {
-    pieces(row, id)
-        .filter_map(|piece| match piece {
-            Piece::Entry(entry, _) => Some(entry.expires_ms),
-            _ => None,
-        })
-        .max()
-}
-
 /// The slots of `row` whose intact entries are live at `now_ms`, in order.
 pub fn live_slots(row: &[u8], id: u64, now_ms: i64) -> Vec<u16> {
     pieces(row, id)
@@ -308,6 +298,8 @@ pub struct Summary {
     pub latest_ms: Option<i64>,
     /// Whether it keeps marks of damage.
     pub damaged: bool,
+    /// The latest expiry among the intact entries of the row it was rewritten from.
+    pub was_latest_ms: Option<i64>,
     /// Entries left out because they had expired.
     pub expired: usize,
 }
@@ -354,6 +346,7 @@ pub fn rewrite(
                     summary.damaged = true;
                 }
                 before = Some(entry.slot);
+                summary.was_latest_ms = summary.was_latest_ms.max(Some(entry.expires_ms));
             }
         }
     }
@@ -458,7 +451,8 @@ mod tests {
         for slot in [2, 6, 8, last - 1] {
             assert_eq!(find(&row, ID, slot), Found::Missing, "{slot}");
         }
-        assert_eq!(latest(&row, ID), Some(1000 + i64::from(last)));
+        let summary = rewrite(&row, ID, &[], 0, &mut Vec::new());
+        assert_eq!(summary.was_latest_ms, Some(1000 + i64::from(last)));
         assert_eq!(find(&[], ID, 0), Found::Missing);
         let per_entry = row.len() / 4 - values[0].len();
         assert!(
@@ -496,6 +490,7 @@ mod tests {
                 entries: 4,
                 latest_ms: Some(6000),
                 damaged: false,
+                was_latest_ms: Some(1006),
                 expired: 0
             }
         );

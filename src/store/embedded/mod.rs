@@ -1148,7 +1148,7 @@ fn write_ours(
         }
         if !changes.is_empty() {
             let summary = buckets::rewrite(&old, id, &changes, now, &mut row);
-            store_bucket(&mut tables.buckets, &mut due, id, &old, &row, summary)?;
+            store_bucket(&mut tables.buckets, &mut due, id, &row, summary)?;
         }
     }
     Ok(())
@@ -1166,7 +1166,7 @@ fn bucket_row(
         .unwrap_or_default())
 }
 
-/// Writes bucket `id` as `new` (rewritten from `old` with `summary`), or removes it when
+/// Writes bucket `id` as `new` (rewritten with `summary`), or removes it when
 /// nothing is left, and keeps its purge key at its latest expiry. With damage in the row, the
 /// damaged record's expiry may be the one a key was made for: old keys stay (the purge drops
 /// them when they come due), so the damage goes only once a key finds every intact record
@@ -1175,7 +1175,6 @@ fn store_bucket(
     rows: &mut redb::Table<'_, u64, &'static [u8]>,
     due: &mut redb::Table<'_, (i64, u64), ()>,
     id: u64,
-    old: &[u8],
     new: &[u8],
     summary: buckets::Summary,
 ) -> Result<(), StoreError> {
@@ -1184,7 +1183,7 @@ fn store_bucket(
     } else {
         rows.insert(id, new).map_err(db_err)?;
     }
-    let old_latest = buckets::latest(old, id);
+    let old_latest = summary.was_latest_ms;
     if old_latest == summary.latest_ms {
         return Ok(());
     }
@@ -1232,7 +1231,7 @@ fn remove_in(
         let now = Utc::now().timestamp_millis();
         let summary = buckets::rewrite(&old, id, &[Change::Remove(at)], now, &mut row);
         let mut due = tx.open_table(BUCKET_EXPIRY).map_err(db_err)?;
-        store_bucket(&mut tables.buckets, &mut due, id, &old, &row, summary)?;
+        store_bucket(&mut tables.buckets, &mut due, id, &row, summary)?;
     }
     drop_legacy(&mut tables, serial, number)
 }

@@ -288,14 +288,15 @@ impl RedisStore {
                 }
                 _ => {
                     let ttl_ms = (entry.expires_at - now).num_milliseconds().max(1);
+                    let key = record_key(&entry.tracking_number);
                     let mut set = redis::cmd("SET");
-                    set.arg(record_key(&entry.tracking_number))
+                    set.arg(&key)
                         .arg(entry.value.as_ref())
                         .arg("PX")
                         .arg(ttl_ms)
                         .arg("NX");
                     calls.push(Call {
-                        key: record_key(&entry.tracking_number),
+                        key,
                         body: Body::Command(set),
                     });
                     written.push(vec![at]);
