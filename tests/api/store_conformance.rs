@@ -488,6 +488,52 @@ async fn idempotency_keys(store: &dyn Store) {
     );
     assert_eq!(store.claim_many(&[], ttl).await.unwrap(), []);
 
+    // More keys than one call of the store takes (an import's chunk of order ids): each still
+    // answers as it would alone.
+    let keys: Vec<String> = (0..600).map(|i| format!("chunk-{i}")).collect();
+    let theirs: Vec<(String, Vec<u8>)> = keys[..150]
+        .iter()
+        .map(|key| (key.clone(), b"claim-theirs".to_vec()))
+        .collect();
+    assert!(
+        store
+            .claim_many(&theirs, ttl)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_none)
+    );
+    let ours: Vec<(String, Vec<u8>)> = keys
+        .iter()
+        .map(|key| (key.clone(), b"claim-ours".to_vec()))
+        .collect();
+    let held = store.claim_many(&ours, ttl).await.unwrap();
+    for (at, held) in held.iter().enumerate() {
+        let expected = (at < 150).then(|| Bytes::from_static(b"claim-theirs"));
+        assert_eq!(held, &expected, "key {at}");
+    }
+    let done: Vec<(String, Vec<u8>, Vec<u8>)> = keys
+        .iter()
+        .map(|key| {
+            (
+                key.clone(),
+                b"claim-ours".to_vec(),
+                format!("reply-{key}").into_bytes(),
+            )
+        })
+        .collect();
+    let completed = store.complete_many(&done, ttl).await.unwrap();
+    for (at, completed) in completed.iter().enumerate() {
+        assert_eq!(*completed, at >= 150, "key {at}");
+    }
+    let replayed = store.claim_many(&ours[590..], ttl).await.unwrap();
+    for (at, held) in replayed.into_iter().enumerate() {
+        assert_eq!(
+            held.unwrap(),
+            format!("reply-chunk-{}", 590 + at).as_bytes()
+        );
+    }
+
     // Long keys and keys with spaces work; replies expire.
     let long_key = "k ".repeat(127);
     assert_eq!(store.claim(&long_key, b"c", ttl).await.unwrap(), None);

@@ -1327,7 +1327,13 @@ impl EmbeddedStore {
 impl EmbeddedStore {
     /// Stores each row (a record's number, or an idempotency key's name, with its value) unless
     /// a live one already holds its key; returns, per row, whether it was stored.
-    async fn insert_rows(&self, rows: Vec<(String, Pending)>) -> Result<Vec<bool>, StoreError> {
+    /// Writes rows whose key holds no live value (`only_new`), or (a claimed idempotency key's
+    /// reply: the claim says no reply is stored) every row, without a look at the disk.
+    async fn insert_rows(
+        &self,
+        rows: Vec<(String, Pending)>,
+        only_new: bool,
+    ) -> Result<Vec<bool>, StoreError> {
         let now = Utc::now().timestamp_millis();
         self.admit_at(Access::Grow, now)?;
         if let Some(memtable) = &self.memtable {
@@ -1338,6 +1344,7 @@ impl EmbeddedStore {
                         // Keyed by serial, and leases start past the highest serial on disk: a
                         // new number of ours has no record there. No disk read per request.
                         Slot::Issued(_) => Ok(false),
+                        Slot::Other(_) if !only_new => Ok(false),
                         Slot::Other(_) => {
                             live_on_disk(&*self.database()?, &self.codec, self.bucket, key, now)
                         }
@@ -1360,7 +1367,7 @@ impl EmbeddedStore {
             let records = rows
                 .iter()
                 .map(|(key, p)| (key.as_str(), p.serial, p.expires_ms, p.value.as_ref()));
-            write_records(db, &codec, bucket, records, true)
+            write_records(db, &codec, bucket, records, only_new)
         })
         .await
     }
@@ -1442,7 +1449,7 @@ impl RecordStore for EmbeddedStore {
             };
             (e.tracking_number.as_str().to_owned(), pending)
         });
-        self.insert_rows(rows.collect()).await
+        self.insert_rows(rows.collect(), true).await
     }
 
     fn wants_group_commit(&self) -> bool {
@@ -1705,7 +1712,7 @@ impl ReplyStore for EmbeddedStore {
             })
             .collect::<Vec<_>>();
         if !rows.is_empty() {
-            self.insert_rows(rows).await?;
+            self.insert_rows(rows, false).await?;
         }
         let mut claims = self.claims.lock().await;
         for ((key, _, _), ours) in done.iter().zip(&ours) {

@@ -110,9 +110,9 @@ pub struct RedisStore {
     claim_script: redis::Script,
     complete_script: redis::Script,
     release_script: redis::Script,
-    /// [`scripts::CLAIM`] and [`scripts::COMPLETE`] for pipelines ([`spread`]).
-    claim_lua: Lua,
-    complete_lua: Lua,
+    /// [`scripts::CLAIM_MANY`] and [`scripts::COMPLETE_MANY`], for pipelines ([`spread`]).
+    claim_many: Lua,
+    complete_many: Lua,
     options: RedisOptions,
     /// The record writer's own connection, kept across batches so no batch pays for a pool
     /// check (and so `WAIT` covers the writes it made on it).
@@ -136,8 +136,8 @@ impl RedisStore {
             claim_script: redis::Script::new(scripts::CLAIM),
             complete_script: redis::Script::new(scripts::COMPLETE),
             release_script: redis::Script::new(scripts::RELEASE),
-            claim_lua: Lua::new(scripts::CLAIM),
-            complete_lua: Lua::new(scripts::COMPLETE),
+            claim_many: Lua::new(scripts::CLAIM_MANY),
+            complete_many: Lua::new(scripts::COMPLETE_MANY),
             options,
             writer_conn: Mutex::new(None),
             slots: slots::SlotCache::default(),
@@ -429,6 +429,63 @@ impl RedisStore {
             unreachable!("sent at most twice")
         })
         .await
+    }
+
+    /// Runs `lua`, a script over many keys (`KEYS`; `ARGV` = `first`, then each key's own
+    /// arguments in turn) that answers an array with an element per key, on every key of
+    /// `keyed`: a call per group of keys one call may take ([`spread::key_groups`]), all in one
+    /// pipeline per master. Returns each key's element, or why its call failed.
+    async fn per_key(
+        &self,
+        lua: &Lua,
+        first: Bytes,
+        keyed: Vec<(String, Vec<Bytes>)>,
+    ) -> Result<Replies, StoreError> {
+        let keys: Vec<String> = keyed.iter().map(|(key, _)| key.clone()).collect();
+        let groups = spread::key_groups(&keys, self.link.is_cluster());
+        let calls: Vec<Call<'_>> = groups
+            .iter()
+            .map(|group| {
+                let mut args = vec![first.clone()];
+                for &at in group {
+                    args.extend(keyed[at].1.iter().cloned());
+                }
+                Call {
+                    key: keys[group[0]].clone(),
+                    body: Body::Script {
+                        lua,
+                        more_keys: group[1..].iter().map(|&at| keys[at].clone()).collect(),
+                        args,
+                    },
+                }
+            })
+            .collect();
+        let mut replies: Replies = keys.iter().map(|_| Ok(Value::Nil)).collect();
+        for (group, reply) in groups.iter().zip(self.spread(&calls).await?) {
+            let elements = match reply {
+                Ok(Value::Array(elements)) if elements.len() == group.len() => elements,
+                Ok(other) => {
+                    let err = StoreError::Corrupt(format!(
+                        "Redis answered a call on {} keys with {other:?}",
+                        group.len()
+                    ));
+                    for &at in group {
+                        replies[at] = Err(err.clone());
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    for &at in group {
+                        replies[at] = Err(err.clone());
+                    }
+                    continue;
+                }
+            };
+            for (&at, element) in group.iter().zip(elements) {
+                replies[at] = Ok(element);
+            }
+        }
+        Ok(replies)
     }
 
     /// The serial of `number`, if it is one of ours: where its record is in a bucket.
@@ -827,27 +884,18 @@ impl ReplyStore for RedisStore {
         Ok(())
     }
 
-    // One call per key, one pipeline per master ([`spread`]).
+    // One script call per group of keys ([`spread::key_groups`]), one pipeline per master.
     async fn claim_many(
         &self,
         claims: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
         let ttl = Bytes::from(ttl_ms(ttl).to_string());
-        let calls: Vec<Call<'_>> = claims
+        let keyed = claims
             .iter()
-            .map(|(key, claim)| Call {
-                key: reply_key(key),
-                body: Body::Script {
-                    lua: &self.claim_lua,
-                    more_keys: Vec::new(),
-                    args: vec![Bytes::copy_from_slice(claim), ttl.clone()],
-                },
-            })
-            .collect();
-        self.spread(&calls)
-            .await?
-            .into_iter()
+            .map(|(key, claim)| (reply_key(key), vec![Bytes::copy_from_slice(claim)]));
+        let held = self.per_key(&self.claim_many, ttl, keyed.collect()).await?;
+        held.into_iter()
             .map(|reply| match reply? {
                 Value::Nil => Ok(None),
                 Value::BulkString(held) => Ok(Some(Bytes::from(held))),
@@ -864,24 +912,14 @@ impl ReplyStore for RedisStore {
         ttl: Duration,
     ) -> Result<Vec<bool>, StoreError> {
         let ttl = Bytes::from(ttl_ms(ttl).to_string());
-        let calls: Vec<Call<'_>> = done
-            .iter()
-            .map(|(key, claim, reply)| Call {
-                key: reply_key(key),
-                body: Body::Script {
-                    lua: &self.complete_lua,
-                    more_keys: Vec::new(),
-                    args: vec![
-                        Bytes::copy_from_slice(claim),
-                        Bytes::copy_from_slice(reply),
-                        ttl.clone(),
-                    ],
-                },
-            })
-            .collect();
-        self.spread(&calls)
-            .await?
-            .into_iter()
+        let keyed = done.iter().map(|(key, claim, reply)| {
+            let args = vec![Bytes::copy_from_slice(claim), Bytes::copy_from_slice(reply)];
+            (reply_key(key), args)
+        });
+        let ours = self
+            .per_key(&self.complete_many, ttl, keyed.collect())
+            .await?;
+        ours.into_iter()
             .map(|reply| match reply? {
                 Value::Int(ours) => Ok(ours == 1),
                 other => Err(StoreError::Corrupt(format!(

@@ -5,8 +5,9 @@
 //! its reply came back, the cluster client sends it again (and so does the store on one
 //! server). So a write's second run recognises its first and answers as the first did:
 //! [`BUCKET_INSERT`] finds its own records, [`REPLACE`] and [`BUCKET_REPLACE`] their own new
-//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE`] its own reply,
-//! and [`CLAIM`] returns the caller's own claim (which the caller takes as its own). [`LEASE`]
+//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE`] and
+//! [`COMPLETE_MANY`] their own reply, and [`CLAIM`] and [`CLAIM_MANY`] return the caller's own
+//! claim (which the caller takes as its own). [`LEASE`]
 //! run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
@@ -92,6 +93,42 @@ if current == ARGV[2] then return 1 end
 if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
+"#;
+
+/// [`CLAIM`] for many keys of one hash slot (one server: any keys) in one call, as an import
+/// claims its rows' order ids: KEYS = the keys; ARGV = ttl ms, then a claim per key. Returns per
+/// key what it held (false: claimed now). A call per key costs more than the work it does.
+pub const CLAIM_MANY: &str = r#"
+local held = {}
+for i = 1, #KEYS do
+  local current = redis.call('GET', KEYS[i])
+  if current then
+    held[i] = current
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+    held[i] = false
+  end
+end
+return held
+"#;
+
+/// [`COMPLETE`] for many keys of one hash slot (one server: any keys): KEYS = the keys; ARGV =
+/// ttl ms, then per key its claim and its reply. Returns per key 1 ours, 0 not.
+pub const COMPLETE_MANY: &str = r#"
+local ours = {}
+for i = 1, #KEYS do
+  local claim, reply = ARGV[2 * i], ARGV[2 * i + 1]
+  local current = redis.call('GET', KEYS[i])
+  if current == reply then
+    ours[i] = 1
+  elseif current == claim then
+    redis.call('SET', KEYS[i], reply, 'PX', ARGV[1])
+    ours[i] = 1
+  else
+    ours[i] = 0
+  end
+end
+return ours
 "#;
 
 /// Drop our claim: ARGV = claim.

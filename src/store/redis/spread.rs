@@ -84,6 +84,34 @@ impl Call<'_> {
     }
 }
 
+/// The most keys one call of a script over many keys takes: a script blocks the server while it
+/// runs, and 256 keys take it well under a millisecond.
+pub const KEYS_PER_CALL: usize = 256;
+
+/// The indices of `keys` in groups that one script call may take: of one hash slot each on a
+/// cluster (`by_slot`), any keys on one server; at most [`KEYS_PER_CALL`] a group, in the order
+/// of `keys` within each.
+pub fn key_groups(keys: &[String], by_slot: bool) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    if by_slot {
+        let mut open: HashMap<u16, usize> = HashMap::new();
+        for (at, key) in keys.iter().enumerate() {
+            let slot = slots::slot_of(key.as_bytes());
+            match open.get(&slot) {
+                Some(&group) if groups[group].len() < KEYS_PER_CALL => groups[group].push(at),
+                _ => {
+                    open.insert(slot, groups.len());
+                    groups.push(vec![at]);
+                }
+            }
+        }
+    } else {
+        let all: Vec<usize> = (0..keys.len()).collect();
+        groups.extend(all.chunks(KEYS_PER_CALL).map(<[usize]>::to_vec));
+    }
+    groups
+}
+
 /// Each call's reply, or why it has none: a node refused it, or could not be reached.
 pub type Replies = Vec<Result<Value, StoreError>>;
 
@@ -279,4 +307,50 @@ fn is_noscript(value: &Value) -> bool {
 
 fn short_reply() -> RedisError {
     RedisError::from((redis::ErrorKind::Parse, "a pipeline's replies fell short"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn on_one_server_any_keys_share_a_call_up_to_the_most_one_takes() {
+        let keys: Vec<String> = (0..KEYS_PER_CALL + 3).map(|i| format!("k{i}")).collect();
+        let groups = key_groups(&keys, false);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0], (0..KEYS_PER_CALL).collect::<Vec<_>>());
+        assert_eq!(
+            groups[1],
+            vec![KEYS_PER_CALL, KEYS_PER_CALL + 1, KEYS_PER_CALL + 2]
+        );
+    }
+
+    #[test]
+    fn on_a_cluster_a_call_takes_keys_of_one_slot_only() {
+        // `{a}x` and `{a}y` share a slot (hash tag); `b` and `c` are elsewhere.
+        let keys: Vec<String> = ["{a}x", "b", "{a}y", "c"].map(String::from).to_vec();
+        assert_ne!(slots::slot_of(b"b"), slots::slot_of(b"c"));
+        let mut groups = key_groups(&keys, true);
+        groups.sort();
+        assert_eq!(groups, vec![vec![0, 2], vec![1], vec![3]]);
+        for group in key_groups(&keys, true) {
+            let slot = slots::slot_of(keys[group[0]].as_bytes());
+            assert!(
+                group
+                    .iter()
+                    .all(|&at| slots::slot_of(keys[at].as_bytes()) == slot)
+            );
+        }
+    }
+
+    #[test]
+    fn a_slot_with_more_keys_than_a_call_takes_gets_more_calls() {
+        let keys: Vec<String> = (0..KEYS_PER_CALL + 1)
+            .map(|i| format!("{{t}}{i}"))
+            .collect();
+        let groups = key_groups(&keys, true);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].len(), KEYS_PER_CALL);
+        assert_eq!(groups[1], vec![KEYS_PER_CALL]);
+    }
 }
