@@ -138,15 +138,19 @@ return 1
 "#;
 
 /// The Lua of `extend(key, at)`: makes `key` live until at least `at` (Unix ms), never shorter,
-/// so that a bucket lives as long as its longest-lived record. (`PEXPIREAT … GT` does this from
-/// Redis 7.0 on; this works from 6.2.) Within a millisecond of the key's own expiry it leaves
-/// the key as it is.
+/// so that a bucket lives as long as its longest-lived record. From Redis 7.0 on, one
+/// `PEXPIREAT … GT` does it, but for a key with no expiry yet (GT leaves those alone); on 6.2,
+/// which refuses GT, the key's expiry is read and compared here, and within a millisecond of
+/// it the key is left as it is.
 macro_rules! extend_lua {
     () => {
         r#"
 local function extend(key, at)
+  local ok, raised = pcall(redis.call, 'PEXPIREAT', key, at, 'GT')
+  if ok and raised == 1 then return end
   local ttl = redis.call('PTTL', key)
   if ttl >= 0 then
+    if ok then return end
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     if now + ttl + 1 >= tonumber(at) then return end
