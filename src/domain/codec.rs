@@ -13,6 +13,8 @@ use std::fmt;
 use sha2::{Digest, Sha256};
 use siphasher::sip::SipHasher13;
 
+use super::round_hash::RoundKey;
+
 use super::country::Country;
 use super::tracking_number::TrackingNumber;
 
@@ -109,9 +111,9 @@ pub enum Layout {
 pub struct Codec {
     /// SipHash-1-3 keyed from the secret; the round index is part of each hashed message, so
     /// one key serves every round.
-    round_hasher: SipHasher13,
+    round_hasher: RoundKey,
     /// The same, under its own key, for the permutation inside a node's partition.
-    node_hasher: SipHasher13,
+    node_hasher: RoundKey,
     /// SipHash-1-3 under its own key from the secret, for customer tags.
     tag_hasher: SipHasher13,
     layout: Layout,
@@ -134,9 +136,9 @@ impl Codec {
 
     pub fn with_layout(secret: &[u8], layout: Layout) -> Codec {
         Codec {
-            round_hasher: keyed_hasher(CODEC_PREFIX, secret),
-            node_hasher: keyed_hasher(NODE_CODEC_PREFIX, secret),
-            tag_hasher: keyed_hasher(CUSTOMER_TAG_PREFIX, secret),
+            round_hasher: RoundKey::new(&derived_key(CODEC_PREFIX, secret)),
+            node_hasher: RoundKey::new(&derived_key(NODE_CODEC_PREFIX, secret)),
+            tag_hasher: SipHasher13::new_with_key(&derived_key(CUSTOMER_TAG_PREFIX, secret)),
             layout,
         }
     }
@@ -279,18 +281,15 @@ impl Codec {
 
 /// Round function F_i(R): SipHash13 over the round index and R's little-endian bytes.
 #[inline]
-fn round(hasher: &SipHasher13, index: u8, r: u64) -> u64 {
-    let mut msg = [0u8; 9];
-    msg[0] = index;
-    msg[1..].copy_from_slice(&r.to_le_bytes());
-    hasher.hash(&msg)
+fn round(hasher: &RoundKey, index: u8, r: u64) -> u64 {
+    hasher.hash(index, r)
 }
 
 /// Mixed-radix Feistel network over A x `b` (x = L*b + R with L < A, R < b). A round maps
 /// (L, R) to (R, (L + F_i(R)) mod radix(L)), so the halves swap radix every round; an even
 /// number of rounds (10) brings them back so the result is again L*b + R.
 #[inline]
-fn feistel(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
+fn feistel(hasher: &RoundKey, b: u64, x: u64) -> u64 {
     let (mut l, mut r) = (x / b, x % b);
     for pair in 0..ROUND_PAIRS {
         // l < A, r < b
@@ -305,7 +304,7 @@ fn feistel(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
 
 /// Inverse of [`feistel`]: runs the rounds backwards, subtracting each F_i.
 #[inline]
-fn feistel_inverse(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
+fn feistel_inverse(hasher: &RoundKey, b: u64, x: u64) -> u64 {
     let (mut l, mut r) = (x / b, x % b);
     for pair in (0..ROUND_PAIRS).rev() {
         // l < A, r < b: undo the odd round, whose sum was taken mod b.
@@ -318,16 +317,16 @@ fn feistel_inverse(hasher: &SipHasher13, b: u64, x: u64) -> u64 {
     l * b + r
 }
 
-/// A SipHash-1-3 keyed with the first 16 bytes of SHA-256(`prefix` ‖ `secret`): one secret,
-/// a key of its own for each use.
-fn keyed_hasher(prefix: &[u8], secret: &[u8]) -> SipHasher13 {
+/// A SipHash-1-3 key: the first 16 bytes of SHA-256(`prefix` ‖ `secret`). One secret, a key of
+/// its own for each use.
+fn derived_key(prefix: &[u8], secret: &[u8]) -> [u8; 16] {
     let digest = Sha256::new()
         .chain_update(prefix)
         .chain_update(secret)
         .finalize();
     let mut key = [0u8; 16];
     key.copy_from_slice(&digest[..16]);
-    SipHasher13::new_with_key(&key)
+    key
 }
 
 /// A short public fingerprint of a secret (hex of the first 8 bytes of SHA-256 with its own

@@ -12,6 +12,7 @@ pub mod packed;
 pub mod patch;
 pub mod record;
 pub mod request;
+mod round_hash;
 pub mod strict_json;
 pub mod tenant;
 pub mod tracking_number;
