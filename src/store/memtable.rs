@@ -106,6 +106,11 @@ impl Memtable {
         Ok(outcome)
     }
 
+    /// Whether `more` records fit beside those waiting, within `limit`.
+    pub fn has_room(&self, more: usize, limit: usize) -> bool {
+        lock(&self.active).len() + more <= limit
+    }
+
     /// Moves every buffered record to `flushing` and returns them, to be written to disk. What a
     /// failed earlier flush left behind is included again.
     pub fn start_flush(&self) -> Arc<Records> {
@@ -188,6 +193,22 @@ mod tests {
                 |_, _| Ok::<_, ()>(on_disk),
             )
             .unwrap()[0]
+    }
+
+    #[test]
+    fn room_counts_only_the_records_not_yet_taken_by_a_flush() {
+        let memtable = Memtable::default();
+        let rows = (0..3).map(|i| (format!("N{i}"), pending(1_000, "{}")));
+        memtable
+            .insert_new(rows, 0, 10, |_, _| Ok::<_, ()>(false))
+            .unwrap();
+        assert!(memtable.has_room(7, 10));
+        assert!(!memtable.has_room(8, 10));
+        let _flushing = memtable.start_flush();
+        assert!(
+            memtable.has_room(10, 10),
+            "a flush takes the buffer's records"
+        );
     }
 
     #[test]

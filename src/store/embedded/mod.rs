@@ -80,6 +80,9 @@ const PURGE_BUCKETS: usize = 256;
 const MEMTABLE_LIMIT: usize = 100_000;
 /// Past this many waiting records, the buffer is flushed at once rather than at the next tick.
 const FLUSH_EARLY_AT: usize = 25_000;
+/// How long a writer that finds the buffer full waits for a flush to take it. Flushes that
+/// took up to 430 ms (a slow `fsync`) were seen under `scripts/bench-batch.sh`.
+const ROOM_WAIT: Duration = Duration::from_millis(500);
 /// Records buffered in memory reach the disk within this window, or new ones are refused: what
 /// a crash under `--fsync everysec` can lose.
 pub const WRITE_BEHIND_WINDOW: Duration = Duration::from_secs(1);
@@ -150,6 +153,8 @@ pub struct EmbeddedStore {
     flush_lock: tokio::sync::Mutex<()>,
     /// Wakes the upkeep task to flush before its tick (the buffer is filling fast).
     flush_soon: tokio::sync::Notify,
+    /// Wakes writers waiting for room in the buffer: a flush has taken its records.
+    room: tokio::sync::Notify,
     disk: Arc<DiskGuard>,
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
     /// need not outlive it): each key's claim, and when the claim runs out.
@@ -210,6 +215,7 @@ impl EmbeddedStore {
             db: std::sync::RwLock::new(Some(Arc::new(db))),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_soon: tokio::sync::Notify::new(),
+            room: tokio::sync::Notify::new(),
             disk,
             claims: tokio::sync::Mutex::default(),
             import_claims: std::sync::Mutex::default(),
@@ -1268,6 +1274,7 @@ impl EmbeddedStore {
         let started = Utc::now().timestamp_millis();
         self.admit(access)?;
         let batch = memtable.start_flush();
+        self.room.notify_waiters();
         if batch.is_empty() {
             self.disk.flushed(started);
             return Ok(());
@@ -1337,6 +1344,9 @@ impl EmbeddedStore {
         let now = Utc::now().timestamp_millis();
         self.admit_at(Access::Grow, now)?;
         if let Some(memtable) = &self.memtable {
+            if !memtable.has_room(rows.len(), MEMTABLE_LIMIT) {
+                self.wait_for_room(memtable, rows.len()).await;
+            }
             // Write-behind: no await, no thread hop. The disk check reads pages redb caches.
             let outcome = memtable
                 .insert_new(rows, now, MEMTABLE_LIMIT, |key, pending| {
@@ -1370,6 +1380,22 @@ impl EmbeddedStore {
             write_records(db, &codec, bucket, records, only_new)
         })
         .await
+    }
+
+    /// Waits, for at most [`ROOM_WAIT`] (and half the storage timeout), until the buffer has
+    /// room for `rows` more records: the next flush takes what it holds. A flush stalled on a
+    /// slow `fsync` then costs the writers some latency, not a refusal; a disk that stays stuck
+    /// still gets them a "busy" soon, well before the disk guard's one second.
+    async fn wait_for_room(&self, memtable: &Memtable, rows: usize) {
+        let patience = ROOM_WAIT.min(deadline::limit(self.options.timeout) / 2);
+        let deadline = tokio::time::Instant::now() + patience;
+        while !memtable.has_room(rows, MEMTABLE_LIMIT) {
+            let room = self.room.notified();
+            self.flush_soon.notify_one();
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// The live value under `key` (a record's number, or an idempotency key's name).
