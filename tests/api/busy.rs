@@ -31,17 +31,22 @@ fn batch(first: u64, size: u64) -> Vec<RecordEntry> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_full_write_behind_buffer_refuses_as_busy_and_stays_ready() {
-    let dir = TempDir::new().unwrap();
+/// An embedded store with its write-behind buffer (`--fsync everysec`), in `dir`.
+fn buffered_store(dir: &TempDir) -> EmbeddedStore {
     let options = EmbeddedOptions {
         fsync: FsyncPolicy::Everysec,
         ..EmbeddedOptions::default()
     };
+    EmbeddedStore::open(dir.path(), None, options).unwrap().0
+}
+
+#[tokio::test]
+async fn a_full_write_behind_buffer_refuses_as_busy_and_stays_ready() {
+    let dir = TempDir::new().unwrap();
     // Twice what the buffer holds (100k records), made before the store opens so that the
     // flood is all that is timed.
     let batches: Vec<_> = (0..200).map(|i| batch(i * 1000, 1000)).collect();
-    let (store, _) = EmbeddedStore::open(dir.path(), None, options).unwrap();
+    let store = buffered_store(&dir);
     // Nothing flushes the buffer here (the app's flush task is not running): batches pile up
     // until it is full.
     let started = Instant::now();
@@ -80,12 +85,7 @@ async fn a_full_write_behind_buffer_refuses_as_busy_and_stays_ready() {
 #[tokio::test]
 async fn a_writer_that_finds_the_buffer_full_goes_in_once_a_flush_takes_it() {
     let dir = TempDir::new().unwrap();
-    let options = EmbeddedOptions {
-        fsync: FsyncPolicy::Everysec,
-        ..EmbeddedOptions::default()
-    };
-    let (store, _) = EmbeddedStore::open(dir.path(), None, options).unwrap();
-    let store = std::sync::Arc::new(store);
+    let store = std::sync::Arc::new(buffered_store(&dir));
     // Fill the buffer (100k records) with nothing flushing it.
     for i in 0..100 {
         store.insert_new(&batch(i * 1000, 1000)).await.unwrap();

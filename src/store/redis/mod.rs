@@ -107,8 +107,6 @@ pub struct RedisStore {
     replace_script: redis::Script,
     remove_script: redis::Script,
     own_script: redis::Script,
-    claim_script: redis::Script,
-    complete_script: redis::Script,
     release_script: redis::Script,
     /// [`scripts::CLAIM_MANY`] and [`scripts::COMPLETE_MANY`], for pipelines ([`spread`]).
     claim_many: Lua,
@@ -133,8 +131,6 @@ impl RedisStore {
             replace_script: redis::Script::new(scripts::REPLACE),
             remove_script: redis::Script::new(scripts::REMOVE),
             own_script: redis::Script::new(scripts::OWN),
-            claim_script: redis::Script::new(scripts::CLAIM),
-            complete_script: redis::Script::new(scripts::COMPLETE),
             release_script: redis::Script::new(scripts::RELEASE),
             claim_many: Lua::new(scripts::CLAIM_MANY),
             complete_many: Lua::new(scripts::COMPLETE_MANY),
@@ -848,16 +844,15 @@ impl RecordStore for RedisStore {
 
 #[async_trait]
 impl ReplyStore for RedisStore {
+    // A single key goes the way many do: one script serves both.
     async fn claim(
         &self,
         key: &str,
         claim: &[u8],
         ttl: Duration,
     ) -> Result<Option<Bytes>, StoreError> {
-        let mut invocation = self.claim_script.prepare_invoke();
-        invocation.key(reply_key(key)).arg(claim).arg(ttl_ms(ttl));
-        let held: Option<Vec<u8>> = self.run(invocation).await?;
-        Ok(held.map(Bytes::from))
+        let claims = [(key.to_owned(), claim.to_vec())];
+        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
     }
 
     async fn complete(
@@ -867,14 +862,8 @@ impl ReplyStore for RedisStore {
         reply: &[u8],
         ttl: Duration,
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.complete_script.prepare_invoke();
-        invocation
-            .key(reply_key(key))
-            .arg(claim)
-            .arg(reply)
-            .arg(ttl_ms(ttl));
-        let ours: i64 = self.run(invocation).await?;
-        Ok(ours == 1)
+        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
+        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
     }
 
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {

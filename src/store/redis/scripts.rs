@@ -5,10 +5,9 @@
 //! its reply came back, the cluster client sends it again (and so does the store on one
 //! server). So a write's second run recognises its first and answers as the first did:
 //! [`BUCKET_INSERT`] finds its own records, [`REPLACE`] and [`BUCKET_REPLACE`] their own new
-//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE`] and
-//! [`COMPLETE_MANY`] their own reply, and [`CLAIM`] and [`CLAIM_MANY`] return the caller's own
-//! claim (which the caller takes as its own). [`LEASE`]
-//! run twice leases a second block; the first block's serials are never used (a gap).
+//! value, [`REMOVE`] and [`BUCKET_REMOVE`] their own removal mark, [`COMPLETE_MANY`] its own
+//! reply, and [`CLAIM_MANY`] returns the caller's own claim (which the caller takes as its own).
+//! [`LEASE`] run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
 /// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
@@ -77,27 +76,10 @@ redis.call('PEXPIREAT', KEYS[1], ARGV[2])
 return 1
 "#;
 
-/// Claim an idempotency key unless it holds a state: ARGV = claim, ttl ms.
-pub const CLAIM: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current then return current end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return false
-"#;
-
-/// Swap our claim for the reply: ARGV = claim, reply, ttl ms. Returns 1 when the claim was ours
-/// (or the key already holds this reply: this swap, run before).
-pub const COMPLETE: &str = r#"
-local current = redis.call('GET', KEYS[1])
-if current == ARGV[2] then return 1 end
-if current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"#;
-
-/// [`CLAIM`] for many keys of one hash slot (one server: any keys) in one call, as an import
-/// claims its rows' order ids: KEYS = the keys; ARGV = ttl ms, then a claim per key. Returns per
-/// key what it held (false: claimed now). A call per key costs more than the work it does.
+/// Claims idempotency keys, each unless it holds a state: KEYS = keys of one hash slot (one
+/// server: any keys), one for a single request or many for an import's order ids (a call per
+/// key costs more than the work it does); ARGV = ttl ms, then a claim per key. Returns per key
+/// what it held (false: claimed now).
 pub const CLAIM_MANY: &str = r#"
 local held = {}
 for i = 1, #KEYS do
@@ -112,8 +94,9 @@ end
 return held
 "#;
 
-/// [`COMPLETE`] for many keys of one hash slot (one server: any keys): KEYS = the keys; ARGV =
-/// ttl ms, then per key its claim and its reply. Returns per key 1 ours, 0 not.
+/// Swaps claims for their replies: KEYS = keys of one hash slot (one server: any keys); ARGV =
+/// ttl ms, then per key its claim and its reply. Returns per key 1 when the claim was ours (or
+/// the key already holds this reply: this swap, run before), else 0.
 pub const COMPLETE_MANY: &str = r#"
 local ours = {}
 for i = 1, #KEYS do
