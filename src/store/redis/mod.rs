@@ -562,6 +562,10 @@ fn settle(
             reply.and_then(|reply| match (&call.body, reply) {
                 (Body::Command(_), Value::Nil) => Ok(vec![false]),
                 (Body::Command(_), Value::Okay | Value::SimpleString(_)) => Ok(vec![true]),
+                // Every record stored: the count of them.
+                (Body::Script { .. }, Value::Int(n)) if n as usize == entries.len() => {
+                    Ok(vec![true; entries.len()])
+                }
                 (Body::Script { .. }, Value::Array(each)) if each.len() == entries.len() => {
                     Ok(each
                         .iter()
