@@ -125,7 +125,9 @@ pub fn clock_serial(now: std::time::SystemTime) -> u64 {
 #[async_trait]
 pub trait LeaseSource: Send + Sync + 'static {
     /// Leases `size` serials, every one of them at or above `floor` and never handed out before
-    /// (by any instance), and returns them as a half-open range.
+    /// (by any instance), and returns them as a half-open range. A counter that may not run
+    /// further ahead of the clock can lease fewer (never none): the caller takes the range as
+    /// it comes.
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError>;
 }
 

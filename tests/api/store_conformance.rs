@@ -16,7 +16,8 @@ use tracknum::store::{
 use crate::helpers::{RedisLike, TestRedis};
 use chrono::SubsecRound;
 use tracknum::store::redis::{
-    BUCKET_SERIALS as REDIS_BUCKET, HISTORY_KEY, LEAD, SERIAL_KEY, bucket_place,
+    BUCKET_SERIALS as REDIS_BUCKET, HISTORY_KEY, LEAD, LEASE_LEAST, SERIAL_KEY, SKEW_MARGIN,
+    bucket_place,
 };
 
 fn tn(number: &str) -> TrackingNumber {
@@ -1256,6 +1257,7 @@ on_each_redis!(
     redis_import_queue_comes_back_after_data_loss,
     redis_lease_jumps_past_everything_after_data_loss,
     redis_lease_jumps_when_the_counter_moved_back,
+    redis_lease_is_cut_to_the_room_the_lead_leaves,
 );
 
 async fn redis_import_queue_comes_back_after_data_loss(mut redis: TestRedis) {
@@ -1320,6 +1322,35 @@ async fn redis_lease_jumps_when_the_counter_moved_back(redis: TestRedis) {
     let err = store.lease(LEAD + 1, e.end).await.unwrap_err();
     assert!(matches!(err, StoreError::WaitForClock(_)), "{err:?}");
     lease(&store, 1000, e.end).await;
+}
+
+/// After a jump the counter stands at the end of the lead: a big lease then gets the room the
+/// clock has made since, not a wait until all of it fits (a fleet that leased 2 s blocks
+/// stopped issuing for 2 s after every restart of an empty Redis).
+async fn redis_lease_is_cut_to_the_room_the_lead_leaves(redis: TestRedis) {
+    let store = RedisStore::new(&redis.target(), redis_options()).unwrap();
+    // An empty Redis: the first lease jumps to the clock plus the lead and the margin.
+    let jump = lease(&store, 1000, 0).await;
+    let err = store.lease(LEASE_LEAST, jump.end).await.unwrap_err();
+    assert!(matches!(err, StoreError::WaitForClock(_)), "{err:?}");
+    // Once the margin has passed, the clock makes room at 10^6 serials a second.
+    tokio::time::sleep(Duration::from_micros(SKEW_MARGIN) + Duration::from_millis(60)).await;
+    let big = 10_000_000;
+    let cut = store.lease(big, jump.end).await.unwrap();
+    assert_eq!(cut.start, jump.end);
+    let len = cut.end - cut.start;
+    assert!(
+        len >= LEASE_LEAST && len < big / 10,
+        "{cut:?}: {len} serials"
+    );
+    let counter: u64 = redis.cmd::<String>(&["GET", SERIAL_KEY]).parse().unwrap();
+    assert_eq!(counter, cut.end, "the counter moved by what was leased");
+    // The room is used up: the next lease waits for the clock, then gets some.
+    let err = store.lease(big, cut.end).await.unwrap_err();
+    assert!(matches!(err, StoreError::WaitForClock(_)), "{err:?}");
+    let next = lease(&store, big, cut.end).await;
+    assert_eq!(next.start, cut.end);
+    assert!(next.end - next.start < big, "{next:?}");
 }
 
 /// A lease, asked again while the store says its counter waits for the clock (as the refill

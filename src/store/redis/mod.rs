@@ -6,8 +6,9 @@
 //! - serials count µs of Redis' own clock since [`FLOOR_EPOCH_UNIX_SECS`]; a lease never starts
 //!   below that clock, nor below the end of the caller's last lease;
 //! - a lease never ends past the clock plus [`LEAD`] (a fleet leasing over 10^6 serials a
-//!   second waits for the clock once the lead is used up): whatever any master ever leased lies
-//!   below its clock plus `LEAD`;
+//!   second waits for the clock once the lead is used up, and a lease the lead has no room for
+//!   is cut to the room there is): whatever any master ever leased lies below its clock plus
+//!   `LEAD`;
 //! - the script remembers the replication history of the node it ran on (`master_replid`,
 //!   which changes on every promotion and restart, and is gone after a flush). On a node with
 //!   another history, or whose counter is below the caller's last lease, writes may have been
@@ -74,6 +75,9 @@ pub const LEAD: u64 = 60_000_000;
 /// How much further a jump goes, for clocks of Redis nodes that disagree: 100 ms. Leases wait
 /// this long for the clock after a jump.
 pub const SKEW_MARGIN: u64 = 100_000;
+/// The least a lease is cut to when the lead has no room for all of it: 10 ms of serials. A
+/// fleet at the clock's pace then leases about a hundred times a second, not once per µs.
+pub const LEASE_LEAST: u64 = 10_000;
 
 /// How long a removal's mark lives ([`scripts::REMOVE`]): longer than any call may go on
 /// (`--storage-timeout`, or 25 s for a keyed request), so a removal sent again finds it.
@@ -685,7 +689,7 @@ fn reply_key(key: &str) -> String {
 impl LeaseSource for RedisStore {
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
         let fingerprint = &self.options.fingerprint;
-        let end: u64 = self
+        let (start, end): (u64, u64) = self
             .bounded(async {
                 let mut conn = self.link.get().await?;
                 let reply = self
@@ -699,6 +703,7 @@ impl LeaseSource for RedisStore {
                     .arg(fingerprint)
                     .arg(LEAD)
                     .arg(SKEW_MARGIN)
+                    .arg(LEASE_LEAST)
                     .invoke_async(&mut conn)
                     .await;
                 reply.map_err(|e| {
@@ -707,11 +712,10 @@ impl LeaseSource for RedisStore {
                 })
             })
             .await?;
-        let start = end.saturating_sub(size);
         // Defence in depth: never accept a block below one this instance already used.
-        if start < floor || end > SERIAL_SPACE {
+        if start < floor || end > SERIAL_SPACE || start >= end || end - start > size {
             return Err(StoreError::Corrupt(format!(
-                "Redis leased {start}..{end}, below this instance's floor {floor} or past the serial space"
+                "Redis leased {start}..{end} for {size} serials: below this instance's floor {floor}, past the serial space or longer than asked"
             )));
         }
         Ok(start..end)

@@ -10,10 +10,13 @@
 //! [`LEASE`] run twice leases a second block; the first block's serials are never used (a gap).
 
 /// Leases serials. KEYS = counter, secret fingerprint, history; ARGV = size, the caller's
-/// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin. Returns
-/// the end of the leased block, or an error `TRACKNUM_SECRET_MISMATCH <fingerprint>` or
-/// `TRACKNUM_AHEAD <µs to wait>`. The guards are explained in the module above; a counter below
-/// the caller's floor has moved back as surely as one on a node with another history.
+/// floor, the floor's epoch (Unix seconds), our fingerprint, the lead, the skew margin, the
+/// least a lease may be cut to. Returns the leased block's start and end, or an error
+/// `TRACKNUM_SECRET_MISMATCH <fingerprint>` or `TRACKNUM_AHEAD <µs to wait>`. The guards are
+/// explained in the module above; a counter below the caller's floor has moved back as surely
+/// as one on a node with another history. A lease the lead has no room for is cut to the room
+/// there is, when that is at least the least (or the size): serials keep coming at the clock's
+/// pace rather than stopping until all of a big block fits.
 pub const LEASE: &str = r#"
 local fp = redis.call('GET', KEYS[2])
 if fp and fp ~= ARGV[4] then
@@ -31,12 +34,16 @@ local jumped = redis.call('GET', KEYS[3]) ~= replid or current < caller
 if jumped then
   start = math.max(start, clock + lead + tonumber(ARGV[6]))
 elseif start + size > clock + lead then
-  return redis.error_reply('TRACKNUM_AHEAD ' .. string.format('%.0f', start + size - clock - lead))
+  local least = math.min(size, tonumber(ARGV[7]))
+  if start + least > clock + lead then
+    return redis.error_reply('TRACKNUM_AHEAD ' .. string.format('%.0f', start + least - clock - lead))
+  end
+  size = clock + lead - start
 end
 if not fp then redis.call('SET', KEYS[2], ARGV[4]) end
 if jumped then redis.call('SET', KEYS[3], replid) end
 redis.call('SET', KEYS[1], string.format('%.0f', start + size))
-return start + size
+return {start, start + size}
 "#;
 
 /// Compare-and-swap of a record with a key of its own: ARGV = expected value, new value, new
