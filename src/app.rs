@@ -102,7 +102,10 @@ impl Application {
         };
         let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
 
-        let pool = Arc::new(SerialPool::new(SPARE_BLOCKS));
+        let pool = Arc::new(match store.paced_in() {
+            Some(partition) => SerialPool::paced(SPARE_BLOCKS, partition),
+            None => SerialPool::new(SPARE_BLOCKS),
+        });
         let refill = Arc::new(RefillStatus::default());
         let floor = first_lease(&pool, store.as_ref(), config.block_size)
             .await

@@ -5,6 +5,6 @@ mod pool;
 mod refill;
 mod sizing;
 
-pub use pool::SerialPool;
+pub use pool::{MAX_CLOCK_WAIT, SerialPool};
 pub use refill::{RefillStatus, first_lease, spawn_refill};
 pub use sizing::BlockSizer;

@@ -1,5 +1,11 @@
 //! The serial pool: the block in use is a pair (next, end) read through an `ArcSwap`, so taking
 //! a serial is one `fetch_add`. A lock is taken only to switch blocks, once per block.
+//!
+//! A paced pool ([`SerialPool::paced`], for serials that count microseconds, as the embedded
+//! store's do) hands a serial out only once the clock has passed it, so a crash never leaves a
+//! handed-out serial ahead of the clock, where a wiped data file starts again. The check reads
+//! the clock only when a serial is past the last reading: serials trail the clock but for a
+//! burst faster than a million a second, which waits for it.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -9,6 +15,12 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
+
+use crate::store::clock_serial;
+
+/// A serial further ahead of the clock than this is not waited for: the clock went back, and
+/// the lease that gave it said so.
+pub const MAX_CLOCK_WAIT: Duration = Duration::from_secs(5);
 
 struct Block {
     next: AtomicU64,
@@ -38,6 +50,11 @@ pub struct SerialPool {
     wants_more: Notify,
     /// Wakes requests waiting for a block.
     arrived: Notify,
+    /// For a paced pool, the partition in which a serial's offset counts µs since the floor
+    /// epoch.
+    paced_in: Option<u64>,
+    /// The latest clock reading (µs since the floor epoch) a paced take made.
+    clock_seen: AtomicU64,
 }
 
 impl SerialPool {
@@ -48,6 +65,17 @@ impl SerialPool {
             spare_target: spare_target.max(1),
             wants_more: Notify::new(),
             arrived: Notify::new(),
+            paced_in: None,
+            clock_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// A pool whose serials' offsets in partitions of `partition` serials count µs since the
+    /// floor epoch: each is handed out once the clock has passed it.
+    pub fn paced(spare_target: usize, partition: u64) -> Self {
+        SerialPool {
+            paced_in: Some(partition.max(1)),
+            ..SerialPool::new(spare_target)
         }
     }
 
@@ -76,11 +104,18 @@ impl SerialPool {
         }
     }
 
-    /// The next serial, waiting up to `wait` for a block to be leased when the pool is empty.
+    /// The next serial, waiting up to `wait` for a block to be leased when the pool is empty
+    /// (and, in a paced pool, for the clock to pass it).
     pub async fn take(&self, wait: Duration) -> Option<u64> {
-        if let Some(serial) = self.try_take() {
-            return Some(serial);
-        }
+        let serial = match self.try_take() {
+            Some(serial) => serial,
+            None => self.take_arriving(wait).await?,
+        };
+        self.due(serial).await;
+        Some(serial)
+    }
+
+    async fn take_arriving(&self, wait: Duration) -> Option<u64> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let arrived = self.arrived.notified();
@@ -92,6 +127,23 @@ impl SerialPool {
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return self.try_take();
             }
+        }
+    }
+
+    /// In a paced pool, waits until the clock has passed `serial` (at most [`MAX_CLOCK_WAIT`]).
+    pub async fn due(&self, serial: u64) {
+        let Some(partition) = self.paced_in else {
+            return;
+        };
+        let at = serial % partition;
+        if at < self.clock_seen.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = clock_serial(std::time::SystemTime::now());
+        self.clock_seen.fetch_max(now, Ordering::Relaxed);
+        let ahead = Duration::from_micros(at.saturating_sub(now));
+        if !ahead.is_zero() && ahead <= MAX_CLOCK_WAIT {
+            tokio::time::sleep(ahead).await;
         }
     }
 
@@ -208,6 +260,36 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         pool.add_block(7..8);
         assert_eq!(waiter.await.unwrap(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_paced_pool_hands_out_no_serial_before_the_clock_has_passed_it() {
+        let partition = 1 << 50;
+        let pool = SerialPool::paced(1, partition);
+        let now = clock_serial(std::time::SystemTime::now());
+        // In the second partition, 30 ms ahead of the clock, and one long behind it.
+        let ahead = partition + now + 30_000;
+        pool.add_block(ahead..ahead + 2);
+        pool.add_block(partition + 5..partition + 6);
+        let started = std::time::Instant::now();
+        assert_eq!(pool.take(Duration::from_secs(1)).await, Some(ahead));
+        assert!(
+            started.elapsed() >= Duration::from_millis(29),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(clock_serial(std::time::SystemTime::now()) >= ahead - partition);
+        let started = std::time::Instant::now();
+        assert_eq!(pool.take(Duration::from_secs(1)).await, Some(ahead + 1));
+        assert_eq!(pool.take(Duration::from_secs(1)).await, Some(partition + 5));
+        assert!(started.elapsed() < Duration::from_millis(20));
+        // An unpaced pool hands the same serial out at once.
+        let pool = SerialPool::new(1);
+        let ahead = now + 1_000_000;
+        pool.add_block(ahead..ahead + 1);
+        let started = std::time::Instant::now();
+        assert_eq!(pool.take(Duration::from_secs(1)).await, Some(ahead));
+        assert!(started.elapsed() < Duration::from_millis(500));
     }
 
     #[tokio::test]

@@ -46,6 +46,8 @@ pub async fn first_lease(
     match source.lease(block_size, 0).await {
         Ok(range) => {
             let floor = range.end;
+            // Ready once the first block can be handed out whole, as it could before a restart.
+            pool.due(floor - 1).await;
             pool.add_block(range);
             Ok(Some(floor))
         }
@@ -138,6 +140,9 @@ mod tests {
 
     #[async_trait]
     impl LeaseSource for FlakyCounter {
+        fn paced_in(&self) -> Option<u64> {
+            None
+        }
         async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("down".into()));

@@ -43,6 +43,10 @@ impl MeteredStore {
 
 #[async_trait]
 impl LeaseSource for MeteredStore {
+    fn paced_in(&self) -> Option<u64> {
+        self.inner.paced_in()
+    }
+
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError> {
         let started = Instant::now();
         let result = self.inner.lease(size, floor).await;

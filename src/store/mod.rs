@@ -129,6 +129,12 @@ pub trait LeaseSource: Send + Sync + 'static {
     /// further ahead of the clock can lease fewer (never none): the caller takes the range as
     /// it comes.
     async fn lease(&self, size: u64, floor: u64) -> Result<Range<u64>, StoreError>;
+
+    /// Some(partition) when a serial's offset in its partition of that many serials counts µs
+    /// since the floor epoch and may not be handed out before the clock has passed it (the
+    /// pool paces it: [`crate::serials::SerialPool::paced`]); None when the source guards
+    /// against a counter that moved back itself.
+    fn paced_in(&self) -> Option<u64>;
 }
 
 /// A record ready to store: its key, when it expires, and its stored value: the packed record

@@ -1239,6 +1239,38 @@ async fn embedded_counter_survives_reopening() {
     assert!(second.start >= first.end);
 }
 
+/// A big block is handed over at once, ahead of the clock: the pool paces its serials
+/// (`paced_in`), so none is handed out before the clock has passed it, and a restart (the
+/// file wiped or not) starts past every one of them.
+#[tokio::test]
+async fn embedded_a_big_lease_comes_at_once_and_is_paced_by_the_pool() {
+    let dir = TempDir::new().unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
+    assert_eq!(
+        store.paced_in(),
+        Some(tracknum::domain::codec::NODE_SERIALS)
+    );
+    let started = std::time::Instant::now();
+    let block = store.lease(2_000_000, 0).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "a 2 s block waited {:?}",
+        started.elapsed()
+    );
+    let now = clock_serial(std::time::SystemTime::now());
+    let partition = tracknum::domain::codec::NODE_SERIALS;
+    assert!(
+        block.end % partition > now + 500_000,
+        "{block:?} is ahead of {now}"
+    );
+    drop(store);
+    std::fs::remove_dir_all(dir.path()).unwrap();
+    let (store, _) = EmbeddedStore::open(dir.path(), None, options(FsyncPolicy::Everysec)).unwrap();
+    let after = store.lease(1000, 0).await.unwrap();
+    // A wiped file starts at the clock: past what the pool handed out, not past the block.
+    assert!(after.start % partition >= now, "{after:?} after {now}");
+}
+
 const REDIS_SECRET: &[u8] = b"conformance";
 
 fn redis_options() -> RedisOptions {

@@ -30,6 +30,7 @@ use crate::config::FsyncPolicy;
 use crate::domain::codec::{Layout, NODE_COUNT, NODE_SERIALS, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
 use crate::periodic::{Ticker, Wake};
+use crate::serials::MAX_CLOCK_WAIT;
 
 mod buckets;
 mod imports;
@@ -88,9 +89,6 @@ const ROOM_WAIT: Duration = Duration::from_millis(500);
 pub const WRITE_BEHIND_WINDOW: Duration = Duration::from_secs(1);
 /// How often the free space and the data file are checked.
 const UPKEEP_EVERY: Duration = Duration::from_millis(250);
-/// A serial block never waits longer than this for the clock to pass it; a counter further
-/// ahead means the clock went back, and waiting would stall issuing.
-const MAX_CLOCK_WAIT: Duration = Duration::from_secs(5);
 const REPLY_PREFIX: &str = "~idempotency:";
 const FILE_NAME: &str = "tracknum.redb";
 /// When the store last recovered from a disk failure (its proof that the disk takes writes).
@@ -695,10 +693,20 @@ fn db_err(err: impl Into<redb::Error>) -> StoreError {
 
 #[async_trait]
 impl LeaseSource for EmbeddedStore {
+    /// Serials count microseconds since 2025 in a node's partition, and none is handed out
+    /// before the clock has passed it.
+    fn paced_in(&self) -> Option<u64> {
+        Some(NODE_SERIALS)
+    }
+
     /// A block starts past the counter, the caller's floor, every record on disk, and the
     /// clock: serials count microseconds since 2025, and none is handed out before the clock
-    /// has passed it. So no state of the file (truncated, deleted, restored from a backup) can
-    /// bring back a serial that was issued: a restart always starts at the clock, past them.
+    /// has passed it (the pool paces them, [`LeaseSource::paced_in`]). So no state of the file
+    /// (truncated, deleted, restored from a backup) can bring back a serial that was issued: a
+    /// restart always starts at the clock, past them. A block is handed over at once and its
+    /// serials come due one by one as the clock passes them: a block that waited for the clock
+    /// to pass its end held every serial of it back (the pool of a busy instance ran dry for
+    /// up to 500 ms as its blocks grew, and four batches got a 503).
     ///
     /// Each node counts in its own partition of the serial space ([`NODE_SERIALS`] from
     /// `node * NODE_SERIALS`), so instances with distinct node ids never meet.
@@ -757,24 +765,21 @@ impl LeaseSource for EmbeddedStore {
                 Ok(range)
             })
             .await?;
-        wait_for_clock(range.end - base).await;
+        warn_if_far_ahead(range.start - base);
         Ok(range)
     }
 }
 
-/// Waits until the clock has passed `serial`, unless that is further off than
-/// [`MAX_CLOCK_WAIT`] (the clock went back): then it says so and waits no longer.
-async fn wait_for_clock(serial: u64) {
-    let ahead = serial.saturating_sub(clock_serial(SystemTime::now()));
-    let ahead = Duration::from_micros(ahead);
+/// Says so when `serial` is further ahead of the clock than the pool waits for
+/// ([`MAX_CLOCK_WAIT`]): the clock went back.
+fn warn_if_far_ahead(serial: u64) {
+    let ahead = Duration::from_micros(serial.saturating_sub(clock_serial(SystemTime::now())));
     if ahead > MAX_CLOCK_WAIT {
         tracing::warn!(
             ?ahead,
             "the serial counter is ahead of the clock (did the clock go back?); until it \
              catches up, a wiped data file could repeat numbers"
         );
-    } else if !ahead.is_zero() {
-        tokio::time::sleep(ahead).await;
     }
 }
 
