@@ -150,10 +150,13 @@ impl Issuer {
     }
 
     async fn take_serial(&self) -> Result<u64, IssueError> {
-        self.pool
-            .take(self.serial_wait)
-            .await
-            .ok_or_else(|| IssueError::NoSerials("the serial counter cannot be reached".into()))
+        self.pool.take(self.serial_wait).await.ok_or_else(|| {
+            IssueError::NoSerials(
+                "no serial came in time: the counter could not be reached, or waits for the \
+                     clock"
+                    .into(),
+            )
+        })
     }
 
     /// A record for `request` under a fresh serial. A serial the codec will not number is
