@@ -15,6 +15,10 @@ use crate::store::{RecordEntry, RecordWriter, StoreError};
 /// A number whose record already exists is skipped; after this many in a row, give up.
 const MAX_SKIPS: usize = 8;
 
+/// Why a request got no serial within its wait (the pool cannot tell which).
+const NO_SERIAL_IN_TIME: &str =
+    "no serial came in time: the counter could not be reached, or waits for the clock";
+
 #[derive(Debug, thiserror::Error)]
 pub enum IssueError {
     #[error("no serials available: {0}")]
@@ -150,13 +154,10 @@ impl Issuer {
     }
 
     async fn take_serial(&self) -> Result<u64, IssueError> {
-        self.pool.take(self.serial_wait).await.ok_or_else(|| {
-            IssueError::NoSerials(
-                "no serial came in time: the counter could not be reached, or waits for the \
-                     clock"
-                    .into(),
-            )
-        })
+        self.pool
+            .take(self.serial_wait)
+            .await
+            .ok_or_else(|| IssueError::NoSerials(NO_SERIAL_IN_TIME.into()))
     }
 
     /// A record for `request` under a fresh serial. A serial the codec will not number is

@@ -88,7 +88,7 @@ impl Memtable {
             })
             .collect::<Result<_, _>>()?;
         let mut active = lock(&self.active);
-        if active.len() + checked.len() > limit {
+        if !fits(active.len(), checked.len(), limit) {
             return Err(InsertError::Full);
         }
         let mut outcome = Vec::with_capacity(checked.len());
@@ -108,7 +108,7 @@ impl Memtable {
 
     /// Whether `more` records fit beside those waiting, within `limit`.
     pub fn has_room(&self, more: usize, limit: usize) -> bool {
-        lock(&self.active).len() + more <= limit
+        fits(lock(&self.active).len(), more, limit)
     }
 
     /// Moves every buffered record to `flushing` and returns them, to be written to disk. What a
@@ -170,6 +170,11 @@ pub enum InsertError<E> {
     /// Too many records wait for disk (it is failing or far behind).
     Full,
     Disk(E),
+}
+
+/// Whether `more` records fit beside `waiting` (not yet taken by a flush), within `limit`.
+fn fits(waiting: usize, more: usize, limit: usize) -> bool {
+    waiting + more <= limit
 }
 
 #[cfg(test)]

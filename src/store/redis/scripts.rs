@@ -191,41 +191,37 @@ pub const BUCKET_INSERT: &str = concat!(
     extend_lua!(),
     r#"
 local n = tonumber(ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 0 then
+local new = redis.call('EXISTS', KEYS[1]) == 0
+local current = {}
+if not new then current = redis.call('HMGET', KEYS[1], unpack(ARGV, 3, n + 2)) end
+local taken = false
+for i = 1, n do
+  if current[i] then taken = true end
+end
+if not taken then
   redis.call('HSET', KEYS[1], unpack(ARGV, 2 * n + 3))
-  redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+  if new then redis.call('PEXPIREAT', KEYS[1], ARGV[1]) else extend(KEYS[1], ARGV[1]) end
   return n
 end
-local current = redis.call('HMGET', KEYS[1], unpack(ARGV, 3, n + 2))
 local stored = {}
-local fresh = true
+local set = {}
+local at = 2 * n + 3
 for i = 1, n do
   stored[i] = 1
-  if current[i] then fresh = false end
-end
-if fresh then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 2 * n + 3))
-  extend(KEYS[1], ARGV[1])
-  return n
-else
-  local set = {}
-  local at = 2 * n + 3
-  for i = 1, n do
-    local count = tonumber(ARGV[n + 2 + i])
-    local given = ARGV[at + 1]
-    if count == 2 then given = given .. ARGV[at + 3] end
-    if current[i] then
-      local tail = redis.call('HGET', KEYS[1], '+' .. ARGV[at])
-      if (tail and current[i] .. tail or current[i]) ~= given then stored[i] = 0 end
-    end
-    if stored[i] == 1 then
-      for j = at, at + 2 * count - 1 do set[#set + 1] = ARGV[j] end
-    end
-    at = at + 2 * count
+  local count = tonumber(ARGV[n + 2 + i])
+  local given = ARGV[at + 1]
+  if count == 2 then given = given .. ARGV[at + 3] end
+  if current[i] then
+    local tail = redis.call('HGET', KEYS[1], '+' .. ARGV[at])
+    if (tail and current[i] .. tail or current[i]) ~= given then stored[i] = 0 end
   end
-  if #set == 0 then return stored end
-  redis.call('HSET', KEYS[1], unpack(set))
+  if stored[i] == 1 then
+    for j = at, at + 2 * count - 1 do set[#set + 1] = ARGV[j] end
+  end
+  at = at + 2 * count
 end
+if #set == 0 then return stored end
+redis.call('HSET', KEYS[1], unpack(set))
 extend(KEYS[1], ARGV[1])
 return stored
 "#
