@@ -142,3 +142,112 @@ async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
         }
     }
 }
+
+/// Idempotency replies written when they were stored under digests of their keys (main at
+/// 53c8796, `tests/fixtures/embedded-before-reply-names/`): a caller's key and an import's
+/// order ids replay their numbers after the upgrade, and keys used after it replay too.
+#[tokio::test]
+async fn replies_stored_under_digests_replay_after_the_upgrade() {
+    const DIR: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/embedded-before-reply-names"
+    );
+    let text = std::fs::read_to_string(Path::new(DIR).join("replies.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let dir = TempDir::new().unwrap();
+    std::fs::copy(
+        Path::new(DIR).join("tracknum.redb"),
+        dir.path().join("tracknum.redb"),
+    )
+    .unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let secret = fixture["secret"].as_str().unwrap();
+    let args = [
+        "--data-dir",
+        data_dir,
+        "--secret",
+        secret,
+        "--fsync",
+        "always",
+    ];
+    let orders = std::fs::read_to_string(Path::new(DIR).join("orders.csv")).unwrap();
+    let mut first_new = None;
+    for round in ["after the upgrade", "after a restart"] {
+        let app = spawn_app(config(&args)).await;
+        for kept in ["short_key", "long_key"] {
+            let kept = &fixture[kept];
+            let query = kept["query"].as_str().unwrap();
+            let reply = app
+                .client
+                .get(app.url(&format!("/next-tracking-number?{query}")))
+                .header("Idempotency-Key", kept["key"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 200, "{round}");
+            let body: Value = reply.json().await.unwrap();
+            assert_eq!(body, kept["reply"], "{round}");
+        }
+        // The same orders again, and one new: the old ones keep their numbers.
+        let numbers = import_numbers(&app, &format!("{orders}ORD-4,MY,SG,1\n")).await;
+        for (order, number) in fixture["orders"].as_object().unwrap() {
+            assert_eq!(numbers[order], *number, "{round}: {order}");
+        }
+        // ORD-4's reply is stored under its name: the restart replays it from there.
+        let new = &numbers["ORD-4"];
+        assert!(
+            !fixture["orders"]
+                .as_object()
+                .unwrap()
+                .values()
+                .any(|n| n == new)
+        );
+        assert_eq!(new, first_new.get_or_insert_with(|| new.clone()), "{round}");
+        app.stop().await;
+    }
+}
+
+/// Imports `csv` and waits for it; returns each row's number by its order id.
+async fn import_numbers(app: &TestApp, csv: &str) -> serde_json::Map<String, Value> {
+    let reply = app
+        .client
+        .post(app.url("/v1/imports"))
+        .header("content-type", "text/csv")
+        .body(csv.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let job: Value = reply.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let job: Value = app
+            .get(&format!("/v1/imports/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if job["status"] == "done" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{job}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let results = app
+        .get(&format!("/v1/imports/{id}/results"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let mut lines = results.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (order, number) = (at("order_id"), at("tracking_number"));
+    lines
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            (cells[order].to_owned(), Value::from(cells[number]))
+        })
+        .collect()
+}

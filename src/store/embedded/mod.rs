@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -23,9 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::deadline;
 use super::disk::{Access, DiskGuard, file_identity, free_bytes, unwritten_bytes};
 use super::memtable::{InsertError, Lookup, Memtable, Pending};
-use super::{
-    LeaseSource, RecordEntry, RecordStore, Removal, ReplyStore, StoreError, Swap, clock_serial,
-};
+use super::{LeaseSource, RecordEntry, RecordStore, Removal, StoreError, Swap, clock_serial};
 use crate::config::FsyncPolicy;
 use crate::domain::codec::{Layout, NODE_COUNT, NODE_SERIALS, fingerprint};
 use crate::domain::{Codec, TrackingNumber};
@@ -34,9 +33,11 @@ use crate::serials::MAX_CLOCK_WAIT;
 
 mod buckets;
 mod imports;
+mod replies;
 
 pub use buckets::BUCKET_SERIALS;
 use buckets::{BucketSize, Change, Found};
+use replies::Claims;
 
 /// Small named values: the counter and the secret.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -53,7 +54,7 @@ const BUCKET_EXPIRY: TableDefinition<(i64, u64), ()> = TableDefinition::new("buc
 /// bucket. Nothing new is added here.
 const ISSUED: TableDefinition<u64, &[u8]> = TableDefinition::new("issued");
 /// Records of any other number, keyed by the number itself; also the replies of idempotency
-/// keys, under [`REPLY_PREFIX`] (no tracking number holds a `~`).
+/// keys, under names that begin with `~` (no tracking number holds one; see [`replies`]).
 const OTHERS: TableDefinition<&str, &[u8]> = TableDefinition::new("others");
 /// (latest expiry ms, group id) → the numbers written together (into OTHERS, or into ISSUED
 /// before buckets), each prefixed by its length. One row per write, not per record: the purge
@@ -89,7 +90,6 @@ const ROOM_WAIT: Duration = Duration::from_millis(500);
 pub const WRITE_BEHIND_WINDOW: Duration = Duration::from_secs(1);
 /// How often the free space and the data file are checked.
 const UPKEEP_EVERY: Duration = Duration::from_millis(250);
-const REPLY_PREFIX: &str = "~idempotency:";
 const FILE_NAME: &str = "tracknum.redb";
 /// When the store last recovered from a disk failure (its proof that the disk takes writes).
 const LAST_RECOVERY: &str = "last_recovery";
@@ -157,6 +157,9 @@ pub struct EmbeddedStore {
     /// Idempotency keys claimed by running requests (one process owns the data dir, so claims
     /// need not outlive it): each key's claim, and when the claim runs out.
     claims: tokio::sync::Mutex<Claims>,
+    /// Until when replies stored under digests of keys that now have names may live (ms since
+    /// the epoch; see [`replies`]). Settled again when the data file is re-opened.
+    legacy_replies_until: AtomicI64,
     /// Queued imports taken by workers of this process: the queue's sequence number → the
     /// worker and when it last touched the job. Not kept on disk: after a restart, every
     /// queued job is free again, and the job resumes.
@@ -191,6 +194,7 @@ impl EmbeddedStore {
         let secret = settle_secret(&db, secret)?;
         let (node, layout) = settle_node(&db, options.node_id, None)?;
         let bucket = settle_buckets(&db, options.bucket_serials)?;
+        let legacy_replies_until = AtomicI64::new(replies::settle_legacy_replies(&db)?);
         let now = Utc::now().timestamp_millis();
         let window = match options.fsync {
             FsyncPolicy::Always => None,
@@ -216,6 +220,7 @@ impl EmbeddedStore {
             room: tokio::sync::Notify::new(),
             disk,
             claims: tokio::sync::Mutex::default(),
+            legacy_replies_until,
             import_claims: std::sync::Mutex::default(),
         };
         Ok((store, secret))
@@ -384,10 +389,10 @@ impl EmbeddedStore {
                 if settle_buckets(&db, bucket.serials())? != bucket {
                     anyhow::bail!("the data file now at the path has another bucket size");
                 }
-                Ok(secret)
+                Ok((secret, replies::settle_legacy_replies(&db)?))
             });
             match settled {
-                Ok(same) if same == secret => Ok(db),
+                Ok((same, legacy_until)) if same == secret => Ok((db, legacy_until)),
                 Ok(_) => Err(StoreError::Bug(
                     "the data file now at the path was made with another secret".into(),
                 )),
@@ -396,6 +401,9 @@ impl EmbeddedStore {
         })
         .await
         .unwrap_or_else(|e| Err(StoreError::Bug(e.to_string())))?;
+        let (reopened, legacy_until) = reopened;
+        self.legacy_replies_until
+            .store(legacy_until, std::sync::atomic::Ordering::Relaxed);
         *self.db.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(reopened));
         *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = file_identity(&self.path);
         self.blocking(Access::Repair, |db| {
@@ -1630,135 +1638,4 @@ fn purge_buckets(
         }
     }
     Ok(removed)
-}
-
-/// Past this many claims held at once, claims that ran out are dropped.
-const MAX_LIVE_CLAIMS: usize = 10_000;
-
-/// Idempotency keys claimed by requests of this process, each with when its claim runs out.
-#[derive(Default)]
-struct Claims {
-    held: HashMap<String, (Vec<u8>, std::time::Instant)>,
-    /// The map's size at which claims that ran out are dropped next (0: at the next claim).
-    sweep_at: usize,
-}
-
-fn holds_claim(
-    claims: &HashMap<String, (Vec<u8>, std::time::Instant)>,
-    key: &str,
-    claim: &[u8],
-) -> bool {
-    claims.get(key).is_some_and(|(held, _)| held == claim)
-}
-
-fn reply_key(key: &str) -> String {
-    // Keys may be 255 characters, more than a stored name holds: store a digest of them.
-    let digest = crate::domain::idempotency::fingerprint("key", key.as_bytes());
-    format!("{REPLY_PREFIX}{digest}")
-}
-
-#[async_trait]
-impl ReplyStore for EmbeddedStore {
-    async fn claim(
-        &self,
-        key: &str,
-        claim: &[u8],
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        let claims = [(key.to_owned(), claim.to_vec())];
-        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        claim: &[u8],
-        reply: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
-        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
-    }
-
-    async fn claim_many(
-        &self,
-        wanted: &[(String, Vec<u8>)],
-        ttl: Duration,
-    ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        // Checked in this order under the lock, and `complete` stores the reply before it drops
-        // the claim: a key is never seen as neither claimed nor done while its reply is written.
-        let now = std::time::Instant::now();
-        let mut claims = self.claims.lock().await;
-        if claims.held.len() > claims.sweep_at {
-            claims.held.retain(|_, (_, until)| *until > now);
-            // Swept again only once the map has doubled: never a sweep per claim.
-            claims.sweep_at = MAX_LIVE_CLAIMS.max(claims.held.len() * 2);
-        }
-        let mut held: Vec<Option<Bytes>> = wanted
-            .iter()
-            .map(|(key, _)| match claims.held.get(key) {
-                Some((held, until)) if *until > now => Some(Bytes::copy_from_slice(held)),
-                _ => None,
-            })
-            .collect();
-        // The replies of the keys not claimed here, in one read.
-        let unclaimed: Vec<usize> = (0..wanted.len()).filter(|&i| held[i].is_none()).collect();
-        let replies = unclaimed.iter().map(|&i| reply_key(&wanted[i].0)).collect();
-        for (i, done) in unclaimed.into_iter().zip(self.get_rows(replies).await?) {
-            match done {
-                Some(done) => held[i] = Some(done),
-                None => {
-                    let (key, claim) = &wanted[i];
-                    claims.held.insert(key.clone(), (claim.clone(), now + ttl));
-                }
-            }
-        }
-        Ok(held)
-    }
-
-    async fn complete_many(
-        &self,
-        done: &[(String, Vec<u8>, Vec<u8>)],
-        ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
-        let ours: Vec<bool> = {
-            let claims = self.claims.lock().await;
-            done.iter()
-                .map(|(key, claim, _)| holds_claim(&claims.held, key, claim))
-                .collect()
-        };
-        let expires_at =
-            Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-        let rows = done
-            .iter()
-            .zip(&ours)
-            .filter(|(_, ours)| **ours)
-            .map(|((key, _, reply), _)| {
-                let row = Pending {
-                    serial: None,
-                    expires_ms: expires_at.timestamp_millis(),
-                    value: Bytes::copy_from_slice(reply),
-                };
-                (reply_key(key), row)
-            })
-            .collect::<Vec<_>>();
-        if !rows.is_empty() {
-            self.insert_rows(rows, false).await?;
-        }
-        let mut claims = self.claims.lock().await;
-        for ((key, _, _), ours) in done.iter().zip(&ours) {
-            if *ours {
-                claims.held.remove(key);
-            }
-        }
-        Ok(ours)
-    }
-
-    async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
-        let mut claims = self.claims.lock().await;
-        if holds_claim(&claims.held, key, claim) {
-            claims.held.remove(key);
-        }
-        Ok(())
-    }
 }
