@@ -140,40 +140,59 @@ async fn complete_patiently(
     }
 }
 
-/// One key of [`Idempotency::begin_many`]: the key, the inputs' fingerprint, the holder's
-/// token.
-pub struct Wanted {
+/// An import's order id, to be bound to its row's planned number ([`Idempotency::bind_many`]):
+/// the key, the inputs' fingerprint, the row's token (`job:row`), and the reply that names the
+/// number.
+pub struct Binding {
     pub key: String,
     pub fingerprint: String,
     pub token: String,
+    pub body: Bytes,
+}
+
+/// What became of a [`Binding`].
+#[derive(Debug)]
+pub enum Bound {
+    /// The key holds this binding's reply: kept now, or by an earlier try of the same row
+    /// (a number is planned for one row only, so the same reply is the same row's).
+    Ours,
+    /// The key holds another reply for the same inputs (an earlier import's number).
+    Replay(SavedReply),
 }
 
 impl Idempotency {
-    /// [`Idempotency::begin_as`] for many keys, claimed in one go (an import's order ids).
-    /// Only a key another holder still has in flight is waited for, on its own.
-    pub async fn begin_many(
+    /// Binds each order id to its row's number in one step: its reply (status 200) is kept at
+    /// once, unless the key holds a state already. There is no claim before and no completion
+    /// after, so an import's row costs the store one write, not a claim and then a swap.
+    /// The row's record is stored after this: an import that meets the order id in that moment
+    /// replays the number a moment before its record can be read. A key still claimed the old
+    /// way (before bindings) under this row's own token is swapped for the reply; one claimed
+    /// by another holder is in flight.
+    pub async fn bind_many(
         &self,
-        wanted: Vec<Wanted>,
-    ) -> Result<Vec<Result<Begin, IdempotencyError>>, StoreError> {
-        let claims: Vec<(String, Vec<u8>)> = wanted
+        wanted: Vec<Binding>,
+    ) -> Result<Vec<Result<Bound, IdempotencyError>>, StoreError> {
+        let replies: Vec<(String, Vec<u8>)> = wanted
             .iter()
             .map(|w| {
-                let claim = KeyState::InFlight {
+                let reply = KeyState::Done(SavedReply {
                     fingerprint: w.fingerprint.clone(),
-                    token: w.token.clone(),
-                }
+                    status: 200,
+                    body: w.body.clone(),
+                })
                 .encode();
-                (w.key.clone(), claim)
+                (w.key.clone(), reply)
             })
             .collect();
-        let held = self.store.claim_many(&claims, CLAIM_TTL).await?;
-        let mut begun = Vec::with_capacity(wanted.len());
-        for ((w, (_, claim)), held) in wanted.into_iter().zip(claims).zip(held) {
-            let Some(held) = held.filter(|held| held.as_ref() != claim.as_slice()) else {
-                begun.push(Ok(Begin::Run(self.claim_of(w.key, w.fingerprint, claim))));
+        let held = self.store.keep_new_many(&replies, self.ttl).await?;
+        let mut bound = Vec::with_capacity(wanted.len());
+        let mut takeovers = Vec::new();
+        for (at, ((w, (_, reply)), held)) in wanted.iter().zip(&replies).zip(held).enumerate() {
+            let Some(held) = held.filter(|held| held.as_ref() != reply.as_slice()) else {
+                bound.push(Ok(Bound::Ours));
                 continue;
             };
-            begun.push(match KeyState::decode(&held) {
+            bound.push(match KeyState::decode(&held) {
                 None => Err(StoreError::Corrupt(format!(
                     "idempotency key {:?} holds an unknown state",
                     w.key
@@ -182,26 +201,35 @@ impl Idempotency {
                 Some(state) if state.fingerprint() != w.fingerprint => {
                     Err(IdempotencyError::Mismatch)
                 }
-                Some(KeyState::Done(reply)) => Ok(Begin::Replay(reply)),
-                Some(KeyState::InFlight { .. }) => {
-                    self.begin_as(&w.key, &w.fingerprint, &w.token).await
+                Some(KeyState::Done(saved)) => Ok(Bound::Replay(saved)),
+                Some(KeyState::InFlight { token, .. }) if token == w.token => {
+                    takeovers.push(at);
+                    Ok(Bound::Ours)
                 }
+                Some(KeyState::InFlight { .. }) => Err(IdempotencyError::InFlight),
             });
         }
-        Ok(begun)
-    }
-
-    /// [`Claim::finish`] for many claims, each with its reply (status 200), in one go.
-    pub async fn finish_many(&self, finished: Vec<(Claim, Bytes)>) {
-        let done: Vec<_> = finished
-            .iter()
-            .map(|(claim, body)| claim.done(200, body.clone()))
-            .collect();
-        complete_patiently(self.store.as_ref(), &done, self.ttl).await;
-        // As in `Claim::finish`: settled either way, never released after the work was done.
-        for (claim, _) in finished {
-            claim.settle();
+        if !takeovers.is_empty() {
+            let done: Vec<(String, Vec<u8>, Vec<u8>)> = takeovers
+                .iter()
+                .map(|&at| {
+                    let w = &wanted[at];
+                    let claim = KeyState::InFlight {
+                        fingerprint: w.fingerprint.clone(),
+                        token: w.token.clone(),
+                    }
+                    .encode();
+                    (w.key.clone(), claim, replies[at].1.clone())
+                })
+                .collect();
+            let ours = self.store.complete_many(&done, self.ttl).await?;
+            for (&at, ours) in takeovers.iter().zip(ours) {
+                if !ours {
+                    bound[at] = Err(IdempotencyError::InFlight);
+                }
+            }
         }
+        Ok(bound)
     }
 
     fn claim_of(&self, key: String, fingerprint: String, claim: Vec<u8>) -> Claim {
@@ -246,11 +274,6 @@ impl Claim {
         })
         .encode();
         (self.key.clone(), self.claim.clone(), reply)
-    }
-
-    /// Lets the claim go without touching its key (it has been dealt with).
-    fn settle(mut self) {
-        self.settled = true;
     }
 
     /// Frees the key: the request failed, and a retry should run afresh.
@@ -393,6 +416,79 @@ mod tests {
             service.begin("k", &fp("fp3")).await,
             Ok(Begin::Run(_))
         ));
+    }
+
+    fn binding(key: &str, inputs: &str, token: &str, number: &str) -> Binding {
+        Binding {
+            key: key.into(),
+            fingerprint: fp(inputs),
+            token: token.into(),
+            body: Bytes::from(format!("{{\"tracking_number\":\"{number}\"}}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_id_is_bound_once_and_then_replayed_to_others() {
+        let service = service(Duration::from_millis(50));
+        let first = service
+            .bind_many(vec![
+                binding("a", "in", "job-1:0", "N1"),
+                binding("b", "in", "job-1:1", "N2"),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(first[..], [Ok(Bound::Ours), Ok(Bound::Ours)]));
+        // The same row tried again (its chunk resumed) finds its own number bound.
+        let again = service
+            .bind_many(vec![binding("a", "in", "job-1:0", "N1")])
+            .await
+            .unwrap();
+        assert!(matches!(again[..], [Ok(Bound::Ours)]));
+        // Another import's row: the bound number, or a mismatch for other inputs.
+        let other = service
+            .bind_many(vec![
+                binding("a", "in", "job-2:0", "N9"),
+                binding("b", "other", "job-2:1", "N8"),
+            ])
+            .await
+            .unwrap();
+        let Ok(Bound::Replay(saved)) = &other[0] else {
+            panic!("replayed: {other:?}")
+        };
+        assert_eq!(saved.body.as_ref(), b"{\"tracking_number\":\"N1\"}");
+        assert!(matches!(other[1], Err(IdempotencyError::Mismatch)));
+    }
+
+    #[tokio::test]
+    async fn a_key_claimed_before_bindings_is_taken_over_by_its_own_row_only() {
+        let service = service(Duration::from_millis(50));
+        // Claims as the version before bindings made them: one of this row, one of another.
+        let Ok(Begin::Run(ours)) = service.begin_as("a", &fp("in"), "job-1:0").await else {
+            panic!("claimed")
+        };
+        let Ok(Begin::Run(theirs)) = service.begin_as("b", &fp("in"), "job-9:0").await else {
+            panic!("claimed")
+        };
+        let bound = service
+            .bind_many(vec![
+                binding("a", "in", "job-1:0", "N1"),
+                binding("b", "in", "job-1:1", "N2"),
+            ])
+            .await
+            .unwrap();
+        assert!(matches!(
+            bound[..],
+            [Ok(Bound::Ours), Err(IdempotencyError::InFlight)]
+        ));
+        let replay = service
+            .bind_many(vec![binding("a", "in", "job-2:0", "N3")])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&replay[..], [Ok(Bound::Replay(saved))] if saved.body.ends_with(b"\"N1\"}"))
+        );
+        // Not dropped: a dropped claim is released in the background, racing the test's end.
+        std::mem::forget((ours, theirs));
     }
 
     #[tokio::test]

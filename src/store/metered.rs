@@ -170,6 +170,15 @@ impl ReplyStore for MeteredStore {
         let result = self.inner.complete_many(done, ttl).await;
         self.count("complete_many", result)
     }
+
+    async fn keep_new_many(
+        &self,
+        replies: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let result = self.inner.keep_new_many(replies, ttl).await;
+        self.count("keep_new_many", result)
+    }
 }
 
 #[async_trait]

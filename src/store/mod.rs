@@ -270,6 +270,28 @@ pub trait ReplyStore: Send + Sync + 'static {
         }
         Ok(ours)
     }
+    /// Keeps each `(key, reply)` for `ttl` unless the key holds a state already, with no claim
+    /// before it (an import's order id bound to its number in one step); returns per key what
+    /// it held instead (None: kept now). As lasting as [`ReplyStore::complete`]'s replies. This
+    /// one claims each key, then completes it with the same bytes: a backend whose claims last
+    /// as its replies do keeps them with its claim alone.
+    async fn keep_new_many(
+        &self,
+        replies: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        let held = self.claim_many(replies, ttl).await?;
+        let done: Vec<(String, Vec<u8>, Vec<u8>)> = replies
+            .iter()
+            .zip(&held)
+            .filter(|(_, held)| held.is_none())
+            .map(|((key, reply), _)| (key.clone(), reply.clone(), reply.clone()))
+            .collect();
+        if !done.is_empty() {
+            self.complete_many(&done, ttl).await?;
+        }
+        Ok(held)
+    }
 }
 
 /// One part of an import job as stored: its state, a request to cancel it, what the upload

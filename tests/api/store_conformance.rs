@@ -10,7 +10,8 @@ use tracknum::domain::{Codec, Country, OrderInput, Record, TrackingNumber, packe
 use tracknum::store::embedded::BUCKET_SERIALS as EMBEDDED_BUCKET;
 use tracknum::store::{
     EmbeddedOptions, EmbeddedStore, ImportPart, ImportQueue, ImportStore, LeaseSource, RecordEntry,
-    RecordStore, RedisOptions, RedisStore, Removal, Store, StoreError, Swap, clock_serial,
+    RecordStore, RedisOptions, RedisStore, Removal, ReplyStore, Store, StoreError, Swap,
+    clock_serial,
 };
 
 use crate::helpers::{RedisLike, TestRedis};
@@ -488,6 +489,36 @@ async fn idempotency_keys(store: &dyn Store) {
         Some(Bytes::from_static(b"reply-n"))
     );
     assert_eq!(store.claim_many(&[], ttl).await.unwrap(), []);
+
+    // Replies kept in one step (an import's order ids bound to their numbers): kept where the
+    // key holds nothing, as a reply (no claim to complete), and what a key holds is answered.
+    let kept = store
+        .keep_new_many(
+            &[
+                ("bind-a".into(), b"reply-a".to_vec()),
+                ("many-b".into(), b"reply-x".to_vec()),
+            ],
+            ttl,
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, [None, Some(Bytes::from_static(b"reply-n"))]);
+    assert_eq!(
+        store.claim("bind-a", b"claim-q", ttl).await.unwrap(),
+        Some(Bytes::from_static(b"reply-a"))
+    );
+    assert!(
+        !store
+            .complete("bind-a", b"claim-q", b"reply-q", ttl)
+            .await
+            .unwrap()
+    );
+    let again = store
+        .keep_new_many(&[("bind-a".into(), b"reply-b".to_vec())], ttl)
+        .await
+        .unwrap();
+    assert_eq!(again, [Some(Bytes::from_static(b"reply-a"))]);
+    assert_eq!(store.keep_new_many(&[], ttl).await.unwrap(), []);
 
     // More keys than one call of the store takes (an import's chunk of order ids): each still
     // answers as it would alone.
@@ -1223,6 +1254,27 @@ async fn embedded_queued_imports_outlive_a_restart() {
     );
     store.ack_import(&again).await.unwrap();
     assert_eq!(store.next_import("w3", hour).await.unwrap(), None);
+}
+
+/// Replies kept in one step (an import's order ids) are on disk, not only in memory as a
+/// claim is: they outlive a restart under both fsync policies.
+#[tokio::test]
+async fn embedded_kept_replies_outlive_a_restart() {
+    let ttl = Duration::from_secs(3600);
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Everysec] {
+        let dir = TempDir::new().unwrap();
+        let (store, _) = EmbeddedStore::open(dir.path(), None, options(fsync)).unwrap();
+        let keys = [(":order:A".to_owned(), b"reply-a".to_vec())];
+        assert_eq!(store.keep_new_many(&keys, ttl).await.unwrap(), [None]);
+        store.sync().await.unwrap();
+        drop(store);
+        let (store, _) = EmbeddedStore::open(dir.path(), None, options(fsync)).unwrap();
+        assert_eq!(
+            store.claim(":order:A", b"claim", ttl).await.unwrap(),
+            Some(Bytes::from_static(b"reply-a")),
+            "{fsync:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -4,9 +4,10 @@
 //! chunk's numbers is stored, the numbers planned for its rows are stored: a worker that resumes
 //! a chunk another worker died in hands out the planned numbers, never second ones. Rows that
 //! carry an `order_id` go through the tenant's idempotency keys (a space of their own, apart
-//! from callers' `Idempotency-Key`s: [`Principal::order_key`]), claimed under a token named for
-//! the job and row, so rows that share an order id share a number across imports for as long
-//! as the key is kept, and a resumed row takes its own claim back.
+//! from callers' `Idempotency-Key`s: [`Principal::order_key`]): once its number is planned and
+//! kept, each order id is bound to it in one step (`Idempotency::bind_many`), before its
+//! record is stored. Rows that share an order id share a number across imports for as long as
+//! the key is kept; a resumed row finds its own number bound, and stores its record again.
 //!
 //! The job is written only over the state the worker last read or wrote (see the parent
 //! module): when that fails, someone else changed it, and the worker reloads it and lets it be.
@@ -28,7 +29,7 @@ use crate::domain::import::{
     ChunkTally, Header, ImportJob, ImportRow, JobStatus, ResultsWriter, RowOutcome, Shown,
 };
 use crate::domain::{FieldError, IssueRequest, Principal, TrackingNumber};
-use crate::service::idempotency::{Begin, Claim, IdempotencyError, Wanted};
+use crate::service::idempotency::{Binding, Bound, IdempotencyError};
 use crate::store::{ImportPart, QueuedImport, RecordEntry, StoreError};
 
 /// How long a worker waits before it looks at an empty queue again.
@@ -388,7 +389,8 @@ impl Imports {
         // Rows that share an order id within the chunk follow the first of them.
         let mut leaders: HashMap<&str, usize> = HashMap::new();
         let mut follows: Vec<(usize, usize)> = Vec::new();
-        let mut claims_wanted: Vec<usize> = Vec::new();
+        let mut is_follower = vec![false; rows.len()];
+        let mut leaders_in_order: Vec<usize> = Vec::new();
         for (at, row) in rows.iter().enumerate() {
             outcomes.push(match row {
                 Err(errors) => Outcome::Rejected(errors.clone()),
@@ -399,6 +401,7 @@ impl Imports {
                     Some(&leader) => match &rows[leader] {
                         Ok(first) if first.request == *request => {
                             follows.push((at, leader));
+                            is_follower[at] = true;
                             Outcome::Valid
                         }
                         _ => Outcome::Rejected(vec![FieldError::new(
@@ -408,7 +411,7 @@ impl Imports {
                     },
                     None => {
                         leaders.insert(order_id, at);
-                        claims_wanted.push(at);
+                        leaders_in_order.push(at);
                         Outcome::Valid
                     }
                 },
@@ -416,63 +419,11 @@ impl Imports {
             });
         }
 
-        // Claim each order id; a claim's number is planned below, a replay's is reused.
-        let owner = Principal {
-            tenant: job.tenant.clone(),
-            admin: false,
-        };
-        let mut claimed_rows = Vec::with_capacity(claims_wanted.len());
-        let mut wanted_keys = Vec::with_capacity(claims_wanted.len());
-        for &at in &claims_wanted {
-            let Ok(row) = &rows[at] else { continue };
-            let Some(order_id) = row.order_id.as_deref() else {
-                continue;
-            };
-            let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
-            claimed_rows.push(at);
-            wanted_keys.push(Wanted {
-                key: owner.order_key(order_id),
-                fingerprint: fingerprint("import-order", &inputs),
-                token: format!("{}:{}", job.id, first_row + at as u64),
-            });
-        }
-        let begun = self.idempotency.begin_many(wanted_keys).await?;
-        let mut claims: HashMap<usize, Claim> = HashMap::new();
-        for (at, begun) in claimed_rows.into_iter().zip(begun) {
-            match begun {
-                Ok(Begin::Run(claim)) => {
-                    claims.insert(at, claim);
-                }
-                Ok(Begin::Replay(saved)) => {
-                    outcomes[at] = match replayed_number(&saved.body) {
-                        Some(number) => Outcome::Issued(number),
-                        None => return Err(corrupt(&job.id, "order reply").into()),
-                    };
-                }
-                Err(IdempotencyError::Mismatch) => {
-                    outcomes[at] = Outcome::Rejected(vec![FieldError::new(
-                        "order_id",
-                        "was imported before with other inputs",
-                    )]);
-                }
-                Err(IdempotencyError::InFlight) => {
-                    outcomes[at] = Outcome::Rejected(vec![FieldError::new(
-                        "order_id",
-                        "is being imported by another job right now; import the row again later",
-                    )]);
-                }
-                Err(IdempotencyError::Store(err)) => return Err(err.into()),
-            }
-        }
-
-        // Every row still waiting for a number gets one: planned earlier (a resumed chunk) or
-        // now, and kept before any is stored.
+        // Every row that wants a number gets one planned: earlier (a resumed chunk) or now,
+        // and kept before any is bound or stored. A leader whose order id turns out to hold an
+        // earlier number leaves its planned one unused.
         let wanted: Vec<usize> = (0..rows.len())
-            .filter(|&at| {
-                matches!(outcomes[at], Outcome::Valid)
-                    && (claims.contains_key(&at)
-                        || matches!(&rows[at], Ok(r) if r.order_id.is_none()))
-            })
+            .filter(|&at| matches!(outcomes[at], Outcome::Valid) && !is_follower[at])
             .collect();
         let mut planned = self.plan_again(job, &kept, &rows)?;
         let fresh: Vec<usize> = wanted
@@ -502,24 +453,64 @@ impl Imports {
                     .map(|(plan, entry)| (plan.0, (plan, entry))),
             );
         }
-        let entries: Vec<RecordEntry> = wanted.iter().map(|at| planned[at].1.clone()).collect();
+
+        // Bind each order id to its leader's planned number, or find the number it has.
+        let owner = Principal {
+            tenant: job.tenant.clone(),
+            admin: false,
+        };
+        let bindings: Vec<Binding> = leaders_in_order
+            .iter()
+            .filter_map(|&at| {
+                let row = rows[at].as_ref().ok()?;
+                let order_id = row.order_id.as_deref()?;
+                let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
+                Some(Binding {
+                    key: owner.order_key(order_id),
+                    fingerprint: fingerprint("import-order", &inputs),
+                    token: format!("{}:{}", job.id, first_row + at as u64),
+                    body: order_reply(planned.get(&at)?.1.tracking_number),
+                })
+            })
+            .collect();
+        let bound_rows: Vec<usize> = leaders_in_order
+            .iter()
+            .copied()
+            .filter(|at| planned.contains_key(at))
+            .collect();
+        let bound = self.idempotency.bind_many(bindings).await?;
+        for (at, bound) in bound_rows.into_iter().zip(bound) {
+            outcomes[at] = match bound {
+                Ok(Bound::Ours) => continue,
+                Ok(Bound::Replay(saved)) => match replayed_number(&saved.body) {
+                    Some(number) => Outcome::Issued(number),
+                    None => return Err(corrupt(&job.id, "order reply").into()),
+                },
+                Err(IdempotencyError::Mismatch) => Outcome::Rejected(vec![FieldError::new(
+                    "order_id",
+                    "was imported before with other inputs",
+                )]),
+                Err(IdempotencyError::InFlight) => Outcome::Rejected(vec![FieldError::new(
+                    "order_id",
+                    "is being imported by another job right now; import the row again later",
+                )]),
+                Err(IdempotencyError::Store(err)) => return Err(err.into()),
+            };
+        }
+
+        // The rows still waiting store their planned records. A record that already holds a
+        // planned number is this chunk's own, stored by a worker that planned it and died.
+        let storing: Vec<usize> = wanted
+            .into_iter()
+            .filter(|at| matches!(outcomes[*at], Outcome::Valid))
+            .collect();
+        let entries: Vec<RecordEntry> = storing.iter().map(|at| planned[at].1.clone()).collect();
         for slice in entries.chunks(STORE_SLICE) {
-            // A record that already holds a planned number is this chunk's own, stored by the
-            // worker that planned it before it died.
             self.issuer.store(slice).await?;
         }
-        for (&at, entry) in wanted.iter().zip(&entries) {
+        for (&at, entry) in storing.iter().zip(&entries) {
             outcomes[at] = Outcome::Issued(entry.tracking_number);
         }
-        let mut finished = Vec::with_capacity(claims.len());
-        for (at, claim) in claims {
-            match planned.get(&at) {
-                // An order id keeps only its number: a replay needs no more.
-                Some((_, entry)) => finished.push((claim, order_reply(entry.tracking_number))),
-                None => claim.release().await,
-            }
-        }
-        self.idempotency.finish_many(finished).await;
         for (at, leader) in follows {
             outcomes[at] = outcomes[leader].clone();
         }

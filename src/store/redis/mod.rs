@@ -908,6 +908,15 @@ impl ReplyStore for RedisStore {
             .collect()
     }
 
+    /// A claim here lasts as a reply does (in Redis, for its ttl): the claim alone keeps it.
+    async fn keep_new_many(
+        &self,
+        replies: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Vec<Option<Bytes>>, StoreError> {
+        self.claim_many(replies, ttl).await
+    }
+
     async fn complete_many(
         &self,
         done: &[(String, Vec<u8>, Vec<u8>)],
