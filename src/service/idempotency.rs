@@ -459,6 +459,72 @@ mod tests {
         assert!(matches!(other[1], Err(IdempotencyError::Mismatch)));
     }
 
+    /// Claims that live only as long as the process (as the embedded store's do), and a
+    /// completion that fails once: the binding's second try must still complete.
+    #[derive(Default)]
+    struct FailsOnce {
+        keys: MapStore,
+        failed: std::sync::atomic::AtomicBool,
+        completed: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl ReplyStore for FailsOnce {
+        async fn claim(
+            &self,
+            key: &str,
+            claim: &[u8],
+            ttl: Duration,
+        ) -> Result<Option<Bytes>, StoreError> {
+            self.keys.claim(key, claim, ttl).await
+        }
+        async fn complete(
+            &self,
+            key: &str,
+            claim: &[u8],
+            reply: &[u8],
+            ttl: Duration,
+        ) -> Result<bool, StoreError> {
+            if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("the disk did not answer".into()));
+            }
+            let ours = self.keys.complete(key, claim, reply, ttl).await?;
+            if ours {
+                self.completed
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            Ok(ours)
+        }
+        async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
+            self.keys.release(key, claim).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binding_whose_completion_failed_completes_when_tried_again() {
+        let store = Arc::new(FailsOnce::default());
+        let service = Idempotency::new(
+            store.clone(),
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            Duration::from_secs(1),
+        );
+        assert!(
+            service
+                .bind_many(vec![binding("a", "in", "job-1:0", "N1")])
+                .await
+                .is_err()
+        );
+        let again = service
+            .bind_many(vec![binding("a", "in", "job-1:0", "N1")])
+            .await
+            .unwrap();
+        assert!(matches!(again[..], [Ok(Bound::Ours)]));
+        // Completed on the second try: a store whose claims live only in memory (the
+        // embedded one) keeps the reply on disk only through the completion.
+        assert_eq!(store.completed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn a_key_claimed_before_bindings_is_taken_over_by_its_own_row_only() {
         let service = service(Duration::from_millis(50));

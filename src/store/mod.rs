@@ -274,7 +274,8 @@ pub trait ReplyStore: Send + Sync + 'static {
     /// before it (an import's order id bound to its number in one step); returns per key what
     /// it held instead (None: kept now). As lasting as [`ReplyStore::complete`]'s replies. This
     /// one claims each key, then completes it with the same bytes: a backend whose claims last
-    /// as its replies do keeps them with its claim alone.
+    /// as its replies do keeps them with its claim alone. A key that holds the reply itself
+    /// is completed too: it may be the claim of a try whose completion failed.
     async fn keep_new_many(
         &self,
         replies: &[(String, Vec<u8>)],
@@ -284,7 +285,9 @@ pub trait ReplyStore: Send + Sync + 'static {
         let done: Vec<(String, Vec<u8>, Vec<u8>)> = replies
             .iter()
             .zip(&held)
-            .filter(|(_, held)| held.is_none())
+            .filter(|((_, reply), held)| {
+                held.as_deref().is_none_or(|held| held == reply.as_slice())
+            })
             .map(|((key, reply), _)| (key.clone(), reply.clone(), reply.clone()))
             .collect();
         if !done.is_empty() {

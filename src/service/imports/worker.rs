@@ -459,25 +459,21 @@ impl Imports {
             tenant: job.tenant.clone(),
             admin: false,
         };
-        let bindings: Vec<Binding> = leaders_in_order
+        let (bound_rows, bindings): (Vec<usize>, Vec<Binding>) = leaders_in_order
             .iter()
             .filter_map(|&at| {
                 let row = rows[at].as_ref().ok()?;
                 let order_id = row.order_id.as_deref()?;
                 let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
-                Some(Binding {
+                let binding = Binding {
                     key: owner.order_key(order_id),
                     fingerprint: fingerprint("import-order", &inputs),
                     token: format!("{}:{}", job.id, first_row + at as u64),
                     body: order_reply(planned.get(&at)?.1.tracking_number),
-                })
+                };
+                Some((at, binding))
             })
-            .collect();
-        let bound_rows: Vec<usize> = leaders_in_order
-            .iter()
-            .copied()
-            .filter(|at| planned.contains_key(at))
-            .collect();
+            .unzip();
         let bound = self.idempotency.bind_many(bindings).await?;
         for (at, bound) in bound_rows.into_iter().zip(bound) {
             outcomes[at] = match bound {
