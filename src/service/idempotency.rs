@@ -186,7 +186,10 @@ impl Idempotency {
             .collect();
         let held = self.store.keep_new_many(&replies, self.ttl).await?;
         let mut bound = Vec::with_capacity(wanted.len());
+        // Keys claimed the old way under this row's own token: their rows, and the swaps of the
+        // claim held for the reply.
         let mut takeovers = Vec::new();
+        let mut swaps = Vec::new();
         for (at, ((w, (_, reply)), held)) in wanted.iter().zip(&replies).zip(held).enumerate() {
             let Some(held) = held.filter(|held| held.as_ref() != reply.as_slice()) else {
                 bound.push(Ok(Bound::Ours));
@@ -204,26 +207,15 @@ impl Idempotency {
                 Some(KeyState::Done(saved)) => Ok(Bound::Replay(saved)),
                 Some(KeyState::InFlight { token, .. }) if token == w.token => {
                     takeovers.push(at);
+                    swaps.push((w.key.clone(), held.to_vec(), reply.clone()));
                     Ok(Bound::Ours)
                 }
                 Some(KeyState::InFlight { .. }) => Err(IdempotencyError::InFlight),
             });
         }
-        if !takeovers.is_empty() {
-            let done: Vec<(String, Vec<u8>, Vec<u8>)> = takeovers
-                .iter()
-                .map(|&at| {
-                    let w = &wanted[at];
-                    let claim = KeyState::InFlight {
-                        fingerprint: w.fingerprint.clone(),
-                        token: w.token.clone(),
-                    }
-                    .encode();
-                    (w.key.clone(), claim, replies[at].1.clone())
-                })
-                .collect();
-            let ours = self.store.complete_many(&done, self.ttl).await?;
-            for (&at, ours) in takeovers.iter().zip(ours) {
+        if !swaps.is_empty() {
+            let ours = self.store.complete_many(&swaps, self.ttl).await?;
+            for (at, ours) in takeovers.into_iter().zip(ours) {
                 if !ours {
                     bound[at] = Err(IdempotencyError::InFlight);
                 }
@@ -316,32 +308,39 @@ mod tests {
 
     #[async_trait]
     impl ReplyStore for MapStore {
-        async fn claim(
+        async fn claim_many(
             &self,
-            key: &str,
-            claim: &[u8],
+            claims: &[(String, Vec<u8>)],
             _: Duration,
-        ) -> Result<Option<Bytes>, StoreError> {
+        ) -> Result<Vec<Option<Bytes>>, StoreError> {
             let mut keys = self.0.lock().unwrap();
-            if let Some(held) = keys.get(key) {
-                return Ok(Some(Bytes::copy_from_slice(held)));
-            }
-            keys.insert(key.to_owned(), claim.to_vec());
-            Ok(None)
+            Ok(claims
+                .iter()
+                .map(|(key, claim)| match keys.get(key) {
+                    Some(held) => Some(Bytes::copy_from_slice(held)),
+                    None => {
+                        keys.insert(key.clone(), claim.clone());
+                        None
+                    }
+                })
+                .collect())
         }
-        async fn complete(
+        async fn complete_many(
             &self,
-            key: &str,
-            claim: &[u8],
-            reply: &[u8],
+            done: &[(String, Vec<u8>, Vec<u8>)],
             _: Duration,
-        ) -> Result<bool, StoreError> {
+        ) -> Result<Vec<bool>, StoreError> {
             let mut keys = self.0.lock().unwrap();
-            let ours = keys.get(key).is_some_and(|held| held == claim);
-            if ours {
-                keys.insert(key.to_owned(), reply.to_vec());
-            }
-            Ok(ours)
+            Ok(done
+                .iter()
+                .map(|(key, claim, reply)| {
+                    let ours = keys.get(key).is_some_and(|held| held == claim);
+                    if ours {
+                        keys.insert(key.clone(), reply.clone());
+                    }
+                    ours
+                })
+                .collect())
         }
         async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
             let mut keys = self.0.lock().unwrap();
@@ -470,29 +469,25 @@ mod tests {
 
     #[async_trait]
     impl ReplyStore for FailsOnce {
-        async fn claim(
+        async fn claim_many(
             &self,
-            key: &str,
-            claim: &[u8],
+            claims: &[(String, Vec<u8>)],
             ttl: Duration,
-        ) -> Result<Option<Bytes>, StoreError> {
-            self.keys.claim(key, claim, ttl).await
+        ) -> Result<Vec<Option<Bytes>>, StoreError> {
+            self.keys.claim_many(claims, ttl).await
         }
-        async fn complete(
+        async fn complete_many(
             &self,
-            key: &str,
-            claim: &[u8],
-            reply: &[u8],
+            done: &[(String, Vec<u8>, Vec<u8>)],
             ttl: Duration,
-        ) -> Result<bool, StoreError> {
+        ) -> Result<Vec<bool>, StoreError> {
             if !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("the disk did not answer".into()));
             }
-            let ours = self.keys.complete(key, claim, reply, ttl).await?;
-            if ours {
-                self.completed
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
+            let ours = self.keys.complete_many(done, ttl).await?;
+            let completed = ours.iter().filter(|ours| **ours).count();
+            self.completed
+                .fetch_add(completed, std::sync::atomic::Ordering::SeqCst);
             Ok(ours)
         }
         async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {

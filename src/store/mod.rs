@@ -232,7 +232,10 @@ pub trait ReplyStore: Send + Sync + 'static {
         key: &str,
         claim: &[u8],
         ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError>;
+    ) -> Result<Option<Bytes>, StoreError> {
+        let claims = [(key.to_owned(), claim.to_vec())];
+        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
+    }
     /// Replaces our `claim` with the finished `reply`, kept for `ttl`. False when the claim was
     /// no longer ours (it expired and someone else claimed the key).
     async fn complete(
@@ -241,35 +244,25 @@ pub trait ReplyStore: Send + Sync + 'static {
         claim: &[u8],
         reply: &[u8],
         ttl: Duration,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
+        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
+    }
     /// Drops our `claim` (the request failed), so a retry may run.
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError>;
     /// [`ReplyStore::claim`] for many `(key, claim)`s at once (an import's order ids), each
-    /// with what it held instead. A backend that can do them in one go does; this one does
-    /// them one after another.
+    /// with what it held instead. A single key goes the way many do.
     async fn claim_many(
         &self,
         claims: &[(String, Vec<u8>)],
         ttl: Duration,
-    ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let mut held = Vec::with_capacity(claims.len());
-        for (key, claim) in claims {
-            held.push(self.claim(key, claim, ttl).await?);
-        }
-        Ok(held)
-    }
+    ) -> Result<Vec<Option<Bytes>>, StoreError>;
     /// [`ReplyStore::complete`] for many `(key, claim, reply)`s at once.
     async fn complete_many(
         &self,
         done: &[(String, Vec<u8>, Vec<u8>)],
         ttl: Duration,
-    ) -> Result<Vec<bool>, StoreError> {
-        let mut ours = Vec::with_capacity(done.len());
-        for (key, claim, reply) in done {
-            ours.push(self.complete(key, claim, reply, ttl).await?);
-        }
-        Ok(ours)
-    }
+    ) -> Result<Vec<bool>, StoreError>;
     /// Keeps each `(key, reply)` for `ttl` unless the key holds a state already, with no claim
     /// before it (an import's order id bound to its number in one step); returns per key what
     /// it held instead (None: kept now). As lasting as [`ReplyStore::complete`]'s replies. This

@@ -135,27 +135,6 @@ impl EmbeddedStore {
 
 #[async_trait]
 impl ReplyStore for EmbeddedStore {
-    async fn claim(
-        &self,
-        key: &str,
-        claim: &[u8],
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        let claims = [(key.to_owned(), claim.to_vec())];
-        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        claim: &[u8],
-        reply: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
-        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
-    }
-
     async fn claim_many(
         &self,
         wanted: &[(String, Vec<u8>)],

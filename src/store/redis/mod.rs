@@ -857,28 +857,6 @@ impl RecordStore for RedisStore {
 
 #[async_trait]
 impl ReplyStore for RedisStore {
-    // A single key goes the way many do: one script serves both.
-    async fn claim(
-        &self,
-        key: &str,
-        claim: &[u8],
-        ttl: Duration,
-    ) -> Result<Option<Bytes>, StoreError> {
-        let claims = [(key.to_owned(), claim.to_vec())];
-        Ok(self.claim_many(&claims, ttl).await?.pop().flatten())
-    }
-
-    async fn complete(
-        &self,
-        key: &str,
-        claim: &[u8],
-        reply: &[u8],
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
-        let done = [(key.to_owned(), claim.to_vec(), reply.to_vec())];
-        Ok(self.complete_many(&done, ttl).await?.pop().unwrap_or(false))
-    }
-
     async fn release(&self, key: &str, claim: &[u8]) -> Result<(), StoreError> {
         let mut invocation = self.release_script.prepare_invoke();
         invocation.key(reply_key(key)).arg(claim);
