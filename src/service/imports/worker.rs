@@ -20,13 +20,14 @@ use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::{Held, ImportError, Imports, corrupt};
 use crate::domain::idempotency::fingerprint;
 use crate::domain::import::file::reader;
 use crate::domain::import::results::{decode_part, encode_part};
 use crate::domain::import::{
-    ChunkTally, Header, ImportJob, ImportRow, JobStatus, ResultsWriter, RowOutcome, Shown,
+    ChunkTally, Header, ImportJob, ImportRow, JobStatus, Manifest, ResultsWriter, RowOutcome, Shown,
 };
 use crate::domain::{FieldError, IssueRequest, Principal, TrackingNumber};
 use crate::service::idempotency::{Binding, Bound, IdempotencyError};
@@ -88,7 +89,7 @@ impl Imports {
     }
 
     /// Runs one job to its end, trying a chunk again while storage is unavailable.
-    async fn run(&self, queued: &QueuedImport, stop: CancellationToken) {
+    async fn run(self: &Arc<Self>, queued: &QueuedImport, stop: CancellationToken) {
         loop {
             match self.run_job(queued, &stop).await {
                 Ok(()) => return,
@@ -113,8 +114,11 @@ impl Imports {
         }
     }
 
+    /// Runs the job's chunks in order. While one chunk is bound and stored (mostly the store's
+    /// work), the next is read and planned (mostly this process's), so the two overlap; the job
+    /// advances one chunk at a time, in order, as before.
     async fn run_job(
-        &self,
+        self: &Arc<Self>,
         queued: &QueuedImport,
         stop: &CancellationToken,
     ) -> Result<(), ImportError> {
@@ -128,51 +132,43 @@ impl Imports {
         let header = manifest
             .header()
             .map_err(|_| corrupt(&queued.id, "header"))?;
+        let (manifest, header) = (Arc::new(manifest), Arc::new(header));
         let mut job = held.job.clone();
         job.recount();
-        for index in 0..chunks {
-            let chunk = index as u32;
+        let mut ahead = self.look_ahead(&job, &manifest, &header, 0).await;
+        loop {
+            let Ahead { done, next } = ahead?;
+            for tally in &done {
+                job.add(tally);
+            }
+            let prepared = match next {
+                Next::Chunk(prepared) => prepared,
+                Next::End => break,
+                Next::Cancelled => {
+                    // The counts say what the done chunks issued, and nothing runs after this.
+                    if job.cancel(Utc::now()).is_ok() {
+                        self.end(queued, &held, job, chunks).await?;
+                    }
+                    return Ok(());
+                }
+                Next::Lost => return self.forget(queued, chunks).await,
+            };
             if stop.is_cancelled() {
                 return Ok(());
             }
-            if let Some(done) = self
-                .store
-                .import_part(&job.id, ImportPart::Results(chunk))
-                .await?
-            {
-                let (tally, _) = decode_part(&done).ok_or_else(|| corrupt(&job.id, "results"))?;
-                job.add(&tally);
-                continue;
-            }
-            if self.cancel_before(&job.id, chunk).await? {
-                // The counts say what the done chunks issued, and nothing runs after this.
-                if job.cancel(Utc::now()).is_ok() {
-                    self.end(queued, &held, job, chunks).await?;
-                }
-                return Ok(());
-            }
-            let Some(file) = self
-                .store
-                .import_part(&job.id, ImportPart::File(chunk))
-                .await?
-            else {
-                return self.forget(queued, chunks).await;
-            };
-            let first_row = manifest.first_row(index);
-            let (tally, rows) = self
-                .run_chunk(&job, &header, chunk, first_row, &file)
-                .await?;
-            // The chunk's records are durable before its results say they exist.
-            self.store.sync().await?;
-            let part = encode_part(&tally, &rows);
-            self.store
-                .put_import_part(
-                    &job.id,
-                    ImportPart::Results(chunk),
-                    &part,
-                    self.expiry_of(&job),
-                )
-                .await?;
+            let following = prepared.chunk as usize + 1;
+            // The next chunk is read and planned on its own task, beside this one's commit.
+            let looking = AbortOnDropHandle::new(tokio::spawn({
+                let (this, job) = (Arc::clone(self), job.clone());
+                let (manifest, header) = (Arc::clone(&manifest), Arc::clone(&header));
+                async move { this.look_ahead(&job, &manifest, &header, following).await }
+            }));
+            // A commit that fails drops the look-ahead (which stops it): the job runs again
+            // from its stored state, as after a crash.
+            let tally = self.commit(&job, prepared).await?;
+            ahead = looking.await.unwrap_or_else(|err| {
+                Err(StoreError::bug(format!("looking ahead in an import failed: {err}")).into())
+            });
             self.count_rows(&tally);
             job.add(&tally);
             let Some(saved) = self.advance(queued, &held, job.clone(), chunks).await? else {
@@ -183,6 +179,56 @@ impl Imports {
         }
         job.finish(Utc::now());
         self.end(queued, &held, job, chunks).await
+    }
+
+    /// The job's next chunk to run, from chunk `from` on, read and planned; and the tallies of
+    /// the done chunks before it.
+    async fn look_ahead(
+        &self,
+        job: &ImportJob,
+        manifest: &Manifest,
+        header: &Header,
+        from: usize,
+    ) -> Result<Ahead, ImportError> {
+        let mut done = Vec::new();
+        for index in from..manifest.chunk_rows.len() {
+            let chunk = index as u32;
+            if let Some(part) = self
+                .store
+                .import_part(&job.id, ImportPart::Results(chunk))
+                .await?
+            {
+                let (tally, _) = decode_part(&part).ok_or_else(|| corrupt(&job.id, "results"))?;
+                done.push(tally);
+                continue;
+            }
+            if self.cancel_before(&job.id, chunk).await? {
+                return Ok(Ahead {
+                    done,
+                    next: Next::Cancelled,
+                });
+            }
+            let Some(file) = self
+                .store
+                .import_part(&job.id, ImportPart::File(chunk))
+                .await?
+            else {
+                return Ok(Ahead {
+                    done,
+                    next: Next::Lost,
+                });
+            };
+            let first_row = manifest.first_row(index);
+            let prepared = self.prepare(job, header, chunk, first_row, &file).await?;
+            return Ok(Ahead {
+                done,
+                next: Next::Chunk(prepared),
+            });
+        }
+        Ok(Ahead {
+            done,
+            next: Next::End,
+        })
     }
 
     /// The job to run, marked running (queued → running, a compare-and-swap) before any of its
@@ -326,15 +372,16 @@ impl Imports {
         }
     }
 
-    /// Issues one chunk's rows; returns its tally and its rows of results.
-    async fn run_chunk(
+    /// Reads a chunk's rows, sorts them out ([`sort_rows`]) and gives every row that wants a
+    /// number one, planned (and kept) before any is bound or stored.
+    async fn prepare(
         &self,
         job: &ImportJob,
         header: &Header,
         chunk: u32,
         first_row: u64,
         file: &[u8],
-    ) -> Result<(ChunkTally, Vec<u8>), ImportError> {
+    ) -> Result<Prepared, ImportError> {
         let kept = self.kept_plan(job, chunk).await?;
         // A resumed chunk judges its rows as when their numbers were planned: a row whose
         // `expires_at` has passed since still gets the number (and record) it was planned.
@@ -347,85 +394,47 @@ impl Imports {
             .iter()
             .map(|record| header.read(record, now))
             .collect();
-        let outcomes = if job.dry_run {
-            rows.into_iter()
+        let mut prepared = Prepared {
+            chunk,
+            first_row,
+            records,
+            outcomes: Vec::new(),
+            follows: Vec::new(),
+            bindings: Vec::new(),
+            planned: Vec::new(),
+        };
+        if job.dry_run {
+            prepared.outcomes = rows
+                .into_iter()
                 .map(|row| match row {
                     Ok(_) => Outcome::Valid,
                     Err(errors) => Outcome::Rejected(errors),
                 })
-                .collect()
-        } else {
-            self.issue_rows(job, chunk, first_row, rows, kept).await?
-        };
-        let mut tally = ChunkTally::default();
-        let mut results = ResultsWriter::new(job.delimiter);
-        for ((at, record), outcome) in records.iter().enumerate().zip(outcomes) {
-            let row = first_row + at as u64;
-            let (shown, counted) = match &outcome {
-                Outcome::Issued(number) => (Shown::Issued(*number), RowOutcome::Issued),
-                Outcome::Valid => (Shown::Valid, RowOutcome::Valid),
-                Outcome::Rejected(errors) => (
-                    Shown::Rejected(errors),
-                    RowOutcome::Rejected(errors.clone()),
-                ),
-            };
-            results.row(record, shown);
-            tally.record(row, counted);
+                .collect();
+            return Ok(prepared);
         }
-        Ok((tally, results.finish()))
+        let sorted = sort_rows(&rows);
+        prepared.planned = self
+            .plan_rows(job, chunk, &rows, &sorted.wanted, kept)
+            .await?;
+        prepared.bindings = bindings(job, first_row, &rows, &prepared.planned);
+        prepared.outcomes = sorted.outcomes;
+        prepared.follows = sorted.follows;
+        Ok(prepared)
     }
 
-    /// Gives every valid row a number: the one its order id already has, else one planned
-    /// (and kept) before it is stored.
-    async fn issue_rows(
+    /// Every wanted row's planned record, in row order: the number an earlier attempt planned,
+    /// else one planned now and kept before it is returned. A leader whose order id turns out to
+    /// hold an earlier number leaves its planned one unused.
+    async fn plan_rows(
         &self,
         job: &ImportJob,
         chunk: u32,
-        first_row: u64,
-        rows: Vec<Result<ImportRow, Vec<FieldError>>>,
+        rows: &[Result<ImportRow, Vec<FieldError>>],
+        wanted: &[usize],
         kept: Kept,
-    ) -> Result<Vec<Outcome>, ImportError> {
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(rows.len());
-        // Rows that share an order id within the chunk follow the first of them.
-        let mut leaders: HashMap<&str, usize> = HashMap::new();
-        let mut follows: Vec<(usize, usize)> = Vec::new();
-        let mut is_follower = vec![false; rows.len()];
-        let mut leaders_in_order: Vec<usize> = Vec::new();
-        for (at, row) in rows.iter().enumerate() {
-            outcomes.push(match row {
-                Err(errors) => Outcome::Rejected(errors.clone()),
-                Ok(ImportRow {
-                    order_id: Some(order_id),
-                    request,
-                }) => match leaders.get(order_id.as_str()) {
-                    Some(&leader) => match &rows[leader] {
-                        Ok(first) if first.request == *request => {
-                            follows.push((at, leader));
-                            is_follower[at] = true;
-                            Outcome::Valid
-                        }
-                        _ => Outcome::Rejected(vec![FieldError::new(
-                            "order_id",
-                            "was given earlier in the file with other inputs",
-                        )]),
-                    },
-                    None => {
-                        leaders.insert(order_id, at);
-                        leaders_in_order.push(at);
-                        Outcome::Valid
-                    }
-                },
-                Ok(_) => Outcome::Valid,
-            });
-        }
-
-        // Every row that wants a number gets one planned: earlier (a resumed chunk) or now,
-        // and kept before any is bound or stored. A leader whose order id turns out to hold an
-        // earlier number leaves its planned one unused.
-        let wanted: Vec<usize> = (0..rows.len())
-            .filter(|&at| matches!(outcomes[at], Outcome::Valid) && !is_follower[at])
-            .collect();
-        let mut planned = self.plan_again(job, &kept, &rows)?;
+    ) -> Result<Vec<(usize, RecordEntry)>, ImportError> {
+        let mut planned = self.plan_again(job, &kept, rows)?;
         let fresh: Vec<usize> = wanted
             .iter()
             .copied()
@@ -453,27 +462,81 @@ impl Imports {
                     .map(|(plan, entry)| (plan.0, (plan, entry))),
             );
         }
-
-        // Bind each order id to its leader's planned number, or find the number it has.
-        let owner = Principal {
-            tenant: job.tenant.clone(),
-            admin: false,
-        };
-        let (bound_rows, bindings): (Vec<usize>, Vec<Binding>) = leaders_in_order
+        Ok(wanted
             .iter()
-            .filter_map(|&at| {
-                let row = rows[at].as_ref().ok()?;
-                let order_id = row.order_id.as_deref()?;
-                let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
-                let binding = Binding {
-                    key: owner.order_key(order_id),
-                    fingerprint: fingerprint("import-order", &inputs),
-                    token: format!("{}:{}", job.id, first_row + at as u64),
-                    body: order_reply(planned.get(&at)?.1.tracking_number),
-                };
-                Some((at, binding))
-            })
-            .unzip();
+            .filter_map(|&at| planned.remove(&at).map(|(_, entry)| (at, entry)))
+            .collect())
+    }
+
+    /// Binds and stores a prepared chunk, makes sure its records are durable, and stores its
+    /// results (its tally travels with them). Returns the tally.
+    async fn commit(&self, job: &ImportJob, prepared: Prepared) -> Result<ChunkTally, ImportError> {
+        let Prepared {
+            chunk,
+            first_row,
+            records,
+            mut outcomes,
+            follows,
+            bindings,
+            planned,
+        } = prepared;
+        self.bind(job, &mut outcomes, bindings).await?;
+        // The rows still waiting store their planned records. A record that already holds a
+        // planned number is this chunk's own, stored by a worker that planned it and died.
+        let mut storing = Vec::with_capacity(planned.len());
+        for (at, entry) in planned {
+            if matches!(outcomes[at], Outcome::Valid) {
+                outcomes[at] = Outcome::Issued(entry.tracking_number);
+                storing.push(entry);
+            }
+        }
+        for slice in storing.chunks(STORE_SLICE) {
+            self.issuer.store(slice).await?;
+        }
+        for (at, leader) in follows {
+            outcomes[at] = outcomes[leader].clone();
+        }
+        // The chunk's records are durable before its results say they exist.
+        self.store.sync().await?;
+        let mut tally = ChunkTally::default();
+        let mut results = ResultsWriter::new(job.delimiter);
+        for ((at, record), outcome) in records.iter().enumerate().zip(&outcomes) {
+            let row = first_row + at as u64;
+            let (shown, counted) = match outcome {
+                Outcome::Issued(number) => (Shown::Issued(*number), RowOutcome::Issued),
+                Outcome::Valid => (Shown::Valid, RowOutcome::Valid),
+                Outcome::Rejected(errors) => (
+                    Shown::Rejected(errors),
+                    RowOutcome::Rejected(errors.clone()),
+                ),
+            };
+            results.row(record, shown);
+            tally.record(row, counted);
+        }
+        let part = encode_part(&tally, &results.finish());
+        self.store
+            .put_import_part(
+                &job.id,
+                ImportPart::Results(chunk),
+                &part,
+                self.expiry_of(job),
+            )
+            .await?;
+        Ok(tally)
+    }
+
+    /// Binds each order id to its leader's planned number, or finds the number it has: sets the
+    /// leaders' outcomes, except those bound to their own number (still valid, to be stored).
+    async fn bind(
+        &self,
+        job: &ImportJob,
+        outcomes: &mut [Outcome],
+        bindings: Vec<(usize, Binding)>,
+    ) -> Result<(), ImportError> {
+        if bindings.is_empty() {
+            return Ok(());
+        }
+        let (bound_rows, bindings): (Vec<usize>, Vec<Binding>) = bindings.into_iter().unzip();
         let bound = self.idempotency.bind_many(bindings).await?;
         for (at, bound) in bound_rows.into_iter().zip(bound) {
             outcomes[at] = match bound {
@@ -493,24 +556,7 @@ impl Imports {
                 Err(IdempotencyError::Store(err)) => return Err(err.into()),
             };
         }
-
-        // The rows still waiting store their planned records. A record that already holds a
-        // planned number is this chunk's own, stored by a worker that planned it and died.
-        let storing: Vec<usize> = wanted
-            .into_iter()
-            .filter(|at| matches!(outcomes[*at], Outcome::Valid))
-            .collect();
-        let entries: Vec<RecordEntry> = storing.iter().map(|at| planned[at].1.clone()).collect();
-        for slice in entries.chunks(STORE_SLICE) {
-            self.issuer.store(slice).await?;
-        }
-        for (&at, entry) in storing.iter().zip(&entries) {
-            outcomes[at] = Outcome::Issued(entry.tracking_number);
-        }
-        for (at, leader) in follows {
-            outcomes[at] = outcomes[leader].clone();
-        }
-        Ok(outcomes)
+        Ok(())
     }
 
     /// The numbers an earlier attempt planned for a chunk.
@@ -600,6 +646,121 @@ enum Outcome {
     Rejected(Vec<FieldError>),
 }
 
+/// What [`Imports::look_ahead`] found.
+struct Ahead {
+    /// The tallies of the done chunks it passed, in order.
+    done: Vec<ChunkTally>,
+    next: Next,
+}
+
+enum Next {
+    /// The next chunk to run, read and planned.
+    Chunk(Prepared),
+    /// A cancel came before the next chunk had a plan.
+    Cancelled,
+    /// Every chunk is done.
+    End,
+    /// The next chunk's file is gone (the store lost data).
+    Lost,
+}
+
+/// A chunk read and planned, to be bound and stored ([`Imports::commit`]).
+struct Prepared {
+    chunk: u32,
+    first_row: u64,
+    records: Vec<csv::ByteRecord>,
+    /// Each row's outcome so far: rejected, or valid (waiting for its number).
+    outcomes: Vec<Outcome>,
+    /// Rows that repeat an earlier row of the chunk: (row, that row).
+    follows: Vec<(usize, usize)>,
+    /// Order ids to bind to their rows' planned numbers: (row, binding).
+    bindings: Vec<(usize, Binding)>,
+    /// The planned record of each row that wants a number of its own: (row, record).
+    planned: Vec<(usize, RecordEntry)>,
+}
+
+/// A chunk's rows sorted out before any number is planned.
+#[derive(Debug)]
+struct Sorted {
+    outcomes: Vec<Outcome>,
+    /// Rows that give an earlier row's order id with the same inputs, and follow it: (row, the
+    /// row it follows).
+    follows: Vec<(usize, usize)>,
+    /// The valid rows that want a number of their own (all but the followers), in order.
+    wanted: Vec<usize>,
+}
+
+/// Sorts out a chunk's rows: invalid rows are rejected; a row that gives an earlier row's order
+/// id follows that row when its inputs are the same, and is rejected when they are not; every
+/// other valid row wants a number of its own.
+fn sort_rows(rows: &[Result<ImportRow, Vec<FieldError>>]) -> Sorted {
+    let mut leaders: HashMap<&str, usize> = HashMap::new();
+    let mut sorted = Sorted {
+        outcomes: Vec::with_capacity(rows.len()),
+        follows: Vec::new(),
+        wanted: Vec::with_capacity(rows.len()),
+    };
+    for (at, row) in rows.iter().enumerate() {
+        let outcome = match row {
+            Err(errors) => Outcome::Rejected(errors.clone()),
+            Ok(ImportRow {
+                order_id: Some(order_id),
+                request,
+            }) => match leaders.get(order_id.as_str()) {
+                Some(&leader) => match &rows[leader] {
+                    Ok(first) if first.request == *request => {
+                        sorted.follows.push((at, leader));
+                        Outcome::Valid
+                    }
+                    _ => Outcome::Rejected(vec![FieldError::new(
+                        "order_id",
+                        "was given earlier in the file with other inputs",
+                    )]),
+                },
+                None => {
+                    leaders.insert(order_id, at);
+                    sorted.wanted.push(at);
+                    Outcome::Valid
+                }
+            },
+            Ok(_) => {
+                sorted.wanted.push(at);
+                Outcome::Valid
+            }
+        };
+        sorted.outcomes.push(outcome);
+    }
+    sorted
+}
+
+/// The binding of each planned row's order id (rows without one have none) to its number.
+fn bindings(
+    job: &ImportJob,
+    first_row: u64,
+    rows: &[Result<ImportRow, Vec<FieldError>>],
+    planned: &[(usize, RecordEntry)],
+) -> Vec<(usize, Binding)> {
+    let owner = Principal {
+        tenant: job.tenant.clone(),
+        admin: false,
+    };
+    planned
+        .iter()
+        .filter_map(|(at, entry)| {
+            let row = rows[*at].as_ref().ok()?;
+            let order_id = row.order_id.as_deref()?;
+            let inputs = serde_json::to_vec(&row.request).unwrap_or_default();
+            let binding = Binding {
+                key: owner.order_key(order_id),
+                fingerprint: fingerprint("import-order", &inputs),
+                token: format!("{}:{}", job.id, first_row + *at as u64),
+                body: order_reply(entry.tracking_number),
+            };
+            Some((*at, binding))
+        })
+        .collect()
+}
+
 /// What an order id's key keeps: its number.
 fn order_reply(number: TrackingNumber) -> Bytes {
     Bytes::from(format!("{{\"tracking_number\":\"{}\"}}", number.as_str()))
@@ -619,6 +780,61 @@ fn replayed_number(body: &[u8]) -> Option<TrackingNumber> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(order_id: Option<&str>, expires_in_days: i64) -> Result<ImportRow, Vec<FieldError>> {
+        let expires = DateTime::from_timestamp(1_800_000_000 + expires_in_days * 86_400, 0);
+        Ok(ImportRow {
+            request: IssueRequest {
+                order: Default::default(),
+                expires_at: expires,
+            },
+            order_id: order_id.map(str::to_owned),
+        })
+    }
+
+    fn rejected(outcome: &Outcome) -> Option<&str> {
+        match outcome {
+            Outcome::Rejected(errors) => Some(errors[0].field.as_str()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_row_that_repeats_an_order_id_with_its_inputs_follows_the_first() {
+        let rows = vec![
+            row(Some("A"), 1),
+            row(None, 1),
+            row(Some("A"), 1),
+            row(Some("B"), 2),
+            row(Some("A"), 1),
+        ];
+        let sorted = sort_rows(&rows);
+        assert_eq!(sorted.wanted, vec![0, 1, 3]);
+        assert_eq!(sorted.follows, vec![(2, 0), (4, 0)]);
+        assert!(sorted.outcomes.iter().all(|o| matches!(o, Outcome::Valid)));
+    }
+
+    #[test]
+    fn a_row_that_repeats_an_order_id_with_other_inputs_is_rejected() {
+        let rows = vec![row(Some("A"), 1), row(Some("A"), 2), row(Some("A"), 1)];
+        let sorted = sort_rows(&rows);
+        assert_eq!(sorted.wanted, vec![0]);
+        assert_eq!(sorted.follows, vec![(2, 0)]);
+        assert_eq!(rejected(&sorted.outcomes[1]), Some("order_id"));
+        assert_eq!(rejected(&sorted.outcomes[0]), None);
+    }
+
+    #[test]
+    fn invalid_rows_are_rejected_and_lead_no_order_id() {
+        let invalid = Err(vec![FieldError::new("weight", "is not a number")]);
+        let rows = vec![invalid.clone(), row(Some("A"), 1), invalid, row(None, 1)];
+        let sorted = sort_rows(&rows);
+        assert_eq!(sorted.wanted, vec![1, 3]);
+        assert!(sorted.follows.is_empty());
+        assert_eq!(rejected(&sorted.outcomes[0]), Some("weight"));
+        assert_eq!(rejected(&sorted.outcomes[2]), Some("weight"));
+        assert_eq!(rejected(&sorted.outcomes[1]), None);
+    }
 
     #[test]
     fn an_order_reply_gives_back_its_number() {

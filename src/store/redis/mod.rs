@@ -24,6 +24,7 @@
 //! ([`spread`]).
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -114,6 +115,9 @@ pub struct RedisStore {
     release_script: redis::Script,
     /// [`scripts::CLAIM_MANY`] and [`scripts::COMPLETE_MANY`], for pipelines ([`spread`]).
     claim_many: Lua,
+    /// Whether claims go by [`scripts::CLAIM_MANY`]: the server refused `SET … NX … GET`
+    /// (older than Redis 7.0). Until then, a claim is that one command ([`RedisStore::claim_each`]).
+    claims_by_script: AtomicBool,
     complete_many: Lua,
     options: RedisOptions,
     /// The record writer's own connection, kept across batches so no batch pays for a pool
@@ -137,6 +141,7 @@ impl RedisStore {
             own_script: redis::Script::new(scripts::OWN),
             release_script: redis::Script::new(scripts::RELEASE),
             claim_many: Lua::new(scripts::CLAIM_MANY),
+            claims_by_script: AtomicBool::new(false),
             complete_many: Lua::new(scripts::COMPLETE_MANY),
             options,
             writer_conn: Mutex::new(None),
@@ -429,6 +434,62 @@ impl RedisStore {
             unreachable!("sent at most twice")
         })
         .await
+    }
+
+    /// Makes claims go by script from now on, as on a server older than Redis 7.0 (which is
+    /// how tests reach that path on a newer one).
+    pub fn claim_by_script(&self) {
+        self.claims_by_script.store(true, Ordering::Relaxed);
+    }
+
+    /// Claims each key unless it holds a state: per key what it held (nil: claimed now), or why
+    /// its call failed. A `SET … NX PX … GET` per key, one pipeline per master: a plain
+    /// command costs Redis a third of what a script's `GET` and `SET` cost. A server older than
+    /// Redis 7.0 refuses that form, and from then on claims go by script, a call per group of
+    /// keys ([`spread::key_groups`]). Keys the refused try set anyway (on a cluster's newer
+    /// masters) hold the caller's own claim, which the script gives back as held, and the caller
+    /// takes as its own.
+    async fn claim_each(
+        &self,
+        claims: &[(String, Vec<u8>)],
+        ttl: Duration,
+    ) -> Result<Replies, StoreError> {
+        let ttl = ttl_ms(ttl);
+        if !self.claims_by_script.load(Ordering::Relaxed) {
+            let calls: Vec<Call<'_>> = claims
+                .iter()
+                .map(|(key, claim)| {
+                    let key = reply_key(key);
+                    let mut cmd = redis::cmd("SET");
+                    cmd.arg(&key)
+                        .arg(claim.as_slice())
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl)
+                        .arg("GET");
+                    Call {
+                        key,
+                        body: Body::Command(cmd),
+                    }
+                })
+                .collect();
+            let held = self.spread(&calls).await?;
+            if !held
+                .iter()
+                .any(|reply| matches!(reply, Err(err) if spread::is_syntax_refusal(err)))
+            {
+                return Ok(held);
+            }
+            tracing::info!(
+                "Redis refused SET … NX … GET (it is older than 7.0): claims go by script"
+            );
+            self.claim_by_script();
+        }
+        let keyed = claims
+            .iter()
+            .map(|(key, claim)| (reply_key(key), vec![Bytes::copy_from_slice(claim)]));
+        let ttl = Bytes::from(ttl.to_string());
+        self.per_key(&self.claim_many, ttl, keyed.collect()).await
     }
 
     /// Runs `lua`, a script over many keys (`KEYS`; `ARGV` = `first`, then each key's own
@@ -864,17 +925,13 @@ impl ReplyStore for RedisStore {
         Ok(())
     }
 
-    // One script call per group of keys ([`spread::key_groups`]), one pipeline per master.
+    // A command per key, one pipeline per master ([`RedisStore::claim_each`]).
     async fn claim_many(
         &self,
         claims: &[(String, Vec<u8>)],
         ttl: Duration,
     ) -> Result<Vec<Option<Bytes>>, StoreError> {
-        let ttl = Bytes::from(ttl_ms(ttl).to_string());
-        let keyed = claims
-            .iter()
-            .map(|(key, claim)| (reply_key(key), vec![Bytes::copy_from_slice(claim)]));
-        let held = self.per_key(&self.claim_many, ttl, keyed.collect()).await?;
+        let held = self.claim_each(claims, ttl).await?;
         held.into_iter()
             .map(|reply| match reply? {
                 Value::Nil => Ok(None),

@@ -286,15 +286,31 @@ async fn by_slot(
     failure
 }
 
-/// A reply, or the refusal it is (in our words: the code only).
+/// A reply, or the refusal it is (in our words: the code only, and whether it was the syntax).
 fn refused(value: Value) -> Result<Value, StoreError> {
     match value {
+        Value::ServerError(err) if is_syntax_error(err.code(), err.details()) => {
+            Err(StoreError::Unavailable(SYNTAX_REFUSAL.to_owned()))
+        }
         Value::ServerError(err) => Err(StoreError::Unavailable(format!(
             "Redis refused a call: {}",
             err.code()
         ))),
         value => Ok(value),
     }
+}
+
+/// How a call the server does not know the form of fails: a server older than the command's
+/// form (`SET … NX … GET` before Redis 7.0, say) answers `ERR syntax error`.
+const SYNTAX_REFUSAL: &str = "Redis refused a call's syntax";
+
+fn is_syntax_error(code: &str, details: Option<&str>) -> bool {
+    code == "ERR" && details.is_some_and(|details| details.starts_with("syntax error"))
+}
+
+/// Whether a call failed because the server does not know its form ([`refused`]).
+pub fn is_syntax_refusal(err: &StoreError) -> bool {
+    matches!(err, StoreError::Unavailable(why) if why == SYNTAX_REFUSAL)
 }
 
 fn is_redirect(value: &Value) -> bool {
@@ -312,6 +328,25 @@ fn short_reply() -> RedisError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_syntax_is_told_apart_from_other_refusals() {
+        let server_error =
+            |text: &str| redis::parse_redis_value(format!("-{text}\r\n").as_bytes()).unwrap();
+        // What Redis 6.2 answers `SET k v NX PX 1000 GET`.
+        let syntax = refused(server_error("ERR syntax error")).unwrap_err();
+        assert!(is_syntax_refusal(&syntax));
+        for other in [
+            "ERR wrong number of arguments for 'set' command",
+            "OOM command not allowed",
+        ] {
+            let err = refused(server_error(other)).unwrap_err();
+            assert!(!is_syntax_refusal(&err), "{other}");
+        }
+        assert!(!is_syntax_refusal(&StoreError::unavailable(
+            "connection refused"
+        )));
+    }
 
     #[test]
     fn on_one_server_any_keys_share_a_call_up_to_the_most_one_takes() {
