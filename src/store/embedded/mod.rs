@@ -5,10 +5,10 @@
 //! tick (every 200 ms); or (`--fsync always`) committed with fsync before the reply, in group
 //! commits.
 //!
-//! Its rooms: [`open`] settles a data dir (the file, the secret, the node and the bucket size it
-//! was made with); [`lease`] leases serials from the counter; [`rows`] is the value layout, the
-//! tables and the write-behind path to disk; [`records`] is the record store on top; [`buckets`]
-//! packs records by serial; [`replies`] keeps idempotency replies, and [`imports`] imports' parts
+//! Its rooms: `open` settles a data dir (the file, the secret, the node and the bucket size it
+//! was made with); `lease` leases serials from the counter; `rows` is the value layout, the
+//! tables and the write-behind path to disk; `records` is the record store on top; `buckets`
+//! packs records by serial; `replies` keeps idempotency replies, and `imports` imports' parts
 //! and queue.
 
 use std::collections::HashMap;

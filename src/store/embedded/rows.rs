@@ -195,10 +195,7 @@ pub(super) fn write_tables(
     })
 }
 
-fn read_tables(
-    tx: &redb::ReadTransaction,
-    size: BucketSize,
-) -> Result<ReadTables, StoreError> {
+fn read_tables(tx: &redb::ReadTransaction, size: BucketSize) -> Result<ReadTables, StoreError> {
     Ok(Tables {
         issued: tx.open_table(ISSUED).map_err(db_err)?,
         others: tx.open_table(OTHERS).map_err(db_err)?,
@@ -447,11 +444,7 @@ fn store_bucket(
 }
 
 /// Removes the ISSUED row of `serial` if it holds `number`'s record.
-fn drop_legacy(
-    tables: &mut WriteTables<'_>,
-    serial: u64,
-    number: &str,
-) -> Result<(), StoreError> {
+fn drop_legacy(tables: &mut WriteTables<'_>, serial: u64, number: &str) -> Result<(), StoreError> {
     let holds = tables
         .legacy_record(Slot::Issued(serial), number, |_| ())
         .unwrap_or(Some(())) // a damaged row of this serial goes too: its record moves
