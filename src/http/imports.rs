@@ -2,8 +2,6 @@
 //! queues its job; `GET /v1/imports/{id}` is the job, `GET /v1/imports/{id}/results` its
 //! results as CSV, `GET /v1/imports` the recent jobs, and `DELETE /v1/imports/{id}` cancels one.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyExt, BodyStream, Either, StreamBody};
@@ -11,15 +9,13 @@ use hyper::body::Frame;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::{Call, Problem, Response, SharedState, body, idempotent, json_reply, query, reply};
 use crate::domain::FieldError;
-use crate::domain::idempotency::fingerprint;
-use crate::domain::import::chunks::CHUNK_BYTES;
-use crate::domain::import::{Chunker, Delimiter, ImportJob};
+use crate::domain::import::{Delimiter, ImportJob};
 use crate::server::{BodyError, RequestBody};
-use crate::service::imports::{Draft, Finished, Imports, MAX_PAGE, ResultsStream};
+use crate::service::imports::upload::{Received, Sink, UploadError};
+use crate::service::imports::{Finished, MAX_PAGE, ResultsStream};
 
 /// A listing shows this many jobs a page unless asked for another number.
 const DEFAULT_PAGE: usize = 20;
@@ -213,15 +209,6 @@ fn page_params(raw: &str) -> Result<(usize, i64), Vec<FieldError>> {
     }
 }
 
-/// An upload stored in full: its chunks are in the store, its job not yet.
-struct Received {
-    draft: Unsubmitted,
-    upload: crate::domain::import::Upload,
-    /// The file and parameters, digested: a retry with the same `Idempotency-Key` must send
-    /// the same.
-    fingerprint: String,
-}
-
 /// Reads the upload as it arrives, storing each chunk of whole rows as soon as it is complete:
 /// the file is never held whole.
 async fn receive(
@@ -242,11 +229,11 @@ async fn receive(
         }
     });
     let body = Box::pin(body);
-    let mut sink = Sink::new(state.imports.clone(), params, limit);
+    let mut sink = Sink::new(state.imports.clone(), &params.raw, params.delimiter, limit);
     match feed(&mut sink, body, boundary, limit).await {
-        Ok(()) => sink.finish().await,
+        Ok(()) => Ok(sink.finish().await?),
         Err(problem) => {
-            sink.imports.abandon(sink.draft).await;
+            sink.abandon().await;
             Err(problem)
         }
     }
@@ -291,100 +278,6 @@ async fn feed(
     }
 }
 
-/// An upload stored in full whose job is not made yet: dropped before it is (its request
-/// refused, replayed or gone), what it stored is removed.
-struct Unsubmitted {
-    imports: Arc<Imports>,
-    draft: Option<Draft>,
-}
-
-impl Unsubmitted {
-    fn take(&mut self) -> Draft {
-        self.draft.take().expect("a draft is submitted once")
-    }
-}
-
-impl Drop for Unsubmitted {
-    fn drop(&mut self) {
-        let (Some(draft), Ok(runtime)) = (self.draft.take(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let imports = self.imports.clone();
-        runtime.spawn(async move { imports.abandon(draft).await });
-    }
-}
-
-/// Where an upload's bytes go: counted against the limit, digested, cut into chunks, stored.
-struct Sink {
-    imports: Arc<Imports>,
-    chunker: Chunker,
-    draft: Draft,
-    digest: Sha256,
-    seen: u64,
-    limit: u64,
-}
-
-impl Sink {
-    fn new(imports: Arc<Imports>, params: &UploadParams, limit: u64) -> Sink {
-        let mut digest = Sha256::new();
-        digest.update(params.raw.as_bytes());
-        digest.update([0]);
-        Sink {
-            draft: imports.draft(),
-            imports,
-            chunker: Chunker::new(params.delimiter, CHUNK_BYTES),
-            digest,
-            seen: 0,
-            limit,
-        }
-    }
-
-    async fn take(&mut self, piece: &[u8]) -> Result<(), Problem> {
-        self.seen += piece.len() as u64;
-        if self.seen > self.limit {
-            return Err(Problem::too_large(self.limit as usize));
-        }
-        self.digest.update(piece);
-        for chunk in self.chunker.feed(piece).map_err(Problem::invalid)? {
-            self.imports.put_chunk(&mut self.draft, chunk).await?;
-        }
-        Ok(())
-    }
-
-    async fn finish(self) -> Result<Received, Problem> {
-        let Sink {
-            imports,
-            chunker,
-            mut draft,
-            digest,
-            ..
-        } = self;
-        let stored = async {
-            let (chunks, upload) = chunker.finish().map_err(Problem::invalid)?;
-            for chunk in chunks {
-                imports.put_chunk(&mut draft, chunk).await?;
-            }
-            Ok::<_, Problem>(upload)
-        }
-        .await;
-        match stored {
-            Ok(upload) => Ok(Received {
-                draft: Unsubmitted {
-                    imports,
-                    draft: Some(draft),
-                },
-                upload,
-                fingerprint: fingerprint("import", &digest.finalize()),
-            }),
-            Err(problem) => {
-                imports.abandon(draft).await;
-                Err(problem)
-            }
-        }
-    }
-}
-
 /// The results as body frames; a storage failure mid-way ends the body with an error, so the
 /// client sees a cut reply, never a short file that looks whole.
 fn frames(results: ResultsStream) -> impl Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
@@ -426,5 +319,15 @@ fn bad_form(err: multer::Error, limit: u64) -> Problem {
             "body",
             "is not a valid multipart/form-data body",
         )]),
+    }
+}
+
+impl From<UploadError> for Problem {
+    fn from(err: UploadError) -> Problem {
+        match err {
+            UploadError::TooLarge(limit) => Problem::too_large(limit as usize),
+            UploadError::Invalid(errors) => Problem::invalid(errors),
+            UploadError::Store(err) => err.into(),
+        }
     }
 }

@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::store::{ImportPart, Store, StoreError};
 
 mod results;
+pub mod upload;
 mod worker;
 
 pub use results::ResultsStream;
