@@ -9,15 +9,26 @@ pub const MAX_KEY_LEN: usize = 255;
 /// Hex characters of a fingerprint (128 bits of SHA-256).
 const FINGERPRINT_LEN: usize = 32;
 
-/// Checks an `Idempotency-Key` value: 1-255 printable ASCII characters.
-pub fn check_key(value: &[u8]) -> Result<&str, &'static str> {
-    if value.is_empty() || value.len() > MAX_KEY_LEN {
-        return Err("must be 1 to 255 characters");
+/// An `Idempotency-Key` value: 1 to 255 printable ASCII characters. A caller's own, scoped to
+/// its tenant where it is kept ([`crate::domain::Principal::scope_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The key `value` is, or why it is none.
+    pub fn parse(value: String) -> Result<IdempotencyKey, &'static str> {
+        if value.is_empty() || value.len() > MAX_KEY_LEN {
+            return Err("must be 1 to 255 characters");
+        }
+        if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+            return Err("must be printable ASCII");
+        }
+        Ok(IdempotencyKey(value))
     }
-    if !value.iter().all(|b| (0x20..=0x7e).contains(b)) {
-        return Err("must be printable ASCII");
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
-    std::str::from_utf8(value).map_err(|_| "must be printable ASCII")
 }
 
 /// The fingerprint of a request: which operation, and its validated inputs in canonical form.
@@ -106,12 +117,13 @@ mod tests {
 
     #[test]
     fn keys_are_1_to_255_printable_ascii() {
-        assert_eq!(check_key(b"order-42 retry"), Ok("order-42 retry"));
-        assert!(check_key(&[b'k'; 255]).is_ok());
-        assert!(check_key(&[b'k'; 256]).is_err());
-        assert!(check_key(b"").is_err());
-        assert!(check_key(b"tab\there").is_err());
-        assert!(check_key("caf\u{e9}".as_bytes()).is_err());
+        let key = |value: &str| IdempotencyKey::parse(value.to_owned());
+        assert_eq!(key("order-42 retry").unwrap().as_str(), "order-42 retry");
+        assert!(key(&"k".repeat(255)).is_ok());
+        assert!(key(&"k".repeat(256)).is_err());
+        assert!(key("").is_err());
+        assert!(key("tab\there").is_err());
+        assert!(key("caf\u{e9}").is_err());
     }
 
     #[test]

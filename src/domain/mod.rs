@@ -19,6 +19,7 @@ pub mod tracking_number;
 
 pub use codec::Codec;
 pub use country::Country;
+pub use idempotency::IdempotencyKey;
 pub use order::{FieldError, Order, OrderInput, Weight};
 pub use patch::{BadMove, RecordPatch};
 pub use record::{Record, Status, etag};

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::idempotency::IdempotencyKey;
+
 /// A tenant's name: 1 to 64 characters of `A-Z a-z 0-9 . _ -` (the rule for key names, so a
 /// key's name can be its tenant).
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -90,7 +92,8 @@ impl Principal {
 
     /// The name an idempotency key is stored under: the principal's tenant, `/`, the key. No
     /// tenant name holds a `/`, so two tenants never share a stored key.
-    pub fn scope_key(&self, key: &str) -> String {
+    pub fn scope_key(&self, key: &IdempotencyKey) -> String {
+        let key = key.as_str();
         let tenant = self.tenant.as_ref().map_or("", Tenant::as_str);
         let mut scoped = String::with_capacity(tenant.len() + 1 + key.len());
         scoped.push_str(tenant);
@@ -143,14 +146,18 @@ mod tests {
 
     #[test]
     fn scoped_keys_never_collide_across_tenants() {
+        let key = |value: &str| IdempotencyKey::parse(value.to_owned()).unwrap();
         let a = Principal::member(tenant("a"));
         let ab = Principal::member(tenant("a-b"));
-        assert_ne!(a.scope_key("b/k"), ab.scope_key("k"));
-        assert_ne!(a.scope_key("k"), Principal::OPEN.scope_key("k"));
-        assert_eq!(a.scope_key("k"), "a/k");
-        assert_eq!(Principal::OPEN.scope_key("a/k"), "/a/k");
+        assert_ne!(a.scope_key(&key("b/k")), ab.scope_key(&key("k")));
+        assert_ne!(a.scope_key(&key("k")), Principal::OPEN.scope_key(&key("k")));
+        assert_eq!(a.scope_key(&key("k")), "a/k");
+        assert_eq!(Principal::OPEN.scope_key(&key("a/k")), "/a/k");
         // A key may hold `/`, a tenant may not: the first `/` always ends the tenant.
-        assert_ne!(a.scope_key("x/k"), Principal::OPEN.scope_key("a/x/k"));
+        assert_ne!(
+            a.scope_key(&key("x/k")),
+            Principal::OPEN.scope_key(&key("a/x/k"))
+        );
     }
 
     #[test]
@@ -166,6 +173,10 @@ mod tests {
                     order.clone(),
                     format!(":order:{order_id}"),
                 ] {
+                    // No caller can give an empty key.
+                    let Ok(key) = IdempotencyKey::parse(key) else {
+                        continue;
+                    };
                     for caller in [&a, &Principal::OPEN] {
                         assert_ne!(caller.scope_key(&key), order, "{key:?}");
                     }

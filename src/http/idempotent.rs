@@ -15,7 +15,7 @@ use hyper::header::HeaderValue;
 
 use super::{Problem, Response, SharedState, request_id};
 use crate::domain::Principal;
-use crate::domain::idempotency::check_key;
+use crate::domain::IdempotencyKey;
 use crate::service::idempotency::{Begin, CLAIM_TTL};
 use crate::store::deadline::with_patience;
 
@@ -26,14 +26,11 @@ pub const HEADER: &str = "Idempotency-Key";
 const KEYED_PATIENCE: Duration = Duration::from_secs(CLAIM_TTL.as_secs() * 5 / 6);
 
 /// Checks an `Idempotency-Key` header value.
-pub fn key(value: Option<String>) -> Result<Option<String>, Problem> {
-    match value {
-        None => Ok(None),
-        Some(value) => match check_key(value.as_bytes()) {
-            Ok(_) => Ok(Some(value)),
-            Err(message) => Err(Problem::invalid_header(HEADER, message)),
-        },
-    }
+pub fn key(value: Option<String>) -> Result<Option<IdempotencyKey>, Problem> {
+    value
+        .map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(|message| Problem::invalid_header(HEADER, message))
 }
 
 /// What a handler's work answers: a status and a body, or a problem.
@@ -44,7 +41,7 @@ pub type Outcome = Result<(StatusCode, Bytes), Problem>;
 pub async fn respond<Run>(
     state: &SharedState,
     who: &Principal,
-    key: Option<String>,
+    key: Option<IdempotencyKey>,
     fingerprint: Option<String>,
     run: Run,
     reply: fn(StatusCode, Bytes) -> Response,
