@@ -14,8 +14,8 @@ use hyper::StatusCode;
 use hyper::header::HeaderValue;
 
 use super::{Problem, Response, SharedState, request_id};
-use crate::domain::Principal;
 use crate::domain::IdempotencyKey;
+use crate::domain::Principal;
 use crate::service::idempotency::{Begin, CLAIM_TTL};
 use crate::store::deadline::with_patience;
 

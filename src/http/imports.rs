@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{Call, Problem, Response, SharedState, body, idempotent, json_reply, query, reply};
 use crate::domain::FieldError;
-use crate::domain::import::{Delimiter, ImportJob};
+use crate::domain::import::{Delimiter, ImportId, ImportJob};
 use crate::server::{BodyError, RequestBody};
 use crate::service::imports::upload::{Received, Sink, UploadError};
 use crate::service::imports::{Finished, MAX_PAGE, ResultsStream};
@@ -59,7 +59,10 @@ pub async fn create(call: Call) -> Response {
 
 /// `GET /v1/imports/{id}`.
 pub async fn get(call: Call) -> Response {
-    match call.state.imports.job(&call.param, &call.who).await {
+    let Some(id) = ImportId::parse(&call.param) else {
+        return no_such_import();
+    };
+    match call.state.imports.job(&id, &call.who).await {
         Ok(Some(job)) => json_reply(StatusCode::OK, job_json(&job)),
         Ok(None) => no_such_import(),
         Err(err) => Problem::from(err).into_response(),
@@ -93,8 +96,11 @@ pub async fn list(call: Call) -> Response {
 
 /// `GET /v1/imports/{id}/results`: streamed, once the job has ended.
 pub async fn results(call: Call) -> Response {
+    let Some(id) = ImportId::parse(&call.param) else {
+        return no_such_import();
+    };
     let imports = call.state.imports.clone();
-    match imports.results(&call.param, &call.who).await {
+    match imports.results(&id, &call.who).await {
         Ok(Some(Ok(results))) => {
             let mut response = reply(StatusCode::OK, CSV, Bytes::new());
             *response.body_mut() =
@@ -126,7 +132,10 @@ pub async fn results(call: Call) -> Response {
 /// once the chunk in flight is done, which the reply waits for (a few seconds at most). Rows
 /// already issued keep their numbers, and the job's counts and results say which.
 pub async fn cancel(call: Call) -> Response {
-    match call.state.imports.cancel(&call.param, &call.who).await {
+    let Some(id) = ImportId::parse(&call.param) else {
+        return no_such_import();
+    };
+    match call.state.imports.cancel(&id, &call.who).await {
         Ok(Some(Ok(job))) => json_reply(StatusCode::ACCEPTED, job_json(&job)),
         Ok(Some(Err(Finished(status)))) => Problem::conflict(
             "urn:tracknum:problem:import-finished",

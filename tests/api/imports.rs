@@ -888,13 +888,15 @@ async fn job_and_results(client: &reqwest::Client, base: &str, id: &str) -> (Val
     (job, response.bytes().await.unwrap().to_vec())
 }
 
-/// Uploads 40,000 rows to the first of `bases` and cancels them there `after` the upload
+/// Uploads 100,000 rows to the first of `bases` and cancels them there `after` the upload
 /// (while queued, or in the job's first chunk), whichever instance's worker takes the job. Once
 /// the job has ended it never changes again: status, counts and results stay byte for byte what
 /// they were through 2 s of reads from every base, and the results name as many numbers as the
 /// job says it issued, each with its record. Returns the numbers.
 async fn cancel_early(client: &reqwest::Client, bases: &[String], after: Duration) -> Vec<String> {
-    let rows = 40_000;
+    // Enough rows that the job outlasts the latest cancel (a worker plans a chunk while it
+    // stores the one before: 40,000 rows once ended within 600 ms on Redis).
+    let rows = 100_000;
     // Order ids of their own: a row of an earlier run's file would get that run's number back.
     let file = orders_file(&format!("after-{}-", after.as_millis()), rows);
     let (status, job, _) = upload_to(client, &bases[0], "", file).await;

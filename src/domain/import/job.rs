@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::file::{Delimiter, RowError};
+use super::id::ImportId;
 use crate::domain::order::FieldError;
 use crate::domain::{Principal, Tenant};
 
@@ -97,8 +98,8 @@ impl ChunkTally {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportJob {
-    #[schema(examples("5f0c6b8a9d2e4f1b8c3a7e6d5b4a3c2f"))]
-    pub id: String,
+    #[schema(value_type = String, examples("5f0c6b8a9d2e4f1b8c3a7e6d5b4a3c2f"))]
+    pub id: ImportId,
     pub status: JobStatus,
     pub dry_run: bool,
     pub delimiter: Delimiter,
@@ -124,7 +125,7 @@ pub struct ImportJob {
 impl ImportJob {
     /// A new job for a file of `total` rows: queued, or done at once when there are none.
     pub fn new(
-        id: String,
+        id: ImportId,
         tenant: Option<Tenant>,
         total: u64,
         dry_run: bool,
@@ -239,7 +240,7 @@ mod tests {
     }
 
     fn job(total: u64) -> ImportJob {
-        ImportJob::new("job-1".into(), None, total, false, Delimiter::Comma, now())
+        ImportJob::new(ImportId::new(), None, total, false, Delimiter::Comma, now())
     }
 
     fn bad(field: &str) -> RowOutcome {
@@ -289,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_dry_run_counts_valid_rows_and_issues_none() {
-        let mut job = ImportJob::new("d".into(), None, 2, true, Delimiter::Tab, now());
+        let mut job = ImportJob::new(ImportId::new(), None, 2, true, Delimiter::Tab, now());
         job.start(now());
         job.record(1, RowOutcome::Valid);
         job.record(2, bad("origin_country_id"));
@@ -363,7 +364,7 @@ mod tests {
         let acme = Tenant::parse("acme").unwrap();
         let other = Tenant::parse("other").unwrap();
         let job = ImportJob::new(
-            "j".into(),
+            ImportId::new(),
             Some(acme.clone()),
             1,
             false,

@@ -5,10 +5,12 @@
 
 pub mod chunks;
 pub mod file;
+pub mod id;
 pub mod job;
 pub mod results;
 
 pub use chunks::{Chunk, Chunker, Manifest, Upload};
 pub use file::{Delimiter, Header, ImportRow, RowError};
+pub use id::ImportId;
 pub use job::{ChunkTally, ImportJob, JobStatus, RowCounts, RowOutcome};
 pub use results::{ResultsWriter, Shown};

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::idempotency::Idempotency;
 use super::issuer::{IssueError, Issuer};
-use crate::domain::import::{Chunk, ImportJob, JobStatus, Manifest, Upload};
+use crate::domain::import::{Chunk, ImportId, ImportJob, JobStatus, Manifest, Upload};
 use crate::domain::{Principal, Tenant};
 use crate::metrics::Metrics;
 use crate::store::{ImportPart, Store, StoreError};
@@ -94,7 +94,7 @@ pub struct Imports {
 
 /// An upload on its way in: its id, and the rows of each chunk stored so far.
 pub struct Draft {
-    pub id: String,
+    pub id: ImportId,
     created_at: DateTime<Utc>,
     expires_at: DateTime<Utc>,
     chunk_rows: Vec<u64>,
@@ -164,11 +164,11 @@ impl Imports {
     /// A new upload.
     pub fn draft(&self) -> Draft {
         let now = Utc::now().trunc_subsecs(6);
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        lock(&self.live).insert(id.clone());
+        let id = ImportId::new();
+        lock(&self.live).insert(id.to_string());
         Draft {
             _live: LiveUpload {
-                id: id.clone(),
+                id: id.to_string(),
                 live: self.live.clone(),
             },
             id,
@@ -185,7 +185,7 @@ impl Imports {
         let index = draft.chunk_rows.len() as u32;
         self.store
             .put_import_part(
-                &draft.id,
+                draft.id.as_str(),
                 ImportPart::File(index),
                 &chunk.bytes,
                 draft.expires_at,
@@ -216,12 +216,23 @@ impl Imports {
         let submitted = async {
             let manifest = serde_json::to_vec(&manifest).map_err(StoreError::bug)?;
             self.store
-                .put_import_part(&job.id, ImportPart::Manifest, &manifest, draft.expires_at)
+                .put_import_part(
+                    job.id.as_str(),
+                    ImportPart::Manifest,
+                    &manifest,
+                    draft.expires_at,
+                )
                 .await?;
             let bytes = serde_json::to_vec(&job).map_err(StoreError::bug)?;
             let new = self
                 .store
-                .swap_import_part(&job.id, ImportPart::Job, None, &bytes, draft.expires_at)
+                .swap_import_part(
+                    job.id.as_str(),
+                    ImportPart::Job,
+                    None,
+                    &bytes,
+                    draft.expires_at,
+                )
                 .await?;
             if !new {
                 return Err(StoreError::bug("an import id was made twice"));
@@ -229,10 +240,10 @@ impl Imports {
             let owner = job.tenant.as_ref().map_or("", Tenant::as_str);
             let created_us = draft.created_at.timestamp_micros();
             self.store
-                .list_import(owner, &job.id, created_us, draft.expires_at)
+                .list_import(owner, job.id.as_str(), created_us, draft.expires_at)
                 .await?;
             if job.status == JobStatus::Queued {
-                self.store.enqueue_import(&job.id).await?;
+                self.store.enqueue_import(job.id.as_str()).await?;
             }
             Ok(())
         };
@@ -257,11 +268,15 @@ impl Imports {
     /// the parts have expired; should the process stop first, [`Imports::sweep`] finds them.
     pub async fn abandon(&self, draft: Draft) {
         let parts = draft.parts();
-        let Err(err) = self.store.drop_import_parts(&draft.id, &parts).await else {
+        let Err(err) = self
+            .store
+            .drop_import_parts(draft.id.as_str(), &parts)
+            .await
+        else {
             return;
         };
         tracing::warn!(
-            import = draft.id,
+            import = draft.id.as_str(),
             error = %err,
             "could not remove an abandoned upload; trying again in the background"
         );
@@ -300,12 +315,16 @@ impl Imports {
         }
     }
 
-    /// Job `id`, if `who` may see it. An id this service never makes is not looked up.
-    pub async fn job(&self, id: &str, who: &Principal) -> Result<Option<ImportJob>, StoreError> {
-        if !is_import_id(id) {
-            return Ok(None);
-        }
-        Ok(self.load(id).await?.filter(|job| job.visible_to(who)))
+    /// Job `id`, if `who` may see it.
+    pub async fn job(
+        &self,
+        id: &ImportId,
+        who: &Principal,
+    ) -> Result<Option<ImportJob>, StoreError> {
+        Ok(self
+            .load(id.as_str())
+            .await?
+            .filter(|job| job.visible_to(who)))
     }
 
     /// The jobs `who` may see, newest first: at most `limit` created before `before_us`.
@@ -328,7 +347,10 @@ impl Imports {
             let exhausted = listed.len() < limit;
             for entry in listed {
                 before = entry.created_us;
-                if let Some(job) = self.job(&entry.id, who).await? {
+                let Some(id) = ImportId::parse(&entry.id) else {
+                    continue;
+                };
+                if let Some(job) = self.job(&id, who).await? {
                     jobs.push(job);
                     if jobs.len() == limit {
                         return Ok(Page {
@@ -350,12 +372,10 @@ impl Imports {
     /// it had already ended.
     pub async fn cancel(
         &self,
-        id: &str,
+        id: &ImportId,
         who: &Principal,
     ) -> Result<Option<Result<ImportJob, Finished>>, StoreError> {
-        if !is_import_id(id) {
-            return Ok(None);
-        }
+        let id = id.as_str();
         let Some(mut held) = self.held(id).await?.filter(|h| h.job.visible_to(who)) else {
             return Ok(None);
         };
@@ -400,12 +420,13 @@ impl Imports {
     /// cannot see it; `Finished` (with its status) while it has not ended.
     pub async fn results(
         self: &Arc<Self>,
-        id: &str,
+        id: &ImportId,
         who: &Principal,
     ) -> Result<Option<Result<ResultsStream, Finished>>, StoreError> {
         let Some(job) = self.job(id, who).await? else {
             return Ok(None);
         };
+        let id = id.as_str();
         if !job.status.is_finished() {
             return Ok(Some(Err(Finished(job.status))));
         }
@@ -435,7 +456,7 @@ impl Imports {
         let swapped = self
             .store
             .swap_import_part(
-                &job.id,
+                job.id.as_str(),
                 ImportPart::Job,
                 Some(&held.bytes),
                 &bytes,
@@ -500,11 +521,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Whether `id` has the form of the ids [`Imports::draft`] makes: 32 lowercase hex digits.
-fn is_import_id(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 fn corrupt(id: &str, part: &str) -> StoreError {
     StoreError::Corrupt(format!("import {id} holds a bad {part}"))
 }
@@ -557,20 +573,5 @@ mod tests {
         .await;
         assert!(!removed);
         assert_eq!(tries.load(Ordering::SeqCst), 0);
-    }
-
-    #[test]
-    fn only_ids_of_the_form_we_make_are_looked_up() {
-        let made = uuid::Uuid::new_v4().simple().to_string();
-        assert!(is_import_id(&made));
-        for bad in [
-            "",
-            "abc",
-            &made.to_uppercase(),
-            &format!("{made}0"),
-            "{x}:job",
-        ] {
-            assert!(!is_import_id(bad), "{bad}");
-        }
     }
 }

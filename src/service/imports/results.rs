@@ -75,7 +75,7 @@ impl ResultsStream {
     }
 
     async fn chunk(&self, chunk: u32) -> Result<Bytes, StoreError> {
-        let (store, id) = (&self.imports.store, &self.job.id);
+        let (store, id) = (&self.imports.store, self.job.id.as_str());
         if let Some(part) = store.import_part(id, ImportPart::Results(chunk)).await? {
             let (_, rows) = decode_part(&part).ok_or_else(|| corrupt(id, "results"))?;
             return Ok(Bytes::copy_from_slice(rows));

@@ -195,14 +195,15 @@ impl Imports {
             let chunk = index as u32;
             if let Some(part) = self
                 .store
-                .import_part(&job.id, ImportPart::Results(chunk))
+                .import_part(job.id.as_str(), ImportPart::Results(chunk))
                 .await?
             {
-                let (tally, _) = decode_part(&part).ok_or_else(|| corrupt(&job.id, "results"))?;
+                let (tally, _) =
+                    decode_part(&part).ok_or_else(|| corrupt(job.id.as_str(), "results"))?;
                 done.push(tally);
                 continue;
             }
-            if self.cancel_before(&job.id, chunk).await? {
+            if self.cancel_before(job.id.as_str(), chunk).await? {
                 return Ok(Ahead {
                     done,
                     next: Next::Cancelled,
@@ -210,7 +211,7 @@ impl Imports {
             }
             let Some(file) = self
                 .store
-                .import_part(&job.id, ImportPart::File(chunk))
+                .import_part(job.id.as_str(), ImportPart::File(chunk))
                 .await?
             else {
                 return Ok(Ahead {
@@ -389,7 +390,7 @@ impl Imports {
         let records: Vec<csv::ByteRecord> = reader(job.delimiter, file)
             .byte_records()
             .collect::<Result<_, _>>()
-            .map_err(|_| corrupt(&job.id, "file"))?;
+            .map_err(|_| corrupt(job.id.as_str(), "file"))?;
         let rows: Vec<Result<ImportRow, Vec<FieldError>>> = records
             .iter()
             .map(|record| header.read(record, now))
@@ -516,7 +517,7 @@ impl Imports {
         let part = encode_part(&tally, &results.finish());
         self.store
             .put_import_part(
-                &job.id,
+                job.id.as_str(),
                 ImportPart::Results(chunk),
                 &part,
                 self.expiry_of(job),
@@ -543,7 +544,7 @@ impl Imports {
                 Ok(Bound::Ours) => continue,
                 Ok(Bound::Replay(saved)) => match replayed_number(&saved.body) {
                     Some(number) => Outcome::Issued(number),
-                    None => return Err(corrupt(&job.id, "order reply").into()),
+                    None => return Err(corrupt(job.id.as_str(), "order reply").into()),
                 },
                 Err(IdempotencyError::Mismatch) => Outcome::Rejected(vec![FieldError::new(
                     "order_id",
@@ -563,12 +564,13 @@ impl Imports {
     async fn kept_plan(&self, job: &ImportJob, chunk: u32) -> Result<Kept, ImportError> {
         let Some(bytes) = self
             .store
-            .import_part(&job.id, ImportPart::Plan(chunk))
+            .import_part(job.id.as_str(), ImportPart::Plan(chunk))
             .await?
         else {
             return Ok(Kept::default());
         };
-        let planned = serde_json::from_slice(&bytes).map_err(|_| corrupt(&job.id, "plan"))?;
+        let planned =
+            serde_json::from_slice(&bytes).map_err(|_| corrupt(job.id.as_str(), "plan"))?;
         Ok(Kept {
             bytes: Some(bytes),
             planned,
@@ -589,8 +591,8 @@ impl Imports {
             let Some(Ok(row)) = rows.get(at) else {
                 continue;
             };
-            let made =
-                DateTime::from_timestamp_micros(made_us).ok_or_else(|| corrupt(&job.id, "plan"))?;
+            let made = DateTime::from_timestamp_micros(made_us)
+                .ok_or_else(|| corrupt(job.id.as_str(), "plan"))?;
             let entry = self
                 .issuer
                 .record_for(&row.request, job.tenant.as_ref(), serial, made)?;
@@ -618,7 +620,7 @@ impl Imports {
         let kept_now = self
             .store
             .swap_import_part(
-                &job.id,
+                job.id.as_str(),
                 ImportPart::Plan(chunk),
                 kept.bytes.as_deref(),
                 &bytes,
