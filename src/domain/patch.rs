@@ -47,7 +47,7 @@ impl RecordPatch {
         let mut input = OrderInput::default();
         let mut cleared: Vec<&str> = Vec::new();
         for (name, value) in object {
-            let text = match json_text(value) {
+            let text = match json_text(name, value) {
                 Ok(text) => text,
                 Err(message) => {
                     errors.push(FieldError::new(name.clone(), message));

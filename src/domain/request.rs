@@ -32,6 +32,10 @@ pub const INPUT_NAMES: [&str; 8] = [
     "expires_at",
 ];
 
+/// The inputs a JSON body may give as a number as well as a string; every other input takes a
+/// string only.
+pub const NUMBER_INPUTS: [&str; 1] = ["weight"];
+
 /// The inputs of one issue, as received.
 #[derive(Debug, Default, Clone)]
 pub struct IssueInput<'a> {
@@ -98,7 +102,7 @@ impl<'a> IssueInput<'a> {
                 errors.push(FieldError::new(format!("{prefix}{name}"), MSG_UNKNOWN));
                 continue;
             };
-            match json_text(value) {
+            match json_text(name, value) {
                 Ok(text) => *slot = text.map(Cow::Owned),
                 Err(message) => errors.push(FieldError::new(format!("{prefix}{name}"), message)),
             }
@@ -113,13 +117,13 @@ pub fn parse_expiry(text: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     (at > now).then_some(at)
 }
 
-/// A JSON input as the text the validators take: strings as they are, numbers in their JSON
-/// spelling (so `"weight": 1.5` works), null as absent.
-pub fn json_text(value: &Value) -> Result<Option<String>, &'static str> {
+/// JSON input `name` as the text the validators take: strings as they are, a number in its JSON
+/// spelling where the input takes one ([`NUMBER_INPUTS`]: `"weight": 1.5`), null as absent.
+pub fn json_text(name: &str, value: &Value) -> Result<Option<String>, &'static str> {
     match value {
         Value::Null => Ok(None),
         Value::String(text) => Ok(Some(text.clone())),
-        Value::Number(number) => Ok(Some(number.to_string())),
+        Value::Number(number) if NUMBER_INPUTS.contains(&name) => Ok(Some(number.to_string())),
         _ => Err(MSG_STRING),
     }
 }
@@ -422,10 +426,23 @@ mod tests {
 
     #[test]
     fn json_inputs_take_strings_numbers_and_null() {
-        assert_eq!(json_text(&Value::from("MY")), Ok(Some("MY".into())));
-        assert_eq!(json_text(&serde_json::json!(1.25)), Ok(Some("1.25".into())));
-        assert_eq!(json_text(&Value::Null), Ok(None));
-        assert_eq!(json_text(&serde_json::json!([1])), Err(MSG_STRING));
+        use serde_json::json;
+        let text = |name, value| json_text(name, &value);
+        assert_eq!(
+            text("origin_country_id", json!("MY")),
+            Ok(Some("MY".into()))
+        );
+        assert_eq!(text("weight", json!(1.25)), Ok(Some("1.25".into())));
+        assert_eq!(text("weight", json!("1.25")), Ok(Some("1.25".into())));
+        assert_eq!(text("customer_slug", Value::Null), Ok(None));
+        assert_eq!(text("weight", json!([1])), Err(MSG_STRING));
+        // Only the inputs that take a number may be one (a slug of 12 is no slug).
+        for name in INPUT_NAMES
+            .iter()
+            .filter(|name| !NUMBER_INPUTS.contains(name))
+        {
+            assert_eq!(json_text(name, &json!(12)), Err(MSG_STRING), "{name}");
+        }
         let request = issue_from_json(
             &object(r#"{"customer_name": "RedBox Logistics", "destination_country_id": null}"#),
             now(),

@@ -11,7 +11,7 @@ use utoipa::openapi::{
 use utoipa::{IntoParams, PartialSchema, ToSchema};
 
 use crate::domain::order::MAX_KILOGRAMS;
-use crate::domain::request::MAX_BATCH;
+use crate::domain::request::{MAX_BATCH, NUMBER_INPUTS};
 use crate::domain::{Record, Status};
 use crate::http::idempotent;
 
@@ -30,8 +30,6 @@ struct Input {
     description: &'static str,
     /// The schema of its text, as the query takes it.
     text: fn() -> ObjectBuilder,
-    /// In JSON, a number will do as well.
-    number: bool,
 }
 
 const INPUTS: [Input; 8] = [
@@ -41,19 +39,16 @@ const INPUTS: [Input; 8] = [
                       code, any case (`my` is `MY`). Unassigned codes such as `ZZ` or `AA` are \
                       refused. It becomes the number's first two characters.",
         text: || text(COUNTRY).examples(["MY"]),
-        number: false,
     },
     Input {
         name: "destination_country_id",
         description: "Where the parcel goes: an assigned ISO 3166-1 alpha-2 code, any case.",
         text: || text(COUNTRY).examples(["ID"]),
-        number: false,
     },
     Input {
         name: "weight",
         description: "Kilograms, greater than zero, with up to 6 integer digits and 3 decimals.",
         text: || text(WEIGHT).examples(["1.234"]),
-        number: true,
     },
     Input {
         name: "created_at",
@@ -61,7 +56,6 @@ const INPUTS: [Input; 8] = [
                       sent unencoded in a query (read as a space) is accepted. Records return \
                       it as `order_created_at`.",
         text: || date_time().examples(["2018-11-20T19:29:32+08:00"]),
-        number: false,
     },
     Input {
         name: "customer_id",
@@ -69,7 +63,6 @@ const INPUTS: [Input; 8] = [
                       lower case). It keys the customer tag, the number's third and fourth \
                       characters; without it, the slug does.",
         text: || text(UUID).examples(["de619854-b59b-425e-9db4-943979e1bd49"]),
-        number: false,
     },
     Input {
         name: "customer_name",
@@ -79,7 +72,6 @@ const INPUTS: [Input; 8] = [
                 .max_length(Some(200))
                 .examples(["RedBox Logistics"])
         },
-        number: false,
     },
     Input {
         name: "customer_slug",
@@ -90,7 +82,6 @@ const INPUTS: [Input; 8] = [
                 .max_length(Some(100))
                 .examples(["redbox-logistics"])
         },
-        number: false,
     },
     Input {
         name: "expires_at",
@@ -98,7 +89,6 @@ const INPUTS: [Input; 8] = [
                       The default is the issue time plus the server's record TTL (30 days \
                       unless configured otherwise).",
         text: || date_time().examples(["2030-01-31T00:00:00Z"]),
-        number: false,
     },
 ];
 
@@ -114,12 +104,12 @@ fn text(pattern: &str) -> ObjectBuilder {
         .pattern(Some(pattern))
 }
 
-/// An input as a JSON member: its text, or `null` (the same as leaving it out). `weight` may
-/// also be a JSON number.
+/// An input as a JSON member: its text, or `null` (the same as leaving it out); a number too
+/// for the inputs that take one ([`NUMBER_INPUTS`]).
 fn json_member(input: &Input) -> Schema {
     let mut types = vec![Type::String, Type::Null];
     let mut schema = (input.text)();
-    if input.number {
+    if NUMBER_INPUTS.contains(&input.name) {
         types.insert(0, Type::Number);
         schema = schema
             .exclusive_minimum(Some(0.0))
