@@ -395,33 +395,40 @@ impl Imports {
             .iter()
             .map(|record| header.read(record, now))
             .collect();
-        let mut prepared = Prepared {
-            chunk,
-            first_row,
-            records,
-            outcomes: Vec::new(),
-            follows: Vec::new(),
-            bindings: Vec::new(),
-            planned: Vec::new(),
-        };
         if job.dry_run {
-            prepared.outcomes = rows
+            let outcomes = rows
                 .into_iter()
                 .map(|row| match row {
                     Ok(_) => Outcome::Valid,
                     Err(errors) => Outcome::Rejected(errors),
                 })
                 .collect();
-            return Ok(prepared);
+            return Ok(Prepared {
+                chunk,
+                first_row,
+                records,
+                outcomes,
+                follows: Vec::new(),
+                bindings: Vec::new(),
+                planned: Vec::new(),
+            });
         }
-        let sorted = sort_rows(&rows);
-        prepared.planned = self
-            .plan_rows(job, chunk, &rows, &sorted.wanted, kept)
-            .await?;
-        prepared.bindings = bindings(job, first_row, &rows, &prepared.planned);
-        prepared.outcomes = sorted.outcomes;
-        prepared.follows = sorted.follows;
-        Ok(prepared)
+        let Sorted {
+            outcomes,
+            follows,
+            wanted,
+        } = sort_rows(&rows);
+        let planned = self.plan_rows(job, chunk, &rows, &wanted, kept).await?;
+        let bindings = bindings(job, first_row, &rows, &planned);
+        Ok(Prepared {
+            chunk,
+            first_row,
+            records,
+            outcomes,
+            follows,
+            bindings,
+            planned,
+        })
     }
 
     /// Every wanted row's planned record, in row order: the number an earlier attempt planned,
@@ -457,15 +464,11 @@ impl Imports {
                 })
                 .collect();
             self.keep_plan(job, chunk, &kept, &fresh).await?;
-            planned.extend(
-                fresh
-                    .into_iter()
-                    .map(|(plan, entry)| (plan.0, (plan, entry))),
-            );
+            planned.extend(fresh.into_iter().map(|((at, _, _), entry)| (at, entry)));
         }
         Ok(wanted
             .iter()
-            .filter_map(|&at| planned.remove(&at).map(|(_, entry)| (at, entry)))
+            .filter_map(|&at| planned.remove(&at).map(|entry| (at, entry)))
             .collect())
     }
 
@@ -584,10 +587,9 @@ impl Imports {
         job: &ImportJob,
         kept: &Kept,
         rows: &[Result<ImportRow, Vec<FieldError>>],
-    ) -> Result<HashMap<usize, (Planned, RecordEntry)>, ImportError> {
+    ) -> Result<HashMap<usize, RecordEntry>, ImportError> {
         let mut again = HashMap::with_capacity(kept.planned.len());
-        for &plan in &kept.planned {
-            let (at, serial, made_us) = plan;
+        for &(at, serial, made_us) in &kept.planned {
             let Some(Ok(row)) = rows.get(at) else {
                 continue;
             };
@@ -596,7 +598,7 @@ impl Imports {
             let entry = self
                 .issuer
                 .record_for(&row.request, job.tenant.as_ref(), serial, made)?;
-            again.insert(at, (plan, entry));
+            again.insert(at, entry);
         }
         Ok(again)
     }
