@@ -2,13 +2,13 @@
 //! the listener, serves until told to stop, then drains requests and flushes pending record
 //! writes.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +18,10 @@ use crate::access::ratelimit::{LocalLimiter, Quota, RateLimiter, RedisLimiter};
 use crate::config::Config;
 use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
+use crate::http::AppState;
 use crate::http::cors::Cors;
+use crate::http::edge::Edge;
 use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, Limits};
-use crate::http::{AppState, routes};
 use crate::metrics::Metrics;
 use crate::periodic;
 use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
@@ -53,8 +54,8 @@ const MAX_HEADERS: usize = 100;
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
-    state: Arc<AppState>,
-    gateway: Arc<Gateway>,
+    edge: Arc<Edge>,
+    metrics: Arc<Metrics>,
     server: ServerOptions,
     store: Arc<dyn Store>,
     writer_task: JoinHandle<()>,
@@ -175,7 +176,9 @@ impl Application {
             refill,
             metrics: metrics.clone(),
         });
-        let gateway = build_gateway(&config, metrics, &stop_background, &mut background)?;
+        let gateway = build_gateway(&config, metrics.clone(), &stop_background, &mut background)?;
+        let cors = Cors::from_list(&config.cors_origins).map_err(anyhow::Error::msg)?;
+        let edge = Arc::new(Edge::new(Arc::new(gateway), state, cors));
 
         let listener = TcpListener::bind(config.listen)
             .await
@@ -195,8 +198,8 @@ impl Application {
         Ok(Application {
             listener,
             addr,
-            state,
-            gateway: Arc::new(gateway),
+            edge,
+            metrics,
             server: ServerOptions {
                 max_connections: config.max_connections as usize,
                 idle_timeout: config.idle_timeout,
@@ -226,8 +229,8 @@ impl Application {
         let Application {
             listener,
             addr: _,
-            state,
-            gateway,
+            edge,
+            metrics,
             server,
             store,
             writer_task,
@@ -235,17 +238,7 @@ impl Application {
             stop_background,
         } = self;
         let drain_timeout = server.drain_timeout;
-        let metrics = gateway.metrics.clone();
-        let make_service = move |remote| {
-            let (gateway, state) = (gateway.clone(), state.clone());
-            hyper::service::service_fn(move |request| {
-                let (gateway, state) = (gateway.clone(), state.clone());
-                async move {
-                    let route = |request, who, route| routes::dispatch(state, request, who, route);
-                    Ok::<_, Infallible>(gateway.handle(remote, request, route).await)
-                }
-            })
-        };
+        let make_service = move |remote| TowerToHyperService::new(edge.service(remote));
         if !server::serve(listener, make_service, server, metrics, shutdown).await {
             tracing::warn!(?drain_timeout, "drain timed out; closing open connections");
         }
@@ -268,7 +261,7 @@ impl Application {
     }
 }
 
-/// Everything around the routes: API keys, rate limits, CORS and request limits.
+/// The checks before the routes: API keys, rate limits and request limits.
 fn build_gateway(
     config: &Config,
     metrics: Arc<Metrics>,
@@ -312,7 +305,6 @@ fn build_gateway(
         metrics,
         keys,
         limiter,
-        cors: Cors::from_list(&config.cors_origins).map_err(anyhow::Error::msg)?,
         limits: Limits {
             request_timeout: config.request_timeout,
             max_uri_bytes: config.max_uri_bytes as usize,

@@ -31,7 +31,8 @@ use tokio::sync::{Semaphore, watch};
 use progress::Watched;
 use streams::{Idle, Streams, Tracked};
 
-use crate::http::{Problem, Response, routes};
+use crate::http::edge::{Reply, outgoing};
+use crate::http::{Problem, routes};
 use crate::metrics::Metrics;
 
 /// Read buffer cap for a request head. Well above `--max-header-bytes` and the URI limit, so
@@ -63,10 +64,7 @@ pub async fn serve<M, S>(
 ) -> bool
 where
     M: Fn(SocketAddr) -> S,
-    S: Service<Request<RequestBody>, Response = Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<RequestBody>, Response = Reply, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     let idle_timeout = options.idle_timeout;
@@ -190,9 +188,9 @@ where
 fn with_watched_body<S>(
     service: S,
     idle: Duration,
-) -> impl Service<Request<Incoming>, Response = Response, Error = Infallible, Future = S::Future>
+) -> impl Service<Request<Incoming>, Response = Reply, Error = Infallible, Future = S::Future>
 where
-    S: Service<Request<RequestBody>, Response = Response, Error = Infallible>,
+    S: Service<Request<RequestBody>, Response = Reply, Error = Infallible>,
 {
     service_fn(move |request: Request<Incoming>| {
         service.call(request.map(|body| RequestBody::new(body, idle)))
@@ -266,12 +264,9 @@ async fn sniff_version(stream: &TcpStream) -> Option<HttpVersion> {
 
 /// The one request of a connection over the cap: an open route (a probe, say) is answered as
 /// usual, anything else gets a 503 problem.
-async fn probe_or_refuse<S>(
-    service: S,
-    request: Request<RequestBody>,
-) -> Result<Response, Infallible>
+async fn probe_or_refuse<S>(service: S, request: Request<RequestBody>) -> Result<Reply, Infallible>
 where
-    S: Service<Request<RequestBody>, Response = Response, Error = Infallible>,
+    S: Service<Request<RequestBody>, Response = Reply, Error = Infallible>,
 {
     // Open routes (probes, metrics, the API description) need no storage write and no key.
     let open = routes::find(request.uri().path())
@@ -281,7 +276,7 @@ where
     if open {
         return service.call(request).await;
     }
-    let mut response = Problem::too_many_connections().into_response();
+    let mut response = outgoing(Problem::too_many_connections().into_response());
     response
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -3,13 +3,12 @@
 //! for `--idle-timeout` fails as a broken one does (the server's `RequestBody`).
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use super::Problem;
+use super::{Problem, RequestBody};
 use crate::domain::FieldError;
 use crate::domain::request::json_object;
-use crate::server::RequestBody;
 
 /// A PATCH or PUT body: one record's worth of fields.
 pub const RECORD_LIMIT: usize = 64 * 1024;
@@ -17,15 +16,24 @@ pub const RECORD_LIMIT: usize = 64 * 1024;
 pub const BATCH_LIMIT: usize = 2 * 1024 * 1024;
 
 /// Reads the whole body, refusing it as soon as it passes `limit` bytes.
-pub async fn read(body: RequestBody, limit: usize) -> Result<Bytes, Problem> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<LengthLimitError>() => Err(Problem::too_large(limit)),
-        Err(err) => {
+pub async fn read(mut body: RequestBody, limit: usize) -> Result<Bytes, Problem> {
+    let (mut pieces, mut len) = (Vec::new(), 0);
+    while let Some(piece) = body.next().await {
+        let piece: Bytes = piece.map_err(|err| {
             tracing::debug!(error = %err, "a request body could not be read");
-            Err(unreadable())
+            unreadable()
+        })?;
+        len += piece.len();
+        if len > limit {
+            return Err(Problem::too_large(limit));
         }
+        pieces.push(piece);
     }
+    Ok(match pieces.len() {
+        0 => Bytes::new(),
+        1 => pieces.swap_remove(0),
+        _ => pieces.concat().into(),
+    })
 }
 
 /// A body whose connection failed, or went quiet, while it was sent.

@@ -1,9 +1,13 @@
-//! CORS: which browser origins may call the API (none unless configured), answering preflight
-//! requests and marking replies to allowed origins.
+//! CORS: which browser origins may call the API (none unless configured). tower-http's layer
+//! answers preflights and marks replies (`Cors::layer`); what stays here is the check of a
+//! preflight against the path's own methods, so that a refused one gets a problem naming its
+//! field (tower-http answers it as if allowed, and leaves the browser to refuse it silently).
 
-use super::Response;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, StatusCode};
+use std::time::Duration;
+
+use hyper::Method;
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
 /// Request headers a browser may send beyond the CORS-safelisted ones.
 const ALLOW_HEADERS: [&str; 5] = [
@@ -14,9 +18,18 @@ const ALLOW_HEADERS: [&str; 5] = [
     "x-request-id",
 ];
 /// Response headers a browser script may read beyond the CORS-safelisted ones.
-const EXPOSE_HEADERS: &str = "ETag, Location, Retry-After, Idempotent-Replayed, X-Request-Id, \
-                              RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset";
-const MAX_AGE_SECS: &str = "600";
+const EXPOSE_HEADERS: [&str; 8] = [
+    "etag",
+    "location",
+    "retry-after",
+    "idempotent-replayed",
+    "x-request-id",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+];
+/// How long a browser may keep a preflight's answer.
+const MAX_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Cors {
@@ -83,14 +96,14 @@ impl Cors {
             && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     }
 
-    /// Answers a preflight for a path that takes `methods` (`GET, HEAD, …`): 204 with what is
-    /// allowed, or a 403 problem naming what is not.
-    pub fn preflight(
+    /// Checks a preflight for a path that takes `methods` (`GET, HEAD, …`): `Err` names the
+    /// field that is not allowed, and why.
+    pub fn check_preflight(
         &self,
         headers: &HeaderMap,
         methods: &str,
-    ) -> Result<Response, (&'static str, String)> {
-        let origin = headers
+    ) -> Result<(), (&'static str, String)> {
+        headers
             .get(header::ORIGIN)
             .filter(|origin| self.allows(origin))
             .ok_or(("Origin", "this origin may not call the API".to_owned()))?;
@@ -119,47 +132,33 @@ impl Cors {
                 format!("not allowed: {}", refused.join(", ")),
             ));
         }
-        let mut response = Response::new(super::full(bytes::Bytes::new()));
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        let out = response.headers_mut();
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        if let Ok(methods) = HeaderValue::from_str(methods) {
-            out.insert(header::ACCESS_CONTROL_ALLOW_METHODS, methods);
-        }
-        if let Ok(asked) = HeaderValue::from_str(asked)
-            && !asked.is_empty()
-        {
-            out.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked);
-        }
-        out.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static(MAX_AGE_SECS),
-        );
-        Ok(response)
+        Ok(())
     }
 
-    /// Marks every reply as depending on `Origin` (once, whatever `Vary` it has already), and a
-    /// reply to an allowed origin so that the browser lets the page read it.
-    pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
-        if !self.is_on() {
-            return;
-        }
-        let varies = headers.get_all(header::VARY).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|name| name.trim_ascii().eq_ignore_ascii_case(b"origin"))
-        });
-        if !varies {
-            headers.append(header::VARY, HeaderValue::from_static("Origin"));
-        }
-        if let Some(origin) = origin.filter(|o| self.allows(o)) {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            headers.insert(
-                header::ACCESS_CONTROL_EXPOSE_HEADERS,
-                HeaderValue::from_static(EXPOSE_HEADERS),
-            );
-        }
+    /// tower-http's CORS layer for these origins (None when CORS is off): it answers preflights
+    /// that passed [`Cors::check_preflight`], and marks every reply as varying by `Origin` and
+    /// a reply to an allowed origin as readable by its page.
+    pub fn layer(&self) -> Option<CorsLayer> {
+        let origins = match self {
+            Cors::Off => return None,
+            // The origin is echoed rather than `*`, as for a listed one.
+            Cors::Any => AllowOrigin::mirror_request(),
+            Cors::Origins(list) => AllowOrigin::list(list.iter().cloned()),
+        };
+        let expose = EXPOSE_HEADERS
+            .iter()
+            .map(|name| HeaderName::from_static(name));
+        Some(
+            CorsLayer::new()
+                .allow_origin(origins)
+                // Both checked before: the method against the path's, the headers against
+                // ALLOW_HEADERS. The methods are then set to the path's own.
+                .allow_methods(AllowMethods::mirror_request())
+                .allow_headers(AllowHeaders::mirror_request())
+                .expose_headers(expose.collect::<Vec<_>>())
+                .max_age(MAX_AGE)
+                .vary([header::ORIGIN]),
+        )
     }
 }
 
@@ -213,7 +212,7 @@ mod tests {
     }
 
     #[test]
-    fn answers_an_allowed_preflight() {
+    fn allows_a_preflight_for_a_listed_origin_method_and_headers() {
         let cors = Cors::from_list(&["https://app.example".into()]).unwrap();
         let headers = preflight_headers(
             "https://app.example",
@@ -221,97 +220,35 @@ mod tests {
             "Authorization, Content-Type, If-Match",
         );
         assert!(cors.is_preflight(&Method::OPTIONS, &headers));
-        let response = cors.preflight(&headers, METHODS).unwrap();
-        assert_eq!(response.status(), 204);
-        let out = response.headers();
-        assert_eq!(
-            out[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "https://app.example"
-        );
-        assert!(
-            out[header::ACCESS_CONTROL_ALLOW_METHODS]
-                .to_str()
-                .unwrap()
-                .contains("PATCH")
-        );
-        assert_eq!(
-            out[header::ACCESS_CONTROL_ALLOW_HEADERS],
-            "Authorization, Content-Type, If-Match"
-        );
+        assert_eq!(cors.check_preflight(&headers, METHODS), Ok(()));
+        assert!(cors.layer().is_some());
     }
 
     #[test]
     fn refuses_other_origins_methods_and_headers() {
         let cors = Cors::from_list(&["https://app.example".into()]).unwrap();
         let other = preflight_headers("https://evil.example", "GET", "");
-        assert_eq!(cors.preflight(&other, METHODS).unwrap_err().0, "Origin");
+        assert_eq!(
+            cors.check_preflight(&other, METHODS).unwrap_err().0,
+            "Origin"
+        );
         let method = preflight_headers("https://app.example", "POST", "");
         assert_eq!(
-            cors.preflight(&method, METHODS).unwrap_err().0,
+            cors.check_preflight(&method, METHODS).unwrap_err().0,
             "Access-Control-Request-Method"
         );
         let asked = preflight_headers("https://app.example", "GET", "X-Secret-Thing");
         assert_eq!(
-            cors.preflight(&asked, METHODS).unwrap_err().0,
+            cors.check_preflight(&asked, METHODS).unwrap_err().0,
             "Access-Control-Request-Headers"
         );
     }
 
     #[test]
-    fn off_means_no_headers_and_no_preflight() {
+    fn off_means_no_layer_and_no_preflight() {
         let cors = Cors::Off;
         let headers = preflight_headers("https://app.example", "GET", "");
         assert!(!cors.is_preflight(&Method::OPTIONS, &headers));
-        let mut out = HeaderMap::new();
-        cors.decorate(headers.get(header::ORIGIN), &mut out);
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn decorates_replies_to_allowed_origins_only() {
-        let cors = Cors::from_list(&["https://app.example".into()]).unwrap();
-        let mut out = HeaderMap::new();
-        cors.decorate(
-            Some(&HeaderValue::from_static("https://app.example")),
-            &mut out,
-        );
-        assert_eq!(
-            out[header::ACCESS_CONTROL_ALLOW_ORIGIN],
-            "https://app.example"
-        );
-        assert!(out.contains_key(header::ACCESS_CONTROL_EXPOSE_HEADERS));
-        let mut out = HeaderMap::new();
-        cors.decorate(
-            Some(&HeaderValue::from_static("https://evil.example")),
-            &mut out,
-        );
-        assert!(!out.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
-        assert_eq!(out[header::VARY], "Origin");
-    }
-
-    #[test]
-    fn names_origin_in_vary_once() {
-        let cors = Cors::Any;
-        let origin = HeaderValue::from_static("https://app.example");
-        let mut out = cors
-            .preflight(
-                &preflight_headers("https://app.example", "GET", ""),
-                METHODS,
-            )
-            .unwrap()
-            .into_parts()
-            .0
-            .headers;
-        cors.decorate(Some(&origin), &mut out);
-        cors.decorate(Some(&origin), &mut out);
-        let vary: Vec<_> = out.get_all(header::VARY).iter().collect();
-        assert_eq!(vary, ["Origin"]);
-        let mut out = HeaderMap::new();
-        out.insert(
-            header::VARY,
-            HeaderValue::from_static("Accept-Encoding, origin"),
-        );
-        cors.decorate(Some(&origin), &mut out);
-        assert_eq!(out.get_all(header::VARY).iter().count(), 1);
+        assert!(cors.layer().is_none());
     }
 }

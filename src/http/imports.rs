@@ -4,16 +4,18 @@
 
 use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
-use http_body_util::{BodyExt, BodyStream, Either, StreamBody};
-use hyper::body::Frame;
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
+use hyper::header::{self, HeaderMap, HeaderValue};
 use serde::Serialize;
+use sync_wrapper::SyncStream;
+use warp::Reply as _;
 
-use super::{Call, Problem, Response, SharedState, body, idempotent, json_reply, query, reply};
+use super::{
+    BodyError, Call, Problem, RequestBody, Response, SharedState, body, idempotent, json_reply,
+    query,
+};
 use crate::domain::FieldError;
 use crate::domain::import::{Delimiter, ImportId, ImportJob};
-use crate::server::{BodyError, RequestBody};
 use crate::service::imports::upload::{Received, Sink, UploadError};
 use crate::service::imports::{Finished, MAX_PAGE, ResultsStream};
 
@@ -28,14 +30,15 @@ pub async fn create(call: Call) -> Response {
     let Call {
         state,
         who,
-        request,
+        headers,
+        body,
         ..
     } = call;
     let (params, key) = match (params, key) {
         (Ok(params), Ok(key)) => (params, key),
         (Err(problem), _) | (_, Err(problem)) => return problem.into_response(),
     };
-    let received = match receive(&state, request, &params).await {
+    let received = match receive(&state, &headers, body, &params).await {
         Ok(received) => received,
         Err(problem) => return problem.into_response(),
     };
@@ -102,9 +105,12 @@ pub async fn results(call: Call) -> Response {
     let imports = call.state.imports.clone();
     match imports.results(&id, &call.who).await {
         Ok(Some(Ok(results))) => {
-            let mut response = reply(StatusCode::OK, CSV, Bytes::new());
-            *response.body_mut() =
-                Either::Right(BodyExt::boxed_unsync(StreamBody::new(frames(results))));
+            // Fused: compression reads on after the end.
+            let streamed = warp::reply::stream(SyncStream::new(pieces(results).fuse()));
+            let mut response = streamed.into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CSV));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             let disposition = format!("attachment; filename=\"import-{}-results.csv\"", call.param);
             if let Ok(value) = HeaderValue::from_str(&disposition) {
                 response
@@ -222,22 +228,15 @@ fn page_params(raw: &str) -> Result<(usize, i64), Vec<FieldError>> {
 /// the file is never held whole.
 async fn receive(
     state: &SharedState,
-    request: Request<RequestBody>,
+    headers: &HeaderMap,
+    body: RequestBody,
     params: &UploadParams,
 ) -> Result<Received, Problem> {
     let limit = state.import_max_bytes;
-    let boundary = request
-        .headers()
+    let boundary = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| multer::parse_boundary(v).ok());
-    let body = BodyStream::new(request.into_body()).filter_map(|frame| async move {
-        match frame {
-            Ok(frame) => frame.into_data().ok().map(Ok),
-            Err(err) => Some(Err(err)),
-        }
-    });
-    let body = Box::pin(body);
     let mut sink = Sink::new(state.imports.clone(), &params.raw, params.delimiter, limit);
     match feed(&mut sink, body, boundary, limit).await {
         Ok(()) => Ok(sink.finish().await?),
@@ -287,12 +286,12 @@ async fn feed(
     }
 }
 
-/// The results as body frames; a storage failure mid-way ends the body with an error, so the
+/// The results as body pieces; a storage failure mid-way ends the body with an error, so the
 /// client sees a cut reply, never a short file that looks whole.
-fn frames(results: ResultsStream) -> impl Stream<Item = Result<Frame<Bytes>, std::io::Error>> {
+fn pieces(results: ResultsStream) -> impl Stream<Item = Result<Bytes, std::io::Error>> {
     stream::unfold(results, |mut results| async move {
         let piece = results.next().await?;
-        let frame = piece.map(Frame::data).map_err(|err| {
+        let frame = piece.map_err(|err| {
             tracing::warn!(error = %err, "an import's results could not be read to the end");
             std::io::Error::other("the results could not be read")
         });

@@ -53,12 +53,9 @@ pub async fn check(call: Call) -> Response {
 pub async fn batch(call: Call) -> Response {
     let key = call.header(idempotent::HEADER);
     let Call {
-        state,
-        who,
-        request,
-        ..
+        state, who, body, ..
     } = call;
-    let requests = match body::object(request.into_body(), body::BATCH_LIMIT).await {
+    let requests = match body::object(body, body::BATCH_LIMIT).await {
         Ok(object) => batch_from_json(&object, Utc::now()).map_err(Problem::invalid),
         Err(problem) => Err(problem),
     };

@@ -1,18 +1,18 @@
-//! The HTTP surface: the route table (`routes`), the gateway every request goes through
-//! (`gateway`), and one module of thin handlers per resource.
+//! The HTTP surface: the route table (`routes`), which `router` turns into warp filters; the
+//! layers around them (`edge`: request ids, telemetry, CORS, compression, panics and the time
+//! limit); the checks before a route (`gateway`); and one module of thin handlers per resource.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{Either, Full};
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, StatusCode};
+use futures_util::Stream;
+use hyper::StatusCode;
+use hyper::header::{self, HeaderMap, HeaderValue};
 
 use crate::domain::{Principal, etag};
 use crate::metrics::Metrics;
 use crate::serials::{RefillStatus, SerialPool};
-use crate::server::RequestBody;
 use crate::service::idempotency::Idempotency;
 use crate::service::imports::Imports;
 use crate::service::issuer::Issuer;
@@ -21,6 +21,7 @@ use crate::store::Store;
 
 mod body;
 pub mod cors;
+pub mod edge;
 pub mod gateway;
 mod health;
 mod idempotent;
@@ -32,21 +33,26 @@ pub mod problem;
 pub mod query;
 mod records;
 pub mod request_id;
+pub mod router;
 pub mod routes;
 
 pub use problem::Problem;
 
-/// Every reply: a status, headers and a body, in memory (nearly all) or streamed (an import's
+/// A handler's reply: warp's, with its body in memory (nearly all) or streamed (an import's
 /// results).
-pub type Response = hyper::Response<Body>;
+pub type Response = warp::reply::Response;
 
-/// A reply's body: bytes in memory, or a stream of them.
-pub type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, std::io::Error>>;
-
-/// A body of bytes in memory.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Either::Left(Full::new(bytes.into()))
+/// A reply with `bytes` as its body and nothing else set.
+pub fn full(bytes: impl Into<Bytes>) -> Response {
+    Response::new(bytes.into().into())
 }
+
+/// A request body as a handler reads it: its pieces as they arrive. Any error (the connection
+/// broke, or the body stopped moving for `--idle-timeout`) means the body cannot be read.
+pub type RequestBody = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
+/// Why a request body could not be read to its end; the reason goes to the debug log only.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the handlers need, shared by every request.
 pub struct AppState {
@@ -71,20 +77,23 @@ pub struct Call {
     pub who: Principal,
     /// The segment the route's `{name}` stands for; empty for a route without one.
     pub param: String,
-    pub request: Request<RequestBody>,
+    pub headers: HeaderMap,
+    /// The query string, without the `?`; empty when there is none.
+    pub query: String,
+    pub body: RequestBody,
 }
 
 impl Call {
     /// The query string, without the `?`; empty when there is none.
     pub fn query(&self) -> &str {
-        self.request.uri().query().unwrap_or("")
+        &self.query
     }
 
     /// An optional request header, as text. A value that is not visible ASCII reads as U+FFFD,
     /// and the handler's own validation decides (a bad `Idempotency-Key` is a 400, an
     /// `If-Match` that names no version a 412).
     pub fn header(&self, name: &str) -> Option<String> {
-        let value = self.request.headers().get(name)?;
+        let value = self.headers.get(name)?;
         Some(match value.to_str() {
             Ok(text) => text.to_owned(),
             Err(_) => char::REPLACEMENT_CHARACTER.to_string(),
@@ -94,7 +103,7 @@ impl Call {
 
 /// A reply with `body` and no cache allowed.
 pub(crate) fn reply(status: StatusCode, content_type: &'static str, body: Bytes) -> Response {
-    let mut response = Response::new(full(body));
+    let mut response = full(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -119,7 +128,7 @@ fn record_reply(status: StatusCode, json: Bytes) -> Response {
 
 /// A reply with a status and nothing else.
 fn empty_reply(status: StatusCode) -> Response {
-    let mut response = Response::new(full(Bytes::new()));
+    let mut response = full(Bytes::new());
     *response.status_mut() = status;
     response
 }

@@ -60,8 +60,7 @@ fn policy(style: &str, script: &str) -> String {
 pub async fn serve(call: Call) -> Response {
     let page = &*PAGE;
     let held = call
-        .request
-        .headers()
+        .headers
         .get(header::IF_NONE_MATCH)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| none_match_holds(value, page.etag.to_str().unwrap_or("")));

@@ -325,7 +325,7 @@ impl Problem {
             self.extensions.insert("request_id".into(), id.into());
         }
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        let mut response = Response::new(super::full(body));
+        let mut response = super::full(body);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

@@ -67,9 +67,10 @@ async fn number_and_body(call: Call) -> Result<Change, Problem> {
         state,
         who,
         param,
-        request,
+        body,
+        ..
     } = call;
-    let object = body::object(request.into_body(), body::RECORD_LIMIT).await;
+    let object = body::object(body, body::RECORD_LIMIT).await;
     Ok((state, who, number(&param)?, object?))
 }
 

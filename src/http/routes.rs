@@ -10,14 +10,10 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request};
-use percent_encoding::percent_decode_str;
+use hyper::Method;
 
 use super::openapi::operations as doc;
-use super::{Call, Problem, Response, SharedState, health, imports, issue, openapi, page, records};
-use crate::domain::Principal;
-use crate::server::RequestBody;
+use super::{Call, Response, health, imports, issue, openapi, page, records};
 
 /// A handler's future: boxed, so that every handler fits one table.
 pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
@@ -334,37 +330,6 @@ pub fn all_methods() -> String {
         }
     }
     methods.join(", ")
-}
-
-/// Hands an admitted request to its route's handler: a 404 when no route takes the path, a 405
-/// with `Allow` when the route does not take the method.
-pub async fn dispatch(
-    state: SharedState,
-    request: Request<RequestBody>,
-    who: Principal,
-    route: Option<&'static Route>,
-) -> Response {
-    let Some(route) = route else {
-        return Problem::not_found("no such resource").into_response();
-    };
-    let Some(operation) = route.operation(request.method()) else {
-        let mut response = Problem::method_not_allowed().into_response();
-        if let Ok(allow) = HeaderValue::from_str(&route.allow()) {
-            response.headers_mut().insert(header::ALLOW, allow);
-        }
-        return response;
-    };
-    let param = route
-        .param(request.uri().path())
-        .map(|raw| percent_decode_str(raw).decode_utf8_lossy().into_owned())
-        .unwrap_or_default();
-    let call = Call {
-        state,
-        who,
-        param,
-        request,
-    };
-    (operation.handler)(call).await
 }
 
 /// A route's metric label: its template, or [`UNMATCHED`].
