@@ -143,7 +143,7 @@ impl Edge {
             with: self
                 .cors_layer
                 .as_ref()
-                .map(|layer| layer.layer(routed.clone())),
+                .map(|layer| Box::new(layer.layer(routed.clone()))),
             without: routed,
         };
         let gateway = self.gateway.clone();
@@ -251,7 +251,8 @@ where
             Branch::Left(future::ready(Err(broken)))
         } else {
             let inner = &mut self.inner;
-            let called = request_id::sync_scope(id.clone(), || inner.call(request));
+            // Boxed at once: the layers' futures are large, and each move copies them.
+            let called = request_id::sync_scope(id.clone(), || Box::pin(inner.call(request)));
             Branch::Right(request_id::scope(id.clone(), called))
         };
         let metrics = self.gateway.metrics.clone();
@@ -311,7 +312,8 @@ fn without_body(response: Reply) -> Reply {
 #[derive(Clone)]
 struct CorsGuard<S> {
     cors: Arc<Cors>,
-    with: Option<tower_http::cors::Cors<S>>,
+    /// Boxed: the layer's settings are large, and the services are cloned for every request.
+    with: Option<Box<tower_http::cors::Cors<S>>>,
     without: S,
 }
 

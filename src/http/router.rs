@@ -14,28 +14,24 @@ use hyper::header::HeaderMap;
 use percent_encoding::percent_decode_str;
 use warp::Filter;
 use warp::filters::BoxedFilter;
+use warp::filters::path::FullPath;
 
 use super::gateway::{Arrival, Gateway, Head, Parts};
 use super::routes::{ROUTES, Route};
 use super::{RequestBody, Response, SharedState};
 
-/// Every route of the table, then the fall-through, as one filter.
+/// Every route of the table, then the fall-through, as one filter. Built from the last route
+/// back, so that the first route (the hot one) is tried first at the top, and a request that
+/// matches it never reaches the others' filters.
 pub fn filter(gateway: Arc<Gateway>, state: SharedState) -> BoxedFilter<(Response,)> {
     let parts = parts();
-    let mut routes: Option<BoxedFilter<(Response,)>> = None;
-    for route in ROUTES {
-        let served = serve(Some(route), path(route), parts.clone(), &gateway, &state);
-        routes = Some(match routes {
-            None => served,
-            Some(earlier) => earlier.or(served).unify().boxed(),
-        });
-    }
     let unmatched = warp::any().map(String::new).boxed();
-    let unmatched = serve(None, unmatched, parts, &gateway, &state);
-    match routes {
-        Some(routes) => routes.or(unmatched).unify().boxed(),
-        None => unmatched,
+    let mut routes = serve(None, unmatched, parts.clone(), &gateway, &state);
+    for route in ROUTES.iter().rev() {
+        let served = serve(Some(route), path(route), parts.clone(), &gateway, &state);
+        routes = served.or(routes).unify().boxed();
     }
+    routes
 }
 
 /// The route's path filter, extracting the raw segment its `{name}` stands for (empty if none).
@@ -49,7 +45,22 @@ fn path(route: &'static Route) -> BoxedFilter<(String,)> {
             filter.and(warp::path(segment)).boxed()
         };
     }
-    filter.and(warp::path::end()).boxed()
+    filter.and(warp::path::end()).and(exact()).boxed()
+}
+
+/// warp's `path::end` also takes a path that ends in `/` (`/healthz/`); the API's paths are
+/// exact, so such a path is no route's.
+fn exact() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::path::full()
+        .and_then(|path: FullPath| async move {
+            let path = path.as_str();
+            if path.len() > 1 && path.ends_with('/') {
+                Err(warp::reject::not_found())
+            } else {
+                Ok(())
+            }
+        })
+        .untuple_one()
 }
 
 /// Hands a request whose path `matched` to the gateway, for `route` (None: the fall-through).
@@ -117,7 +128,11 @@ mod tests {
             let sample = route.path.replace("{tn}", "AB%2012").replace("{id}", "x1");
             let raw = warp::test::request().path(&sample).filter(&filter).await;
             assert!(raw.is_ok(), "{} takes {sample}", route.path);
-            for other in [format!("{sample}/x"), format!("/x{sample}")] {
+            for other in [
+                format!("{sample}/x"),
+                format!("/x{sample}"),
+                format!("{sample}/"),
+            ] {
                 let refused = warp::test::request().path(&other).filter(&filter).await;
                 assert!(refused.is_err(), "{} refuses {other}", route.path);
             }
