@@ -20,7 +20,7 @@ use crate::domain::Codec;
 use crate::domain::codec::fingerprint;
 use crate::http::cors::Cors;
 use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, Limits};
-use crate::http::{AppState, routes};
+use crate::http::{AppState, openapi, routes};
 use crate::metrics::Metrics;
 use crate::periodic;
 use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
@@ -174,6 +174,7 @@ impl Application {
             pool,
             refill,
             metrics: metrics.clone(),
+            openapi_json: openapi::json(),
         });
         let gateway = build_gateway(&config, metrics, &stop_background, &mut background)?;
 

@@ -60,6 +60,7 @@ pub struct AppState {
     pub pool: Arc<SerialPool>,
     pub refill: Arc<RefillStatus>,
     pub metrics: Arc<Metrics>,
+    pub openapi_json: Bytes, // The API description (`openapi::json`), served as these bytes.
 }
 
 pub type SharedState = Arc<AppState>;
