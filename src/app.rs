@@ -22,6 +22,7 @@ use crate::http::AppState;
 use crate::http::cors::Cors;
 use crate::http::edge::Edge;
 use crate::http::gateway::{AUTH_FAILURE_QUOTA, Gateway, Limits};
+use crate::http::openapi;
 use crate::metrics::Metrics;
 use crate::periodic;
 use crate::serials::{BlockSizer, RefillStatus, SerialPool, first_lease, spawn_refill};
@@ -175,6 +176,7 @@ impl Application {
             pool,
             refill,
             metrics: metrics.clone(),
+            openapi_json: openapi::json(),
         });
         let gateway = build_gateway(&config, metrics.clone(), &stop_background, &mut background)?;
         let cors = Cors::from_list(&config.cors_origins).map_err(anyhow::Error::msg)?;

@@ -1,5 +1,8 @@
-//! Probes and metrics: `GET /healthz` (alive: the process answers), `GET /readyz` (can issue
-//! now: storage answers and the pool holds serials; else 503 with the reason), `GET /metrics`.
+//! Probes, metrics and the API description: `GET /healthz` (alive: the process answers), `GET
+//! /readyz` (can issue now: storage answers and the pool holds serials; else 503 with the
+//! reason), `GET /metrics`, and `GET /openapi.json`, whose bytes `app.rs` builds once at start
+//! (`openapi::json`) and hands over in the state, so this module needs nothing from the document
+//! builder, which reads the route table that names these handlers.
 
 use std::time::Duration;
 
@@ -8,19 +11,35 @@ use hyper::StatusCode;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use serde_json::json;
 
+use super::openapi::bodies::{Health, NotReady, Ready};
 use super::{Call, Response, json_reply, reply};
 use crate::metrics;
 
 /// A readiness probe never waits on storage longer than this.
 const PING_DEADLINE: Duration = Duration::from_secs(2);
 
-/// `GET /healthz` (and `HEAD`, which load balancers probe with as often).
+/// Liveness
+///
+/// 200 for as long as the process is alive.
+#[utoipa::path(
+    trace, path = "",
+    responses((status = 200, description = "Alive", body = Health))
+)]
 pub async fn healthz(Call { state, .. }: Call) -> Response {
     let body = json!({ "status": "ok", "serials_in_pool": state.pool.remaining() });
     probe_reply(StatusCode::OK, &body)
 }
 
-/// `GET /readyz` (and `HEAD`).
+/// Readiness
+///
+/// Ready when storage answers and the pool holds serials to issue numbers with.
+#[utoipa::path(
+    trace, path = "",
+    responses(
+        (status = 200, description = "Ready to issue numbers", body = Ready),
+        (status = 503, description = "Not ready, and why", body = NotReady),
+    )
+)]
 pub async fn readyz(Call { state, .. }: Call) -> Response {
     let serials = state.pool.remaining();
     let ping = tokio::time::timeout(PING_DEADLINE, state.store.ping()).await;
@@ -53,7 +72,14 @@ pub async fn readyz(Call { state, .. }: Call) -> Response {
     }
 }
 
-/// `GET /metrics`.
+/// Metrics, in the Prometheus text format
+#[utoipa::path(
+    trace, path = "",
+    responses(
+        (status = 200, description = "Prometheus metrics, in the OpenMetrics text format", body = String,
+         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    )
+)]
 pub async fn metrics(Call { state, .. }: Call) -> Response {
     let metrics = &state.metrics;
     metrics.pool_serials.set(state.pool.remaining() as i64);
@@ -70,6 +96,18 @@ pub async fn metrics(Call { state, .. }: Call) -> Response {
         metrics::CONTENT_TYPE,
         state.metrics.render().into(),
     )
+}
+
+/// This description
+#[utoipa::path(
+    trace, path = "",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document", body = Object,
+         content_type = "application/json"),
+    )
+)]
+pub async fn openapi(Call { state, .. }: Call) -> Response {
+    json_reply(StatusCode::OK, state.openapi_json.clone())
 }
 
 fn probe_reply(status: StatusCode, body: &serde_json::Value) -> Response {

@@ -21,6 +21,12 @@ use crate::store::deadline::with_patience;
 
 pub const HEADER: &str = "Idempotency-Key";
 
+/// How the API description words the 409 and the 422 of this module, for every keyed operation.
+pub const IN_FLIGHT: &str = "The first request with this `Idempotency-Key` is still running and \
+                             did not finish within the wait; retry to get its reply";
+pub const KEY_REUSED: &str = "This `Idempotency-Key` was used for a request with other inputs; \
+                              nothing was issued";
+
 /// How long the storage calls of a keyed request may take once it runs on its own: a little
 /// less than its claim lives, so the claim is still its own when it finishes.
 const KEYED_PATIENCE: Duration = Duration::from_secs(CLAIM_TTL.as_secs() * 5 / 6);

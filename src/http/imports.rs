@@ -10,6 +10,11 @@ use serde::Serialize;
 use sync_wrapper::SyncStream;
 use warp::Reply as _;
 
+use super::idempotent::{IN_FLIGHT, KEY_REUSED};
+use super::openapi::bodies::{
+    IdempotencyKey, ImportFile, ImportForm, ImportIdPath, ImportListing, ListQuery, UploadQuery,
+};
+use super::problem::CONTENT_TYPE as PROBLEM;
 use super::{
     BodyError, Call, Problem, RequestBody, Response, SharedState, body, idempotent, json_reply,
     query,
@@ -22,8 +27,39 @@ use crate::service::imports::{Finished, MAX_PAGE, ResultsStream};
 /// A listing shows this many jobs a page unless asked for another number.
 const DEFAULT_PAGE: usize = 20;
 const CSV: &str = "text/csv; charset=utf-8";
+/// How the API description words a 404 of an import.
+const NO_IMPORT: &str = "No such import visible to the caller (never made, another tenant's, or \
+                         expired)";
 
-/// `POST /v1/imports`: the upload, as a CSV body or the `file` part of a multipart form.
+/// Import a CSV file of orders
+///
+/// A `text/csv` body, or `multipart/form-data` with a `file` part. A header row is required:
+/// the columns are the order inputs plus optional `order_id` and `expires_at`, in any order and
+/// any case; unknown columns are refused. UTF-8, with or without a BOM. The rows are issued by a
+/// job that any instance may run; follow it at the `Location`.
+#[utoipa::path(
+    trace, path = "",
+    params(UploadQuery, IdempotencyKey),
+    request_body(content(
+        (ImportFile = "text/csv"),
+        (ImportForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 202, description = "The job, queued (or done at once for a file of no rows)",
+         body = ImportJob,
+         headers(
+            ("Location" = String, description = "The job's URL path"),
+            ("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"),
+         )),
+        (status = 400, description = "Not a CSV file, or bad or missing header columns, or bad \
+            parameters: every one named in `errors`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 413, description = "The file is over `--import-max-bytes`", body = Problem,
+         content_type = PROBLEM),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
 pub async fn create(call: Call) -> Response {
     let params = upload_params(call.query());
     let key = idempotent::key(call.header(idempotent::HEADER));
@@ -60,7 +96,15 @@ pub async fn create(call: Call) -> Response {
     idempotent::respond(&state, &who, key, fingerprint, run, accepted).await
 }
 
-/// `GET /v1/imports/{id}`.
+/// An import's status
+#[utoipa::path(
+    trace, path = "",
+    params(ImportIdPath),
+    responses(
+        (status = 200, description = "The job", body = ImportJob),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+    )
+)]
 pub async fn get(call: Call) -> Response {
     let Some(id) = ImportId::parse(&call.param) else {
         return no_such_import();
@@ -72,7 +116,16 @@ pub async fn get(call: Call) -> Response {
     }
 }
 
-/// `GET /v1/imports`: recent jobs, newest first, a page at a time.
+/// Recent imports
+#[utoipa::path(
+    trace, path = "",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "The caller's jobs, newest first", body = ImportListing),
+        (status = 400, description = "Bad parameters, every one named in `errors`",
+         body = Problem, content_type = PROBLEM),
+    )
+)]
 pub async fn list(call: Call) -> Response {
     let (limit, before) = match page_params(call.query()) {
         Ok(page) => page,
@@ -97,7 +150,24 @@ pub async fn list(call: Call) -> Response {
     }
 }
 
-/// `GET /v1/imports/{id}/results`: streamed, once the job has ended.
+/// An import's results
+///
+/// The input rows in input order, as they came, with `tracking_number` and `error` columns
+/// appended, in the file's delimiter. Rows a cancelled or failed job never reached say so in
+/// `error`. A cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is written
+/// with a `'` before it, so that a spreadsheet does not run it as a formula.
+#[utoipa::path(
+    trace, path = "",
+    params(ImportIdPath),
+    responses(
+        (status = 200, description = "The results, streamed", body = String,
+         content_type = "text/csv; charset=utf-8",
+         headers(("Content-Disposition" = String, description = "A file name for the download"))),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has not ended yet", body = Problem,
+         content_type = PROBLEM),
+    )
+)]
 pub async fn results(call: Call) -> Response {
     let Some(id) = ImportId::parse(&call.param) else {
         return no_such_import();
@@ -134,9 +204,23 @@ pub async fn results(call: Call) -> Response {
     }
 }
 
-/// `DELETE /v1/imports/{id}`: a queued job is cancelled at once; a running one by its worker
-/// once the chunk in flight is done, which the reply waits for (a few seconds at most). Rows
-/// already issued keep their numbers, and the job's counts and results say which.
+/// Cancel an import
+///
+/// A queued job is cancelled at once. A running one is cancelled by its worker once the chunk
+/// of rows in flight is done, which the reply waits for (up to 5 s): the job then says
+/// `cancelled` and counts what was issued, or still `running` when the chunk takes longer (it
+/// ends `cancelled` right after). Rows that already got numbers keep them; an ended job never
+/// changes again.
+#[utoipa::path(
+    trace, path = "",
+    params(ImportIdPath),
+    responses(
+        (status = 202, description = "The job as it is after the cancel: cancelled, or still running the chunk in flight", body = ImportJob),
+        (status = 404, description = NO_IMPORT, body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The job has already ended", body = Problem,
+         content_type = PROBLEM),
+    )
+)]
 pub async fn cancel(call: Call) -> Response {
     let Some(id) = ImportId::parse(&call.param) else {
         return no_such_import();

@@ -7,11 +7,35 @@ use bytes::{BufMut, Bytes, BytesMut};
 use chrono::Utc;
 use hyper::StatusCode;
 
+use super::idempotent::{IN_FLIGHT, KEY_REUSED};
+use super::openapi::bodies::{BatchReply, BatchRequest, IdempotencyKey, IssueQuery};
+use super::problem::CONTENT_TYPE as PROBLEM;
 use super::{Call, Problem, Response, body, idempotent, json_reply, query, record_reply};
+use crate::domain::Record;
 use crate::domain::idempotency::fingerprint;
 use crate::domain::request::batch_from_json;
 
-/// `GET /next-tracking-number`: one number for the order in the query.
+/// Issue one tracking number
+///
+/// Every parameter is optional. Unknown parameters are refused, and so is a parameter given
+/// twice or with an empty value. Two identical requests get two different numbers, unless they
+/// share an `Idempotency-Key`.
+#[utoipa::path(
+    trace, path = "",
+    params(IssueQuery, IdempotencyKey),
+    responses(
+        (status = 200, description = "The new number's record", body = Record,
+         headers(
+            ("ETag" = String, description = "The strong tag of this version of the record"),
+            ("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"),
+         )),
+        (status = 400, description = "Bad parameters or `Idempotency-Key`, every one named in \
+            `errors`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
 pub async fn one(call: Call) -> Response {
     let request = match query::parse_issue(call.query(), Utc::now()) {
         Ok(request) => request,
@@ -36,9 +60,20 @@ pub async fn one(call: Call) -> Response {
     idempotent::respond(&state, &who, key, fingerprint, run, record_reply).await
 }
 
-/// `HEAD /next-tracking-number`: the inputs checked as `GET` checks them (a 400 names each bad
-/// one), and no number issued. The 200 has the head of `GET`'s reply but no `ETag` or length:
-/// there is no record, so nothing to tag or measure.
+/// Check the inputs of an issue, issuing nothing
+///
+/// A `HEAD` is safe, so this issues no number: it checks the parameters and `Idempotency-Key`
+/// as `GET` does and answers with `GET`'s status and content type, without a body. A 200 has no
+/// `ETag`, as there is no record.
+#[utoipa::path(
+    trace, path = "",
+    params(IssueQuery, IdempotencyKey),
+    responses(
+        (status = 200, description = "A `GET` with these inputs would be taken"),
+        (status = 400, description = "Bad parameters or `Idempotency-Key` (the `GET` names \
+            each in `errors`)"),
+    )
+)]
 pub async fn check(call: Call) -> Response {
     if let Err(errors) = query::parse_issue(call.query(), Utc::now()) {
         return Problem::invalid(errors).into_response();
@@ -46,10 +81,29 @@ pub async fn check(call: Call) -> Response {
     if let Err(problem) = idempotent::key(call.header(idempotent::HEADER)) {
         return problem.into_response();
     }
+    // The head of `GET`'s reply, without an `ETag` or a length: no record, nothing to measure.
     json_reply(StatusCode::OK, Bytes::new())
 }
 
-/// `POST /v1/tracking-numbers`: a batch of numbers, all validated before any is issued.
+/// Issue a batch of numbers
+///
+/// Either `count` numbers for one set of inputs, or one number per entry of `orders`. Every
+/// order is validated before any number is issued.
+#[utoipa::path(
+    trace, path = "",
+    params(IdempotencyKey),
+    request_body(content = BatchRequest),
+    responses(
+        (status = 201, description = "The records, in the order asked for", body = BatchReply,
+         headers(("Idempotent-Replayed" = String, description = "`true` on the kept reply to an earlier request with this key"))),
+        (status = 400, description = "Bad body or `Idempotency-Key`: every bad field is named, \
+            with its order's index (`orders[3].weight`); nothing was issued",
+         body = Problem, content_type = PROBLEM),
+        (status = 409, description = IN_FLIGHT, body = Problem, content_type = PROBLEM,
+         headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+        (status = 422, description = KEY_REUSED, body = Problem, content_type = PROBLEM),
+    )
+)]
 pub async fn batch(call: Call) -> Response {
     let key = call.header(idempotent::HEADER);
     let Call {

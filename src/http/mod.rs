@@ -66,6 +66,8 @@ pub struct AppState {
     pub pool: Arc<SerialPool>,
     pub refill: Arc<RefillStatus>,
     pub metrics: Arc<Metrics>,
+    /// The API description (`openapi::json`), served as these bytes.
+    pub openapi_json: Bytes,
 }
 
 pub type SharedState = Arc<AppState>;

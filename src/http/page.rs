@@ -56,7 +56,27 @@ fn policy(style: &str, script: &str) -> String {
     )
 }
 
-/// `GET /` and `HEAD /`: the page, or a 304 when the caller holds this version.
+/// The web page
+///
+/// One HTML page for people: issue a number, look one up or check it, upload a CSV import and
+/// follow it to its results, see recent imports. Its style and script are inline, and it calls
+/// this API from the browser. The page needs no API key; the calls it makes do when keys are on.
+#[utoipa::path(
+    trace, path = "",
+    params(("If-None-Match" = Option<String>, Header,
+            description = "The `ETag` of a copy the caller holds")),
+    responses(
+        (status = 200, description = "The page", body = String,
+         content_type = "text/html; charset=utf-8",
+         headers(
+            ("ETag" = String, description = "The strong tag of this build's page"),
+            ("Content-Security-Policy" = String, description = "Only the page's own inline style \
+                and script run, and it calls this origin only"),
+         )),
+        (status = 304, description = "The caller's copy (`If-None-Match`) is this build's page",
+         headers(("ETag" = String, description = "The strong tag of this build's page"))),
+    )
+)]
 pub async fn serve(call: Call) -> Response {
     let page = &*PAGE;
     let held = call

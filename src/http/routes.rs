@@ -12,8 +12,7 @@ use std::pin::Pin;
 
 use hyper::Method;
 
-use super::openapi::operations as doc;
-use super::{Call, Response, health, imports, issue, openapi, page, records};
+use super::{Call, Response, health, imports, issue, page, records};
 
 /// A handler's future: boxed, so that every handler fits one table.
 pub type Reply = Pin<Box<dyn Future<Output = Response> + Send>>;
@@ -36,7 +35,8 @@ pub struct Operation {
     /// The operation's id in the API description.
     pub id: &'static str,
     pub handler: fn(Call) -> Reply,
-    /// The operation's description (its path and method come from the table).
+    /// The operation's description, from the `#[utoipa::path]` on its handler (its path, method
+    /// and id come from this table; see `openapi`).
     pub doc: fn() -> utoipa::openapi::path::Operation,
 }
 
@@ -55,13 +55,13 @@ pub static ROUTES: &[Route] = &[
                 method: Method::GET,
                 id: "issueNumber",
                 handler: |call| Box::pin(issue::one(call)),
-                doc: <doc::__path_issue_number as utoipa::Path>::operation,
+                doc: <issue::__path_one as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::HEAD,
                 id: "issueNumberHead",
                 handler: |call| Box::pin(issue::check(call)),
-                doc: <doc::__path_issue_number_head as utoipa::Path>::operation,
+                doc: <issue::__path_check as utoipa::Path>::operation,
             },
         ],
     },
@@ -75,13 +75,13 @@ pub static ROUTES: &[Route] = &[
                 method: Method::GET,
                 id: "issueNumberV1",
                 handler: |call| Box::pin(issue::one(call)),
-                doc: <doc::__path_issue_number as utoipa::Path>::operation,
+                doc: <issue::__path_one as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::HEAD,
                 id: "issueNumberV1Head",
                 handler: |call| Box::pin(issue::check(call)),
-                doc: <doc::__path_issue_number_head as utoipa::Path>::operation,
+                doc: <issue::__path_check as utoipa::Path>::operation,
             },
         ],
     },
@@ -94,7 +94,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::POST,
             id: "issueBatch",
             handler: |call| Box::pin(issue::batch(call)),
-            doc: <doc::__path_issue_batch as utoipa::Path>::operation,
+            doc: <issue::__path_batch as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -107,25 +107,25 @@ pub static ROUTES: &[Route] = &[
                 method: Method::GET,
                 id: "getRecord",
                 handler: |call| Box::pin(records::get(call)),
-                doc: <doc::__path_get_record as utoipa::Path>::operation,
+                doc: <records::__path_get as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::PATCH,
                 id: "updateRecord",
                 handler: |call| Box::pin(records::update(call)),
-                doc: <doc::__path_update_record as utoipa::Path>::operation,
+                doc: <records::__path_update as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::DELETE,
                 id: "deleteRecord",
                 handler: |call| Box::pin(records::delete(call)),
-                doc: <doc::__path_delete_record as utoipa::Path>::operation,
+                doc: <records::__path_delete as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::PUT,
                 id: "registerNumber",
                 handler: |call| Box::pin(records::register(call)),
-                doc: <doc::__path_register_number as utoipa::Path>::operation,
+                doc: <records::__path_register as utoipa::Path>::operation,
             },
         ],
     },
@@ -138,7 +138,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "checkNumber",
             handler: |call| Box::pin(records::check(call)),
-            doc: <doc::__path_check_number as utoipa::Path>::operation,
+            doc: <records::__path_check as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -151,13 +151,13 @@ pub static ROUTES: &[Route] = &[
                 method: Method::POST,
                 id: "createImport",
                 handler: |call| Box::pin(imports::create(call)),
-                doc: <doc::__path_create_import as utoipa::Path>::operation,
+                doc: <imports::__path_create as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::GET,
                 id: "listImports",
                 handler: |call| Box::pin(imports::list(call)),
-                doc: <doc::__path_list_imports as utoipa::Path>::operation,
+                doc: <imports::__path_list as utoipa::Path>::operation,
             },
         ],
     },
@@ -171,13 +171,13 @@ pub static ROUTES: &[Route] = &[
                 method: Method::GET,
                 id: "getImport",
                 handler: |call| Box::pin(imports::get(call)),
-                doc: <doc::__path_get_import as utoipa::Path>::operation,
+                doc: <imports::__path_get as utoipa::Path>::operation,
             },
             Operation {
                 method: Method::DELETE,
                 id: "cancelImport",
                 handler: |call| Box::pin(imports::cancel(call)),
-                doc: <doc::__path_cancel_import as utoipa::Path>::operation,
+                doc: <imports::__path_cancel as utoipa::Path>::operation,
             },
         ],
     },
@@ -190,7 +190,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "getImportResults",
             handler: |call| Box::pin(imports::results(call)),
-            doc: <doc::__path_import_results as utoipa::Path>::operation,
+            doc: <imports::__path_results as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -202,7 +202,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "healthz",
             handler: |call| Box::pin(health::healthz(call)),
-            doc: <doc::__path_healthz as utoipa::Path>::operation,
+            doc: <health::__path_healthz as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -214,7 +214,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "readyz",
             handler: |call| Box::pin(health::readyz(call)),
-            doc: <doc::__path_readyz as utoipa::Path>::operation,
+            doc: <health::__path_readyz as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -226,7 +226,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "metrics",
             handler: |call| Box::pin(health::metrics(call)),
-            doc: <doc::__path_metrics as utoipa::Path>::operation,
+            doc: <health::__path_metrics as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -237,8 +237,8 @@ pub static ROUTES: &[Route] = &[
         operations: &[Operation {
             method: Method::GET,
             id: "openapi",
-            handler: |call| Box::pin(openapi::serve(call)),
-            doc: <doc::__path_openapi_json as utoipa::Path>::operation,
+            handler: |call| Box::pin(health::openapi(call)),
+            doc: <health::__path_openapi as utoipa::Path>::operation,
         }],
     },
     Route {
@@ -250,7 +250,7 @@ pub static ROUTES: &[Route] = &[
             method: Method::GET,
             id: "page",
             handler: |call| Box::pin(page::serve(call)),
-            doc: <doc::__path_page as utoipa::Path>::operation,
+            doc: <page::__path_serve as utoipa::Path>::operation,
         }],
     },
 ];

@@ -1,6 +1,7 @@
 //! Bodies and parameters of the API description that have no Rust type of their own: the
 //! request side, which the handlers read by hand (so they can name every bad input at once),
-//! and the probes' replies.
+//! and the probes' replies. The handlers' `#[utoipa::path]` attributes name them, so this module
+//! reads nothing from the route table or the document builder.
 
 use serde_json::json;
 use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
@@ -134,7 +135,7 @@ fn with_inputs(mut object: ObjectBuilder) -> ObjectBuilder {
 }
 
 /// The query of `GET /next-tracking-number`.
-pub(super) struct IssueQuery;
+pub(in crate::http) struct IssueQuery;
 
 impl IntoParams for IssueQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -155,7 +156,7 @@ impl IntoParams for IssueQuery {
 
 /// The order inputs of one number as JSON: the body of `PUT`, each entry of a batch's
 /// `orders`.
-pub(super) struct IssueInputs;
+pub(in crate::http) struct IssueInputs;
 
 impl PartialSchema for IssueInputs {
     fn schema() -> RefOr<Schema> {
@@ -173,7 +174,7 @@ impl PartialSchema for IssueInputs {
 impl ToSchema for IssueInputs {}
 
 /// The body of `POST /v1/tracking-numbers`.
-pub(super) struct BatchRequest;
+pub(in crate::http) struct BatchRequest;
 
 impl PartialSchema for BatchRequest {
     fn schema() -> RefOr<Schema> {
@@ -213,7 +214,7 @@ impl ToSchema for BatchRequest {}
 /// What `POST /v1/tracking-numbers` answers.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub(super) struct BatchReply {
+pub(in crate::http) struct BatchReply {
     /// How many numbers were issued.
     count: usize,
     /// Their records, in the order asked for.
@@ -221,7 +222,7 @@ pub(super) struct BatchReply {
 }
 
 /// The body of `PATCH /v1/tracking-numbers/{tn}`.
-pub(super) struct RecordChanges;
+pub(in crate::http) struct RecordChanges;
 
 impl PartialSchema for RecordChanges {
     fn schema() -> RefOr<Schema> {
@@ -259,7 +260,7 @@ impl PartialSchema for RecordChanges {
 impl ToSchema for RecordChanges {}
 
 /// `GET /healthz`.
-pub(super) struct Health;
+pub(in crate::http) struct Health;
 
 impl PartialSchema for Health {
     fn schema() -> RefOr<Schema> {
@@ -274,7 +275,7 @@ impl PartialSchema for Health {
 impl ToSchema for Health {}
 
 /// `GET /readyz` when ready.
-pub(super) struct Ready;
+pub(in crate::http) struct Ready;
 
 impl PartialSchema for Ready {
     fn schema() -> RefOr<Schema> {
@@ -294,7 +295,7 @@ impl PartialSchema for Ready {
 impl ToSchema for Ready {}
 
 /// `GET /readyz` when not ready.
-pub(super) struct NotReady;
+pub(in crate::http) struct NotReady;
 
 impl PartialSchema for NotReady {
     fn schema() -> RefOr<Schema> {
@@ -316,7 +317,7 @@ fn const_text(value: &str) -> ObjectBuilder {
 }
 
 /// `{tn}` in record paths.
-pub(super) struct TrackingNumberPath;
+pub(in crate::http) struct TrackingNumberPath;
 
 impl IntoParams for TrackingNumberPath {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -338,7 +339,7 @@ impl IntoParams for TrackingNumberPath {
 }
 
 /// The `Idempotency-Key` request header.
-pub(super) struct IdempotencyKey;
+pub(in crate::http) struct IdempotencyKey;
 
 impl IntoParams for IdempotencyKey {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -366,7 +367,7 @@ impl IntoParams for IdempotencyKey {
 }
 
 /// The `If-Match` request header.
-pub(super) struct IfMatch;
+pub(in crate::http) struct IfMatch;
 
 impl IntoParams for IfMatch {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -386,7 +387,7 @@ impl IntoParams for IfMatch {
 }
 
 /// `{id}` in import paths.
-pub(super) struct ImportIdPath;
+pub(in crate::http) struct ImportIdPath;
 
 impl IntoParams for ImportIdPath {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
@@ -408,7 +409,7 @@ impl IntoParams for ImportIdPath {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub(super) struct UploadQuery {
+pub(in crate::http) struct UploadQuery {
     /// What separates the fields: `,` `;` `|` or a tab, or its name (`comma`, `semicolon`,
     /// `pipe`, `tab`). Detected from the header row when absent.
     #[param(pattern = "^(,|;|\\||\t|comma|semicolon|pipe|tab)$")]
@@ -421,7 +422,7 @@ pub(super) struct UploadQuery {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
-pub(super) struct ListQuery {
+pub(in crate::http) struct ListQuery {
     /// Jobs a page (default 20).
     #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
@@ -434,12 +435,12 @@ pub(super) struct ListQuery {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 #[schema(examples("order_id,origin_country_id,weight\nA-1,MY,1.5\n"))]
-pub(super) struct ImportFile(String);
+pub(in crate::http) struct ImportFile(String);
 
 /// The multipart form of `POST /v1/imports`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub(super) struct ImportForm {
+pub(in crate::http) struct ImportForm {
     /// The CSV file.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
@@ -448,7 +449,7 @@ pub(super) struct ImportForm {
 /// What `GET /v1/imports` answers.
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub(super) struct ImportListing {
+pub(in crate::http) struct ImportListing {
     /// Newest first.
     imports: Vec<crate::domain::import::ImportJob>,
     /// Where the next page starts (pass it as `before`); null on the last page.

@@ -1,21 +1,30 @@
-//! `GET /openapi.json`: the API's OpenAPI 3.1 description. Its paths come from the route
-//! table: each operation's method, path and id from there, its words from the documented stub
-//! the table names (`operations.rs`); utoipa builds the schemas from the reply and domain types;
-//! [`shared::add_to`] then adds what every operation shares, so no path repeats it by hand. A
-//! `HEAD` answered by a route's `GET` is described from the `GET` ([`head_of`]). The document is
-//! built once and served as the same bytes every time.
-
-use std::sync::LazyLock;
+//! The API's OpenAPI 3.1 description, built from the route table: each operation's method,
+//! path, id and tag from there, its words from the `#[utoipa::path]` on the handler the table
+//! names; utoipa builds the schemas from the reply and domain types; [`shared::add_to`] then adds
+//! what every operation shares, so no path repeats it by hand. A `HEAD` answered by a route's
+//! `GET` is described from the `GET` ([`head_of`]).
+//!
+//! utoipa 5.5's attribute does not compile without a method and a path (utoipa-gen's
+//! `Path::to_tokens` refuses either missing unless its actix or rocket features read them off
+//! those frameworks' attributes), and only `Path::methods()` and `Path::path()` carry them,
+//! which nothing here calls: the table holds `Path::operation` alone. So every handler gives the
+//! same placeholders, `trace, path = ""` (a method no route takes, a path none has), and the
+//! operation id is left to default to the fn name, then replaced here. The method, path and id
+//! live in the table only, and one handler serving two routes has one attribute.
+//!
+//! The document is built once at start ([`json`], kept in the `AppState`) and served by
+//! `health::openapi` as the same bytes every time. So the imports go one way: this builder reads
+//! the route table, the table names the handlers, and the handlers name only [`bodies`], which
+//! reads neither.
 
 use bytes::Bytes;
-use hyper::StatusCode;
 use serde_json::Value;
 use utoipa::OpenApi;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::path::Operation;
 
+use super::Problem;
 use super::routes::{ROUTES, Route};
-use super::{Call, Problem, Response, json_reply};
 use crate::domain::import::{Delimiter, ImportJob, JobStatus, RowCounts, RowError};
 use crate::domain::inspect::Inspection;
 use crate::domain::{FieldError, Record, Status};
@@ -24,18 +33,14 @@ use bodies::{
     Ready, RecordChanges,
 };
 
-mod bodies;
-pub mod operations;
+pub(super) mod bodies;
 mod shared;
 
-pub async fn serve(_: Call) -> Response {
-    json_reply(StatusCode::OK, DOCUMENT.clone())
-}
-
-static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
+/// The whole description, as the bytes `GET /openapi.json` serves.
+pub fn json() -> Bytes {
     // Serializing a JSON value cannot fail: every key is a string.
     Bytes::from(serde_json::to_vec(&document()).unwrap_or_default())
-});
+}
 
 /// The whole description, as JSON.
 pub fn document() -> Value {
