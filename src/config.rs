@@ -426,7 +426,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_match_the_readme() {
+    fn defaults_match_the_configuration_page() {
         let config = load(&[]).unwrap();
         assert_eq!(config.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(config.block_size, 1000);

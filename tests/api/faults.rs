@@ -703,7 +703,7 @@ fn rss(pid: u32) -> u64 {
         * 1024
 }
 
-/// What the README promises the process needs at the defaults.
+/// What docs/guarantees.md (Memory) promises the process needs at the defaults.
 const MEMORY_BOUND: u64 = 400 << 20;
 
 #[tokio::test]

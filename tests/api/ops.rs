@@ -764,8 +764,11 @@ async fn help_lists_every_setting_and_bad_settings_stop_the_start() {
         .unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     for env in [
         "TRACKNUM_LISTEN",
         "REDIS_URL",
@@ -784,7 +787,10 @@ async fn help_lists_every_setting_and_bad_settings_stop_the_start() {
         "TRACKNUM_DRAIN_TIMEOUT",
     ] {
         assert!(text.contains(env), "--help does not mention {env}");
-        assert!(readme.contains(env), "README does not mention {env}");
+        assert!(
+            readme.contains(env),
+            "docs/configuration.md does not mention {env}"
+        );
     }
 
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tracknum"))

@@ -5,7 +5,7 @@
 //! 256 KiB of the reply; handed whole chunks (a few hundred KB of results each, more for rows with
 //! long errors), it took a whole chunk more each time. With pieces, a reader that stops reading
 //! holds about the chunk being sent, which its pieces share (about 0.6 MB each for 300 such
-//! readers of a 24 MB file, against 0.9 MB; figures in the README, under Limits).
+//! readers of a 24 MB file, against 0.9 MB; figures in docs/api.md, under Limits).
 
 use std::sync::Arc;
 

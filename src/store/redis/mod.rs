@@ -16,12 +16,12 @@
 //!   the old master can have leased while its clock was not ahead of this one's by more than
 //!   the margin plus the time the failover took.
 //!
-//! Keys (see the README's table): the counter, the secret fingerprint and the history share the
-//! hash tag `{tracknum}`, so the script's keys live on one node. Records of our numbers live in
-//! buckets of consecutive serials ([`buckets`]); records of numbers registered with PUT, and of
-//! the layout before buckets, under a key each. Buckets and idempotency keys spread over every
-//! node, and a batch of records, or of an import's claims, is sent in one pipeline per master
-//! ([`spread`]).
+//! Keys (see the table in docs/guarantees.md): the counter, the secret fingerprint and the
+//! history share the hash tag `{tracknum}`, so the script's keys live on one node. Records of
+//! our numbers live in buckets of consecutive serials ([`buckets`]); records of numbers
+//! registered with PUT, and of the layout before buckets, under a key each. Buckets and
+//! idempotency keys spread over every node, and a batch of records, or of an import's claims,
+//! is sent in one pipeline per master ([`spread`]).
 //!
 //! Its rooms: `lease` leases serials; `records` writes and reads records (group commits, swaps,
 //! removals); `replies` keeps idempotency replies; `imports` imports' parts and queue. Below
