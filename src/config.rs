@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::store::redis::RedisTarget;
-
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "tracknum",
@@ -158,6 +156,7 @@ pub struct Config {
 
     /// Browser origins allowed to call the API (CORS), comma-separated, e.g.
     /// `https://app.example.com`; `*` for any. None by default.
+    // Once loaded, as `cors_origins` (below) wrote them.
     #[arg(long, env = "TRACKNUM_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
 
@@ -216,7 +215,7 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let config = match Config::try_parse_from(args) {
+        let mut config = match Config::try_parse_from(args) {
             Ok(config) => config,
             Err(err) if !err.use_stderr() => err.exit(),
             Err(err) if names_a_secret(&err) => {
@@ -249,7 +248,8 @@ impl Config {
         }
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks what one flag cannot check alone, and writes the CORS origins as checked.
+    fn validate(&mut self) -> Result<(), String> {
         if self.redis_url.is_some() && !self.redis_cluster_urls.is_empty() {
             return Err(
                 "--redis-url (REDIS_URL) and --redis-cluster-urls (REDIS_CLUSTER_URLS) cannot be \
@@ -293,9 +293,8 @@ impl Config {
                     .into(),
             );
         }
-        if let Err(err) = crate::http::cors::Cors::from_list(&self.cors_origins) {
-            return Err(format!("--cors-origins (TRACKNUM_CORS_ORIGINS): {err}"));
-        }
+        self.cors_origins = cors_origins(&self.cors_origins)
+            .map_err(|err| format!("--cors-origins (TRACKNUM_CORS_ORIGINS): {err}"))?;
         match &self.secret {
             Some(secret) if secret.len() < MIN_SECRET_BYTES => Err(format!(
                 "--secret (TRACKNUM_SECRET) must be at least {MIN_SECRET_BYTES} bytes: it keys \
@@ -309,6 +308,55 @@ impl Config {
             _ => Ok(()),
         }
     }
+}
+
+/// Where Redis is, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `--redis-url`.
+    Single(String),
+    /// A Redis Cluster, found from these seed nodes: `--redis-cluster-urls`.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisTarget::Cluster(_))
+    }
+}
+
+/// The browser origins a `--cors-origins` list allows, checked and written as browsers send
+/// them (`https://app.example.com`: lowercase, no trailing slash): none for an empty list,
+/// `["*"]` alone for any origin.
+pub fn cors_origins(list: &[String]) -> Result<Vec<String>, String> {
+    let list: Vec<&str> = list
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .collect();
+    if list.contains(&"*") {
+        return Ok(vec!["*".to_owned()]);
+    }
+    let mut origins = Vec::with_capacity(list.len());
+    for origin in list {
+        let (scheme, host) = origin
+            .split_once("://")
+            .ok_or_else(|| format!("{origin:?} is not an origin like https://example.com"))?;
+        if !matches!(scheme, "http" | "https") || host.is_empty() || host.contains('/') {
+            return Err(format!(
+                "{origin:?} is not an origin like https://example.com"
+            ));
+        }
+        // What a header value may not hold (control characters but the tab).
+        if origin
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        {
+            return Err(format!("{origin:?} is not a valid origin"));
+        }
+        origins.push(origin.to_ascii_lowercase());
+    }
+    Ok(origins)
 }
 
 /// Adds the environment variable to a message naming a flag, since either may have set it.
@@ -476,6 +524,45 @@ mod tests {
             assert!(err.contains(setting), "{args:?} gave {err:?}");
             assert!(!err.contains('\n'), "{err:?} is more than one line");
         }
+    }
+
+    #[test]
+    fn cors_origins_are_checked_and_written_as_browsers_send_them() {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(cors_origins(&[]), Ok(vec![]));
+        assert_eq!(cors_origins(&list(&[" ", ""])), Ok(vec![]));
+        assert_eq!(
+            cors_origins(&list(&[
+                "https://App.Example.com/",
+                " http://localhost:3000 "
+            ])),
+            Ok(list(&["https://app.example.com", "http://localhost:3000"]))
+        );
+        assert_eq!(
+            cors_origins(&list(&["https://a.example", "*"])),
+            Ok(list(&["*"]))
+        );
+        for bad in ["example.com", "ftp://example.com", "https://a.example/x"] {
+            assert_eq!(
+                cors_origins(&list(&[bad])),
+                Err(format!("{bad:?} is not an origin like https://example.com"))
+            );
+        }
+        assert_eq!(
+            cors_origins(&list(&["https://a\u{1}b"])),
+            Err("\"https://a\\u{1}b\" is not a valid origin".to_owned())
+        );
+        let config = load(&["--cors-origins", "https://A.example/,http://b.example"]).unwrap();
+        assert_eq!(
+            config.cors_origins,
+            list(&["https://a.example", "http://b.example"])
+        );
+        let err = load(&["--cors-origins", "example.com"]).unwrap_err();
+        assert_eq!(
+            err,
+            "--cors-origins (TRACKNUM_CORS_ORIGINS): \"example.com\" is not an origin like \
+             https://example.com"
+        );
     }
 
     #[test]

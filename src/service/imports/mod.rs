@@ -1,6 +1,6 @@
 //! Bulk import jobs. An upload is stored as it arrives, a chunk of whole rows at a time, then
-//! becomes a queued job; a worker on any instance takes it from the queue and issues its rows a
-//! chunk at a time ([`worker`]); the results of an ended job are read back a chunk at a time
+//! becomes a queued job; a worker on any instance takes it from the queue ([`queue`]) and issues
+//! its rows a chunk at a time ([`worker`]); the results of an ended job are read back a chunk at a time
 //! ([`results`]). Everything lives in the store with the import's expiry, never on local disk.
 //!
 //! A job's state is only ever written by a compare-and-swap on what the writer read
@@ -25,6 +25,7 @@ use crate::domain::{Principal, Tenant};
 use crate::metrics::Metrics;
 use crate::store::{ImportPart, Store, StoreError};
 
+mod queue;
 mod results;
 pub mod upload;
 mod worker;
@@ -159,6 +160,12 @@ impl Imports {
             worker: uuid::Uuid::new_v4().simple().to_string(),
             live: Arc::default(),
         }
+    }
+
+    /// Runs queued jobs, one at a time, until `stop` ([`queue`]); a job it is running when told
+    /// to stop is left for another worker (or this one, after a restart) to finish.
+    pub async fn work(self: Arc<Self>, stop: CancellationToken) {
+        queue::Queue::new(self).work(stop).await;
     }
 
     /// A new upload.

@@ -1,4 +1,5 @@
-//! The worker: takes queued jobs and issues their rows a chunk at a time.
+//! Running one job: its rows are issued a chunk at a time. (The loop that takes jobs from the
+//! queue and runs them is [`super::queue`].)
 //!
 //! A chunk is done when its results are stored (its tally travels with them). Before any of a
 //! chunk's numbers is stored, the numbers planned for its rows are stored: a worker that resumes
@@ -14,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -33,10 +33,6 @@ use crate::domain::{FieldError, IssueRequest, Principal, TrackingNumber};
 use crate::service::idempotency::{Binding, Bound, IdempotencyError};
 use crate::store::{ImportPart, QueuedImport, RecordEntry, StoreError};
 
-/// How long a worker waits before it looks at an empty queue again.
-const IDLE_POLL: Duration = Duration::from_millis(250);
-/// How long a worker waits before it tries a chunk again after storage failed it.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Records stored in one round trip.
 const STORE_SLICE: usize = 1000;
 
@@ -62,62 +58,10 @@ impl Kept {
 }
 
 impl Imports {
-    /// Runs queued jobs, one at a time, until `stop`; a job it is running when told to stop is
-    /// left for another worker (or this one, after a restart) to finish.
-    pub async fn work(self: Arc<Self>, stop: CancellationToken) {
-        while !stop.is_cancelled() {
-            let next = tokio::select! {
-                () = stop.cancelled() => return,
-                next = self.store.next_import(&self.worker, self.stale_after) => next,
-            };
-            let pause = match next {
-                Ok(Some(queued)) => {
-                    self.run(&queued, stop.clone()).await;
-                    continue;
-                }
-                Ok(None) => IDLE_POLL,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not look for import jobs");
-                    RETRY_PAUSE
-                }
-            };
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(pause) => {}
-            }
-        }
-    }
-
-    /// Runs one job to its end, trying a chunk again while storage is unavailable.
-    async fn run(self: &Arc<Self>, queued: &QueuedImport, stop: CancellationToken) {
-        loop {
-            match self.run_job(queued, &stop).await {
-                Ok(()) => return,
-                Err(err) if err.is_transient() => {
-                    tracing::warn!(import = queued.id, error = %err, "an import waits for storage");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(RETRY_PAUSE) => {}
-                    }
-                    if let Err(err) = self.store.touch_import(&self.worker, queued).await {
-                        tracing::debug!(error = %err, "could not touch an import job");
-                    }
-                }
-                Err(err) => {
-                    tracing::error!(import = queued.id, error = %err, "an import failed");
-                    if let Err(err) = self.fail(queued).await {
-                        tracing::warn!(import = queued.id, error = %err, "could not end an import");
-                    }
-                    return;
-                }
-            }
-        }
-    }
-
     /// Runs the job's chunks in order. While one chunk is bound and stored (mostly the store's
     /// work), the next is read and planned (mostly this process's), so the two overlap; the job
     /// advances one chunk at a time, in order, as before.
-    async fn run_job(
+    pub(super) async fn run_job(
         self: &Arc<Self>,
         queued: &QueuedImport,
         stop: &CancellationToken,
@@ -353,24 +297,6 @@ impl Imports {
         self.store.drop_import_parts(&queued.id, &parts).await?;
         self.store.ack_import(queued).await?;
         Ok(())
-    }
-
-    /// Ends a job that cannot go on (a fault that waiting cannot cure), unless it has ended.
-    async fn fail(&self, queued: &QueuedImport) -> Result<(), StoreError> {
-        loop {
-            let Some(held) = self.held(&queued.id).await? else {
-                return self.store.ack_import(queued).await;
-            };
-            let mut job = held.job.clone();
-            if job.status.is_finished() {
-                return self.store.ack_import(queued).await;
-            }
-            job.fail("the import could not be completed", Utc::now());
-            if self.replace_job(&held, job).await?.is_some() {
-                self.count_job(JobStatus::Failed);
-                return self.store.ack_import(queued).await;
-            }
-        }
     }
 
     /// Reads a chunk's rows, sorts them out ([`sort_rows`]) and gives every row that wants a

@@ -19,20 +19,8 @@ use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::store::StoreError;
 
-/// Where Redis is, as configured.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// One server: `--redis-url`.
-    Single(String),
-    /// A Redis Cluster, found from these seed nodes: `--redis-cluster-urls`.
-    Cluster(Vec<String>),
-}
-
-impl RedisTarget {
-    pub fn is_cluster(&self) -> bool {
-        matches!(self, RedisTarget::Cluster(_))
-    }
-}
+/// Where Redis is: a plain value the configuration holds.
+pub use crate::config::RedisTarget;
 
 /// A way to get connections to the configured Redis; connects lazily, so a Redis that is down
 /// at start is retried on use.
