@@ -35,6 +35,7 @@ use tower_http::cors::CorsLayer;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tracing::Instrument;
 use warp::filters::BoxedFilter;
 
 use super::cors::Cors;
@@ -183,11 +184,7 @@ impl MakeRequestId for FreshIds {
 
 /// A route that panicked: a generic 500, the panic in the log (never in the reply).
 fn panicked(panic: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!(
-        request_id = request_id::current().as_deref(),
-        panic = telemetry::panic_text(&*panic),
-        "a request panicked"
-    );
+    tracing::error!(panic = telemetry::panic_text(&*panic), "a request panicked");
     Problem::internal().into_response()
 }
 
@@ -250,10 +247,13 @@ where
             let broken: BoxError = "the layers cannot serve".into();
             Branch::Left(future::ready(Err(broken)))
         } else {
+            // Every log line of the request carries its id from this span.
+            let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or(""));
             let inner = &mut self.inner;
             // Boxed at once: the layers' futures are large, and each move copies them.
-            let called = request_id::sync_scope(id.clone(), || Box::pin(inner.call(request)));
-            Branch::Right(request_id::scope(id.clone(), called))
+            let called = span
+                .in_scope(|| request_id::sync_scope(id.clone(), || Box::pin(inner.call(request))));
+            Branch::Right(request_id::scope(id.clone(), called).instrument(span))
         };
         let metrics = self.gateway.metrics.clone();
         Box::pin(async move {
@@ -482,6 +482,42 @@ mod tests {
         let (reply, body) = send(&edge(routes), request(Method::HEAD, None)).await;
         assert_eq!(reply.headers[header::CONTENT_LENGTH], "12");
         assert!(body.is_empty(), "HTTP/2 would have sent {body:?}");
+    }
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_routes_log_lines_carry_the_request_id_from_its_span() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let routes = warp::any()
+            .map(|| {
+                tracing::warn!("inside the route");
+                crate::http::full("logged")
+            })
+            .boxed();
+        send(&edge(routes), request(Method::GET, Some("req-span-7"))).await;
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line = text.lines().find(|line| line.contains("inside the route"));
+        let line = line.unwrap_or_else(|| panic!("no line in {text}"));
+        assert!(line.contains(r#""request_id":"req-span-7""#), "{line}");
     }
 
     #[tokio::test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::HeaderValue;
+use tracing::Instrument;
 
 use super::{Problem, Response, SharedState, request_id};
 use crate::domain::IdempotencyKey;
@@ -84,6 +85,8 @@ where
         outcome
     };
     let work = with_patience(KEYED_PATIENCE, work);
+    // The task runs on in the request's span, and with its id for problem bodies.
+    let work = work.in_current_span();
     let work = match request_id::current_header() {
         Some(id) => tokio::spawn(request_id::scope(id, work)),
         None => tokio::spawn(work),
@@ -91,8 +94,7 @@ where
     match tokio::time::timeout(state.idempotency.answer_within(), work).await {
         Ok(Ok(outcome)) => into_response(outcome, reply),
         Ok(Err(failed)) => {
-            let request_id = request_id::current();
-            tracing::error!(request_id, error = %failed, "a keyed request's task failed");
+            tracing::error!(error = %failed, "a keyed request's task failed");
             Problem::internal().into_response()
         }
         Err(_) => Problem::unavailable(

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{ImportError, Imports};
 use crate::domain::import::JobStatus;
@@ -84,7 +85,9 @@ impl Queue {
             };
             let pause = match Look::after(found) {
                 Look::Run(queued) => {
-                    self.run(&queued, stop.clone()).await;
+                    // The job's log lines carry its id from this span.
+                    let span = tracing::info_span!("import", import = %queued.id);
+                    self.run(&queued, stop.clone()).instrument(span).await;
                     continue;
                 }
                 Look::Wait(pause) => pause,
@@ -103,7 +106,7 @@ impl Queue {
             match Attempt::of(imports.run_job(queued, &stop).await) {
                 Attempt::Over => return,
                 Attempt::Again(err) => {
-                    tracing::warn!(import = queued.id, error = %err, "an import waits for storage");
+                    tracing::warn!(error = %err, "an import waits for storage");
                     tokio::select! {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(RETRY_PAUSE) => {}
@@ -113,9 +116,9 @@ impl Queue {
                     }
                 }
                 Attempt::Failed(err) => {
-                    tracing::error!(import = queued.id, error = %err, "an import failed");
+                    tracing::error!(error = %err, "an import failed");
                     if let Err(err) = self.fail(queued).await {
-                        tracing::warn!(import = queued.id, error = %err, "could not end an import");
+                        tracing::warn!(error = %err, "could not end an import");
                     }
                     return;
                 }

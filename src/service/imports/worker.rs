@@ -268,10 +268,7 @@ impl Imports {
                 Ok(())
             }
             Some(_) => {
-                tracing::info!(
-                    import = queued.id,
-                    "another worker has taken the import over"
-                );
+                tracing::info!("another worker has taken the import over");
                 Ok(())
             }
         }
@@ -283,7 +280,6 @@ impl Imports {
     /// its listing and its results do, rather than `failed` without either.
     async fn forget(&self, queued: &QueuedImport, chunks: usize) -> Result<(), ImportError> {
         tracing::warn!(
-            import = queued.id,
             "an import's stored parts are gone (the store lost data); removing what is left"
         );
         let mut parts = vec![ImportPart::Job, ImportPart::Cancel, ImportPart::Manifest];
