@@ -6,8 +6,8 @@
 //!    scope, the client's address for the gateway, the metrics, one access-log line and, for
 //!    `HEAD`, no body;
 //! 3. compression of large replies (tower-http), for clients that ask for it;
-//! 4. CORS (tower-http), behind [`CorsGuard`], which refuses a bad preflight with a problem;
-//! 5. panic catching (tower-http): a panic is a generic 500 problem, and the server goes on;
+//! 4. panic catching (tower-http): a panic is a generic 500 problem, and the server goes on;
+//! 5. CORS (tower-http), behind [`CorsGuard`], which refuses a bad preflight with a problem;
 //! 6. the time limit (tower's timeout): past `--request-timeout`, a 503 problem;
 //! 7. the routes: warp filters built from the route table (`router`), then the gateway.
 
