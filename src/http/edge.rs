@@ -1,15 +1,18 @@
 //! The layers every request goes through around the routes, outermost first:
-//! 1. the request id (tower-http): a sane incoming `X-Request-Id` is kept (an insane one is
-//!    dropped first, `request_id::drop_insane`), anything else gets a fresh id, and the reply
-//!    carries it;
-//! 2. [`Telemetry`] (ours: it is the product's own record of a request): the id's task-local
-//!    scope, the client's address for the gateway, the metrics, one access-log line and, for
-//!    `HEAD`, no body;
-//! 3. compression of large replies (tower-http), for clients that ask for it;
-//! 4. panic catching (tower-http): a panic is a generic 500 problem, and the server goes on;
-//! 5. CORS (tower-http), behind [`CorsGuard`], which refuses a bad preflight with a problem;
-//! 6. the time limit (tower's timeout): past `--request-timeout`, a 503 problem;
-//! 7. the routes: warp filters built from the route table (`router`), then the gateway.
+//! 1. [`Telemetry`] (ours: it is the product's own record of a request): the request id (a
+//!    sane incoming `X-Request-Id` is kept, anything else replaced, `request_id`), its span and
+//!    task-local scope, the client's address for the gateway, the metrics, one access-log line,
+//!    the id on the reply and, for `HEAD`, no body;
+//! 2. compression of large replies (tower-http), for clients that ask for it;
+//! 3. panic catching (tower-http): a panic is a generic 500 problem, and the server goes on;
+//! 4. CORS (tower-http), behind [`CorsGuard`], which refuses a bad preflight with a problem;
+//! 5. the time limit (tower's timeout): past `--request-timeout`, a 503 problem;
+//! 6. the routes: warp filters built from the route table (`router`), then the gateway.
+//!
+//! tower-http's request-id layers (set, propagate) were tried for the id: with the sanity rule
+//! in front of them they cost 380 ns a request (an id made, a header and an extension put on
+//! the request, the header copied to the reply), about 0.013 of the ratio to the ceiling, where
+//! `Telemetry` does it in one step beside what it does anyway.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -32,9 +35,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::predicate::SizeAbove;
 use tower_http::compression::{CompressionBody, CompressionLayer};
 use tower_http::cors::CorsLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
 use tracing::Instrument;
 use warp::filters::BoxedFilter;
 
@@ -149,9 +149,6 @@ impl Edge {
         };
         let gateway = self.gateway.clone();
         ServiceBuilder::new()
-            .map_request(request_id::drop_insane::<B>)
-            .layer(SetRequestIdLayer::x_request_id(FreshIds))
-            .layer(PropagateRequestIdLayer::x_request_id())
             .layer_fn(move |inner| Telemetry {
                 inner,
                 gateway: gateway.clone(),
@@ -170,16 +167,6 @@ pub fn outgoing(response: Response) -> Reply {
     response.map(|body| Outgoing::Made {
         body: body.map_err(Into::into).boxed_unsync(),
     })
-}
-
-/// Fresh request ids, for requests that came without a sane one.
-#[derive(Clone, Copy)]
-struct FreshIds;
-
-impl MakeRequestId for FreshIds {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        Some(RequestId::new(request_id::generate()))
-    }
 }
 
 /// A route that panicked: a generic 500, the panic in the log (never in the reply).
@@ -232,10 +219,7 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let id = request
-            .headers()
-            .get(request_id::HEADER)
-            .cloned()
+        let id = request_id::accept(request.headers().get(request_id::HEADER))
             .unwrap_or_else(request_id::generate);
         let arrival = self.gateway.arrival(&request, self.remote);
         request.extensions_mut().insert(arrival);
@@ -279,6 +263,7 @@ where
                 client: arrival.client,
                 key: key.as_ref().map(|key| key.0.as_str()),
             });
+            response.headers_mut().insert(request_id::HEADER, id);
             Ok(if head {
                 without_body(response)
             } else {

@@ -1,6 +1,5 @@
 //! Request ids: a sane incoming `X-Request-Id` is kept, anything else is replaced by a fresh
-//! one (tower-http's request-id layers set and propagate it; what is sane, and how ids are
-//! made, is decided here). The id of the request being served is in a task-local, so that
+//! one (the edge's `Telemetry` puts it on the reply). The id of the request being served is in a task-local, so that
 //! problem bodies built anywhere below can carry it.
 
 use std::sync::LazyLock;
@@ -27,18 +26,6 @@ pub fn accept(incoming: Option<&HeaderValue>) -> Option<HeaderValue> {
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b));
     sane.then(|| value.clone())
-}
-
-/// Drops an incoming id that [`accept`] would not keep, so that the layer which sets ids (it
-/// keeps whatever id a request brings) gives the request a fresh one instead.
-pub fn drop_insane<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
-    let headers = request.headers_mut();
-    if let Some(incoming) = headers.get(HEADER)
-        && accept(Some(incoming)).is_none()
-    {
-        headers.remove(HEADER);
-    }
-    request
 }
 
 /// A fresh id: a random per-process prefix and a counter, so ids never repeat across instances
