@@ -634,36 +634,21 @@ fn vary_values(headers: &reqwest::header::HeaderMap) -> Vec<String> {
 async fn cors_replies_name_origin_in_vary_once() {
     let (app, _dir) = spawn_embedded(&["--cors-origins", "https://app.example"]).await;
     let preflight = |origin: &'static str, method: &'static str| {
-        app.client
-            .request(reqwest::Method::OPTIONS, app.url("/v1/tracking-numbers/X"))
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", method)
-            .send()
+        app.preflight("/v1/tracking-numbers/X", origin, method, None)
     };
-    let allowed = preflight("https://app.example", "PATCH").await.unwrap();
+    let allowed = preflight("https://app.example", "PATCH").await;
     assert_eq!(allowed.status(), 204);
-    let refused = preflight("https://evil.example", "PATCH").await.unwrap();
+    let refused = preflight("https://evil.example", "PATCH").await;
     assert_eq!(refused.status(), 403);
-    let get = app
-        .client
-        .get(app.url("/healthz"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    let head = app
-        .client
-        .head(app.url("/"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let from_app = app.with_header("Origin", "https://app.example");
+    let get = from_app.get("/healthz").await;
+    let head = from_app.head("/").await;
     for reply in [allowed, refused, get, head] {
         let vary = vary_values(reply.headers());
         assert_eq!(vary, ["origin"], "{} {:?}", reply.status(), reply.headers());
     }
     // The preflight allows HEAD, and only the methods the path takes.
-    let methods = preflight("https://app.example", "GET").await.unwrap();
+    let methods = preflight("https://app.example", "GET").await;
     let methods = methods.headers()["access-control-allow-methods"]
         .to_str()
         .unwrap()

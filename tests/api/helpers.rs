@@ -2,6 +2,7 @@
 //! private `redis-server` processes on free ports, each stopped when dropped.
 
 use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracknum::domain::Codec;
 use tracknum::store::redis::{Place, RedisTarget, bucket_place};
 
+use crate::client::ApiClient;
 use crate::redis_cluster::RedisCluster;
 use tracknum::{Application, Config};
 
@@ -29,35 +31,24 @@ pub fn config(args: &[&str]) -> Config {
     Config::load_from(base.iter().chain(args.iter()).copied()).expect("valid test config")
 }
 
+/// The server running in this process, and a client of it: the typed requests of
+/// [`ApiClient`] are the app's own (`app.get_record(number)`, `app.with_key(key)`).
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub client: reqwest::Client,
+    api: ApiClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+impl Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
+
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("the server answers")
-    }
-
-    /// Issues a number with the given query and returns the body, asserting a 200.
-    pub async fn issue(&self, query: &str) -> Value {
-        let response = self.get(&format!("/next-tracking-number?{query}")).await;
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
     /// Graceful stop: waits until the server has drained and flushed.
     pub async fn stop(mut self) {
         self.stop_inner().await;
@@ -107,7 +98,7 @@ async fn start(config: Config) -> anyhow::Result<TestApp> {
     }));
     Ok(TestApp {
         addr,
-        client: reqwest::Client::new(),
+        api: ApiClient::new(format!("http://{addr}")),
         stop: Some(stop),
         task: Some(task),
     })
@@ -371,10 +362,18 @@ pub fn spawn_redis(server: &mut Command) -> Child {
         })
 }
 
-/// The real binary, for tests that kill the process.
+/// The real binary, for tests that kill the process, and a client of it (as [`TestApp`]).
 pub struct BinaryApp {
-    pub addr: SocketAddr,
+    api: ApiClient,
     child: Child,
+}
+
+impl Deref for BinaryApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl BinaryApp {
@@ -405,7 +404,7 @@ impl BinaryApp {
             .spawn()
             .expect("the tracknum binary starts");
         let app = BinaryApp {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            api: ApiClient::new(format!("http://127.0.0.1:{port}")),
             child,
         };
         wait_healthy(&reqwest::Client::new(), &app.url("/readyz")).await;
@@ -433,10 +432,6 @@ impl BinaryApp {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
     }
 
     pub fn pid(&self) -> u32 {

@@ -274,12 +274,7 @@ async fn lost_in_failover(flags: &[&str]) -> (usize, usize) {
     for number in &acknowledged {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match app
-                .get(&format!("/v1/tracking-numbers/{number}"))
-                .await
-                .status()
-                .as_u16()
-            {
+            match app.get_record(number).await.status().as_u16() {
                 200 => break,
                 404 => {
                     lost += 1;
@@ -381,10 +376,7 @@ async fn resharding_under_load_fails_nothing_and_every_record_is_found() {
     let numbers = numbers_of(&seen);
     assert_unique(&numbers);
     for number in &numbers {
-        let status = app
-            .get(&format!("/v1/tracking-numbers/{number}"))
-            .await
-            .status();
+        let status = app.get_record(number).await.status();
         assert_eq!(status, 200, "{number} after the reshard");
     }
 }
