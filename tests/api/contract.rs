@@ -6,7 +6,9 @@ use serde_json::Value;
 use tracknum::domain::Codec;
 use tracknum::domain::codec::has_valid_check;
 
-use crate::helpers::{RedisServer, SECRET, TestApp, spawn_embedded, spawn_on_redis};
+use crate::helpers::{
+    RedisServer, SECRET, TestApp, sleep_past_time, spawn_embedded, spawn_on_redis,
+};
 
 on_both_backends!(
     issues_a_valid_number_with_no_inputs,
@@ -327,19 +329,24 @@ async fn record_lookup_validates_and_404s(app: &TestApp) {
     assert_eq!(error_fields(&body), ["tracking_number"]);
 }
 
+/// The shortest TTL there is (1 s), waited out on both backends at once: until each record's
+/// `expires_at` has passed, no longer.
 #[tokio::test]
 async fn records_expire_after_the_ttl_on_both_backends() {
     let redis = RedisServer::start();
     let on_redis = spawn_on_redis(&redis, &["--record-ttl", "1s"]).await;
     let (embedded, _dir) = spawn_embedded(&["--record-ttl", "1s"]).await;
+    let mut issued = Vec::new();
     for app in [&on_redis, &embedded] {
-        let issued = app.issue("").await;
-        let path = format!(
-            "/v1/tracking-numbers/{}",
-            issued["tracking_number"].as_str().unwrap()
-        );
-        assert_eq!(app.get(&path).await.status(), 200);
-        tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-        assert_eq!(app.get(&path).await.status(), 404);
+        let record = app.issue("").await;
+        let number = record["tracking_number"].as_str().unwrap().to_owned();
+        assert_eq!(app.get_record(&number).await.status(), 200);
+        let expires_at = record["expires_at"].as_str().unwrap();
+        let expires_at = chrono::DateTime::parse_from_rfc3339(expires_at).unwrap();
+        issued.push((app, number, expires_at.to_utc()));
+    }
+    for (app, number, expires_at) in issued {
+        sleep_past_time(expires_at).await;
+        assert_eq!(app.get_record(&number).await.status(), 404);
     }
 }

@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{TestApp, spawn_embedded};
-use crate::ops::{body_of, raw_exchange, status_of};
+use crate::helpers::{TestApp, spawn_embedded, wait_until};
+use crate::ops::{body_of, metric, raw_exchange, status_of};
 
 /// The idle timeout these tests run with: short, so that the cut-offs come quickly.
 const IDLE: &str = "1s";
@@ -75,10 +75,15 @@ async fn large_results(app: &TestApp, rows: usize) -> (String, usize) {
     (path, len)
 }
 
-/// Waits until the server has closed the keep-alive connection the test client used to see
-/// the app start, so that every slot is free.
-async fn slots_free() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+/// Waits until no connection but the one asking is open (a client's keep-alive connection
+/// would hold a slot until the idle timeout closes it), so that every slot is free.
+async fn slots_free(app: &TestApp) {
+    let ask = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    wait_until("every slot free", CUT_WITHIN, async || {
+        let reply = raw_exchange(app.addr, ask).await;
+        status_of(&reply) == 200 && metric(&reply, "tracknum_open_connections") == 1.0
+    })
+    .await;
 }
 
 /// A connection with a small receive buffer that sends `request` and then reads nothing.
@@ -134,7 +139,7 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
     // Some 12 MB: more than the socket buffers of both ends can hold.
     let (path, len) = large_results(&app, 3000).await;
     assert!(len > 10_000_000, "{len} bytes of results");
-    slots_free().await;
+    slots_free(&app).await;
 
     // Three readers ask for the results and never read: every slot.
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -226,7 +231,7 @@ async fn an_upload_that_stops_moving_is_cut_off_and_frees_its_slot() {
         "60s",
     ])
     .await;
-    slots_free().await;
+    slots_free(&app).await;
     // Three uploads promise a megabyte, send a tenth of it and stop.
     let mut head = b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
                      Content-Length: 1000000\r\n\r\norder_id,origin_country_id,weight\n"
@@ -312,7 +317,7 @@ fn empty() -> H2Body {
 #[tokio::test]
 async fn idle_http2_connections_are_closed_and_free_their_slots() {
     let (app, _dir) = spawn_embedded(&["--max-connections", "3", "--idle-timeout", IDLE]).await;
-    slots_free().await;
+    slots_free(&app).await;
     // Three HTTP/2 connections that answer the server's pings and ask for nothing. (Their
     // senders are kept: a client drops the connection itself when they are gone.)
     let mut idle = Vec::new();
@@ -416,13 +421,6 @@ fn split_reply(reply: &str) -> (u16, Vec<String>, &str) {
         .collect();
     headers.sort();
     (status_of(reply), headers, body)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -78,15 +78,24 @@ pub async fn spawn_app(config: Config) -> TestApp {
 
 pub async fn try_spawn_app(config: Config) -> anyhow::Result<TestApp> {
     let app = start(config).await?;
-    wait_healthy(&app.client, &app.url("/readyz")).await;
+    wait_healthy(&unpooled(), &app.url("/readyz")).await;
     Ok(app)
 }
 
 /// An app that may never get ready (its storage is down): waits for it to be alive only.
 pub async fn spawn_live(config: Config) -> TestApp {
     let app = start(config).await.expect("the app starts");
-    wait_healthy(&app.client, &app.url("/healthz")).await;
+    wait_healthy(&unpooled(), &app.url("/healthz")).await;
     app
+}
+
+/// A client that keeps no connection open after its request: the wait for a start leaves the
+/// server no idle connection, which would hold one of its slots (`--max-connections`).
+fn unpooled() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 async fn start(config: Config) -> anyhow::Result<TestApp> {
@@ -115,6 +124,32 @@ pub async fn wait_healthy(client: &reqwest::Client, url: &str) {
         assert!(Instant::now() < deadline, "{url} never became healthy");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Polls `done` every 20 ms until it holds; past `limit`, fails naming `what`. For waits on
+/// something the test can see, instead of a sleep long enough for a loaded machine.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How far past a time the server measures itself a test waits: its clocks are this machine's,
+/// and it keeps times to the millisecond.
+const PAST_MARGIN: Duration = Duration::from_millis(50);
+
+/// Sleeps until `at` (an expiry, a staleness deadline, which the server measures on this
+/// machine's clock) has passed, and no longer: the wait is the point of the tests that call it.
+pub async fn sleep_past(at: Instant) {
+    tokio::time::sleep_until((at + PAST_MARGIN).into()).await;
+}
+
+/// [`sleep_past`] for a wall-clock time, such as a record's `expires_at`.
+pub async fn sleep_past_time(at: chrono::DateTime<chrono::Utc>) {
+    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + PAST_MARGIN).await;
 }
 
 /// An embedded-store app in a fresh data dir (kept alive by the returned TempDir).
@@ -407,7 +442,7 @@ impl BinaryApp {
             api: ApiClient::new(format!("http://127.0.0.1:{port}")),
             child,
         };
-        wait_healthy(&reqwest::Client::new(), &app.url("/readyz")).await;
+        wait_healthy(&unpooled(), &app.url("/readyz")).await;
         app
     }
 

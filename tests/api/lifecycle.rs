@@ -2,7 +2,6 @@
 //! idempotent retries, against both backends.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
@@ -12,7 +11,7 @@ use tracknum::domain::codec::has_valid_check;
 
 use crate::client::record_path;
 use crate::contract::{assert_problem, error_fields};
-use crate::helpers::{RedisServer, SECRET, TestApp, spawn_on_redis};
+use crate::helpers::{RedisServer, SECRET, TestApp, sleep_past_time, spawn_on_redis};
 
 on_both_backends!(
     records_carry_etags_and_patches_honour_if_match,
@@ -275,12 +274,13 @@ async fn expiry_can_be_moved_and_an_expired_record_is_gone(app: &TestApp) {
             .unwrap();
     assert!((expires.to_utc() - chrono::Utc::now()).num_days() >= 89);
 
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
-    patch(app, &number, json!({"expires_at": soon}), None)
+    // Soon enough to wait out, late enough that the change and a read come first.
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(600);
+    patch(app, &number, json!({"expires_at": soon.to_rfc3339()}), None)
         .await
         .expect(200);
     answer(app.get_record(&number)).await.expect(200);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    sleep_past_time(soon).await;
     answer(app.get_record(&number)).await.expect(404);
     patch(app, &number, json!({"weight": 1}), None)
         .await

@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{
     BinaryApp, RedisServer, SECRET, TestApp, config, keys_file, spawn_app, spawn_embedded,
-    spawn_on_redis, write_keys,
+    spawn_on_redis, wait_until, write_keys,
 };
 
 const QUERY: &str = "/next-tracking-number?origin_country_id=MY";
@@ -284,9 +284,17 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
 
 #[tokio::test]
 async fn api_keys_rotate_without_a_restart() {
-    let keys_dir = TempDir::new().unwrap();
-    let path = keys_file(&keys_dir, &[("old", "old-key-0123456789")]);
-    let (app, _dir) = spawn_embedded(&["--api-keys-file", path.to_str().unwrap()]).await;
+    let dir = TempDir::new().unwrap();
+    let path = keys_file(&dir, &[("old", "old-key-0123456789")]);
+    let log = dir.path().join("log.txt");
+    // The binary, for its log: the one sign that a broken file was read, and refused.
+    let app = BinaryApp::start_logging(
+        &dir.path().join("data"),
+        &["--api-keys-file", path.to_str().unwrap()],
+        "info",
+        Some(&log),
+    )
+    .await;
     assert_eq!(
         app.with_key("old-key-0123456789").get(QUERY).await.status(),
         200
@@ -305,7 +313,15 @@ async fn api_keys_rotate_without_a_restart() {
 
     // A broken file keeps the keys that work.
     std::fs::write(&path, "this is not a keys file\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "the broken keys file refused",
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap();
+            text.contains("API keys not reloaded; keeping the old ones")
+        },
+    )
+    .await;
     assert_eq!(
         app.with_key("new-key-0123456789").get(QUERY).await.status(),
         200
@@ -379,6 +395,7 @@ async fn rate_limits_refuse_with_headers_then_recover() {
             (2 - i).to_string().as_str()
         );
     }
+    let asked = Instant::now();
     let refused = app.get(QUERY).await;
     let retry: u64 = refused.headers()["retry-after"]
         .to_str()
@@ -394,8 +411,19 @@ async fn rate_limits_refuse_with_headers_then_recover() {
     assert_eq!(app.get("/readyz").await.status(), 200);
     assert!(metric(&metrics_text(&app).await, "tracknum_rate_limited_total") >= 1.0);
 
-    tokio::time::sleep(Duration::from_secs(retry)).await;
-    assert_eq!(app.get(QUERY).await.status(), 200);
+    // Served again once a token has come back: no later than Retry-After said, counted from
+    // before the refused request was sent.
+    wait_until(
+        "a request served again",
+        Duration::from_secs(retry + 5),
+        async || app.get(QUERY).await.status() == 200,
+    )
+    .await;
+    let waited = asked.elapsed();
+    assert!(
+        waited <= Duration::from_secs(retry),
+        "served after {waited:?}"
+    );
 }
 
 #[tokio::test]
