@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use crate::client::ApiClient;
 use crate::helpers::{
     BinaryApp, RedisServer, SECRET, keys_file, recorded_numbers, spawn_embedded, spawn_on_redis,
+    wait_until,
 };
 
 const HEADER: &str = "order_id,origin_country_id,destination_country_id,weight,customer_name";
@@ -1001,15 +1002,31 @@ async fn results_cells_that_could_be_formulas_are_escaped() {
 
 /// The import part keys (`<id>/<part>`) in the data file of a stopped embedded store.
 fn stored_parts(data_dir: &std::path::Path) -> Vec<String> {
+    parts_in(&data_dir.join("tracknum.redb")).unwrap()
+}
+
+/// The import part keys that a running embedded store has written to its data file so far,
+/// read from a copy (the process holds the file's lock): `None` while a copy taken in the
+/// middle of a write does not open.
+fn parts_written(data_dir: &std::path::Path) -> Option<Vec<String>> {
+    let copy = TempDir::new().unwrap();
+    let path = copy.path().join("copy.redb");
+    std::fs::copy(data_dir.join("tracknum.redb"), &path).unwrap();
+    parts_in(&path).ok()
+}
+
+fn parts_in(file: &std::path::Path) -> Result<Vec<String>, redb::Error> {
     use redb::{ReadableDatabase, ReadableTable};
     const PARTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("import_parts");
-    let db = redb::Database::open(data_dir.join("tracknum.redb")).unwrap();
-    let tx = db.begin_read().unwrap();
-    let parts = tx.open_table(PARTS).unwrap();
+    let db = redb::Database::open(file)?;
+    let tx = db.begin_read()?;
+    let parts = match tx.open_table(PARTS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        parts => parts?,
+    };
     parts
-        .iter()
-        .unwrap()
-        .map(|item| item.unwrap().0.value().to_owned())
+        .iter()?
+        .map(|item| Ok(item?.0.value().to_owned()))
         .collect()
 }
 
@@ -1041,8 +1058,20 @@ async fn on_the_embedded_store_uploads_cut_by_a_kill_are_removed_at_the_next_sta
     let uploads: Vec<_> = (0..3)
         .map(|_| held_upload(&app, 60_000, 700 << 10))
         .collect();
-    // Two chunks of each are stored long before this.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two chunks of each are stored in a moment (the third never fills).
+    let cut = || {
+        let parts = parts_written(dir.path()).unwrap_or_default();
+        parts
+            .into_iter()
+            .filter(|key| !key.starts_with(&kept))
+            .count()
+    };
+    wait_until(
+        "two chunks of each upload stored",
+        Duration::from_secs(20),
+        async || cut() >= 6,
+    )
+    .await;
     app.kill();
     uploads.iter().for_each(|upload| upload.abort());
     let cut: Vec<String> = stored_parts(dir.path())
@@ -1051,11 +1080,21 @@ async fn on_the_embedded_store_uploads_cut_by_a_kill_are_removed_at_the_next_sta
         .collect();
     assert_eq!(cut.len(), 6, "two chunks of each cut upload: {cut:?}");
 
-    let mut app = BinaryApp::start(dir.path(), &flags).await;
+    let logs = TempDir::new().unwrap();
+    let log = logs.path().join("tracknum.log");
+    let mut app = BinaryApp::start_logging(dir.path(), &flags, "info", Some(&log)).await;
     let job = unless_busy(|| app.import(&kept)).await;
     assert_eq!(job.status(), 200);
-    // The sweep runs as the process starts; give it a moment before stopping it to look.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sweep runs as the process starts, and says what it removed.
+    wait_until(
+        "the sweep at the start",
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap();
+            text.contains("removed uploads that never became a job")
+        },
+    )
+    .await;
     app.kill();
     let left = stored_parts(dir.path());
     assert!(
@@ -1081,11 +1120,23 @@ async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
         "--min-free-disk",
         "1MiB",
     ];
-    let mut app = BinaryApp::start_logging(&data, &flags, "info", Some(&log_file)).await;
+    // Debug for this module: a removal that fails again says so.
+    let log_level = "info,tracknum::service::imports=debug";
+    let mut app = BinaryApp::start_logging(&data, &flags, log_level, Some(&log_file)).await;
     let uploads: Vec<_> = (0..20)
         .map(|_| held_upload(&app, 60_000, 600 << 10))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two chunks of each are stored before the disk stops answering: removals have work to do.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let parts = parts_written(&data);
+        if parts.as_ref().is_some_and(|parts| parts.len() >= 40) {
+            break;
+        }
+        let log = std::fs::read_to_string(&log_file).unwrap();
+        assert!(Instant::now() < deadline, "stored: {parts:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let frozen = disk.freeze();
     uploads.iter().for_each(|upload| upload.abort());
@@ -1101,7 +1152,13 @@ async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
         assert!(Instant::now() < deadline, "the removals did not fail");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each is tried again while the disk is still frozen, and fails again.
+    wait_until(
+        "the removals tried again",
+        Duration::from_secs(10),
+        async || lines("a removal failed again") >= 20,
+    )
+    .await;
     frozen.thaw();
 
     let deadline = Instant::now() + Duration::from_secs(30);
