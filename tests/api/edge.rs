@@ -193,6 +193,7 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
         if round < 2_000_000 {
             break;
         }
+        // The reader's pause: most of the idle timeout, which it never reaches. The point.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert!(

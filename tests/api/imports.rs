@@ -795,6 +795,7 @@ async fn cancel_early(apps: &[&ApiClient], after: Duration) -> Vec<String> {
     let (status, job) = read(apps[0].upload("", file).await).await;
     assert_eq!(status, 202, "{job}");
     let id = id_of(&job).to_owned();
+    // The moment of the cancel is what varies from call to call: not a wait for anything.
     tokio::time::sleep(after).await;
     // As a client does: a 503 (storage busy on a loaded machine) is sent again; the cancel it
     // asked for may have landed, so the job may have ended by the retry (409).
