@@ -1031,6 +1031,17 @@ fn parts_in(file: &std::path::Path) -> Result<Vec<String>, redb::Error> {
         .collect()
 }
 
+/// Returns once every write the embedded store has begun is done, as far as its caller knows: a
+/// chunk in the data file may still wait for its fsync, and an upload cut then never learns it
+/// was stored. The store writes one transaction at a time, so an upload that stores a chunk,
+/// is refused (a row that never ends) and removes the chunk answers only after the writes
+/// before its own.
+async fn writes_settled(app: &ApiClient) {
+    let endless = format!("{}\"{}", big_file(20_000), "x".repeat(100_000));
+    let (status, problem) = read(app.upload("", endless).await).await;
+    assert_eq!(status, 400, "{problem}");
+}
+
 /// An upload held open after it sent `bytes` of `rows`: its request runs until the returned
 /// task is aborted, which cuts the connection.
 fn held_upload(app: &ApiClient, rows: usize, bytes: usize) -> tokio::task::JoinHandle<()> {
@@ -1138,6 +1149,7 @@ async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
         assert!(Instant::now() < deadline, "stored: {parts:?}\n{log}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    writes_settled(&app).await;
 
     let frozen = disk.freeze();
     uploads.iter().for_each(|upload| upload.abort());
