@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -48,33 +49,21 @@ async fn the_page_is_open_html_with_a_strict_policy_and_an_etag() {
     assert!(html.starts_with("<!doctype html>"), "{html}");
     assert!(html.contains(r#"<meta name="viewport""#));
 
-    let held = app
-        .client
-        .get(app.url("/"))
-        .header("If-None-Match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let held = app.with_header("If-None-Match", &etag).get("/").await;
     assert_eq!(held.status(), 304);
     assert_eq!(held.headers()["etag"], etag.as_str());
     assert!(held.bytes().await.unwrap().is_empty());
-    let stale = app
-        .client
-        .get(app.url("/"))
-        .header("If-None-Match", "\"0123\"")
-        .send()
-        .await
-        .unwrap();
+    let stale = app.with_header("If-None-Match", "\"0123\"").get("/").await;
     assert_eq!(stale.status(), 200);
 
-    let head = app.client.head(app.url("/")).send().await.unwrap();
+    let head = app.head("/").await;
     assert_eq!(head.status(), 200);
     assert_eq!(head.headers()["etag"], etag.as_str());
     assert!(head.bytes().await.unwrap().is_empty());
 
     // The calls the page makes are still guarded.
     assert_eq!(app.get("/v1/next-tracking-number").await.status(), 401);
-    let post = app.client.post(app.url("/")).send().await.unwrap();
+    let post = app.request(Method::POST, "/").send().await.unwrap();
     assert_eq!(post.status(), 405);
     assert_eq!(post.headers()["allow"], "GET, HEAD");
 }
@@ -103,12 +92,7 @@ async fn the_page_issues_looks_up_and_shows_field_errors_in_a_real_browser() {
     let number = text_when(page, "#issue-result .number", |t| !t.is_empty()).await;
     assert!(is_tracking_number(&number), "{number:?}");
     // The record the server keeps holds what was typed, so the page sent every input.
-    let record: Value = app
-        .get(&format!("/v1/tracking-numbers/{number}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record: Value = app.get_record(&number).await.json().await.unwrap();
     assert_eq!(record["origin_country_id"], "MY");
     assert_eq!(record["destination_country_id"], "ID");
     assert_eq!(record["weight"], 1.5);
@@ -313,7 +297,7 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
             is_tracking_number(&row[4]) && row[5].is_empty(),
             "{results}"
         );
-        let record = app.get(&format!("/v1/tracking-numbers/{}", &row[4])).await;
+        let record = app.get_record(&row[4]).await;
         assert_eq!(
             record.status(),
             200,
@@ -326,13 +310,8 @@ async fn the_page_uploads_a_csv_follows_its_progress_and_downloads_the_results()
     // Recent imports come a page of 20 at a time, newest first; older ones on request.
     for n in 0..20 {
         let made = app
-            .client
-            .post(app.url("/v1/imports?dry_run=true"))
-            .header("Content-Type", "text/csv")
-            .body(format!("order_id\nB-{n}\n"))
-            .send()
-            .await
-            .unwrap();
+            .upload("?dry_run=true", format!("order_id\nB-{n}\n"))
+            .await;
         assert_eq!(made.status(), 202);
     }
     click(page, "#recent-refresh").await;
@@ -405,12 +384,9 @@ async fn the_page_asks_for_a_key_when_keys_are_on_and_sends_it() {
     let number = text_when(page, "#issue-result .number", |t| !t.is_empty()).await;
     assert!(is_tracking_number(&number), "{number:?}");
     let record: Value = app
-        .client
-        .get(app.url(&format!("/v1/tracking-numbers/{number}")))
-        .bearer_auth("key-a-0123456789")
-        .send()
+        .with_key("key-a-0123456789")
+        .get_record(&number)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

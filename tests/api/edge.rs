@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::helpers::{TestApp, spawn_embedded};
-use crate::ops::{body_of, raw_exchange, status_of};
+use crate::helpers::{TestApp, spawn_embedded, wait_until};
+use crate::ops::{body_of, metric, raw_exchange, status_of};
 
 /// The idle timeout these tests run with: short, so that the cut-offs come quickly.
 const IDLE: &str = "1s";
@@ -75,10 +75,15 @@ async fn large_results(app: &TestApp, rows: usize) -> (String, usize) {
     (path, len)
 }
 
-/// Waits until the server has closed the keep-alive connection the test client used to see
-/// the app start, so that every slot is free.
-async fn slots_free() {
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+/// Waits until no connection but the one asking is open (a client's keep-alive connection
+/// would hold a slot until the idle timeout closes it), so that every slot is free.
+async fn slots_free(app: &TestApp) {
+    let ask = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    wait_until("every slot free", CUT_WITHIN, async || {
+        let reply = raw_exchange(app.addr, ask).await;
+        status_of(&reply) == 200 && metric(&reply, "tracknum_open_connections") == 1.0
+    })
+    .await;
 }
 
 /// A connection with a small receive buffer that sends `request` and then reads nothing.
@@ -134,7 +139,7 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
     // Some 12 MB: more than the socket buffers of both ends can hold.
     let (path, len) = large_results(&app, 3000).await;
     assert!(len > 10_000_000, "{len} bytes of results");
-    slots_free().await;
+    slots_free(&app).await;
 
     // Three readers ask for the results and never read: every slot.
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -188,6 +193,7 @@ async fn a_download_that_stops_moving_is_cut_off_and_frees_its_slot() {
         if round < 2_000_000 {
             break;
         }
+        // The reader's pause: most of the idle timeout, which it never reaches. The point.
         tokio::time::sleep(Duration::from_millis(600)).await;
     }
     assert!(
@@ -226,7 +232,7 @@ async fn an_upload_that_stops_moving_is_cut_off_and_frees_its_slot() {
         "60s",
     ])
     .await;
-    slots_free().await;
+    slots_free(&app).await;
     // Three uploads promise a megabyte, send a tenth of it and stop.
     let mut head = b"POST /v1/imports HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
                      Content-Length: 1000000\r\n\r\norder_id,origin_country_id,weight\n"
@@ -312,7 +318,7 @@ fn empty() -> H2Body {
 #[tokio::test]
 async fn idle_http2_connections_are_closed_and_free_their_slots() {
     let (app, _dir) = spawn_embedded(&["--max-connections", "3", "--idle-timeout", IDLE]).await;
-    slots_free().await;
+    slots_free(&app).await;
     // Three HTTP/2 connections that answer the server's pings and ask for nothing. (Their
     // senders are kept: a client drops the connection itself when they are gone.)
     let mut idle = Vec::new();
@@ -416,13 +422,6 @@ fn split_reply(reply: &str) -> (u16, Vec<String>, &str) {
         .collect();
     headers.sort();
     (status_of(reply), headers, body)
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|line| line.starts_with(name))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -634,30 +633,15 @@ fn vary_values(headers: &reqwest::header::HeaderMap) -> Vec<String> {
 async fn cors_replies_name_origin_in_vary_once() {
     let (app, _dir) = spawn_embedded(&["--cors-origins", "https://app.example"]).await;
     let preflight = |origin: &'static str, method: &'static str| {
-        app.client
-            .request(reqwest::Method::OPTIONS, app.url("/v1/tracking-numbers/X"))
-            .header("Origin", origin)
-            .header("Access-Control-Request-Method", method)
-            .send()
+        app.preflight("/v1/tracking-numbers/X", origin, method, None)
     };
-    let allowed = preflight("https://app.example", "PATCH").await.unwrap();
+    let allowed = preflight("https://app.example", "PATCH").await;
     assert_eq!(allowed.status(), 204);
-    let refused = preflight("https://evil.example", "PATCH").await.unwrap();
+    let refused = preflight("https://evil.example", "PATCH").await;
     assert_eq!(refused.status(), 403);
-    let get = app
-        .client
-        .get(app.url("/healthz"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
-    let head = app
-        .client
-        .head(app.url("/"))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let from_app = app.with_header("Origin", "https://app.example");
+    let get = from_app.get("/healthz").await;
+    let head = from_app.head("/").await;
     // A large reply (the page) also varies by Accept-Encoding: it may be compressed.
     for reply in [allowed, refused, get, head] {
         let mut vary = vary_values(reply.headers());
@@ -665,7 +649,7 @@ async fn cors_replies_name_origin_in_vary_once() {
         assert_eq!(vary, ["origin"], "{} {:?}", reply.status(), reply.headers());
     }
     // The preflight allows HEAD, and only the methods the path takes.
-    let methods = preflight("https://app.example", "GET").await.unwrap();
+    let methods = preflight("https://app.example", "GET").await;
     let methods = methods.headers()["access-control-allow-methods"]
         .to_str()
         .unwrap()
@@ -675,13 +659,7 @@ async fn cors_replies_name_origin_in_vary_once() {
 
 /// A GET of `path` asking for gzip: its status, `Content-Encoding` and body as sent.
 async fn gzipped(app: &TestApp, path: &str) -> (u16, Option<String>, Bytes) {
-    let reply = app
-        .client
-        .get(app.url(path))
-        .header("accept-encoding", "gzip")
-        .send()
-        .await
-        .unwrap();
+    let reply = app.with_header("accept-encoding", "gzip").get(path).await;
     let status = reply.status().as_u16();
     let encoding = reply
         .headers()

@@ -17,14 +17,14 @@ async fn restarts_never_repeat_a_number_and_keep_records() {
     let dir = TempDir::new().unwrap();
     let args = args(&dir);
     let mut all = Vec::new();
-    let mut last = None;
+    let mut last: Option<String> = None;
     for _ in 0..3 {
         let app = spawn_app(config(&as_strs(&args))).await;
         let url = app.url("/next-tracking-number");
         let (numbers, failed) = issue_many(&[url], 1500, 16).await;
         assert_eq!(failed, 0);
         if let Some(previous) = &last {
-            let response = app.get(&format!("/v1/tracking-numbers/{previous}")).await;
+            let response = app.get_record(previous).await;
             assert_eq!(response.status(), 200, "a record survives a restart");
         }
         last = numbers.last().cloned();

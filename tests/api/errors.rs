@@ -51,7 +51,7 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
     assert!(neighbours.len() >= 2, "{issued:?} share few buckets");
     let _: () = redis.cmd(&["HSET", &place.bucket, &place.field, "garbage{not json"]);
 
-    let response = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+    let response = app.get_record(&number).await;
     assert_eq!(response.status(), 500);
     assert_eq!(
         response.headers()["content-type"],
@@ -71,7 +71,7 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
     // one stays a 500 through their changes.
     let client = reqwest::Client::new();
     for n in &neighbours {
-        let read = app.get(&format!("/v1/tracking-numbers/{n}")).await;
+        let read = app.get_record(n).await;
         assert_eq!(read.status(), 200, "neighbour {n}");
     }
     let patched = client
@@ -87,11 +87,9 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
         .await
         .unwrap();
     assert_eq!(deleted.status(), 204);
-    let gone = app
-        .get(&format!("/v1/tracking-numbers/{}", neighbours[1]))
-        .await;
+    let gone = app.get_record(neighbours[1]).await;
     assert_eq!(gone.status(), 404);
-    let again = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+    let again = app.get_record(&number).await;
     assert_eq!(again.status(), 500);
 
     // The service goes on: other numbers are issued and read as usual.
@@ -99,7 +97,7 @@ async fn a_corrupt_record_is_a_500_that_tells_nothing_internal(redis: TestRedis)
         .as_str()
         .unwrap()
         .to_owned();
-    let read = app.get(&format!("/v1/tracking-numbers/{fresh}")).await;
+    let read = app.get_record(&fresh).await;
     assert_eq!(read.status(), 200);
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::helpers::{BinaryApp, SECRET, assert_unique, issue_many};
+use crate::helpers::{BinaryApp, SECRET, assert_unique, issue_many, wait_until};
 use crate::ops::metric;
 
 /// Runs a command that must succeed (mount, mkfs, …), naming it when it does not.
@@ -318,9 +318,14 @@ async fn full_disk(fsync: &str) {
         .await
         .unwrap();
     assert_eq!(put.status(), 503);
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let (more, _) = issue_until_refused(&app, 20).await;
-    assert!(more.is_empty(), "answered {} after the failure", more.len());
+    // Through the next flushes (every 200 ms) and disk checks (every 250 ms) of the full disk,
+    // 600 ms of them, no new number is answered: this window is the point, not a wait.
+    let watch_until = Instant::now() + Duration::from_millis(600);
+    while Instant::now() < watch_until {
+        let (more, _) = issue_until_refused(&app, 20).await;
+        assert!(more.is_empty(), "answered {} after the failure", more.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     if fsync == "always" {
         // Killed while the disk is full: every answered record is there after a restart.
@@ -401,9 +406,14 @@ async fn new_numbers_stop_before_the_disk_is_full_and_resume_when_it_has_room() 
     let data = disk.path().join("data");
     let app = BinaryApp::start(&data, &["--min-free-disk", "4MiB"]).await;
     let filler = disk.fill(3 << 20);
-    // Measured every quarter second: refused within a moment.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Measured every quarter second: refused within a moment (600 ms).
     let client = client();
+    wait_until(
+        "new numbers refused",
+        Duration::from_millis(600),
+        async || get_status(&client, &app, "/next-tracking-number").await == 503,
+    )
+    .await;
     let (status, text) = get(&client, &app, "/next-tracking-number").await;
     assert_eq!(status, 503, "{text}");
     let (status, text) = get(&client, &app, "/readyz").await;
@@ -430,7 +440,7 @@ async fn the_free_space_floor_holds_against_the_data_files_own_growth() {
     // floor.
     let disk = Tmpfs::mount("32m");
     let data = disk.path().join("data");
-    let app = BinaryApp::start(&data, &["--min-free-disk", "8MiB"]).await;
+    let mut app = BinaryApp::start(&data, &["--min-free-disk", "8MiB"]).await;
     let watched = disk.path().to_owned();
     let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let lowest = tokio::task::spawn_blocking({
@@ -472,15 +482,18 @@ async fn the_free_space_floor_holds_against_the_data_files_own_growth() {
     }
     assert_eq!(refused_in_a_row, 20, "the floor never refused a batch");
     assert!(issued >= 10_000, "{issued}");
-    // Every answered record reaches the disk (the flush is allowed under the floor)...
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, text) = get(&client, &app, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(text.contains("--min-free-disk"), "{text}");
+    // Every answered record reaches the disk (the flush is allowed under the floor): a graceful
+    // stop writes what is buffered, and fails if it cannot...
+    app.signal("TERM");
+    let stopped = app.wait_exit(Duration::from_secs(15)).expect("stops");
+    assert!(stopped.success(), "{stopped:?}");
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     let lowest = lowest.await.unwrap();
     // ...and the disk never went under the floor.
     assert!(lowest >= 8 << 20, "{} MiB free at the lowest", lowest >> 20);
-    let (status, text) = get(&client, &app, "/readyz").await;
-    assert_eq!(status, 503);
-    assert!(text.contains("--min-free-disk"), "{text}");
 }
 
 /// Where `pattern` occurs in `bytes`.

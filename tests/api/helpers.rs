@@ -2,6 +2,7 @@
 //! private `redis-server` processes on free ports, each stopped when dropped.
 
 use std::net::{SocketAddr, TcpListener};
+use std::ops::Deref;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tokio::task::JoinHandle;
 use tracknum::domain::Codec;
 use tracknum::store::redis::{Place, RedisTarget, bucket_place};
 
+use crate::client::ApiClient;
 use crate::redis_cluster::RedisCluster;
 use tracknum::{Application, Config};
 
@@ -29,35 +31,24 @@ pub fn config(args: &[&str]) -> Config {
     Config::load_from(base.iter().chain(args.iter()).copied()).expect("valid test config")
 }
 
+/// The server running in this process, and a client of it: the typed requests of
+/// [`ApiClient`] are the app's own (`app.get_record(number)`, `app.with_key(key)`).
 pub struct TestApp {
     pub addr: SocketAddr,
-    pub client: reqwest::Client,
+    api: ApiClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
+impl Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
+
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("the server answers")
-    }
-
-    /// Issues a number with the given query and returns the body, asserting a 200.
-    pub async fn issue(&self, query: &str) -> Value {
-        let response = self.get(&format!("/next-tracking-number?{query}")).await;
-        let status = response.status();
-        let body = response.text().await.unwrap();
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
     /// Graceful stop: waits until the server has drained and flushed.
     pub async fn stop(mut self) {
         self.stop_inner().await;
@@ -87,15 +78,24 @@ pub async fn spawn_app(config: Config) -> TestApp {
 
 pub async fn try_spawn_app(config: Config) -> anyhow::Result<TestApp> {
     let app = start(config).await?;
-    wait_healthy(&app.client, &app.url("/readyz")).await;
+    wait_healthy(&unpooled(), &app.url("/readyz")).await;
     Ok(app)
 }
 
 /// An app that may never get ready (its storage is down): waits for it to be alive only.
 pub async fn spawn_live(config: Config) -> TestApp {
     let app = start(config).await.expect("the app starts");
-    wait_healthy(&app.client, &app.url("/healthz")).await;
+    wait_healthy(&unpooled(), &app.url("/healthz")).await;
     app
+}
+
+/// A client that keeps no connection open after its request: the wait for a start leaves the
+/// server no idle connection, which would hold one of its slots (`--max-connections`).
+fn unpooled() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 async fn start(config: Config) -> anyhow::Result<TestApp> {
@@ -107,7 +107,7 @@ async fn start(config: Config) -> anyhow::Result<TestApp> {
     }));
     Ok(TestApp {
         addr,
-        client: reqwest::Client::new(),
+        api: ApiClient::new(format!("http://{addr}")),
         stop: Some(stop),
         task: Some(task),
     })
@@ -124,6 +124,32 @@ pub async fn wait_healthy(client: &reqwest::Client, url: &str) {
         assert!(Instant::now() < deadline, "{url} never became healthy");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Polls `done` every 20 ms until it holds; past `limit`, fails naming `what`. For waits on
+/// something the test can see, instead of a sleep long enough for a loaded machine.
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How far past a time the server measures itself a test waits: its clocks are this machine's,
+/// and it keeps times to the millisecond.
+const PAST_MARGIN: Duration = Duration::from_millis(50);
+
+/// Sleeps until `at` (an expiry, a staleness deadline, which the server measures on this
+/// machine's clock) has passed, and no longer: the wait is the point of the tests that call it.
+pub async fn sleep_past(at: Instant) {
+    tokio::time::sleep_until((at + PAST_MARGIN).into()).await;
+}
+
+/// [`sleep_past`] for a wall-clock time, such as a record's `expires_at`.
+pub async fn sleep_past_time(at: chrono::DateTime<chrono::Utc>) {
+    let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(left + PAST_MARGIN).await;
 }
 
 /// An embedded-store app in a fresh data dir (kept alive by the returned TempDir).
@@ -371,10 +397,18 @@ pub fn spawn_redis(server: &mut Command) -> Child {
         })
 }
 
-/// The real binary, for tests that kill the process.
+/// The real binary, for tests that kill the process, and a client of it (as [`TestApp`]).
 pub struct BinaryApp {
-    pub addr: SocketAddr,
+    api: ApiClient,
     child: Child,
+}
+
+impl Deref for BinaryApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
 }
 
 impl BinaryApp {
@@ -405,10 +439,10 @@ impl BinaryApp {
             .spawn()
             .expect("the tracknum binary starts");
         let app = BinaryApp {
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            api: ApiClient::new(format!("http://127.0.0.1:{port}")),
             child,
         };
-        wait_healthy(&reqwest::Client::new(), &app.url("/readyz")).await;
+        wait_healthy(&unpooled(), &app.url("/readyz")).await;
         app
     }
 
@@ -433,10 +467,6 @@ impl BinaryApp {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
     }
 
     pub fn pid(&self) -> u32 {

@@ -5,60 +5,55 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
 
+use crate::client::ApiClient;
 use crate::helpers::{
-    BinaryApp, RedisServer, SECRET, TestApp, keys_file, recorded_numbers, spawn_embedded,
-    spawn_on_redis,
+    BinaryApp, RedisServer, SECRET, keys_file, recorded_numbers, spawn_embedded, spawn_on_redis,
+    wait_until,
 };
 
 const HEADER: &str = "order_id,origin_country_id,destination_country_id,weight,customer_name";
 
-/// Uploads `body` as a CSV body to `base` (`http://host:port`) with the query `query`.
-async fn upload_to(
-    client: &reqwest::Client,
-    base: &str,
-    query: &str,
-    body: impl Into<reqwest::Body>,
-) -> (StatusCode, Value, reqwest::header::HeaderMap) {
-    let response = client
-        .post(format!("{base}/v1/imports{query}"))
-        .header("content-type", "text/csv")
-        .body(body)
-        .send()
-        .await
-        .expect("the server answers");
-    let (status, headers) = (response.status(), response.headers().clone());
+/// A reply's status and body: JSON, or else the text as a JSON string.
+async fn read(response: Response) -> (StatusCode, Value) {
+    let status = response.status();
     let text = response.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body, headers)
-}
-
-async fn upload(app: &TestApp, query: &str, body: &str) -> (StatusCode, Value) {
-    let (status, body, _) = upload_to(&app.client, &base(app), query, body.to_owned()).await;
     (status, body)
 }
 
-fn base(app: &TestApp) -> String {
-    app.url("")
-}
-
 /// Uploads and asserts a 202; returns the job.
-async fn accepted(app: &TestApp, query: &str, body: &str) -> Value {
-    let (status, job) = upload(app, query, body).await;
+async fn accepted(app: &ApiClient, query: &str, body: &str) -> Value {
+    let (status, job) = read(app.upload(query, body.to_owned()).await).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     job
 }
 
-/// Polls the job until it has ended.
-async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
+fn id_of(job: &Value) -> &str {
+    job["id"].as_str().unwrap()
+}
+
+/// Sends again while storage is busy (a 503, say for a slow fsync on a loaded machine), as a
+/// client that polls does; any other reply is returned.
+async fn unless_busy<F: Future<Output = Response>>(send: impl Fn() -> F) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let response = send().await;
+        if response.status() != 503 || Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Polls the job `id` until it has ended.
+async fn ended(app: &ApiClient, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let response = get_ok(client, &format!("{base}/v1/imports/{id}")).await;
-        let status = response.status();
-        let job: Value = response.json().await.unwrap();
+        let (status, job) = read(unless_busy(|| app.import(id)).await).await;
         assert_eq!(status, 200, "{job}");
         if ["done", "failed", "cancelled"].contains(&job["status"].as_str().unwrap()) {
             return job;
@@ -68,27 +63,17 @@ async fn finished_on(client: &reqwest::Client, base: &str, id: &str) -> Value {
     }
 }
 
-/// GET `url`, again while storage is busy (a 503, say for a slow fsync on a loaded machine), as
-/// a client that polls does; any other reply is returned.
-async fn get_ok(client: &reqwest::Client, url: &str) -> reqwest::Response {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let response = client.get(url).send().await.expect("the server answers");
-        if response.status() != 503 || Instant::now() > deadline {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+async fn finished(app: &ApiClient, job: &Value) -> Value {
+    ended(app, id_of(job)).await
 }
 
 /// Waits until the job has issued its first chunk, and asserts it has not ended: the moment to
 /// kill the process running it.
-async fn under_way(client: &reqwest::Client, base: &str, id: &str) {
+async fn under_way(app: &ApiClient, id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let response = get_ok(client, &format!("{base}/v1/imports/{id}")).await;
-        assert_eq!(response.status(), 200);
-        let job: Value = response.json().await.unwrap();
+        let (status, job) = read(unless_busy(|| app.import(id)).await).await;
+        assert_eq!(status, 200);
         assert_ne!(
             job["status"], "done",
             "the job ended before the kill: use a larger file"
@@ -101,18 +86,10 @@ async fn under_way(client: &reqwest::Client, base: &str, id: &str) {
     }
 }
 
-async fn finished(app: &TestApp, job: &Value) -> Value {
-    finished_on(&app.client, &base(app), job["id"].as_str().unwrap()).await
-}
-
-/// The results, read as CSV with the given delimiter: the header row, then the rows.
-async fn results_on(
-    client: &reqwest::Client,
-    base: &str,
-    id: &str,
-    delimiter: u8,
-) -> Vec<Vec<String>> {
-    let response = get_ok(client, &format!("{base}/v1/imports/{id}/results")).await;
+/// The results of the job `id`, read as CSV with the given delimiter: the header row, then the
+/// rows.
+async fn results_of(app: &ApiClient, id: &str, delimiter: u8) -> Vec<Vec<String>> {
+    let response = unless_busy(|| app.import_results(id)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["content-type"],
@@ -129,8 +106,8 @@ async fn results_on(
         .collect()
 }
 
-async fn results(app: &TestApp, job: &Value) -> Vec<Vec<String>> {
-    results_on(&app.client, &base(app), job["id"].as_str().unwrap(), b',').await
+async fn results(app: &ApiClient, job: &Value) -> Vec<Vec<String>> {
+    results_of(app, id_of(job), b',').await
 }
 
 fn is_number(text: &str) -> bool {
@@ -182,7 +159,7 @@ on_both_backends!(
     recent_jobs_are_listed_newest_first_a_page_at_a_time,
 );
 
-async fn good_rows_are_issued_and_bad_ones_reported(app: &TestApp) {
+async fn good_rows_are_issued_and_bad_ones_reported(app: &ApiClient) {
     let file = format!(
         "{HEADER}\n\
          a-1,MY,SG,1.5,Acme\n\
@@ -226,18 +203,13 @@ async fn good_rows_are_issued_and_bad_ones_reported(app: &TestApp) {
     }
     assert!(rows[2].last().unwrap().contains("weight: "));
     // Each number has its record, with the row's inputs.
-    let record: Value = app
-        .get(&format!("/v1/tracking-numbers/{}", rows[3][5]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record: Value = app.get_record(&rows[3][5]).await.json().await.unwrap();
     assert_eq!(record["origin_country_id"], "TH");
     assert_eq!(record["customer_name"], "Quoted, Name");
     assert!(rows[3][5].starts_with("TH"));
 }
 
-async fn rows_sharing_an_order_id_share_a_number_across_imports(app: &TestApp) {
+async fn rows_sharing_an_order_id_share_a_number_across_imports(app: &ApiClient) {
     let first = accepted(
         app,
         "",
@@ -260,14 +232,14 @@ async fn rows_sharing_an_order_id_share_a_number_across_imports(app: &TestApp) {
     )
     .await;
     let again = finished(app, &again).await;
-    let again_rows = results_on(&app.client, &base(app), again["id"].as_str().unwrap(), b';').await;
+    let again_rows = results_of(app, id_of(&again), b';').await;
     assert_eq!(again_rows[1][3], rows[1][3]);
     assert_eq!(again_rows[2][3], "");
     assert!(again_rows[2][4].contains("order_id"), "{:?}", again_rows[2]);
     assert_eq!(again["rows"]["issued"], 1);
 }
 
-async fn a_dry_run_checks_every_row_and_issues_nothing(app: &TestApp) {
+async fn a_dry_run_checks_every_row_and_issues_nothing(app: &ApiClient) {
     let metrics_before = app.get("/metrics").await.text().await.unwrap();
     let job = accepted(
         app,
@@ -303,7 +275,7 @@ fn issued_total(metrics: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn every_delimiter_and_a_bom_are_read(app: &TestApp) {
+async fn every_delimiter_and_a_bom_are_read(app: &ApiClient) {
     for (delimiter, byte, name, param) in [
         (",", b',', "comma", "comma"),
         (";", b';', "semicolon", "%3B"),
@@ -320,8 +292,7 @@ async fn every_delimiter_and_a_bom_are_read(app: &TestApp) {
             assert_eq!(job["delimiter"], name, "{query}");
             let job = finished(app, &job).await;
             assert_eq!(job["rows"]["issued"], 1, "{name} {query}: {job}");
-            let id = job["id"].as_str().unwrap();
-            let rows = results_on(&app.client, &base(app), id, byte).await;
+            let rows = results_of(app, id_of(&job), byte).await;
             assert_eq!(
                 rows[0],
                 [
@@ -337,7 +308,7 @@ async fn every_delimiter_and_a_bom_are_read(app: &TestApp) {
     }
 }
 
-async fn a_multipart_upload_is_read_from_its_file_part(app: &TestApp) {
+async fn a_multipart_upload_is_read_from_its_file_part(app: &ApiClient) {
     let form = reqwest::multipart::Form::new()
         .text("note", "ignored")
         .part(
@@ -347,32 +318,20 @@ async fn a_multipart_upload_is_read_from_its_file_part(app: &TestApp) {
                 .mime_str("text/csv")
                 .unwrap(),
         );
-    let response = app
-        .client
-        .post(app.url("/v1/imports"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_form(form).await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.unwrap();
     let job = finished(app, &job).await;
     assert_each_row_numbered_once(&results(app, &job).await, 3);
 
     let no_file = reqwest::multipart::Form::new().text("other", "x");
-    let response = app
-        .client
-        .post(app.url("/v1/imports"))
-        .multipart(no_file)
-        .send()
-        .await
-        .unwrap();
+    let response = app.upload_form(no_file).await;
     assert_eq!(response.status(), 400);
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "file");
 }
 
-async fn a_file_of_no_rows_is_done_at_once(app: &TestApp) {
+async fn a_file_of_no_rows_is_done_at_once(app: &ApiClient) {
     let job = accepted(app, "", "weight,origin_country_id\n").await;
     assert_eq!(job["status"], "done");
     assert_eq!(job["rows"]["total"], 0);
@@ -383,7 +342,7 @@ async fn a_file_of_no_rows_is_done_at_once(app: &TestApp) {
     );
 }
 
-async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &TestApp) {
+async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &ApiClient) {
     for (query, body, fields) in [
         (
             "",
@@ -399,7 +358,7 @@ async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &TestApp) {
         ("?color=red", "weight\n1\n", &["color"]),
         ("", "{\"orders\": [1, 2]}", &["{\"orders\": [1", "2]}"]),
     ] {
-        let (status, problem) = upload(app, query, body).await;
+        let (status, problem) = read(app.upload(query, body).await).await;
         assert_eq!(status, 400, "{query} {body:?}: {problem}");
         assert_eq!(
             problem["type"], "urn:tracknum:problem:invalid-input",
@@ -413,10 +372,9 @@ async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &TestApp) {
             .collect();
         assert_eq!(named, fields, "{query} {body:?}");
     }
-    // Bytes that are not text at all: refused, naming the header.
+    // Bytes that are not text at all, sent without a content type: refused, naming the header.
     let response = app
-        .client
-        .post(app.url("/v1/imports"))
+        .request(reqwest::Method::POST, "/v1/imports")
         .body(vec![0xFF, 0xFE, 0x00, 0x81, b'\n', 0x01])
         .send()
         .await
@@ -434,32 +392,21 @@ async fn bad_files_and_parameters_are_refused_naming_each_fault(app: &TestApp) {
     ] {
         assert_eq!(app.get(path).await.status(), 404, "{path}");
     }
-    let response = app
-        .client
-        .delete(app.url("/v1/imports/0123456789abcdef0123456789abcdef"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.cancel_import("0123456789abcdef0123456789abcdef").await;
     assert_eq!(response.status(), 404);
 }
 
-async fn an_idempotency_key_returns_the_same_job(app: &TestApp) {
-    let send = |body: &'static str| {
-        app.client
-            .post(app.url("/v1/imports"))
-            .header("Idempotency-Key", "upload-2026-12-02")
-            .body(body)
-            .send()
-    };
-    let first = send("weight\n1\n2\n").await.unwrap();
+async fn an_idempotency_key_returns_the_same_job(app: &ApiClient) {
+    let keyed = app.with_header("Idempotency-Key", "upload-2026-12-02");
+    let first = keyed.upload("", "weight\n1\n2\n").await;
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
-    let retry = send("weight\n1\n2\n").await.unwrap();
+    let retry = keyed.upload("", "weight\n1\n2\n").await;
     assert_eq!(retry.status(), 202);
     assert_eq!(retry.headers()["idempotent-replayed"], "true");
     let retry: Value = retry.json().await.unwrap();
     assert_eq!(retry["id"], first["id"]);
-    let other = send("weight\n3\n").await.unwrap();
+    let other = keyed.upload("", "weight\n3\n").await;
     assert_eq!(other.status(), 422, "the key was used for another file");
     let job = finished(app, &first).await;
     assert_eq!(job["rows"]["issued"], 2, "the rows were issued once");
@@ -468,15 +415,13 @@ async fn an_idempotency_key_returns_the_same_job(app: &TestApp) {
 /// A caller's `Idempotency-Key` that spells an import's old name for an order id
 /// (`import-order:<id>`) is the caller's own key, and an import's order ids are the import's:
 /// neither makes the other a duplicate.
-async fn a_callers_key_never_meets_an_import_order_id(app: &TestApp) {
-    let keyed = |key: &'static str| {
-        app.client
-            .get(app.url("/next-tracking-number?weight=2"))
-            .header("Idempotency-Key", key)
-            .send()
+async fn a_callers_key_never_meets_an_import_order_id(app: &ApiClient) {
+    let keyed = async |key: &str| {
+        let keyed = app.with_header("Idempotency-Key", key);
+        keyed.issue_with("weight=2").await
     };
     // The caller's key first, then an import row with that order id.
-    assert_eq!(keyed("import-order:Z9").await.unwrap().status(), 200);
+    assert_eq!(keyed("import-order:Z9").await.status(), 200);
     let z9 = accepted(app, "", "order_id,weight\nZ9,1\n").await;
     let z9 = finished(app, &z9).await;
     assert_eq!(z9["rows"]["issued"], 1, "{z9}");
@@ -486,10 +431,10 @@ async fn a_callers_key_never_meets_an_import_order_id(app: &TestApp) {
     let z8 = finished(app, &z8).await;
     assert_eq!(z8["rows"]["issued"], 1, "{z8}");
     let z8_number = results(app, &z8).await[1][2].clone();
-    let reply = keyed("import-order:Z8").await.unwrap();
+    let reply = keyed("import-order:Z8").await;
     assert_eq!(reply.status(), 200, "{}", reply.text().await.unwrap());
     // Each space still keeps its own: the caller's key replays, the order ids keep their numbers.
-    let again = keyed("import-order:Z9").await.unwrap();
+    let again = keyed("import-order:Z9").await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let both = accepted(app, "", "order_id,weight\nZ9,1\nZ8,1\n").await;
     let both = finished(app, &both).await;
@@ -498,22 +443,17 @@ async fn a_callers_key_never_meets_an_import_order_id(app: &TestApp) {
     assert_eq!((&rows[1][2], &rows[2][2]), (&z9_number, &z8_number));
 }
 
-async fn cancelling_stops_a_job_and_rows_keep_their_numbers(app: &TestApp) {
+async fn cancelling_stops_a_job_and_rows_keep_their_numbers(app: &ApiClient) {
     // Big enough for many chunks, so the job is still running when the cancel comes.
     let rows = 60_000;
     let job = accepted(app, "", &big_file(rows)).await;
-    let id = job["id"].as_str().unwrap();
-    let early = app.get(&format!("/v1/imports/{id}/results")).await;
+    let id = id_of(&job);
+    let early = app.import_results(id).await;
     assert_eq!(early.status(), 409, "no results before the job ends");
     let problem: Value = early.json().await.unwrap();
     assert!(["queued", "running"].contains(&problem["import_status"].as_str().unwrap()));
 
-    let cancel = app
-        .client
-        .delete(app.url(&format!("/v1/imports/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let cancel = app.cancel_import(id).await;
     assert_eq!(cancel.status(), 202);
     let job = finished(app, &job).await;
     assert_eq!(job["status"], "cancelled", "{job}");
@@ -533,26 +473,21 @@ async fn cancelling_stops_a_job_and_rows_keep_their_numbers(app: &TestApp) {
         "{:?}",
         results[rows]
     );
-    let again = app
-        .client
-        .delete(app.url(&format!("/v1/imports/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let again = app.cancel_import(id).await;
     assert_eq!(again.status(), 409, "an ended job cannot be cancelled");
 }
 
-async fn recent_jobs_are_listed_newest_first_a_page_at_a_time(app: &TestApp) {
+async fn recent_jobs_are_listed_newest_first_a_page_at_a_time(app: &ApiClient) {
     let mut ids = Vec::new();
     for _ in 0..3 {
         let job = accepted(app, "", "weight\n1\n").await;
-        ids.push(job["id"].as_str().unwrap().to_owned());
+        ids.push(id_of(&job).to_owned());
     }
     ids.reverse();
     let mut listed: Vec<String> = Vec::new();
     let mut query = "?limit=2".to_owned();
     loop {
-        let page: Value = get_ok(&app.client, &app.url(&format!("/v1/imports{query}")))
+        let page: Value = unless_busy(|| app.imports(&query))
             .await
             .json()
             .await
@@ -577,7 +512,7 @@ async fn recent_jobs_are_listed_newest_first_a_page_at_a_time(app: &TestApp) {
 async fn a_file_over_the_limit_is_refused_whether_declared_or_not() {
     let (app, _dir) = spawn_embedded(&["--import-max-bytes", "2KiB"]).await;
     let file = big_file(500);
-    let (status, problem) = upload(&app, "", &file).await;
+    let (status, problem) = read(app.upload("", file.clone()).await).await;
     assert_eq!(status, 413, "declared: {problem}");
     // Streamed without a length, the limit still holds.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = file
@@ -586,9 +521,9 @@ async fn a_file_over_the_limit_is_refused_whether_declared_or_not() {
         .map(|c| Ok(c.to_vec()))
         .collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let (status, problem, _) = upload_to(&app.client, &base(&app), "", body).await;
+    let (status, problem) = read(app.upload("", body).await).await;
     assert_eq!(status, 413, "streamed: {problem}");
-    let (status, _) = upload(&app, "", &big_file(10)).await;
+    let (status, _) = read(app.upload("", big_file(10)).await).await;
     assert_eq!(status, 202, "a file under the limit is taken");
 }
 
@@ -602,12 +537,11 @@ async fn a_large_file_is_streamed_and_every_row_numbered_once() {
         .map(|c| Ok(String::from_utf8(c.to_vec()).unwrap()))
         .collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let (status, job, headers) = upload_to(&app.client, &base(&app), "", body).await;
+    let response = app.upload("", body).await;
+    let location = response.headers()["location"].clone();
+    let (status, job) = read(response).await;
     assert_eq!(status, 202, "{job}");
-    assert_eq!(
-        headers["location"],
-        format!("/v1/imports/{}", job["id"].as_str().unwrap())
-    );
+    assert_eq!(location, format!("/v1/imports/{}", id_of(&job)));
     let job = finished(&app, &job).await;
     assert_eq!(job["rows"]["issued"], rows as u64, "{job}");
     assert_each_row_numbered_once(&results(&app, &job).await, rows);
@@ -625,82 +559,53 @@ async fn tenants_see_only_their_own_imports() {
         ],
     );
     let (app, _data) = spawn_embedded(&["--api-keys-file", keys.to_str().unwrap()]).await;
-    let as_key = |key: &'static str, request: reqwest::RequestBuilder| request.bearer_auth(key);
-    let a = "key-of-shop-a-0123456789";
-    let b = "key-of-shop-b-0123456789";
-    let response = as_key(a, app.client.post(app.url("/v1/imports")))
-        .body("order_id,weight\nshared-id,1\n")
-        .send()
-        .await
-        .unwrap();
+    let a = app.with_key("key-of-shop-a-0123456789");
+    let b = app.with_key("key-of-shop-b-0123456789");
+    let response = a.upload("", "order_id,weight\nshared-id,1\n").await;
     assert_eq!(response.status(), 202);
     let job: Value = response.json().await.unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = id_of(&job).to_owned();
     assert_eq!(job["tenant"], "shop-a");
 
-    for path in [
-        format!("/v1/imports/{id}"),
-        format!("/v1/imports/{id}/results"),
-    ] {
-        let response = as_key(b, app.client.get(app.url(&path)))
-            .send()
-            .await
-            .unwrap();
+    for response in [b.import(&id).await, b.import_results(&id).await] {
+        let path = response.url().path().to_owned();
         assert_eq!(response.status(), 404, "{path}: another tenant's import");
     }
-    let response = as_key(b, app.client.delete(app.url(&format!("/v1/imports/{id}"))))
-        .send()
-        .await
-        .unwrap();
+    let response = b.cancel_import(&id).await;
     assert_eq!(response.status(), 404);
-    let listing = |key: &'static str| {
-        let request = as_key(key, app.client.get(app.url("/v1/imports")));
-        async move {
-            let page: Value = request.send().await.unwrap().json().await.unwrap();
-            page["imports"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|j| j["id"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        }
+    let listing = async |key: &ApiClient| {
+        let page: Value = key.imports("").await.json().await.unwrap();
+        page["imports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
     };
-    assert!(listing(b).await.is_empty());
-    assert_eq!(listing(a).await, std::slice::from_ref(&id));
+    assert!(listing(&b).await.is_empty());
+    assert_eq!(listing(&a).await, std::slice::from_ref(&id));
     assert_eq!(
-        listing("key-of-ops-admin-0123456").await,
+        listing(&app.with_key("key-of-ops-admin-0123456")).await,
         std::slice::from_ref(&id)
     );
-    let anonymous = app.client.get(app.url("/v1/imports")).send().await.unwrap();
+    let anonymous = app.imports("").await;
     assert_eq!(anonymous.status(), 401);
 
     // Order ids belong to the tenant too: B's `shared-id` is B's own order.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let number_of = |key: &'static str, id: String| {
-        let request = as_key(
-            key,
-            app.client
-                .get(app.url(&format!("/v1/imports/{id}/results"))),
-        );
-        async move { request.send().await.unwrap() }
-    };
     let a_rows = loop {
-        let response = number_of(a, id.clone()).await;
+        let response = a.import_results(&id).await;
         if response.status() == 200 {
             break response.text().await.unwrap();
         }
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let response = as_key(b, app.client.post(app.url("/v1/imports")))
-        .body("order_id,weight\nshared-id,1\n")
-        .send()
-        .await
-        .unwrap();
+    let response = b.upload("", "order_id,weight\nshared-id,1\n").await;
     let b_job: Value = response.json().await.unwrap();
-    let b_id = b_job["id"].as_str().unwrap().to_owned();
+    let b_id = id_of(&b_job).to_owned();
     let b_rows = loop {
-        let response = number_of(b, b_id.clone()).await;
+        let response = b.import_results(&b_id).await;
         if response.status() == 200 {
             break response.text().await.unwrap();
         }
@@ -740,21 +645,19 @@ async fn on_redis_a_job_whose_worker_is_killed_is_finished_by_another_instance()
         "2s",
     ];
     let mut first = BinaryApp::start(dirs.0.path(), &flags).await;
-    let client = reqwest::Client::new();
-    let first_base = first.url("");
     let rows = 80_000;
-    let (status, job, _) = upload_to(&client, &first_base, "", big_file(rows)).await;
+    let (status, job) = read(first.upload("", big_file(rows)).await).await;
     assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = id_of(&job).to_owned();
 
-    under_way(&client, &first_base, &id).await;
+    under_way(&first, &id).await;
     first.kill();
 
     let second = BinaryApp::start(dirs.1.path(), &flags).await;
-    let job = finished_on(&client, &second.url(""), &id).await;
+    let job = ended(&second, &id).await;
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(job["rows"]["issued"], rows as u64, "{job}");
-    let results = results_on(&client, &second.url(""), &id, b',').await;
+    let results = results_of(&second, &id, b',').await;
     assert_each_row_numbered_once(&results, rows);
 
     // No number was issued twice: Redis holds one record per row, and no other.
@@ -778,26 +681,21 @@ async fn on_the_embedded_store_a_job_resumes_after_a_restart() {
     let dir = TempDir::new().unwrap();
     let flags = ["--secret", SECRET];
     let mut app = BinaryApp::start(dir.path(), &flags).await;
-    let client = reqwest::Client::new();
     let rows = 80_000;
-    let (status, job, _) = upload_to(&client, &app.url(""), "", big_file(rows)).await;
+    let (status, job) = read(app.upload("", big_file(rows)).await).await;
     assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    under_way(&client, &app.url(""), &id).await;
+    let id = id_of(&job).to_owned();
+    under_way(&app, &id).await;
     app.kill();
     let app = BinaryApp::start(dir.path(), &flags).await;
-    let job = finished_on(&client, &app.url(""), &id).await;
+    let job = ended(&app, &id).await;
     assert_eq!(job["status"], "done", "{job}");
-    let results = results_on(&client, &app.url(""), &id, b',').await;
+    let results = results_of(&app, &id, b',').await;
     assert_each_row_numbered_once(&results, rows);
     // Every number in the results has its record.
     for row in results.iter().skip(1).step_by(997) {
         let number = &row[3];
-        let response = client
-            .get(app.url(&format!("/v1/tracking-numbers/{number}")))
-            .send()
-            .await
-            .unwrap();
+        let response = app.get_record(number).await;
         assert_eq!(response.status(), 200, "{number}");
     }
 }
@@ -835,11 +733,11 @@ async fn on_redis_an_upload_that_is_not_a_job_leaves_nothing_stored() {
         .map(|c| Ok(c.to_vec()))
         .collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(pieces));
-    let (status, problem, _) = upload_to(&app.client, &base(&app), "", body).await;
+    let (status, problem) = read(app.upload("", body).await).await;
     assert_eq!(status, 413, "{problem}");
     // A row that never ends, after whole chunks.
     let endless = format!("{}\"{}", big_file(20_000), "x".repeat(100_000));
-    let (status, problem) = upload(&app, "", &endless).await;
+    let (status, problem) = read(app.upload("", endless).await).await;
     assert_eq!(status, 400, "{problem}");
     // Removal runs as the request ends: give it a moment.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -849,17 +747,16 @@ async fn on_redis_an_upload_that_is_not_a_job_leaves_nothing_stored() {
     }
 
     // A replayed upload: only the first one's parts stay.
-    let send = || {
-        app.client
-            .post(app.url("/v1/imports"))
-            .header("Idempotency-Key", "replayed-upload")
-            .body(big_file(20_000))
-            .send()
-    };
-    let first: Value = send().await.unwrap().json().await.unwrap();
-    let first_id = first["id"].as_str().unwrap().to_owned();
+    let keyed = app.with_header("Idempotency-Key", "replayed-upload");
+    let first: Value = keyed
+        .upload("", big_file(20_000))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first_id = id_of(&first).to_owned();
     finished(&app, &first).await;
-    let replay = send().await.unwrap();
+    let replay = keyed.upload("", big_file(20_000)).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -877,41 +774,34 @@ async fn on_redis_an_upload_that_is_not_a_job_leaves_nothing_stored() {
 
 /// What a client sees of a job once it has ended, read again and again: the job, and its
 /// results byte for byte.
-async fn job_and_results(client: &reqwest::Client, base: &str, id: &str) -> (Value, Vec<u8>) {
-    let job: Value = get_ok(client, &format!("{base}/v1/imports/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let response = get_ok(client, &format!("{base}/v1/imports/{id}/results")).await;
+async fn job_and_results(app: &ApiClient, id: &str) -> (Value, Vec<u8>) {
+    let job: Value = unless_busy(|| app.import(id)).await.json().await.unwrap();
+    let response = unless_busy(|| app.import_results(id)).await;
     assert_eq!(response.status(), 200, "{job}");
     (job, response.bytes().await.unwrap().to_vec())
 }
 
-/// Uploads 100,000 rows to the first of `bases` and cancels them there `after` the upload
+/// Uploads 100,000 rows to the first of `apps` and cancels them there `after` the upload
 /// (while queued, or in the job's first chunk), whichever instance's worker takes the job. Once
 /// the job has ended it never changes again: status, counts and results stay byte for byte what
-/// they were through 2 s of reads from every base, and the results name as many numbers as the
+/// they were through 2 s of reads from every app, and the results name as many numbers as the
 /// job says it issued, each with its record. Returns the numbers.
-async fn cancel_early(client: &reqwest::Client, bases: &[String], after: Duration) -> Vec<String> {
+async fn cancel_early(apps: &[&ApiClient], after: Duration) -> Vec<String> {
     // Enough rows that the job outlasts the latest cancel (a worker plans a chunk while it
     // stores the one before: 40,000 rows once ended within 600 ms on Redis).
     let rows = 100_000;
     // Order ids of their own: a row of an earlier run's file would get that run's number back.
     let file = orders_file(&format!("after-{}-", after.as_millis()), rows);
-    let (status, job, _) = upload_to(client, &bases[0], "", file).await;
+    let (status, job) = read(apps[0].upload("", file).await).await;
     assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = id_of(&job).to_owned();
+    // The moment of the cancel is what varies from call to call: not a wait for anything.
     tokio::time::sleep(after).await;
     // As a client does: a 503 (storage busy on a loaded machine) is sent again; the cancel it
     // asked for may have landed, so the job may have ended by the retry (409).
     let mut answered = None;
     for attempt in 0.. {
-        let cancel = client
-            .delete(format!("{}/v1/imports/{id}", bases[0]))
-            .send()
-            .await
-            .unwrap();
+        let cancel = apps[0].cancel_import(&id).await;
         match cancel.status().as_u16() {
             202 => {
                 let job: Value = cancel.json().await.unwrap();
@@ -931,16 +821,16 @@ async fn cancel_early(client: &reqwest::Client, bases: &[String], after: Duratio
         }
     }
 
-    let ended = finished_on(client, &bases[0], &id).await;
-    assert_eq!(ended["status"], "cancelled", "{ended}");
+    let last = ended(apps[0], &id).await;
+    assert_eq!(last["status"], "cancelled", "{last}");
     if let Some(answered) = answered.filter(|job| job["status"] == "cancelled") {
-        assert_eq!(answered, ended, "the cancel answered the job as it ended");
+        assert_eq!(answered, last, "the cancel answered the job as it ended");
     }
-    let (job, results) = job_and_results(client, &bases[0], &id).await;
+    let (job, results) = job_and_results(apps[0], &id).await;
     let watch_until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < watch_until {
-        for base in bases {
-            let (again, again_results) = job_and_results(client, base, &id).await;
+        for app in apps {
+            let (again, again_results) = job_and_results(app, &id).await;
             assert_eq!(again, job, "an ended job never changes");
             assert!(again_results == results, "nor do its results");
         }
@@ -973,8 +863,8 @@ async fn cancel_early(client: &reqwest::Client, bases: &[String], after: Duratio
     assert!(numbers.len() < rows, "cancelled before the end: {job}");
     // Each number in the results has its record.
     for number in numbers.iter().step_by(211).chain(numbers.last()) {
-        let url = format!("{}/v1/tracking-numbers/{number}", bases[bases.len() - 1]);
-        assert_eq!(get_ok(client, &url).await.status(), 200, "{number}");
+        let reply = unless_busy(|| apps[apps.len() - 1].get_record(number)).await;
+        assert_eq!(reply.status(), 200, "{number}");
     }
     numbers
 }
@@ -986,7 +876,7 @@ async fn on_the_embedded_store_a_cancelled_import_never_changes_after_it_ended()
     let (app, _dir) = spawn_embedded(&["--secret", SECRET]).await;
     let mut issued = 0;
     for after in [0, 150, 300, 450, 600] {
-        issued += cancel_early(&app.client, &[base(&app)], Duration::from_millis(after))
+        issued += cancel_early(&[&app], Duration::from_millis(after))
             .await
             .len();
         // No record was stored that the results do not name.
@@ -1009,11 +899,10 @@ async fn on_redis_a_cancelled_import_never_changes_after_it_ended() {
     let flags = ["--redis-url", &url, "--secret", SECRET];
     let first = BinaryApp::start(dirs.0.path(), &flags).await;
     let second = BinaryApp::start(dirs.1.path(), &flags).await;
-    let client = reqwest::Client::new();
-    let bases = [first.url(""), second.url("")];
+    let apps = [&*first, &*second];
     for after in [0, 200, 400, 600] {
         let _: String = redis.cmd(&["FLUSHALL"]);
-        let numbers = cancel_early(&client, &bases, Duration::from_millis(after)).await;
+        let numbers = cancel_early(&apps, Duration::from_millis(after)).await;
         let records = recorded_numbers(
             |pattern| redis.cmd(&["KEYS", pattern]),
             |bucket| redis.cmd(&["HKEYS", bucket]),
@@ -1032,24 +921,20 @@ async fn on_redis_a_cancelled_import_never_changes_after_it_ended() {
 async fn on_redis_an_import_lost_with_its_data_is_gone_everywhere() {
     let redis = RedisServer::start();
     let app = spawn_on_redis(&redis, &[]).await;
-    let (status, job, _) = upload_to(&app.client, &base(&app), "", big_file(80_000)).await;
+    let (status, job) = read(app.upload("", big_file(80_000)).await).await;
     assert_eq!(status, 202, "{job}");
-    let id = job["id"].as_str().unwrap().to_owned();
-    under_way(&app.client, &base(&app), &id).await;
+    let id = id_of(&job).to_owned();
+    under_way(&app, &id).await;
     let _: String = redis.cmd(&["FLUSHALL"]);
 
     let watch_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < watch_until {
-        let job = get_ok(&app.client, &app.url(&format!("/v1/imports/{id}"))).await;
+        let job = unless_busy(|| app.import(&id)).await;
         let status = job.status();
         assert_eq!(status, 404, "{}", job.text().await.unwrap());
-        let results = get_ok(&app.client, &app.url(&format!("/v1/imports/{id}/results"))).await;
+        let results = unless_busy(|| app.import_results(&id)).await;
         assert_eq!(results.status(), 404);
-        let listing: Value = get_ok(&app.client, &app.url("/v1/imports"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let listing: Value = unless_busy(|| app.imports("")).await.json().await.unwrap();
         assert!(!listing.to_string().contains(&id), "{listing}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1109,12 +994,7 @@ async fn results_cells_that_could_be_formulas_are_escaped() {
         }
     }
     // The record keeps the value as it was imported.
-    let record: Value = app
-        .get(&format!("/v1/tracking-numbers/{}", rows[1][3]))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let record: Value = app.get_record(&rows[1][3]).await.json().await.unwrap();
     assert_eq!(
         record["customer_name"],
         "=HYPERLINK(\"http://evil.example\",\"click\")"
@@ -1123,32 +1003,56 @@ async fn results_cells_that_could_be_formulas_are_escaped() {
 
 /// The import part keys (`<id>/<part>`) in the data file of a stopped embedded store.
 fn stored_parts(data_dir: &std::path::Path) -> Vec<String> {
+    parts_in(&data_dir.join("tracknum.redb")).unwrap()
+}
+
+/// The import part keys that a running embedded store has written to its data file so far,
+/// read from a copy (the process holds the file's lock): `None` while a copy taken in the
+/// middle of a write does not open.
+fn parts_written(data_dir: &std::path::Path) -> Option<Vec<String>> {
+    let copy = TempDir::new().unwrap();
+    let path = copy.path().join("copy.redb");
+    std::fs::copy(data_dir.join("tracknum.redb"), &path).unwrap();
+    parts_in(&path).ok()
+}
+
+fn parts_in(file: &std::path::Path) -> Result<Vec<String>, redb::Error> {
     use redb::{ReadableDatabase, ReadableTable};
     const PARTS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("import_parts");
-    let db = redb::Database::open(data_dir.join("tracknum.redb")).unwrap();
-    let tx = db.begin_read().unwrap();
-    let parts = tx.open_table(PARTS).unwrap();
+    let db = redb::Database::open(file)?;
+    let tx = db.begin_read()?;
+    let parts = match tx.open_table(PARTS) {
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        parts => parts?,
+    };
     parts
-        .iter()
-        .unwrap()
-        .map(|item| item.unwrap().0.value().to_owned())
+        .iter()?
+        .map(|item| Ok(item?.0.value().to_owned()))
         .collect()
+}
+
+/// Returns once every write the embedded store has begun is done, as far as its caller knows: a
+/// chunk in the data file may still wait for its fsync, and an upload cut then never learns it
+/// was stored. The store writes one transaction at a time, so an upload that stores a chunk,
+/// is refused (a row that never ends) and removes the chunk answers only after the writes
+/// before its own.
+async fn writes_settled(app: &ApiClient) {
+    let endless = format!("{}\"{}", big_file(20_000), "x".repeat(100_000));
+    let (status, problem) = read(app.upload("", endless).await).await;
+    assert_eq!(status, 400, "{problem}");
 }
 
 /// An upload held open after it sent `bytes` of `rows`: its request runs until the returned
 /// task is aborted, which cuts the connection.
-fn held_upload(base: String, rows: usize, bytes: usize) -> tokio::task::JoinHandle<()> {
+fn held_upload(app: &ApiClient, rows: usize, bytes: usize) -> tokio::task::JoinHandle<()> {
+    // A client of its own: the cut connection is never one another request would reuse.
+    let app = ApiClient::new(app.url(""));
     tokio::spawn(async move {
         let head = big_file(rows).into_bytes()[..bytes].to_vec();
         use futures_util::StreamExt;
         let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) })
             .chain(futures_util::stream::pending());
-        let _ = reqwest::Client::new()
-            .post(format!("{base}/v1/imports"))
-            .header("content-type", "text/csv")
-            .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await;
+        app.upload("", reqwest::Body::wrap_stream(body)).await;
     })
 }
 
@@ -1159,16 +1063,27 @@ async fn on_the_embedded_store_uploads_cut_by_a_kill_are_removed_at_the_next_sta
     let dir = TempDir::new().unwrap();
     let flags = ["--secret", SECRET];
     let mut app = BinaryApp::start(dir.path(), &flags).await;
-    let client = reqwest::Client::new();
-    let (status, kept, _) = upload_to(&client, &app.url(""), "", big_file(10)).await;
+    let (status, kept) = read(app.upload("", big_file(10)).await).await;
     assert_eq!(status, 202);
-    let kept = kept["id"].as_str().unwrap().to_owned();
-    finished_on(&client, &app.url(""), &kept).await;
+    let kept = id_of(&kept).to_owned();
+    ended(&app, &kept).await;
     let uploads: Vec<_> = (0..3)
-        .map(|_| held_upload(app.url(""), 60_000, 700 << 10))
+        .map(|_| held_upload(&app, 60_000, 700 << 10))
         .collect();
-    // Two chunks of each are stored long before this.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two chunks of each are stored in a moment (the third never fills).
+    let cut = || {
+        let parts = parts_written(dir.path()).unwrap_or_default();
+        parts
+            .into_iter()
+            .filter(|key| !key.starts_with(&kept))
+            .count()
+    };
+    wait_until(
+        "two chunks of each upload stored",
+        Duration::from_secs(20),
+        async || cut() >= 6,
+    )
+    .await;
     app.kill();
     uploads.iter().for_each(|upload| upload.abort());
     let cut: Vec<String> = stored_parts(dir.path())
@@ -1177,11 +1092,21 @@ async fn on_the_embedded_store_uploads_cut_by_a_kill_are_removed_at_the_next_sta
         .collect();
     assert_eq!(cut.len(), 6, "two chunks of each cut upload: {cut:?}");
 
-    let mut app = BinaryApp::start(dir.path(), &flags).await;
-    let job = get_ok(&client, &app.url(&format!("/v1/imports/{kept}"))).await;
+    let logs = TempDir::new().unwrap();
+    let log = logs.path().join("tracknum.log");
+    let mut app = BinaryApp::start_logging(dir.path(), &flags, "info", Some(&log)).await;
+    let job = unless_busy(|| app.import(&kept)).await;
     assert_eq!(job.status(), 200);
-    // The sweep runs as the process starts; give it a moment before stopping it to look.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The sweep runs as the process starts, and says what it removed.
+    wait_until(
+        "the sweep at the start",
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap();
+            text.contains("removed uploads that never became a job")
+        },
+    )
+    .await;
     app.kill();
     let left = stored_parts(dir.path());
     assert!(
@@ -1207,11 +1132,24 @@ async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
         "--min-free-disk",
         "1MiB",
     ];
-    let mut app = BinaryApp::start_logging(&data, &flags, "info", Some(&log_file)).await;
+    // Debug for this module: a removal that fails again says so.
+    let log_level = "info,tracknum::service::imports=debug";
+    let mut app = BinaryApp::start_logging(&data, &flags, log_level, Some(&log_file)).await;
     let uploads: Vec<_> = (0..20)
-        .map(|_| held_upload(app.url(""), 60_000, 600 << 10))
+        .map(|_| held_upload(&app, 60_000, 600 << 10))
         .collect();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Two chunks of each are stored before the disk stops answering: removals have work to do.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let parts = parts_written(&data);
+        if parts.as_ref().is_some_and(|parts| parts.len() >= 40) {
+            break;
+        }
+        let log = std::fs::read_to_string(&log_file).unwrap();
+        assert!(Instant::now() < deadline, "stored: {parts:?}\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    writes_settled(&app).await;
 
     let frozen = disk.freeze();
     uploads.iter().for_each(|upload| upload.abort());
@@ -1227,7 +1165,13 @@ async fn on_the_embedded_store_a_removal_that_failed_is_tried_again() {
         assert!(Instant::now() < deadline, "the removals did not fail");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Each is tried again while the disk is still frozen, and fails again.
+    wait_until(
+        "the removals tried again",
+        Duration::from_secs(10),
+        async || lines("a removal failed again") >= 20,
+    )
+    .await;
     frozen.thaw();
 
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -2,16 +2,16 @@
 //! idempotent retries, against both backends.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 use tracknum::domain::Codec;
 use tracknum::domain::codec::Layout;
 use tracknum::domain::codec::has_valid_check;
 
+use crate::client::record_path;
 use crate::contract::{assert_problem, error_fields};
-use crate::helpers::{RedisServer, SECRET, TestApp, spawn_on_redis};
+use crate::helpers::{RedisServer, SECRET, TestApp, sleep_past_time, spawn_on_redis};
 
 on_both_backends!(
     records_carry_etags_and_patches_honour_if_match,
@@ -57,21 +57,9 @@ impl Reply {
     }
 }
 
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let mut request = app.client.request(method, app.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("the server answers");
+/// The reply to a request: read whole.
+async fn answer(response: impl Future<Output = Response>) -> Reply {
+    let response = response.await;
     let status = response.status();
     let headers = response.headers().clone();
     let text = response.text().await.unwrap();
@@ -84,10 +72,6 @@ async fn call(
     }
 }
 
-fn record_path(number: &str) -> String {
-    format!("/v1/tracking-numbers/{number}")
-}
-
 async fn issue(app: &TestApp, query: &str) -> String {
     app.issue(query).await["tracking_number"]
         .as_str()
@@ -95,22 +79,13 @@ async fn issue(app: &TestApp, query: &str) -> String {
         .to_owned()
 }
 
-async fn patch(app: &TestApp, number: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
-    call(
-        app,
-        Method::PATCH,
-        &record_path(number),
-        Some(body),
-        headers,
-    )
-    .await
+async fn patch(app: &TestApp, number: &str, body: Value, if_match: Option<&str>) -> Reply {
+    answer(app.patch_record(number, &body, if_match)).await
 }
 
 async fn records_carry_etags_and_patches_honour_if_match(app: &TestApp) {
     let number = issue(app, "origin_country_id=MY&weight=1.5").await;
-    let read = call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(200);
+    let read = answer(app.get_record(&number)).await.expect(200);
     let first_tag = read.etag();
     let issued = app.get("/next-tracking-number").await;
     assert!(
@@ -118,14 +93,9 @@ async fn records_carry_etags_and_patches_honour_if_match(app: &TestApp) {
         "an issued record has an ETag too"
     );
 
-    let changed = patch(
-        app,
-        &number,
-        json!({"weight": 2}),
-        &[("if-match", &first_tag)],
-    )
-    .await
-    .expect(200);
+    let changed = patch(app, &number, json!({"weight": 2}), Some(&first_tag))
+        .await
+        .expect(200);
     assert_eq!(changed.body["weight"], 2.0);
     assert_eq!(changed.body["origin_country_id"], "MY");
     assert_ne!(changed.etag(), first_tag, "a change makes a new version");
@@ -133,21 +103,14 @@ async fn records_carry_etags_and_patches_honour_if_match(app: &TestApp) {
     assert_eq!(changed.body["created_at"], read.body["created_at"]);
 
     // The first version is stale now.
-    let stale = patch(
-        app,
-        &number,
-        json!({"weight": 3}),
-        &[("if-match", &first_tag)],
-    )
-    .await
-    .expect(412);
-    assert!(stale.body["detail"].is_string());
-    let now = call(app, Method::GET, &record_path(&number), None, &[])
+    let stale = patch(app, &number, json!({"weight": 3}), Some(&first_tag))
         .await
-        .expect(200);
+        .expect(412);
+    assert!(stale.body["detail"].is_string());
+    let now = answer(app.get_record(&number)).await.expect(200);
     assert_eq!(now.body["weight"], 2.0, "a refused change changes nothing");
     assert_eq!(now.etag(), changed.etag(), "reads give the version's tag");
-    patch(app, &number, json!({"weight": 4}), &[("if-match", "*")])
+    patch(app, &number, json!({"weight": 4}), Some("*"))
         .await
         .expect(200);
 }
@@ -165,16 +128,13 @@ async fn racing_patches_without_if_match_lose_no_field(app: &TestApp) {
         let replies = futures_join_all(
             bodies
                 .iter()
-                .map(|body| patch(app, &number, body.clone(), &[])),
+                .map(|body| patch(app, &number, body.clone(), None)),
         )
         .await;
         for reply in replies {
             reply.expect(200);
         }
-        let record = call(app, Method::GET, &record_path(&number), None, &[])
-            .await
-            .expect(200)
-            .body;
+        let record = answer(app.get_record(&number)).await.expect(200).body;
         assert_eq!(record["weight"], 7.5, "{record}");
         assert_eq!(record["customer_name"], "Blue Box", "{record}");
         assert_eq!(record["destination_country_id"], "SG", "{record}");
@@ -215,12 +175,12 @@ async fn futures_join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Ve
 async fn status_moves_forward_only(app: &TestApp) {
     let number = issue(app, "").await;
     for status in ["label_printed", "in_transit", "in_transit", "delivered"] {
-        let reply = patch(app, &number, json!({"status": status}), &[])
+        let reply = patch(app, &number, json!({"status": status}), None)
             .await
             .expect(200);
         assert_eq!(reply.body["status"], status);
     }
-    let back = patch(app, &number, json!({"status": "in_transit"}), &[])
+    let back = patch(app, &number, json!({"status": "in_transit"}), None)
         .await
         .expect(409);
     assert_eq!(back.body["from"], "delivered");
@@ -232,18 +192,16 @@ async fn status_moves_forward_only(app: &TestApp) {
     );
 
     let cancelled = issue(app, "").await;
-    patch(app, &cancelled, json!({"status": "cancelled"}), &[])
+    patch(app, &cancelled, json!({"status": "cancelled"}), None)
         .await
         .expect(200);
     for status in ["issued", "in_transit", "delivered"] {
-        let reply = patch(app, &cancelled, json!({"status": status}), &[])
+        let reply = patch(app, &cancelled, json!({"status": status}), None)
             .await
             .expect(409);
         assert_eq!(reply.body["from"], "cancelled");
     }
-    let record = call(app, Method::GET, &record_path(&cancelled), None, &[])
-        .await
-        .expect(200);
+    let record = answer(app.get_record(&cancelled)).await.expect(200);
     assert_eq!(record.body["status"], "cancelled");
 }
 
@@ -257,7 +215,7 @@ async fn patches_are_validated_field_by_field(app: &TestApp) {
             "origin_country_id": "ID", "tracking_number": "X", "colour": "red",
             "expires_at": "2001-01-01T00:00:00Z"
         }),
-        &[],
+        None,
     )
     .await
     .expect(400);
@@ -275,16 +233,13 @@ async fn patches_are_validated_field_by_field(app: &TestApp) {
             "weight"
         ]
     );
-    let record = call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(200);
+    let record = answer(app.get_record(&number)).await.expect(200);
     assert_eq!(record.body["status"], "issued", "nothing was changed");
     assert!(record.body.get("weight").is_none());
 
-    let path = record_path(&number);
+    // Not JSON at all: no typed request sends that.
     let not_json = app
-        .client
-        .patch(app.url(&path))
+        .request(Method::PATCH, &record_path(&number))
         .body("{weight")
         .send()
         .await
@@ -292,17 +247,17 @@ async fn patches_are_validated_field_by_field(app: &TestApp) {
     assert_eq!(not_json.status(), 400);
     let body: Value = not_json.json().await.unwrap();
     assert_eq!(error_fields(&body), ["body"]);
-    patch(app, "ZZ00AAAAAAAAAAAA", json!({"weight": 1}), &[])
+    patch(app, "ZZ00AAAAAAAAAAAA", json!({"weight": 1}), None)
         .await
         .expect(404);
-    patch(app, "bad-number", json!({"weight": 1}), &[])
+    patch(app, "bad-number", json!({"weight": 1}), None)
         .await
         .expect(400);
     // A null clears an optional field.
-    patch(app, &number, json!({"weight": 1.25}), &[])
+    patch(app, &number, json!({"weight": 1.25}), None)
         .await
         .expect(200);
-    let cleared = patch(app, &number, json!({"weight": null}), &[])
+    let cleared = patch(app, &number, json!({"weight": null}), None)
         .await
         .expect(200);
     assert!(cleared.body.get("weight").is_none(), "{}", cleared.body);
@@ -311,7 +266,7 @@ async fn patches_are_validated_field_by_field(app: &TestApp) {
 async fn expiry_can_be_moved_and_an_expired_record_is_gone(app: &TestApp) {
     let number = issue(app, "").await;
     let later = (chrono::Utc::now() + chrono::Duration::days(90)).to_rfc3339();
-    let extended = patch(app, &number, json!({"expires_at": later}), &[])
+    let extended = patch(app, &number, json!({"expires_at": later}), None)
         .await
         .expect(200);
     let expires =
@@ -319,56 +274,32 @@ async fn expiry_can_be_moved_and_an_expired_record_is_gone(app: &TestApp) {
             .unwrap();
     assert!((expires.to_utc() - chrono::Utc::now()).num_days() >= 89);
 
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1500)).to_rfc3339();
-    patch(app, &number, json!({"expires_at": soon}), &[])
+    // Soon enough to wait out, late enough that the change and a read come first.
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(600);
+    patch(app, &number, json!({"expires_at": soon.to_rfc3339()}), None)
         .await
         .expect(200);
-    call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(200);
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(404);
-    patch(app, &number, json!({"weight": 1}), &[])
+    answer(app.get_record(&number)).await.expect(200);
+    sleep_past_time(soon).await;
+    answer(app.get_record(&number)).await.expect(404);
+    patch(app, &number, json!({"weight": 1}), None)
         .await
         .expect(404);
-    call(app, Method::DELETE, &record_path(&number), None, &[])
-        .await
-        .expect(404);
+    answer(app.delete_record(&number, None)).await.expect(404);
 }
 
 async fn delete_removes_and_honours_if_match(app: &TestApp) {
     let number = issue(app, "").await;
-    let tag = call(app, Method::GET, &record_path(&number), None, &[])
+    let tag = answer(app.get_record(&number)).await.expect(200).etag();
+    answer(app.delete_record(&number, Some("\"old\"")))
         .await
-        .expect(200)
-        .etag();
-    call(
-        app,
-        Method::DELETE,
-        &record_path(&number),
-        None,
-        &[("if-match", "\"old\"")],
-    )
-    .await
-    .expect(412);
-    let deleted = call(
-        app,
-        Method::DELETE,
-        &record_path(&number),
-        None,
-        &[("if-match", &tag)],
-    )
-    .await
-    .expect(204);
+        .expect(412);
+    let deleted = answer(app.delete_record(&number, Some(&tag)))
+        .await
+        .expect(204);
     assert!(deleted.text.is_empty());
-    call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(404);
-    call(app, Method::DELETE, &record_path(&number), None, &[])
-        .await
-        .expect(404);
+    answer(app.get_record(&number)).await.expect(404);
+    answer(app.delete_record(&number, None)).await.expect(404);
     // Its number is never issued again: the next ones are all new.
     let next: HashSet<String> = futures_join_all((0..50).map(|_| issue(app, "")))
         .await
@@ -377,21 +308,16 @@ async fn delete_removes_and_honours_if_match(app: &TestApp) {
     assert!(!next.contains(&number));
     // Without If-Match, a delete just deletes.
     let other = issue(app, "").await;
-    call(app, Method::DELETE, &record_path(&other), None, &[])
-        .await
-        .expect(204);
+    answer(app.delete_record(&other, None)).await.expect(204);
 }
 
 async fn put_registers_foreign_numbers_only(app: &TestApp) {
     let suffix = format!("{:08}", rand::random::<u32>() % 100_000_000);
     let number = format!("LEGACY{suffix}");
-    let created = call(
-        app,
-        Method::PUT,
-        &record_path(&number.to_lowercase()),
-        Some(json!({"origin_country_id": "SG", "weight": "0.5"})),
-        &[],
-    )
+    let created = answer(app.put_record(
+        &number.to_lowercase(),
+        Some(&json!({"origin_country_id": "SG", "weight": "0.5"})),
+    ))
     .await
     .expect(201);
     assert_eq!(created.body["tracking_number"], number.as_str());
@@ -402,59 +328,39 @@ async fn put_registers_foreign_numbers_only(app: &TestApp) {
         Some(record_path(&number).as_str())
     );
     created.etag();
-    let read = call(app, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(200);
+    let read = answer(app.get_record(&number)).await.expect(200);
     assert_eq!(read.body, created.body);
-    call(app, Method::PUT, &record_path(&number), None, &[])
-        .await
-        .expect(409);
+    answer(app.put_record(&number, None)).await.expect(409);
     // A registered record is a record like any other.
-    patch(app, &number, json!({"status": "in_transit"}), &[])
+    patch(app, &number, json!({"status": "in_transit"}), None)
         .await
         .expect(200);
 
     // A number in our own layout with a valid check character could collide with one we issue.
     let ours = issue(app, "").await;
-    let reserved = call(app, Method::PUT, &record_path(&ours), None, &[])
-        .await
-        .expect(422);
+    let reserved = answer(app.put_record(&ours, None)).await.expect(422);
     assert!(reserved.body["detail"].as_str().unwrap().contains(&ours));
     let codec = Codec::new(b"any secret");
     let any_valid = codec.encode(None, 5, 424242).unwrap().to_string();
-    call(app, Method::PUT, &record_path(&any_valid), None, &[])
-        .await
-        .expect(422);
+    answer(app.put_record(&any_valid, None)).await.expect(422);
     // Sixteen characters with a wrong check character cannot be ours: fine.
     let mut wrong_check = any_valid.clone().into_bytes();
     wrong_check[15] = if wrong_check[15] == b'0' { b'1' } else { b'0' };
     let wrong_check = String::from_utf8(wrong_check).unwrap();
     assert!(!has_valid_check(&wrong_check));
-    call(app, Method::PUT, &record_path(&wrong_check), None, &[])
-        .await
-        .expect(201);
+    answer(app.put_record(&wrong_check, None)).await.expect(201);
 
     for bad in ["ABC-123", "A%20B", "ABCDEFGHIJKLMNOPQ"] {
-        let reply = call(app, Method::PUT, &record_path(bad), None, &[])
-            .await
-            .expect(400);
+        let reply = answer(app.put_record(bad, None)).await.expect(400);
         assert_eq!(error_fields(&reply.body), ["tracking_number"]);
     }
-    let reply = call(
-        app,
-        Method::PUT,
-        &record_path("NEWONE1"),
-        Some(json!({"weight": -1, "nope": 1})),
-        &[],
-    )
-    .await
-    .expect(400);
+    let reply = answer(app.put_record("NEWONE1", Some(&json!({"weight": -1, "nope": 1}))))
+        .await
+        .expect(400);
     let mut fields = error_fields(&reply.body);
     fields.sort();
     assert_eq!(fields, ["nope", "weight"]);
-    call(app, Method::GET, &record_path("NEWONE1"), None, &[])
-        .await
-        .expect(404);
+    answer(app.get_record("NEWONE1")).await.expect(404);
 }
 
 /// The serial behind a number (the tests know the secret).
@@ -481,9 +387,7 @@ async fn batches_issue_in_order_and_a_bad_order_issues_nothing(app: &TestApp) {
         {"origin_country_id": "SG", "customer_name": "Blue Box"},
         {}
     ]});
-    let batch = call(app, Method::POST, "/v1/tracking-numbers", Some(orders), &[])
-        .await
-        .expect(201);
+    let batch = answer(app.batch(&orders)).await.expect(201);
     assert_eq!(batch.body["count"], 3);
     let records = batch.body["records"].as_array().unwrap();
     assert_eq!(records.len(), 3);
@@ -508,9 +412,7 @@ async fn batches_issue_in_order_and_a_bad_order_issues_nothing(app: &TestApp) {
     );
     for record in records {
         let number = record["tracking_number"].as_str().unwrap();
-        let stored = call(app, Method::GET, &record_path(number), None, &[])
-            .await
-            .expect(200);
+        let stored = answer(app.get_record(number)).await.expect(200);
         assert_eq!(&stored.body, record);
     }
 
@@ -520,9 +422,7 @@ async fn batches_issue_in_order_and_a_bad_order_issues_nothing(app: &TestApp) {
         {"weight": "heavy"},
         {"origin_country_id": "XX", "colour": "red"}
     ]});
-    let refused = call(app, Method::POST, "/v1/tracking-numbers", Some(bad), &[])
-        .await
-        .expect(400);
+    let refused = answer(app.batch(&bad)).await.expect(400);
     assert_eq!(
         error_fields(&refused.body),
         [
@@ -544,19 +444,11 @@ async fn batches_issue_in_order_and_a_bad_order_issues_nothing(app: &TestApp) {
         json!({}),
         json!([1]),
     ] {
-        call(app, Method::POST, "/v1/tracking-numbers", Some(bad), &[])
-            .await
-            .expect(400);
+        answer(app.batch(&bad)).await.expect(400);
     }
-    let counted = call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(json!({"count": 4, "origin_country_id": "ID"})),
-        &[],
-    )
-    .await
-    .expect(201);
+    let counted = answer(app.batch(&json!({"count": 4, "origin_country_id": "ID"})))
+        .await
+        .expect(201);
     let numbers: HashSet<&str> = counted.body["records"]
         .as_array()
         .unwrap()
@@ -570,15 +462,7 @@ async fn batches_issue_in_order_and_a_bad_order_issues_nothing(app: &TestApp) {
 async fn a_batch_of_a_thousand_is_one_call(app: &TestApp) {
     let mut seen = HashSet::new();
     for _ in 0..3 {
-        let batch = call(
-            app,
-            Method::POST,
-            "/v1/tracking-numbers",
-            Some(json!({"count": 1000})),
-            &[],
-        )
-        .await
-        .expect(201);
+        let batch = answer(app.batch(&json!({"count": 1000}))).await.expect(201);
         for record in batch.body["records"].as_array().unwrap() {
             let number = record["tracking_number"].as_str().unwrap().to_owned();
             assert!(has_valid_check(&number));
@@ -587,45 +471,25 @@ async fn a_batch_of_a_thousand_is_one_call(app: &TestApp) {
     }
     assert_eq!(seen.len(), 3000);
     let last = seen.iter().next().unwrap();
-    call(app, Method::GET, &record_path(last), None, &[])
-        .await
-        .expect(200);
+    answer(app.get_record(last)).await.expect(200);
 }
 
 async fn idempotency_keys_replay_the_first_reply(app: &TestApp) {
-    let key = [("idempotency-key", "order-1234 attempt")];
-    let first = call(
-        app,
-        Method::GET,
-        "/next-tracking-number?origin_country_id=MY",
-        None,
-        &key,
-    )
-    .await
-    .expect(200);
-    let again = call(
-        app,
-        Method::GET,
-        "/next-tracking-number?origin_country_id=MY",
-        None,
-        &key,
-    )
-    .await
-    .expect(200);
+    let keyed = app.with_header("idempotency-key", "order-1234 attempt");
+    let first = answer(keyed.issue_with("origin_country_id=MY"))
+        .await
+        .expect(200);
+    let again = answer(keyed.issue_with("origin_country_id=MY"))
+        .await
+        .expect(200);
     assert_eq!(again.text, first.text, "replayed byte for byte");
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.etag(), first.etag());
     assert_eq!(first.header("idempotent-replayed"), None);
     // Same key, other inputs: refused, and nothing issued.
-    let other = call(
-        app,
-        Method::GET,
-        "/next-tracking-number?origin_country_id=SG",
-        None,
-        &key,
-    )
-    .await
-    .expect(422);
+    let other = answer(keyed.issue_with("origin_country_id=SG"))
+        .await
+        .expect(422);
     assert!(
         other.body["detail"]
             .as_str()
@@ -633,93 +497,41 @@ async fn idempotency_keys_replay_the_first_reply(app: &TestApp) {
             .contains("Idempotency-Key")
     );
     // Another key is another request.
-    let fresh = call(
-        app,
-        Method::GET,
-        "/next-tracking-number?origin_country_id=MY",
-        None,
-        &[("idempotency-key", "order-1235")],
+    let fresh = answer(
+        app.with_header("idempotency-key", "order-1235")
+            .issue_with("origin_country_id=MY"),
     )
     .await
     .expect(200);
     assert_ne!(fresh.body["tracking_number"], first.body["tracking_number"]);
 
     // Batches replay their 201 too.
-    let batch_key = [("idempotency-key", "batch-77")];
+    let batch_keyed = app.with_header("idempotency-key", "batch-77");
     let body = json!({"count": 3});
-    let first = call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(body.clone()),
-        &batch_key,
-    )
-    .await
-    .expect(201);
-    let again = call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(body),
-        &batch_key,
-    )
-    .await
-    .expect(201);
+    let first = answer(batch_keyed.batch(&body)).await.expect(201);
+    let again = answer(batch_keyed.batch(&body)).await.expect(201);
     assert_eq!(again.text, first.text);
-    call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(json!({"count": 4})),
-        &batch_key,
-    )
-    .await
-    .expect(422);
+    answer(batch_keyed.batch(&json!({"count": 4})))
+        .await
+        .expect(422);
 
     // Bad keys are named; a request that fails validation leaves its key unused.
     let long = "k".repeat(256);
-    let reply = call(
-        app,
-        Method::GET,
-        "/next-tracking-number",
-        None,
-        &[("idempotency-key", &long)],
+    let reply = answer(
+        app.with_header("idempotency-key", &long)
+            .get("/next-tracking-number"),
     )
     .await
     .expect(400);
     assert_eq!(error_fields(&reply.body), ["Idempotency-Key"]);
-    call(
-        app,
-        Method::GET,
-        "/next-tracking-number?weight=0",
-        None,
-        &[("idempotency-key", "k-9")],
-    )
-    .await
-    .expect(400);
-    call(
-        app,
-        Method::GET,
-        "/next-tracking-number?weight=1",
-        None,
-        &[("idempotency-key", "k-9")],
-    )
-    .await
-    .expect(200);
+    let k9 = app.with_header("idempotency-key", "k-9");
+    answer(k9.issue_with("weight=0")).await.expect(400);
+    answer(k9.issue_with("weight=1")).await.expect(200);
 }
 
 async fn concurrent_retries_get_one_number(app: &TestApp) {
-    let key = [("idempotency-key", "same-parcel")];
-    let replies = futures_join_all((0..16).map(|_| {
-        call(
-            app,
-            Method::GET,
-            "/next-tracking-number?weight=2",
-            None,
-            &key,
-        )
-    }))
-    .await;
+    let keyed = app.with_header("idempotency-key", "same-parcel");
+    let replies = futures_join_all((0..16).map(|_| answer(keyed.issue_with("weight=2")))).await;
     let bodies: HashSet<String> = replies.into_iter().map(|r| r.expect(200).text).collect();
     assert_eq!(
         bodies.len(),
@@ -730,15 +542,7 @@ async fn concurrent_retries_get_one_number(app: &TestApp) {
 
 async fn check_decodes_without_a_record(app: &TestApp) {
     let number = issue(app, "origin_country_id=MY&customer_slug=redbox").await;
-    let check = call(
-        app,
-        Method::GET,
-        &format!("{}/check", record_path(&number)),
-        None,
-        &[],
-    )
-    .await
-    .expect(200);
+    let check = answer(app.check_record(&number)).await.expect(200);
     assert_eq!(check.body["format_valid"], true);
     assert_eq!(check.body["check_character_valid"], true);
     assert_eq!(check.body["origin_country_id"], "MY");
@@ -748,63 +552,27 @@ async fn check_decodes_without_a_record(app: &TestApp) {
     let mut typo = number.clone().into_bytes();
     typo[7] = if typo[7] == b'7' { b'8' } else { b'7' };
     let typo = String::from_utf8(typo).unwrap();
-    let check = call(
-        app,
-        Method::GET,
-        &format!("{}/check", record_path(&typo)),
-        None,
-        &[],
-    )
-    .await
-    .expect(200);
+    let check = answer(app.check_record(&typo)).await.expect(200);
     assert_eq!(check.body["check_character_valid"], false);
     assert_eq!(check.body["record_exists"], false);
 
-    let short = call(
-        app,
-        Method::GET,
-        "/v1/tracking-numbers/abc123/check",
-        None,
-        &[],
-    )
-    .await
-    .expect(200);
+    let short = answer(app.check_record("abc123")).await.expect(200);
     assert_eq!(short.body["tracking_number"], "ABC123");
     assert_eq!(short.body["format_valid"], false);
-    call(
-        app,
-        Method::GET,
-        "/v1/tracking-numbers/ab-c/check",
-        None,
-        &[],
-    )
-    .await
-    .expect(400);
+    answer(app.check_record("ab-c")).await.expect(400);
 }
 
 async fn issuing_accepts_an_expiry(app: &TestApp) {
     let at = "2031-05-01T00:00:00Z";
     let body = app.issue(&format!("expires_at={at}")).await;
     assert_eq!(body["expires_at"], "2031-05-01T00:00:00.000000Z");
-    let reply = call(
-        app,
-        Method::GET,
-        "/next-tracking-number?expires_at=2001-01-01T00:00:00Z",
-        None,
-        &[],
-    )
-    .await
-    .expect(400);
+    let reply = answer(app.issue_with("expires_at=2001-01-01T00:00:00Z"))
+        .await
+        .expect(400);
     assert_eq!(error_fields(&reply.body), ["expires_at"]);
-    let batch = call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(json!({"count": 2, "expires_at": at})),
-        &[],
-    )
-    .await
-    .expect(201);
+    let batch = answer(app.batch(&json!({"count": 2, "expires_at": at})))
+        .await
+        .expect(201);
     assert_eq!(
         batch.body["records"][1]["expires_at"],
         "2031-05-01T00:00:00.000000Z"
@@ -820,43 +588,23 @@ async fn times_past_year_9999_in_utc_are_refused_everywhere(app: &TestApp) {
         format!("expires_at={encoded}"),
         format!("created_at={encoded}"),
     ] {
-        let reply = call(
-            app,
-            Method::GET,
-            &format!("/next-tracking-number?{query}"),
-            None,
-            &[],
-        )
-        .await
-        .expect(400);
+        let reply = answer(app.issue_with(&query)).await.expect(400);
         let field = query.split('=').next().unwrap();
         assert_eq!(error_fields(&reply.body), [field]);
     }
-    let batch = call(
-        app,
-        Method::POST,
-        "/v1/tracking-numbers",
-        Some(json!({"orders": [{"expires_at": far}, {"created_at": far}]})),
-        &[],
-    )
-    .await
-    .expect(400);
+    let batch = answer(app.batch(&json!({"orders": [{"expires_at": far}, {"created_at": far}]})))
+        .await
+        .expect(400);
     assert_eq!(
         error_fields(&batch.body),
         ["orders[0].expires_at", "orders[1].created_at"]
     );
-    let put = call(
-        app,
-        Method::PUT,
-        &record_path("LEGACY9999"),
-        Some(json!({"expires_at": far})),
-        &[],
-    )
-    .await
-    .expect(400);
+    let put = answer(app.put_record("LEGACY9999", Some(&json!({"expires_at": far}))))
+        .await
+        .expect(400);
     assert_eq!(error_fields(&put.body), ["expires_at"]);
     let number = issue(app, "").await;
-    let patched = patch(app, &number, json!({"expires_at": far}), &[])
+    let patched = patch(app, &number, json!({"expires_at": far}), None)
         .await
         .expect(400);
     assert_eq!(error_fields(&patched.body), ["expires_at"]);
@@ -865,12 +613,12 @@ async fn times_past_year_9999_in_utc_are_refused_everywhere(app: &TestApp) {
         app,
         &number,
         json!({"expires_at": "9999-12-31T23:59:59Z"}),
-        &[],
+        None,
     )
     .await
     .expect(200);
     assert_eq!(latest.body["expires_at"], "9999-12-31T23:59:59.000000Z");
-    patch(app, &number, json!({"status": "in_transit"}), &[])
+    patch(app, &number, json!({"status": "in_transit"}), None)
         .await
         .expect(200);
 }
@@ -884,15 +632,9 @@ async fn a_record_stored_with_a_five_digit_year_can_still_change() {
     let app = spawn_on_redis(&redis, &[]).await;
     // A registered number keeps a key of its own, where that version stored the record's JSON.
     let number = "OLDVERSION1";
-    let registered = call(
-        &app,
-        Method::PUT,
-        &record_path(number),
-        Some(json!({"origin_country_id": "MY"})),
-        &[],
-    )
-    .await
-    .expect(201);
+    let registered = answer(app.put_record(number, Some(&json!({"origin_country_id": "MY"}))))
+        .await
+        .expect(201);
     let key = format!("tracknum:record:{number}");
     let old = regex::Regex::new(r#""expires_at":"[^"]*""#)
         .unwrap()
@@ -902,18 +644,14 @@ async fn a_record_stored_with_a_five_digit_year_can_still_change() {
         )
         .into_owned();
     let _: () = redis.cmd(&["SET", &key, &old]);
-    let read = call(&app, Method::GET, &record_path(number), None, &[])
-        .await
-        .expect(200);
+    let read = answer(app.get_record(number)).await.expect(200);
     assert_eq!(read.body["expires_at"], "+10000-01-01T23:58:59.000000Z");
-    let patched = patch(&app, number, json!({"status": "in_transit"}), &[])
+    let patched = patch(&app, number, json!({"status": "in_transit"}), None)
         .await
         .expect(200);
     assert_eq!(patched.body["expires_at"], "9999-12-31T23:59:59.999999Z");
     assert_eq!(patched.body["status"], "in_transit");
-    call(&app, Method::DELETE, &record_path(number), None, &[])
-        .await
-        .expect(204);
+    answer(app.delete_record(number, None)).await.expect(204);
 }
 
 /// Two instances on one Redis get the same key at the same moment: one number, one reply; and
@@ -925,28 +663,18 @@ async fn two_instances_share_keys_and_records() {
     let b = spawn_on_redis(&redis, &[]).await;
     for round in 0..10 {
         let key = format!("shared-{round}");
-        let headers = [("idempotency-key", key.as_str())];
+        let keyed = [&a, &b].map(|app| app.with_header("idempotency-key", &key));
         // Two calls to each instance, alternating.
-        let replies = futures_join_all([&a, &b, &a, &b].map(|app| {
-            call(
-                app,
-                Method::GET,
-                "/next-tracking-number?weight=1",
-                None,
-                &headers,
-            )
-        }))
-        .await;
+        let replies =
+            futures_join_all([0, 1, 0, 1].map(|i| answer(keyed[i].issue_with("weight=1")))).await;
         let bodies: HashSet<String> = replies.into_iter().map(|r| r.expect(200).text).collect();
         assert_eq!(bodies.len(), 1, "round {round}: {bodies:?}");
     }
     // A record changed on one instance reads back changed on the other.
     let number = issue(&a, "").await;
-    patch(&b, &number, json!({"status": "in_transit"}), &[])
+    patch(&b, &number, json!({"status": "in_transit"}), None)
         .await
         .expect(200);
-    let read = call(&a, Method::GET, &record_path(&number), None, &[])
-        .await
-        .expect(200);
-    assert_eq!(read.body["status"], "in_transit");
+    let back = answer(a.get_record(&number)).await.expect(200);
+    assert_eq!(back.body["status"], "in_transit");
 }

@@ -53,6 +53,7 @@ macro_rules! on_each_redis {
 
 mod browser;
 mod busy;
+mod client;
 mod contract;
 mod edge;
 mod embedded;

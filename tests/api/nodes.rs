@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tracknum::domain::codec::{DIGITS, NODE_SERIALS};
@@ -31,13 +32,7 @@ async fn try_spawn_node(dir: &Path, extra: &[&str]) -> anyhow::Result<TestApp> {
 async fn issue_batches(app: &TestApp, count: usize) -> Vec<String> {
     let mut numbers = Vec::with_capacity(count);
     while numbers.len() < count {
-        let reply = app
-            .client
-            .post(app.url("/v1/tracking-numbers"))
-            .json(&json!({"count": 1000}))
-            .send()
-            .await
-            .unwrap();
+        let reply = app.batch(&json!({"count": 1000})).await;
         assert_eq!(reply.status(), 201);
         let body: Value = reply.json().await.unwrap();
         for record in body["records"].as_array().unwrap() {
@@ -172,7 +167,7 @@ async fn a_data_dir_from_before_node_ids_keeps_its_numbers() {
         let app = spawn_node(dir.path(), &args).await;
         for record in records {
             let number = record["tracking_number"].as_str().unwrap();
-            let reply = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+            let reply = app.get_record(number).await;
             assert_eq!(reply.status(), 200, "{number}");
             assert_eq!(&reply.json::<Value>().await.unwrap(), record);
         }
@@ -187,27 +182,22 @@ async fn a_data_dir_from_before_node_ids_keeps_its_numbers() {
         assert_eq!(new.iter().collect::<HashSet<_>>().len(), new.len());
 
         let first = records[0]["tracking_number"].as_str().unwrap();
+        // Sent without a content type: the API reads a JSON body whatever it is labelled.
         let patched = app
-            .client
-            .patch(app.url(&format!("/v1/tracking-numbers/{first}")))
+            .request(Method::PATCH, &format!("/v1/tracking-numbers/{first}"))
             .body(r#"{"status":"delivered"}"#)
             .send()
             .await
             .unwrap();
         assert_eq!(patched.status(), 200);
         let last = records.last().unwrap()["tracking_number"].as_str().unwrap();
-        let deleted = app
-            .client
-            .delete(app.url(&format!("/v1/tracking-numbers/{last}")))
-            .send()
-            .await
-            .unwrap();
+        let deleted = app.delete_record(last, None).await;
         assert_eq!(deleted.status(), 204);
         app.stop().await;
 
         // And after a restart, the data dir still knows what it is.
         let app = spawn_node(dir.path(), &["--secret", secret]).await;
-        let reply = app.get(&format!("/v1/tracking-numbers/{first}")).await;
+        let reply = app.get_record(first).await;
         assert_eq!(reply.json::<Value>().await.unwrap()["status"], "delivered");
         let later = issue_batches(&app, 1000).await;
         assert!(

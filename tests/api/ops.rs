@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::helpers::{
     BinaryApp, RedisServer, SECRET, TestApp, config, keys_file, spawn_app, spawn_embedded,
-    spawn_on_redis, write_keys,
+    spawn_on_redis, wait_until, write_keys,
 };
 
 const QUERY: &str = "/next-tracking-number?origin_country_id=MY";
@@ -110,24 +110,18 @@ pub(crate) fn body_of(reply: &str) -> Value {
 async fn request_ids_are_kept_or_made_and_appear_in_problems() {
     let (app, _dir) = spawn_embedded(&[]).await;
     let response = app
-        .client
-        .get(app.url("/no-such-thing"))
-        .header("X-Request-Id", "support-ticket-42")
-        .send()
-        .await
-        .unwrap();
+        .with_header("X-Request-Id", "support-ticket-42")
+        .get("/no-such-thing")
+        .await;
     assert_eq!(response.headers()["x-request-id"], "support-ticket-42");
     let body = assert_problem(response, 404).await;
     assert_eq!(body["request_id"], "support-ticket-42");
 
     // An unsafe id is replaced, never echoed.
     let response = app
-        .client
-        .get(app.url(QUERY))
-        .header("X-Request-Id", "bad id; <script>")
-        .send()
-        .await
-        .unwrap();
+        .with_header("X-Request-Id", "bad id; <script>")
+        .get(QUERY)
+        .await;
     assert_eq!(response.status(), 200);
     let made = response.headers()["x-request-id"]
         .to_str()
@@ -158,22 +152,11 @@ async fn metrics_count_requests_numbers_leases_and_replays() {
     for _ in 0..3 {
         app.issue("origin_country_id=MY").await;
     }
-    let batch = app
-        .client
-        .post(app.url("/v1/tracking-numbers"))
-        .json(&serde_json::json!({ "count": 5 }))
-        .send()
-        .await
-        .unwrap();
+    let batch = app.batch(&serde_json::json!({ "count": 5 })).await;
     assert_eq!(batch.status(), 201);
+    let keyed = app.with_header("Idempotency-Key", "metrics-test-key");
     for _ in 0..2 {
-        let replay = app
-            .client
-            .get(app.url(QUERY))
-            .header("Idempotency-Key", "metrics-test-key")
-            .send()
-            .await
-            .unwrap();
+        let replay = keyed.get(QUERY).await;
         assert_eq!(replay.status(), 200);
     }
     assert_eq!(
@@ -238,14 +221,6 @@ async fn readiness_flips_while_redis_is_down_and_liveness_does_not() {
     }
 }
 
-async fn status_with_key(app: &TestApp, path: &str, key: Option<&str>) -> u16 {
-    let mut request = app.client.get(app.url(path));
-    if let Some(key) = key {
-        request = request.bearer_auth(key);
-    }
-    request.send().await.unwrap().status().as_u16()
-}
-
 #[tokio::test]
 async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
     let keys_dir = TempDir::new().unwrap();
@@ -266,13 +241,7 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
     let body = assert_problem(missing, 401).await;
     assert!(body["detail"].as_str().unwrap().contains("Bearer"));
 
-    let wrong = app
-        .client
-        .get(app.url(QUERY))
-        .bearer_auth("key-a-0123456788")
-        .send()
-        .await
-        .unwrap();
+    let wrong = app.with_key("key-a-0123456788").get(QUERY).await;
     assert!(
         wrong.headers()["www-authenticate"]
             .to_str()
@@ -280,9 +249,9 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
             .contains("invalid_token")
     );
     assert_problem(wrong, 401).await;
+    // Basic credentials are not a key, whatever they hold: no typed request sends them.
     let basic = app
-        .client
-        .get(app.url(QUERY))
+        .request(reqwest::Method::GET, QUERY)
         .basic_auth("shop-a", Some("key-a-0123456789"))
         .send()
         .await
@@ -290,20 +259,17 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
     assert_problem(basic, 401).await;
 
     assert_eq!(
-        status_with_key(&app, QUERY, Some("key-a-0123456789")).await,
+        app.with_key("key-a-0123456789").get(QUERY).await.status(),
         200
     );
     assert_eq!(
-        status_with_key(&app, QUERY, Some("key-b-9876543210")).await,
+        app.with_key("key-b-9876543210").get(QUERY).await.status(),
         200
     );
     // Unknown paths need a key too: no probing for what exists.
-    assert_eq!(
-        status_with_key(&app, "/v1/tracking-numbers/X", None).await,
-        401
-    );
+    assert_eq!(app.get("/v1/tracking-numbers/X").await.status(), 401);
     for open in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/"] {
-        assert_eq!(status_with_key(&app, open, None).await, 200, "{open}");
+        assert_eq!(app.get(open).await.status(), 200, "{open}");
     }
     let text = metrics_text(&app).await;
     assert!(metric(&text, r#"tracknum_unauthorized_total{reason="missing"}"#) >= 2.0);
@@ -318,30 +284,46 @@ async fn api_keys_guard_everything_but_probes_metrics_and_the_description() {
 
 #[tokio::test]
 async fn api_keys_rotate_without_a_restart() {
-    let keys_dir = TempDir::new().unwrap();
-    let path = keys_file(&keys_dir, &[("old", "old-key-0123456789")]);
-    let (app, _dir) = spawn_embedded(&["--api-keys-file", path.to_str().unwrap()]).await;
+    let dir = TempDir::new().unwrap();
+    let path = keys_file(&dir, &[("old", "old-key-0123456789")]);
+    let log = dir.path().join("log.txt");
+    // The binary, for its log: the one sign that a broken file was read, and refused.
+    let app = BinaryApp::start_logging(
+        &dir.path().join("data"),
+        &["--api-keys-file", path.to_str().unwrap()],
+        "info",
+        Some(&log),
+    )
+    .await;
     assert_eq!(
-        status_with_key(&app, QUERY, Some("old-key-0123456789")).await,
+        app.with_key("old-key-0123456789").get(QUERY).await.status(),
         200
     );
 
     write_keys(&path, &[("new", "new-key-0123456789")]);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status_with_key(&app, QUERY, Some("new-key-0123456789")).await != 200 {
+    while app.with_key("new-key-0123456789").get(QUERY).await.status() != 200 {
         assert!(Instant::now() < deadline, "the new key was never picked up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        status_with_key(&app, QUERY, Some("old-key-0123456789")).await,
+        app.with_key("old-key-0123456789").get(QUERY).await.status(),
         401
     );
 
     // A broken file keeps the keys that work.
     std::fs::write(&path, "this is not a keys file\n").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_until(
+        "the broken keys file refused",
+        Duration::from_secs(10),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap();
+            text.contains("API keys not reloaded; keeping the old ones")
+        },
+    )
+    .await;
     assert_eq!(
-        status_with_key(&app, QUERY, Some("new-key-0123456789")).await,
+        app.with_key("new-key-0123456789").get(QUERY).await.status(),
         200
     );
 }
@@ -364,19 +346,15 @@ async fn sighup_reloads_keys_in_the_binary_and_keys_never_reach_the_log() {
         Some(&log),
     )
     .await;
-    let client = reqwest::Client::new();
-    let get = |key: &'static str| {
-        client
-            .get(app.url(QUERY))
-            .bearer_auth(key)
-            .header("X-Request-Id", "log-check-1")
-            .send()
+    let get = async |key: &str| {
+        let client = app.with_key(key).with_header("X-Request-Id", "log-check-1");
+        client.get(QUERY).await
     };
-    assert_eq!(get("first-secret-key-0001").await.unwrap().status(), 200);
+    assert_eq!(get("first-secret-key-0001").await.status(), 200);
     write_keys(&keys, &[("second", "second-secret-key-0002")]);
     app.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while get("second-secret-key-0002").await.unwrap().status() != 200 {
+    while get("second-secret-key-0002").await.status() != 200 {
         assert!(Instant::now() < deadline, "SIGHUP did not reload the keys");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -417,6 +395,7 @@ async fn rate_limits_refuse_with_headers_then_recover() {
             (2 - i).to_string().as_str()
         );
     }
+    let asked = Instant::now();
     let refused = app.get(QUERY).await;
     let retry: u64 = refused.headers()["retry-after"]
         .to_str()
@@ -432,8 +411,19 @@ async fn rate_limits_refuse_with_headers_then_recover() {
     assert_eq!(app.get("/readyz").await.status(), 200);
     assert!(metric(&metrics_text(&app).await, "tracknum_rate_limited_total") >= 1.0);
 
-    tokio::time::sleep(Duration::from_secs(retry)).await;
-    assert_eq!(app.get(QUERY).await.status(), 200);
+    // Served again once a token has come back: no later than Retry-After said, counted from
+    // before the refused request was sent.
+    wait_until(
+        "a request served again",
+        Duration::from_secs(retry + 5),
+        async || app.get(QUERY).await.status() == 200,
+    )
+    .await;
+    let waited = asked.elapsed();
+    assert!(
+        waited <= Duration::from_secs(retry),
+        "served after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -454,16 +444,16 @@ async fn rate_limits_are_per_api_key() {
     .await;
     for _ in 0..2 {
         assert_eq!(
-            status_with_key(&app, QUERY, Some("key-a-0123456789")).await,
+            app.with_key("key-a-0123456789").get(QUERY).await.status(),
             200
         );
     }
     assert_eq!(
-        status_with_key(&app, QUERY, Some("key-a-0123456789")).await,
+        app.with_key("key-a-0123456789").get(QUERY).await.status(),
         429
     );
     assert_eq!(
-        status_with_key(&app, QUERY, Some("key-b-0123456789")).await,
+        app.with_key("key-b-0123456789").get(QUERY).await.status(),
         200
     );
 }
@@ -491,42 +481,22 @@ async fn one_rate_limit_holds_across_instances_on_redis() {
     assert!((6..=12).contains(&allowed), "{allowed} allowed");
 }
 
-/// A browser's CORS preflight for `method` (and `headers`) on `path`, from `origin`.
-async fn send_preflight(
-    app: &TestApp,
-    path: &str,
-    origin: &str,
-    method: &str,
-    headers: Option<&str>,
-) -> reqwest::Response {
-    let mut request = app
-        .client
-        .request(reqwest::Method::OPTIONS, app.url(path))
-        .header("Origin", origin)
-        .header("Access-Control-Request-Method", method);
-    if let Some(headers) = headers {
-        request = request.header("Access-Control-Request-Headers", headers);
-    }
-    request.send().await.unwrap()
-}
-
 #[tokio::test]
 async fn cors_is_off_by_default() {
     let (app, _dir) = spawn_embedded(&[]).await;
     let response = app
-        .client
-        .get(app.url(QUERY))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+        .with_header("Origin", "https://app.example")
+        .get(QUERY)
+        .await;
     assert_eq!(response.status(), 200);
     assert!(
         !response
             .headers()
             .contains_key("access-control-allow-origin")
     );
-    let preflight = send_preflight(&app, QUERY, "https://app.example", "GET", None).await;
+    let preflight = app
+        .preflight(QUERY, "https://app.example", "GET", None)
+        .await;
     assert!(
         !preflight
             .headers()
@@ -547,14 +517,14 @@ async fn cors_answers_preflights_for_allowed_origins() {
     ])
     .await;
     // A preflight carries no key, and needs none.
-    let preflight = send_preflight(
-        &app,
-        "/v1/tracking-numbers/X",
-        "https://admin.example",
-        "PATCH",
-        Some("authorization, content-type, if-match"),
-    )
-    .await;
+    let preflight = app
+        .preflight(
+            "/v1/tracking-numbers/X",
+            "https://admin.example",
+            "PATCH",
+            Some("authorization, content-type, if-match"),
+        )
+        .await;
     assert_eq!(preflight.status(), 204);
     let headers = preflight.headers();
     assert_eq!(
@@ -574,7 +544,9 @@ async fn cors_answers_preflights_for_allowed_origins() {
             .contains("if-match")
     );
 
-    let refused = send_preflight(&app, QUERY, "https://evil.example", "GET", None).await;
+    let refused = app
+        .preflight(QUERY, "https://evil.example", "GET", None)
+        .await;
     assert!(
         !refused
             .headers()
@@ -583,14 +555,8 @@ async fn cors_answers_preflights_for_allowed_origins() {
     let body = assert_problem(refused, 403).await;
     assert_eq!(body["errors"][0]["field"], "Origin");
 
-    let response = app
-        .client
-        .get(app.url(QUERY))
-        .header("Origin", "https://app.example")
-        .bearer_auth("web-key-0123456789")
-        .send()
-        .await
-        .unwrap();
+    let from_app = app.with_header("Origin", "https://app.example");
+    let response = from_app.with_key("web-key-0123456789").get(QUERY).await;
     assert_eq!(response.status(), 200);
     assert_eq!(
         response.headers()["access-control-allow-origin"],
@@ -605,13 +571,7 @@ async fn cors_answers_preflights_for_allowed_origins() {
             .contains("x-request-id")
     );
     // A browser can read a 401 too, to tell its user why.
-    let unauthorized = app
-        .client
-        .get(app.url(QUERY))
-        .header("Origin", "https://app.example")
-        .send()
-        .await
-        .unwrap();
+    let unauthorized = from_app.get(QUERY).await;
     assert_eq!(unauthorized.status(), 401);
     assert_eq!(
         unauthorized.headers()["access-control-allow-origin"],
@@ -626,19 +586,16 @@ async fn oversized_requests_get_problems_and_the_server_keeps_serving() {
     assert_problem(app.get(&long_query).await, 414).await;
 
     let huge_header = app
-        .client
-        .get(app.url(QUERY))
-        .header("X-Padding", "p".repeat(20_000))
-        .send()
-        .await
-        .unwrap();
+        .with_header("X-Padding", &"p".repeat(20_000))
+        .get(QUERY)
+        .await;
     assert_problem(huge_header, 431).await;
 
-    let mut many = app.client.get(app.url(QUERY));
-    for i in 0..120 {
-        many = many.header(format!("x-h{i}"), "v");
+    let mut many = app.with_header("x-h0", "v");
+    for i in 1..120 {
+        many = many.with_header(&format!("x-h{i}"), "v");
     }
-    assert_problem(many.send().await.unwrap(), 431).await;
+    assert_problem(many.get(QUERY).await, 431).await;
 
     // A declared body over the largest limit is refused before it is read.
     let reply = raw_exchange(
@@ -750,7 +707,7 @@ async fn shutdown_finishes_in_flight_requests_and_keeps_their_records() {
     let again = spawn_app(config(&["--data-dir", &data])).await;
     for record in records {
         let number = record["tracking_number"].as_str().unwrap();
-        let found = again.get(&format!("/v1/tracking-numbers/{number}")).await;
+        let found = again.get_record(number).await;
         assert_eq!(found.status(), 200, "{number} was lost");
     }
     again.stop().await;
@@ -847,8 +804,8 @@ async fn keys_guard_a_redis_backed_server_too() {
     ]))
     .await;
     assert_eq!(
-        status_with_key(&app, QUERY, Some("svc-key-0123456789")).await,
+        app.with_key("svc-key-0123456789").get(QUERY).await.status(),
         200
     );
-    assert_eq!(status_with_key(&app, QUERY, None).await, 401);
+    assert_eq!(app.get(QUERY).await.status(), 401);
 }

@@ -6,10 +6,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tracknum::store::redis::RedisTarget;
 
+use crate::client::record_path;
 use crate::fault_proxy::FaultProxy;
 use crate::helpers::{
     RedisLike, RedisServer, TestApp, assert_unique, bucket_of, recorded_numbers, spawn_on_redis,
@@ -111,13 +112,7 @@ fn stripe(number: &str) -> u64 {
 }
 
 async fn issue_batch(app: &TestApp, count: usize) -> Vec<String> {
-    let response = app
-        .client
-        .post(app.url("/v1/tracking-numbers"))
-        .json(&json!({ "count": count }))
-        .send()
-        .await
-        .unwrap();
+    let response = app.batch(&json!({ "count": count })).await;
     let status = response.status();
     let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -134,7 +129,7 @@ fn numbers_of(batch: &Value) -> Vec<String> {
 }
 
 async fn etag(app: &TestApp, number: &str) -> String {
-    let response = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+    let response = app.get_record(number).await;
     assert_eq!(response.status(), 200);
     response.headers()["etag"].to_str().unwrap().to_owned()
 }
@@ -169,22 +164,24 @@ async fn changes_queued_on_a_silent_redis_all_end_within_the_storage_timeout() {
 
     redis.go_silent();
     let start = Instant::now();
+    // Requests built first and sent all at once, from one instant.
     let mut calls = Vec::new();
     for i in 0..12 {
         let request = if i % 4 == 3 {
-            app.client
-                .delete(app.url(&format!("/v1/tracking-numbers/{target}")))
+            app.request(Method::DELETE, &record_path(&target))
         } else {
-            app.client
-                .patch(app.url(&format!("/v1/tracking-numbers/{target}")))
+            app.request(Method::PATCH, &record_path(&target))
                 .json(&json!({ "weight": format!("{}.5", i + 1) }))
         };
         calls.push(request);
     }
     for number in &neighbours {
-        let url = app.url(&format!("/v1/tracking-numbers/{number}"));
-        calls.push(app.client.patch(&url).json(&json!({ "weight": "2" })));
-        calls.push(app.client.delete(&url).header("If-Match", "*"));
+        let path = record_path(number);
+        calls.push(
+            app.request(Method::PATCH, &path)
+                .json(&json!({ "weight": "2" })),
+        );
+        calls.push(app.request(Method::DELETE, &path).header("If-Match", "*"));
     }
     let calls = calls.into_iter().map(|request| async move {
         let response = request.send().await.unwrap();
@@ -208,12 +205,8 @@ async fn changes_queued_on_a_silent_redis_all_end_within_the_storage_timeout() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let response = app
-            .client
-            .patch(app.url(&format!("/v1/tracking-numbers/{target}")))
-            .json(&json!({ "weight": "9" }))
-            .send()
-            .await
-            .unwrap();
+            .patch_record(&target, &json!({ "weight": "9" }), None)
+            .await;
         match response.status() {
             StatusCode::OK => break,
             StatusCode::SERVICE_UNAVAILABLE if Instant::now() < deadline => {
@@ -231,31 +224,21 @@ async fn changes_whose_reply_was_lost_are_not_judged_again(redis: &Proxied) {
     let app = spawn_on_redis(redis, &[]).await;
     for round in 0..10 {
         let number = issue_batch(&app, 1).await.remove(0);
-        let url = app.url(&format!("/v1/tracking-numbers/{number}"));
         let weight = format!("{round}.25");
 
         let fired = redis.fired();
         let place = bucket_of(&number);
         redis.reset_after(&["EVALSHA", &place.bucket, &place.field]);
+        let tag = etag(&app, &number).await;
         let response = app
-            .client
-            .patch(&url)
-            .header("If-Match", etag(&app, &number).await)
-            .json(&json!({ "weight": weight }))
-            .send()
-            .await
-            .unwrap();
+            .patch_record(&number, &json!({ "weight": weight }), Some(&tag))
+            .await;
         let status = response.status();
         let body = response.text().await.unwrap();
         assert_eq!(redis.fired(), fired + 1, "round {round}: no reset");
         redis.disarm();
         assert_eq!(status, StatusCode::OK, "round {round}: {body}");
-        let stored: Value = app
-            .get(&format!("/v1/tracking-numbers/{number}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let stored: Value = app.get_record(&number).await.json().await.unwrap();
         assert_eq!(
             stored["weight"].as_f64(),
             weight.parse::<f64>().ok(),
@@ -263,19 +246,14 @@ async fn changes_whose_reply_was_lost_are_not_judged_again(redis: &Proxied) {
         );
 
         redis.reset_after(&["EVALSHA", &place.bucket, &place.field]);
-        let response = app
-            .client
-            .delete(&url)
-            .header("If-Match", etag(&app, &number).await)
-            .send()
-            .await
-            .unwrap();
+        let tag = etag(&app, &number).await;
+        let response = app.delete_record(&number, Some(&tag)).await;
         let status = response.status();
         let body = response.text().await.unwrap();
         assert_eq!(redis.fired(), fired + 2, "round {round}: no reset");
         redis.disarm();
         assert_eq!(status, StatusCode::NO_CONTENT, "round {round}: {body}");
-        let gone = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+        let gone = app.get_record(&number).await;
         assert_eq!(gone.status(), 404);
     }
 }

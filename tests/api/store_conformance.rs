@@ -1,6 +1,6 @@
 //! One conformance suite for every storage backend: the same checks, run against each.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -14,7 +14,7 @@ use tracknum::store::{
     clock_serial,
 };
 
-use crate::helpers::{RedisLike, TestRedis};
+use crate::helpers::{RedisLike, TestRedis, sleep_past, sleep_past_time};
 use chrono::SubsecRound;
 use tracknum::store::redis::{
     BUCKET_SERIALS as REDIS_BUCKET, HISTORY_KEY, LEAD, LEASE_LEAST, SERIAL_KEY, SKEW_MARGIN,
@@ -88,7 +88,7 @@ async fn import_swaps(store: &dyn Store) {
         store.swap_import_part("S2", ImportPart::Job, expected, new, until)
     };
     assert!(brief(None, b"brief", soon).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sleep_past_time(soon).await;
     store.sync().await.unwrap();
     assert!(!brief(Some(b"brief"), b"late", hour).await.unwrap());
     assert!(brief(None, b"again", hour).await.unwrap());
@@ -104,20 +104,22 @@ async fn import_queue(store: &dyn Store) {
     // What the application's sync chore does every 200 ms (here, after the waits above):
     // without it, a write-behind store refuses new writes once a second has passed unsynced.
     store.sync().await.unwrap();
-    let stale = Duration::from_millis(1000);
+    // Each wait below is the staleness, waited out from the moment it counts from.
+    let stale = Duration::from_millis(600);
     assert_eq!(store.next_import("w1", stale).await.unwrap(), None);
     store.enqueue_import("Q1").await.unwrap();
     store.enqueue_import("Q2").await.unwrap();
     let first = store.next_import("w1", stale).await.unwrap().unwrap();
     assert_eq!(first.id, "Q1");
     let second = store.next_import("w2", stale).await.unwrap().unwrap();
+    let w2_heard = Instant::now();
     assert_eq!(second.id, "Q2");
     assert_eq!(store.next_import("w3", stale).await.unwrap(), None);
 
-    // w1 keeps working on its job; w2 goes quiet.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // w1 keeps working on its job (half the staleness in); w2 goes quiet.
+    tokio::time::sleep(stale / 2).await;
     store.touch_import("w1", &first).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    sleep_past(w2_heard + stale).await;
     let taken_over = store.next_import("w3", stale).await.unwrap().unwrap();
     assert_eq!(
         taken_over.id, "Q2",
@@ -127,7 +129,7 @@ async fn import_queue(store: &dyn Store) {
 
     store.ack_import(&first).await.unwrap();
     store.ack_import(&taken_over).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sleep_past(Instant::now() + stale).await;
     assert_eq!(store.next_import("w5", stale).await.unwrap(), None);
     store.sync().await.unwrap();
     store.enqueue_import("Q3").await.unwrap();
@@ -140,7 +142,7 @@ async fn import_queue(store: &dyn Store) {
     store.enqueue_import("Q5").await.unwrap();
     store.next_import("w6", stale).await.unwrap().unwrap();
     store.next_import("w7", stale).await.unwrap().unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sleep_past(Instant::now() + stale).await;
     let mut taken: Vec<String> = Vec::new();
     for worker in ["w8", "w9"] {
         let job = store.next_import(worker, stale).await.unwrap().unwrap();
@@ -262,7 +264,7 @@ async fn imports(store: &dyn Store) {
         "a page starts below the cursor"
     );
 
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    sleep_past_time(soon).await;
     assert_eq!(
         store.import_part("I3", ImportPart::Cancel).await.unwrap(),
         None
@@ -381,7 +383,7 @@ async fn changes(store: &dyn Store) {
         store.replace(&extended.value, &later).await.unwrap(),
         Swap::Replaced
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sleep_past_time(sooner.expires_at.max(extended.expires_at)).await;
     store.purge_expired().await.unwrap();
     assert_eq!(store.get(&tn("SHRT")).await.unwrap(), None);
     assert_eq!(
@@ -569,14 +571,16 @@ async fn idempotency_keys(store: &dyn Store) {
     // Long keys and keys with spaces work; replies expire.
     let long_key = "k ".repeat(127);
     assert_eq!(store.claim(&long_key, b"c", ttl).await.unwrap(), None);
+    let reply_ttl = Duration::from_millis(300);
     assert!(
         store
-            .complete(&long_key, b"c", b"r", Duration::from_millis(300))
+            .complete(&long_key, b"c", b"r", reply_ttl)
             .await
             .unwrap()
     );
+    let completed = Instant::now();
     assert!(store.claim(&long_key, b"d", ttl).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sleep_past(completed + reply_ttl).await;
     store.purge_expired().await.unwrap();
     assert_eq!(
         store.claim(&long_key, b"d", ttl).await.unwrap(),
@@ -624,13 +628,16 @@ async fn records(store: &dyn Store) {
     assert_eq!(store.insert_new(&[]).await.unwrap(), Vec::<bool>::new());
 
     // Expiry: gone after its time, its space reclaimed, its key free again.
-    let short = Duration::from_millis(300);
+    let short = entry("SHORT", Duration::from_millis(300));
     assert_eq!(
-        store.insert_new(&[entry("SHORT", short)]).await.unwrap(),
+        store
+            .insert_new(std::slice::from_ref(&short))
+            .await
+            .unwrap(),
         [true]
     );
     assert!(store.get(&tn("SHORT")).await.unwrap().is_some());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sleep_past_time(short.expires_at).await;
     assert_eq!(store.get(&tn("SHORT")).await.unwrap(), None);
     store.purge_expired().await.unwrap();
     assert_eq!(store.get(&tn("SHORT")).await.unwrap(), None);
@@ -855,7 +862,7 @@ async fn bucket_patches_move_expiry(store: &dyn Store, codec: &Codec, size: u64)
         value_of(store, &shortened).await,
         Some(sooner.value.clone())
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    sleep_past_time(sooner.expires_at.max(lengthened.expires_at)).await;
     store.purge_expired().await.unwrap();
     store.sync().await.unwrap();
     store.purge_expired().await.unwrap();
@@ -1873,7 +1880,8 @@ async fn redis_bucket_records_change_and_go_one_by_one(redis: TestRedis) {
         store.replace(&shortened.value, &sooner).await.unwrap(),
         Swap::Replaced
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let last = [&brief, &lengthened, &sooner].map(|entry| entry.expires_at);
+    sleep_past_time(*last.iter().max().unwrap()).await;
     assert_eq!(store.get(&brief.tracking_number).await.unwrap(), None);
     assert_eq!(
         store.get(&lasting.tracking_number).await.unwrap(),

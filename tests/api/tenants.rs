@@ -37,10 +37,11 @@ async fn send(
     headers: &[(&str, &str)],
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut request = app.client.request(method, app.url(path)).bearer_auth(key);
+    let mut request = app.with_key(key).request(method, path);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
+    // JSON bodies go as they are, unlabelled: the API reads them whatever their type.
     if let Some(body) = body {
         request = request.body(body.to_string());
     }

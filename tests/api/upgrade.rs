@@ -62,7 +62,7 @@ async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
     assert_eq!(records.len(), 100);
     for record in records {
         let number = record["tracking_number"].as_str().unwrap();
-        let reply = app.get(&format!("/v1/tracking-numbers/{number}")).await;
+        let reply = app.get_record(number).await;
         assert_eq!(reply.status(), 200, "{number}");
         let etag = reply.headers()["etag"].to_str().unwrap().to_owned();
         assert_eq!(etag, fixture["etags"][number], "{number}: the same ETag");
@@ -77,26 +77,20 @@ async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
         .iter()
         .find(|r| r["tracking_number"] == "LEGACY00042")
         .unwrap();
-    let again = app
-        .client
-        .put(app.url("/v1/tracking-numbers/LEGACY00042"))
-        .json(&json!({"origin_country_id": "SG", "expires_at": "2099-01-01T00:00:00Z"}))
-        .send()
-        .await
-        .unwrap();
+    let inputs = json!({"origin_country_id": "SG", "expires_at": "2099-01-01T00:00:00Z"});
+    let again = app.put_record("LEGACY00042", Some(&inputs)).await;
     assert_eq!(again.status(), 200);
     assert_eq!(&again.json::<Value>().await.unwrap(), registered);
 
     // Old records change (with their old ETag as If-Match) and delete.
     let first = records[0]["tracking_number"].as_str().unwrap();
     let changed = app
-        .client
-        .patch(app.url(&format!("/v1/tracking-numbers/{first}")))
-        .header("if-match", fixture["etags"][first].as_str().unwrap())
-        .json(&json!({"status": "delivered"}))
-        .send()
-        .await
-        .unwrap();
+        .patch_record(
+            first,
+            &json!({"status": "delivered"}),
+            Some(fixture["etags"][first].as_str().unwrap()),
+        )
+        .await;
     assert_eq!(changed.status(), 200);
     let changed: Value = changed.json().await.unwrap();
     assert_eq!(changed["status"], "delivered");
@@ -104,15 +98,9 @@ async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
     let last = records[records.len() - 2]["tracking_number"]
         .as_str()
         .unwrap();
-    let deleted = app
-        .client
-        .delete(app.url(&format!("/v1/tracking-numbers/{last}")))
-        .send()
-        .await
-        .unwrap();
+    let deleted = app.delete_record(last, None).await;
     assert_eq!(deleted.status(), 204);
-    let path = format!("/v1/tracking-numbers/{last}");
-    assert_eq!(app.get(&path).await.status(), 404);
+    assert_eq!(app.get_record(last).await.status(), 404);
 
     // New numbers never repeat old ones.
     let old: HashSet<&str> = records
@@ -128,12 +116,8 @@ async fn served_with_nothing_lost(app: &TestApp, fixture: &Value) {
         .collect();
     for _ in 0..5 {
         let batch: Value = app
-            .client
-            .post(app.url("/v1/tracking-numbers"))
-            .json(&json!({"count": 1000}))
-            .send()
+            .batch(&json!({"count": 1000}))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap();
@@ -178,12 +162,9 @@ async fn replies_stored_under_digests_replay_after_the_upgrade() {
             let kept = &fixture[kept];
             let query = kept["query"].as_str().unwrap();
             let reply = app
-                .client
-                .get(app.url(&format!("/next-tracking-number?{query}")))
-                .header("Idempotency-Key", kept["key"].as_str().unwrap())
-                .send()
-                .await
-                .unwrap();
+                .with_header("Idempotency-Key", kept["key"].as_str().unwrap())
+                .issue_with(query)
+                .await;
             assert_eq!(reply.status(), 200, "{round}");
             let body: Value = reply.json().await.unwrap();
             assert_eq!(body, kept["reply"], "{round}");
@@ -209,37 +190,20 @@ async fn replies_stored_under_digests_replay_after_the_upgrade() {
 
 /// Imports `csv` and waits for it; returns each row's number by its order id.
 async fn import_numbers(app: &TestApp, csv: &str) -> serde_json::Map<String, Value> {
-    let reply = app
-        .client
-        .post(app.url("/v1/imports"))
-        .header("content-type", "text/csv")
-        .body(csv.to_owned())
-        .send()
-        .await
-        .unwrap();
+    let reply = app.upload("", csv.to_owned()).await;
     assert_eq!(reply.status(), 202);
     let job: Value = reply.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let job: Value = app
-            .get(&format!("/v1/imports/{id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let job: Value = app.import(&id).await.json().await.unwrap();
         if job["status"] == "done" {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{job}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let results = app
-        .get(&format!("/v1/imports/{id}/results"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let results = app.import_results(&id).await.text().await.unwrap();
     let mut lines = results.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let at = |name: &str| header.iter().position(|h| *h == name).unwrap();
